@@ -1,0 +1,44 @@
+# Two environments, because onnxruntime and onnxruntime-training provide the same module:
+#   .venv      the whole CPU flow: onnxruntime-training-cpu (pins onnx < 1.18), torch CPU, tests
+#   .venv-ort  what most users of the passes have: the newest onnx + onnxruntime, tests
+# `make test` runs the suite in both, so neither can break unseen.
+PYTHON ?= python3
+VENV := .venv
+VENV_ORT := .venv-ort
+PIP_FLAGS := --quiet --disable-pip-version-check
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-train test-ort demo bench clean
+
+venv: $(VENV)/.stamp $(VENV_ORT)/.stamp
+
+# torch==2.13.0 first: it is a CPU build on this machine's disk; an unpinned torch pulls GBs of CUDA.
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.13.0
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[train-cpu,test,bench]'
+	touch $@
+
+$(VENV_ORT)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV_ORT)
+	$(VENV_ORT)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(VENV_ORT)/bin/pip install $(PIP_FLAGS) --upgrade -e '.[ort,test,bench]'
+	touch $@
+
+test: test-ort test-train
+
+test-ort: $(VENV_ORT)/.stamp
+	$(VENV_ORT)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+test-train: $(VENV)/.stamp
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+demo: $(VENV)/.stamp
+	$(VENV)/bin/python sample_models/demo.py
+
+bench: $(VENV_ORT)/.stamp
+	$(VENV_ORT)/bin/python bench/bench_optimize.py
+
+clean:
+	rm -rf $(VENV) $(VENV_ORT) .pytest_cache .hypothesis demo-out

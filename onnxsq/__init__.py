@@ -1,0 +1,43 @@
+"""onnxsq: sparse, int8, power-of-two-quantized ONNX models for embedded inference engines.
+
+The public API is imported lazily, so ``import onnxsq`` (and ``onnxsq --help``) stays instant::
+
+    import onnxsq
+    model = onnxsq.load_model("net.onnx")
+    model, report = onnxsq.fold_batchnorm(model)
+    onnxsq.save_model(model, "net.folded.onnx")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "load_model": "onnxsq.model_io",
+    "save_model": "onnxsq.model_io",
+    "compare_models": "onnxsq.verify",
+    "random_feeds": "onnxsq.verify",
+    "Report": "onnxsq.report",
+    "OnnxsqError": "onnxsq.errors",
+    "fold_batchnorm": "onnxsq.passes.fold_batchnorm",
+    "threshold": "onnxsq.passes.threshold",
+    "quantize": "onnxsq.passes.quantize",
+    "inspect_model": "onnxsq.inspect",
+    "train": "onnxsq.training",
+    "evaluate": "onnxsq.evaluate",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'onnxsq' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -1,0 +1,1 @@
+"""The ``onnxsq`` command line: a thin skin over the library (options → config → call → save → render)."""

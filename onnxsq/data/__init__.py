@@ -1,0 +1,1 @@
+"""Data the flow needs: image preprocessing, calibration/training/evaluation datasets."""

@@ -1,0 +1,162 @@
+"""Load and save ONNX models: external data, atomic writes, IR version and opsets kept.
+
+Every command reads through :func:`load_model` and writes through :func:`save_model`, so bad input
+always becomes a one-line :class:`~onnxsq.errors.ModelLoadError` and the input file is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import onnx
+
+from .errors import InvalidOptionError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+ModelLike = Union[onnx.ModelProto, str, os.PathLike]
+
+# protobuf cannot serialize a message of 2 GiB or more; keep a margin for the graph itself.
+PROTO_LIMIT = 2**31 - 1
+EXTERNAL_THRESHOLD = PROTO_LIMIT - 64 * 2**20
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].strip()
+
+
+def model_nbytes(model: onnx.ModelProto) -> int:
+    """Approximate serialized size, without serializing (which fails past 2 GiB)."""
+    total = 0
+    for init in model.graph.initializer:
+        total += len(init.raw_data) or init.ByteSize()
+    try:
+        graph_only = onnx.ModelProto()
+        graph_only.CopyFrom(model)
+        del graph_only.graph.initializer[:]
+        total += graph_only.ByteSize()
+    except Exception:  # noqa: BLE001 - a graph too large to size is certainly over the limit
+        return PROTO_LIMIT + 1
+    return total
+
+
+def load_model(src: ModelLike, *, check: bool = True) -> onnx.ModelProto:
+    """Return a ModelProto the caller may mutate.
+
+    A ModelProto argument is deep-copied (the caller's object is never mutated); a path is read with
+    its external data. Problems become :class:`ModelLoadError` naming the file.
+    """
+    if isinstance(src, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(src)
+        if check:
+            check_model(model, where="model")
+        return model
+    path = Path(src)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, not an ONNX model file")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for garbage input
+        raise ModelLoadError(f"{path}: not a valid ONNX model (cannot parse: {_first_line(exc)})") from None
+    if not model.HasField("graph") or model.ir_version == 0 or not model.opset_import:
+        raise ModelLoadError(f"{path}: not a valid ONNX model (no graph, IR version or opset; truncated?)")
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: cannot read its external data ({_first_line(exc)})") from None
+    if check:
+        check_model(model, where=str(path))
+    log.debug("loaded %s (IR %d, opsets %s)", path, model.ir_version, opsets(model))
+    return model
+
+
+def check_model(model: onnx.ModelProto, *, where: str = "model") -> None:
+    """Run onnx.checker (with shape inference off) and turn a rejection into a one-line error."""
+    try:
+        if model_nbytes(model) > EXTERNAL_THRESHOLD:
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp) / "m.onnx"
+                _write(model, p, external=True)
+                onnx.checker.check_model(str(p))
+        else:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelLoadError(f"{where}: rejected by onnx.checker: {_first_line(exc)}") from None
+
+
+def opsets(model: onnx.ModelProto) -> dict[str, int]:
+    """Opset imports as ``{domain: version}`` (the default domain as ``""``)."""
+    return {o.domain: o.version for o in model.opset_import}
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return opsets(model).get("", opsets(model).get("ai.onnx", 0))
+
+
+def _write(model: onnx.ModelProto, path: Path, *, external: bool) -> None:
+    if external:
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=1024,
+        )
+    else:
+        path.write_bytes(model.SerializeToString())
+
+
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    check: bool = True,
+) -> Path:
+    """Write ``model`` atomically (aside, then rename); external data when it would pass 2 GB.
+
+    ``external_data=None`` decides by size. The model is checked with onnx.checker first, so a
+    rejected model never replaces a good file.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise InvalidOptionError(f"{path}: output is a directory")
+    if not path.parent.exists():
+        raise InvalidOptionError(f"{path.parent}: output directory does not exist")
+    external = model_nbytes(model) > EXTERNAL_THRESHOLD if external_data is None else external_data
+    if check:
+        check_model(model, where=f"output {path}")
+    # The temporary files live next to the target so os.replace stays a same-filesystem rename.
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        tmp_path = Path(tmp) / path.name
+        # Saving with external data rewrites the tensors' locations inside the proto: work on a copy.
+        to_write = model
+        if external:
+            to_write = onnx.ModelProto()
+            to_write.CopyFrom(model)
+        _write(to_write, tmp_path, external=external)
+        data = Path(tmp) / (path.name + ".data")
+        if data.exists():
+            os.replace(data, path.parent / data.name)
+        os.replace(tmp_path, path)
+    log.info("wrote %s%s", path, " (+ external data)" if external else "")
+    return path
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when two paths name the same file (existing or not)."""
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return os.path.samefile(pa, pb)
+    return pa.resolve() == pb.resolve()

@@ -1,0 +1,93 @@
+"""Which onnxruntime is installed, execution providers, and one place that builds sessions.
+
+``onnxruntime``, ``onnxruntime-training`` and ``onnxruntime-training-cpu`` all install the module
+``onnxruntime``; they are alternative extras of onnxsq and never share an environment.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+from typing import Sequence
+
+import onnx
+
+from .errors import InvalidOptionError, RuntimeMissingError
+
+ORT_HINT = "install one runtime extra: pip install 'onnxsq[ort]' (or [train] / [train-cpu] for training)"
+TRAIN_HINT = (
+    "onnxruntime-training is not installed: pip install 'onnxsq[train-cpu]' (CPU) or 'onnxsq[train]' "
+    "(CUDA), in an environment without plain onnxruntime"
+)
+
+
+def import_ort() -> ModuleType:
+    """Import ``onnxruntime`` or raise a one-line error saying which extra to install."""
+    try:
+        return importlib.import_module("onnxruntime")
+    except ImportError as exc:
+        raise RuntimeMissingError(f"onnxruntime is not installed ({exc}); {ORT_HINT}") from None
+
+
+def has_training() -> bool:
+    """True when onnxruntime-training (with its torch dependency) is importable."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return False
+    try:
+        importlib.import_module("onnxruntime.training.api")
+    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+        return False
+    return True
+
+
+def import_training() -> ModuleType:
+    """Import ``onnxruntime.training`` or raise a one-line error with the install hint."""
+    import_ort()
+    try:
+        return importlib.import_module("onnxruntime.training")
+    except ImportError as exc:
+        raise RuntimeMissingError(f"{TRAIN_HINT} ({exc})") from None
+
+
+def providers_for(device: str = "auto") -> list[str]:
+    """Execution providers for ``device`` in auto|cuda|cpu; asking for cuda where it is missing fails."""
+    ort = import_ort()
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeMissingError(
+                "--device cuda: the CUDA execution provider is not available in this onnxruntime "
+                f"(available: {', '.join(available)})"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "auto":
+        if "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+    raise InvalidOptionError(f"--device must be auto, cuda or cpu, not {device!r}")
+
+
+def make_session(
+    model: onnx.ModelProto | str,
+    *,
+    optimize: bool = False,
+    providers: Sequence[str] | None = None,
+    intra_op_threads: int = 0,
+):
+    """An InferenceSession with graph optimizations off unless ``optimize``.
+
+    ``model`` is a ModelProto or a path; pass a path for models with external data over 2 GB.
+    """
+    ort = import_ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    opts.log_severity_level = 3
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    src = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(src, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))

@@ -1,0 +1,167 @@
+"""Run two models on the same inputs and compare their outputs.
+
+Used by ``onnxsq verify`` and by every pass that checks itself (``optimize`` runs it by default).
+Inputs are seeded random tensors unless the caller gives feeds (``--data`` on the CLI).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx
+
+from .errors import DataError, VerificationError
+from .graph import onnx_dtype_to_np
+from .runtime import make_session
+
+log = logging.getLogger(__name__)
+
+Feed = Mapping[str, np.ndarray]
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {i.name for i in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in inits]
+
+
+def input_shape(vi: onnx.ValueInfoProto, default_dim: int = 1) -> list[int]:
+    """Static shape of a graph input; symbolic or unknown dims become ``default_dim``."""
+    dims = []
+    for d in vi.type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else default_dim)
+    return dims
+
+
+def random_feeds(model: onnx.ModelProto, *, seed: int = 0, batch: int = 1,
+                 dims: Mapping[str, Iterable[int]] | None = None) -> dict[str, np.ndarray]:
+    """Seeded random inputs: standard normal floats, small non-negative ints, random bools.
+
+    Symbolic dimensions become ``batch`` on axis 0 and 8 elsewhere, unless ``dims`` names a shape.
+    """
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in _graph_inputs(model):
+        if dims and vi.name in dims:
+            shape = list(dims[vi.name])
+        else:
+            shape = input_shape(vi, default_dim=8)
+            raw = vi.type.tensor_type.shape.dim
+            if raw and not (raw[0].HasField("dim_value") and raw[0].dim_value > 0):
+                shape[0] = batch
+        dtype = onnx_dtype_to_np(vi.type.tensor_type.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.random(shape) < 0.5
+        else:
+            feeds[vi.name] = rng.integers(0, 4, size=shape).astype(dtype)
+    return feeds
+
+
+def load_feeds(path: str | os.PathLike, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+    """Feeds from a ``.npz`` (arrays keyed by input name, or one array for a one-input model) or a
+    directory of such files."""
+    path = Path(path)
+    files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
+    if not path.exists() or not files:
+        raise DataError(f"{path}: no .npz input data found")
+    names = [vi.name for vi in _graph_inputs(model)]
+    out = []
+    for f in files:
+        try:
+            with np.load(f) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"{f}: cannot read as .npz ({exc})") from None
+        if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
+            arrays = {names[0]: next(iter(arrays.values()))}
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise DataError(f"{f}: no array for model input(s) {', '.join(missing)} (has {', '.join(arrays)})")
+        out.append({n: arrays[n] for n in names})
+    return out
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    ok: bool
+
+
+@dataclass
+class VerifyResult:
+    outputs: list[OutputDiff] = field(default_factory=list)
+    atol: float = 0.0
+    rtol: float = 0.0
+    samples: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outputs)
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((o.max_rel for o in self.outputs), default=0.0)
+
+
+def default_tolerance(model: onnx.ModelProto) -> tuple[float, float]:
+    """(rtol, atol) suited to the model's float precision."""
+    elem = {vi.type.tensor_type.elem_type for vi in model.graph.output}
+    if onnx.TensorProto.FLOAT16 in elem:
+        return 1e-2, 1e-2
+    if onnx.TensorProto.DOUBLE in elem:
+        return 1e-9, 1e-10
+    return 1e-4, 1e-5
+
+
+def compare_models(a: onnx.ModelProto | str, b: onnx.ModelProto | str, *,
+                   feeds: list[Feed] | None = None, seed: int = 0, samples: int = 2,
+                   rtol: float | None = None, atol: float | None = None) -> VerifyResult:
+    """Run ``a`` and ``b`` (graph optimizations off) on the same feeds; per-output error statistics.
+
+    An output passes when ``|a - b| <= atol + rtol * |a|`` everywhere (numpy's allclose rule).
+    """
+    ma = a if isinstance(a, onnx.ModelProto) else onnx.load(str(a), load_external_data=False)
+    d_rtol, d_atol = default_tolerance(ma)
+    rtol = d_rtol if rtol is None else rtol
+    atol = d_atol if atol is None else atol
+    if feeds is None:
+        feeds = [random_feeds(ma, seed=seed + i) for i in range(samples)]
+    sa, sb = make_session(a), make_session(b)
+    names_a = [o.name for o in sa.get_outputs()]
+    names_b = [o.name for o in sb.get_outputs()]
+    if names_a != names_b:
+        raise VerificationError(f"the models have different outputs: {names_a} vs {names_b}")
+    stats = {n: [0.0, 0.0, 0.0, 0, True] for n in names_a}  # max_abs, sum_abs, max_rel, count, ok
+    for feed in feeds:
+        ra = sa.run(None, dict(feed))
+        rb = sb.run(None, dict(feed))
+        for n, xa, xb in zip(names_a, ra, rb):
+            xa64, xb64 = np.asarray(xa, np.float64), np.asarray(xb, np.float64)
+            if xa64.shape != xb64.shape:
+                raise VerificationError(f"output {n}: shapes differ {xa64.shape} vs {xb64.shape}")
+            diff = np.abs(xa64 - xb64)
+            s = stats[n]
+            if diff.size:
+                s[0] = max(s[0], float(diff.max()))
+                s[1] += float(diff.sum())
+                s[2] = max(s[2], float((diff / np.maximum(np.abs(xa64), 1e-12)).max()))
+                s[4] = s[4] and bool(np.all(diff <= atol + rtol * np.abs(xa64)))
+            s[3] += diff.size
+    result = VerifyResult(atol=atol, rtol=rtol, samples=len(feeds))
+    for n, (mx, sm, mr, cnt, ok) in stats.items():
+        result.outputs.append(OutputDiff(n, mx, sm / max(cnt, 1), mr, ok))
+    log.info("verify: max abs %.3g, max rel %.3g over %d sample(s)", result.max_abs, result.max_rel, len(feeds))
+    return result
