@@ -86,7 +86,11 @@ def check_model(model: onnx.ModelProto, *, where: str = "model") -> None:
         if model_nbytes(model) > EXTERNAL_THRESHOLD:
             with tempfile.TemporaryDirectory() as tmp:
                 p = Path(tmp) / "m.onnx"
-                _write(model, p, external=True)
+                # Saving with external data moves the tensors out of the proto: never do it to the caller's.
+                copy = onnx.ModelProto()
+                copy.CopyFrom(model)
+                _write(copy, p, external=True)
+                del copy
                 onnx.checker.check_model(str(p))
         else:
             onnx.checker.check_model(model)
@@ -138,18 +142,21 @@ def save_model(
     if check:
         check_model(model, where=f"output {path}")
     # The temporary files live next to the target so os.replace stays a same-filesystem rename.
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
-        tmp_path = Path(tmp) / path.name
-        # Saving with external data rewrites the tensors' locations inside the proto: work on a copy.
-        to_write = model
-        if external:
-            to_write = onnx.ModelProto()
-            to_write.CopyFrom(model)
-        _write(to_write, tmp_path, external=external)
-        data = Path(tmp) / (path.name + ".data")
-        if data.exists():
-            os.replace(data, path.parent / data.name)
-        os.replace(tmp_path, path)
+    try:
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+            tmp_path = Path(tmp) / path.name
+            # Saving with external data rewrites the tensors' locations inside the proto: work on a copy.
+            to_write = model
+            if external:
+                to_write = onnx.ModelProto()
+                to_write.CopyFrom(model)
+            _write(to_write, tmp_path, external=external)
+            data = Path(tmp) / (path.name + ".data")
+            if data.exists():
+                os.replace(data, path.parent / data.name)
+            os.replace(tmp_path, path)
+    except OSError as exc:  # disk full, permissions: a problem of the output location, not a bug
+        raise InvalidOptionError(f"{path}: cannot write the model ({exc.strerror or _first_line(exc)})") from None
     log.info("wrote %s%s", path, " (+ external data)" if external else "")
     return path
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InvalidOptionError
+
 
 @dataclass
 class Candidate:
@@ -61,8 +63,14 @@ class Report:
 def write_json(data: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:  # missing directory, a directory in the way, permissions: the user's path
+        if tmp.is_file():
+            tmp.unlink()
+        raise InvalidOptionError(f"{path}: cannot write the report ({exc.strerror or exc})") from None
     return path
 
 

@@ -15,8 +15,9 @@ from typing import Iterable, Mapping
 import numpy as np
 import onnx
 
-from .errors import DataError, VerificationError
+from .errors import DataError, OnnxsqError, UnsupportedModelError, VerificationError
 from .graph import onnx_dtype_to_np
+from .report import Report
 from .runtime import make_session
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,26 @@ class VerifyResult:
     def max_rel(self) -> float:
         return max((o.max_rel for o in self.outputs), default=0.0)
 
+    def to_report(self) -> Report:
+        """The comparison as a ``verify`` report: one candidate per output, totals in the summary."""
+        report = Report("verify")
+        for o in self.outputs:
+            report.add(o.name, "output", "ok" if o.ok else "mismatch",
+                       "" if o.ok else "|a - b| > atol + rtol * |a| somewhere",
+                       max_abs=o.max_abs, mean_abs=o.mean_abs, max_rel=o.max_rel)
+        report.summary.update(ok=self.ok, samples=self.samples, atol=self.atol, rtol=self.rtol,
+                              max_abs=self.max_abs, max_rel=self.max_rel)
+        return report
+
+    def failure_message(self) -> str:
+        """One line naming the outputs beyond tolerance (empty when all pass)."""
+        bad = [o for o in self.outputs if not o.ok]
+        if not bad:
+            return ""
+        parts = ", ".join(f"{o.name} (max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g})" for o in bad)
+        return (f"outputs differ beyond tolerance (atol {self.atol:g}, rtol {self.rtol:g}) "
+                f"over {self.samples} sample(s): {parts}")
+
 
 def default_tolerance(model: onnx.ModelProto) -> tuple[float, float]:
     """(rtol, atol) suited to the model's float precision."""
@@ -137,17 +158,20 @@ def compare_models(a: onnx.ModelProto | str, b: onnx.ModelProto | str, *,
     d_rtol, d_atol = default_tolerance(ma)
     rtol = d_rtol if rtol is None else rtol
     atol = d_atol if atol is None else atol
+    given = feeds
     if feeds is None:
         feeds = [random_feeds(ma, seed=seed + i) for i in range(samples)]
-    sa, sb = make_session(a), make_session(b)
+    sa, sb = _session(a, "model A"), _session(b, "model B")
     names_a = [o.name for o in sa.get_outputs()]
     names_b = [o.name for o in sb.get_outputs()]
     if names_a != names_b:
         raise VerificationError(f"the models have different outputs: {names_a} vs {names_b}")
     stats = {n: [0.0, 0.0, 0.0, 0, True] for n in names_a}  # max_abs, sum_abs, max_rel, count, ok
+    # A run that fails on caller-given inputs is a data problem; on our own random inputs, a model one.
+    err = VerificationError if given is None else DataError
     for feed in feeds:
-        ra = sa.run(None, dict(feed))
-        rb = sb.run(None, dict(feed))
+        ra = _run(sa, feed, _label(a, "model A"), err)
+        rb = _run(sb, feed, _label(b, "model B"), err)
         for n, xa, xb in zip(names_a, ra, rb):
             xa64, xb64 = np.asarray(xa, np.float64), np.asarray(xb, np.float64)
             if xa64.shape != xb64.shape:
@@ -165,3 +189,28 @@ def compare_models(a: onnx.ModelProto | str, b: onnx.ModelProto | str, *,
         result.outputs.append(OutputDiff(n, mx, sm / max(cnt, 1), mr, ok))
     log.info("verify: max abs %.3g, max rel %.3g over %d sample(s)", result.max_abs, result.max_rel, len(feeds))
     return result
+
+
+def _label(model: onnx.ModelProto | str, default: str) -> str:
+    return default if isinstance(model, onnx.ModelProto) else str(model)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _session(model: onnx.ModelProto | str, which: str):
+    """An onnxruntime session, or a one-line error naming the model onnxruntime refused."""
+    try:
+        return make_session(model)
+    except OnnxsqError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for models it refuses
+        raise UnsupportedModelError(f"{_label(model, which)}: onnxruntime cannot load it: {_first_line(exc)}") from None
+
+
+def _run(session, feed: Feed, label: str, err: type[OnnxsqError]) -> list:
+    try:
+        return session.run(None, dict(feed))
+    except Exception as exc:  # noqa: BLE001
+        raise err(f"{label}: onnxruntime failed to run it on the inputs: {_first_line(exc)}") from None

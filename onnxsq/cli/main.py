@@ -61,8 +61,11 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (never raises, never exits)."""
-    from .render import err_console
+    from .render import err_console, reset_consoles
 
+    # run() may be called many times in one process (tests, scripts): no state from a previous run.
+    _STATE["verbose"] = 0
+    reset_consoles()
     try:
         rv = cli.main(args=list(argv) if argv is not None else None, prog_name="onnxsq", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
@@ -78,8 +81,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         err_console().print("Interrupted.")
         return 130
     except OnnxsqError as exc:
+        from rich.markup import escape
+
         msg = " ".join(str(exc).split())  # one line, whatever the message held
-        err_console().print(f"[bold red]onnxsq: error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
+        # escape: messages quote paths and onnxruntime errors, which may contain [brackets].
+        err_console().print(f"[bold red]onnxsq: error:[/] {escape(msg)}", highlight=False, markup=True,
+                            soft_wrap=True)
         return 1
     except Exception as exc:  # noqa: BLE001 - the boundary between bugs and the user
         if _STATE["verbose"]:

@@ -21,7 +21,11 @@ _CONSOLES: dict[str, Console] = {}
 
 def console() -> Console:
     if "out" not in _CONSOLES:
-        _CONSOLES["out"] = Console(soft_wrap=False)
+        # Piped output (CI logs, files) has no terminal width; rich would cut tables to 80 columns.
+        import sys
+
+        width = None if sys.stdout.isatty() else 200
+        _CONSOLES["out"] = Console(soft_wrap=False, width=width)
     return _CONSOLES["out"]
 
 
