@@ -30,8 +30,7 @@ def export_like(graph: gs.Graph, original: onnx.ModelProto, *, extra_opsets: dic
     """
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     exported = gs.export_onnx(graph, do_type_check=False)
-    model = onnx.ModelProto()
-    model.CopyFrom(original)
+    model = copy_without_graph(original)
     model.graph.CopyFrom(exported.graph)
     model.ir_version = max(original.ir_version, min_ir_version)
     if extra_opsets:
@@ -41,6 +40,21 @@ def export_like(graph: gs.Graph, original: onnx.ModelProto, *, extra_opsets: dic
                 have[domain].version = max(have[domain].version, version)
             else:
                 model.opset_import.append(onnx.helper.make_opsetid(domain, version))
+    return model
+
+
+def copy_without_graph(original: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of every model field except the graph (copying the weights only to replace them is slow)."""
+    model = onnx.ModelProto()
+    for fd, value in original.ListFields():
+        if fd.name == "graph":
+            continue
+        if isinstance(value, (list, tuple)) or hasattr(value, "extend"):
+            getattr(model, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(model, fd.name).CopyFrom(value)
+        else:
+            setattr(model, fd.name, value)
     return model
 
 

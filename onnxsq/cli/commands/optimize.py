@@ -1,0 +1,36 @@
+"""``onnxsq optimize MODEL``: fold BatchNormalization into neighbouring layers, then check the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..options import common_model_command, quiet, resolve_output, warn_ignored
+
+
+@click.command("optimize")
+@common_model_command("opt")
+@click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check of the result against the input.")
+@click.option("--keep-standalone", is_flag=True, help="Leave unfoldable BN nodes as they are (default: Mul/Add).")
+@click.option("--rtol", type=click.FloatRange(min=0), help="Relative tolerance of the check [default: by float type].")
+@click.option("--atol", type=click.FloatRange(min=0), help="Absolute tolerance of the check [default: by float type].")
+def command(model: Path, output: Path | None, in_place: bool, report_path: Path | None, no_verify: bool,
+            keep_standalone: bool, rtol: float | None, atol: float | None) -> None:
+    """Fold BatchNormalization into Conv/ConvTranspose/Gemm/MatMul (and BN→Conv where exact).
+
+    The result is run against MODEL in onnxruntime on seeded random inputs; a mismatch is an error.
+    """
+    from ...model_io import save_model
+    from ...passes.fold_batchnorm import fold_batchnorm
+    from ..render import finish
+
+    out = resolve_output(model, output, "opt", in_place)
+    for name, value in (("--rtol", rtol), ("--atol", atol)):
+        if no_verify and value is not None:
+            warn_ignored(name, "--no-verify skips the check it sets")
+    result, report = fold_batchnorm(model, verify=not no_verify, rtol=rtol, atol=atol,
+                                    standalone="keep" if keep_standalone else "affine")
+    save_model(result, out)
+    report.summary["output"] = str(out)
+    finish(report, report_path, quiet=quiet())

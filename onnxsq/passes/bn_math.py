@@ -1,0 +1,114 @@
+"""The numbers behind BatchNorm folding (numpy only, no graph): see :mod:`onnxsq.passes.fold_batchnorm`.
+
+Everything is computed in float64 and cast back to the dtype of the tensor it replaces, so a folded
+float32 model differs from the original only by float rounding.
+
+An eval-mode BatchNormalization over channel axis 1 is the per-channel affine map
+``y = s * x + t`` with ``s = gamma / sqrt(var + eps)`` and ``t = beta - mean * s``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def bn_affine(gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray,
+              eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(s, t) of ``BN(x) = s * x + t``, in float64."""
+    g, b, m, v = (np.asarray(a, np.float64).reshape(-1) for a in (gamma, beta, mean, var))
+    s = g / np.sqrt(v + np.float64(eps))
+    return s, b - m * s
+
+
+def per_channel(value: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
+    """The length-``channels`` vector a constant broadcasts to along axis 1 of a rank-``rank`` tensor.
+
+    None when the constant varies along another axis or would grow the other operand's shape (then
+    it is not a per-channel affine map and cannot be folded through).
+    """
+    value = np.asarray(value, np.float64)
+    if value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + value.shape
+    if rank < 2 or any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(value.reshape(-1), (channels,)).copy()
+
+
+def cast_like(values: np.ndarray, like: np.ndarray | np.dtype) -> np.ndarray:
+    dtype = like.dtype if isinstance(like, np.ndarray) else np.dtype(like)
+    return np.ascontiguousarray(values.astype(dtype))
+
+
+def conv_out_channels(weight: np.ndarray) -> int:
+    return weight.shape[0]
+
+
+def convtranspose_out_channels(weight: np.ndarray, group: int) -> int:
+    return weight.shape[1] * group
+
+
+def scale_conv_weight(weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Conv weight [M, C/g, k...]: output channel o is row o whatever the group count."""
+    w = np.asarray(weight, np.float64)
+    return w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+
+
+def scale_convtranspose_weight(weight: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
+    """ConvTranspose weight [C, M/g, k...]: output channel ``g * M/g + j`` is column j of group g's rows."""
+    w = np.asarray(weight, np.float64)
+    c_in, m_per_group = w.shape[0], w.shape[1]
+    kernel = w.shape[2:]
+    grouped = w.reshape((group, c_in // group, m_per_group) + kernel)
+    factor = scale.reshape((group, 1, m_per_group) + (1,) * len(kernel))
+    return (grouped * factor).reshape(w.shape)
+
+
+def scale_matrix_columns(weight: np.ndarray, scale: np.ndarray, transposed: bool) -> np.ndarray:
+    """Gemm/MatMul weight: output feature n is column n of B [K, N], or row n of B when transB=1."""
+    w = np.asarray(weight, np.float64)
+    return w * (scale.reshape(-1, 1) if transposed else scale.reshape(1, -1))
+
+
+def fold_bias(bias: np.ndarray | None, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``scale * bias + shift`` (a missing bias is zero)."""
+    b = np.zeros_like(scale) if bias is None else np.asarray(bias, np.float64).reshape(-1)
+    return scale * b + shift
+
+
+def fold_gemm_c(c: np.ndarray | None, beta: float, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """New Gemm ``C`` (with beta = 1) for ``scale * (alpha A B + beta C) + shift`` along axis 1."""
+    if c is None:
+        return shift.copy()
+    c64 = np.asarray(c, np.float64) * np.float64(beta)
+    return c64 * scale + shift  # broadcasts against the last axis, as Gemm does for C
+
+
+def input_channel_factors(weight: np.ndarray, group: int, vec: np.ndarray) -> np.ndarray:
+    """Conv weight [M, C/g, k...]: per (o, i) the value of ``vec`` at input channel ``g(o) * C/g + i``."""
+    m, c_per_group = weight.shape[0], weight.shape[1]
+    return np.repeat(vec.reshape(group, c_per_group), m // group, axis=0)  # [M, C/g]
+
+
+def fold_into_next_conv(weight: np.ndarray, bias: np.ndarray | None, group: int, s: np.ndarray,
+                        t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Conv(s * x + t) = Conv'(x): ``W'[o,i] = W[o,i] * s[c]``, ``b'[o] = b[o] + sum_{i,k} W[o,i,k] t[c]``.
+
+    Exact only when every output sees a full window of real input (no padding) or ``t`` is zero.
+    """
+    w = np.asarray(weight, np.float64)
+    extra = (1,) * (w.ndim - 2)
+    s_w = input_channel_factors(w, group, s).reshape(w.shape[:2] + extra)
+    t_w = input_channel_factors(w, group, t).reshape(w.shape[:2] + extra)
+    b = np.zeros(w.shape[0]) if bias is None else np.asarray(bias, np.float64).reshape(-1)
+    new_bias = b + (w * t_w).reshape(w.shape[0], -1).sum(axis=1)
+    return w * s_w, new_bias
+
+
+def standalone_form(s: np.ndarray, t: np.ndarray, rank: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Broadcast constants ``[C, 1, ...]`` for ``x * s + t`` on a rank-``rank`` input; None where the
+    factor is the identity (``s == 1`` or ``t == 0`` everywhere), so the cheapest exact form is used."""
+    shape = (-1,) + (1,) * (rank - 2)
+    mul = None if np.all(s == 1.0) else s.reshape(shape)
+    add = None if np.all(t == 0.0) else t.reshape(shape)
+    return mul, add

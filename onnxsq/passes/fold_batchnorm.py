@@ -1,0 +1,391 @@
+"""fold-batchnorm: fold eval-mode BatchNormalization into neighbouring layers and remove the BN nodes.
+
+Math (all in float64, stored back in each tensor's own dtype; see :mod:`onnxsq.passes.bn_math`):
+an eval-mode BN over channel axis 1 is ``y = s * x + t`` with ``s = gamma / sqrt(var + eps)`` and
+``t = beta - mean * s``. Each BN is tried, in this order:
+
+1. **Backward, into the layer that produces it** — ``Conv`` (any group count, depthwise included,
+   any stride/dilation/padding, 1-D/2-D/3-D, with or without bias: ``W'[o] = W[o] s[o]``,
+   ``b'[o] = b[o] s[o] + t[o]``), ``ConvTranspose`` (output channel ``g * M/g + j`` is column j of
+   group g on weight axis 1), ``Gemm`` (column n of B, or row n when transB=1; ``C`` and ``beta``
+   are folded into a new ``C`` with beta = 1) and ``MatMul`` with a constant 2-D weight on a rank-2
+   input (the shift becomes an ``Add``). Constant ``Add``/``Sub``/``Mul``/``Div`` nodes between the
+   layer and the BN whose constant is per-channel (exporters emit ``ConvTranspose → Add(bias) → BN``)
+   are folded through: ``s * (a x + b) + t`` is still one per-channel affine map.
+2. **Forward, into the Conv that consumes it** — ``Conv(s x + t)``: ``W'[o,i] = W[o,i] s[c]`` and
+   ``b'[o] = b[o] + sum_{i,k} W[o,i,k] t[c]`` with ``c`` the input channel of (o, i). This is exact
+   only where every output sees a full window of real input: the Conv has no padding, or ``t`` is
+   zero (zero padding of ``s x`` then equals zero padding of ``s x + t``). With padding, border
+   outputs would wrongly gain ``t`` from padded positions, so such a BN is not folded forward.
+3. **Standalone** — what is left becomes its cheapest exact form, ``Mul`` and/or ``Add`` with
+   ``[C, 1, ...]`` broadcast constants (an ``Identity`` when the BN is the identity), unless
+   ``standalone="keep"``; it then stays, with the reasons it could not be folded.
+
+Refused, with a reason in the report: training mode (``training_mode=1``, or the statistics outputs,
+which select training mode before opset 14), ``spatial=0`` and pre-opset-7 BN, non-constant parameters, a layer (or intermediate)
+output that is also a graph output or feeds other nodes (folding would change what they read),
+non-per-channel constants, a MatMul whose output channel is not axis 1, and BN inside control-flow
+subgraphs. A weight or bias shared with other nodes is cloned, never changed under them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import bn_math as bm
+from .bn_graph import TensorTypes, const_value, fresh_node_name, fresh_tensor_name, set_const_input
+from ..errors import InvalidOptionError, VerificationError
+from ..graph import export_like, import_graph, is_graph_output, new_constant, node_label, producer, sole_consumer
+from ..model_io import EXTERNAL_THRESHOLD, ModelLike, check_model, default_opset, load_model, model_nbytes
+from ..report import Report
+
+log = logging.getLogger(__name__)
+
+PASS_NAME = "fold-batchnorm"
+LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+THROUGH = ("Add", "Sub", "Mul", "Div")
+MAX_THROUGH = 8  # constant elementwise nodes walked between a layer and its BN
+
+
+@dataclass
+class _Ctx:
+    graph: gs.Graph
+    report: Report
+    types: TensorTypes
+
+    def tensor_info(self, tensor: gs.Tensor) -> tuple[int | None, np.dtype | None]:
+        return self.types.info(tensor)
+
+
+def fold_batchnorm(model: ModelLike, *, verify: bool = False, standalone: Literal["affine", "keep"] = "affine",
+                   rtol: float | None = None, atol: float | None = None, seed: int = 0,
+                   samples: int = 2) -> tuple[onnx.ModelProto, Report]:
+    """Fold every foldable BatchNormalization in ``model`` (a ModelProto or a path); remove the BN nodes.
+
+    Returns the new model (same IR version and opsets) and a report with one entry per BN. With
+    ``verify``, original and result are run in onnxruntime on ``samples`` seeded random inputs and a
+    difference beyond ``rtol``/``atol`` (default: by the model's float type) raises VerificationError.
+    """
+    if standalone not in ("affine", "keep"):
+        raise InvalidOptionError(f"standalone must be 'affine' or 'keep', not {standalone!r}")
+    if isinstance(model, onnx.ModelProto):
+        # Only read (graphsurgeon copies what it changes), so the caller's proto needs no deep copy.
+        check_model(model)
+        original = model
+    else:
+        original = load_model(model)
+    graph = import_graph(original)
+    ctx = _Ctx(graph, Report(PASS_NAME), TensorTypes(original))
+    opset = default_opset(original)
+    pending = []
+    bns = [n for n in graph.nodes if n.op == "BatchNormalization"]
+    for bn in bns:
+        params = _bn_params(ctx, bn, opset)
+        if isinstance(params, str):
+            ctx.report.add(node_label(bn), bn.op, "skipped", params)
+            continue
+        reasons = [_fold_backward(ctx, bn, *params)]
+        if reasons[0] is not None:
+            pending.append((bn, params, reasons))
+    # Forward folds after all backward ones: a BN between two layers goes into the one it follows.
+    for bn, (s, t), reasons in pending:
+        why = _fold_forward(ctx, bn, s, t)
+        if why is None:
+            continue
+        reasons.append(why)
+        label = node_label(bn)
+        if standalone == "keep":
+            ctx.report.add(label, bn.op, "skipped", "; ".join(reasons))
+            continue
+        why = _to_standalone(ctx, bn, s, t, reasons)
+        if why is not None:
+            ctx.report.add(label, bn.op, "skipped", "; ".join(reasons + [why]))
+    order = {node_label(n): i for i, n in enumerate(bns)}
+    ctx.report.candidates.sort(key=lambda c: order.get(c.name, len(order)))  # graph order, not decision order
+    _report_subgraphs(ctx, graph)
+    result = export_like(graph, original)
+    _summarize(ctx.report, result)
+    log.info("fold-batchnorm: %(bn_nodes)d BN, %(folded)d folded, %(replaced)d replaced, %(left)d left",
+             ctx.report.summary)
+    if verify:
+        verify_folded(original, result, ctx.report, rtol=rtol, atol=atol, seed=seed, samples=samples)
+    return result, ctx.report
+
+
+def _bn_params(ctx: _Ctx, bn: gs.Node, opset: int) -> tuple[np.ndarray, np.ndarray] | str:
+    """(s, t) of an eval-mode BN, or why it cannot be treated as one."""
+    if opset < 7:
+        return f"BatchNormalization of opset {opset} (< 7: is_test/consumed_inputs form) is not supported"
+    if int(bn.attrs.get("training_mode", 0)) == 1:
+        return "training_mode=1: normalizes with batch statistics, not an inference-time affine map"
+    extra = [o.name for o in bn.outputs[1:] if o.name]
+    if extra:
+        # Before opset 14 the outputs alone select training mode; used or not, Y is then normalized
+        # with the batch's statistics, which no constant fold reproduces.
+        used = [o.name for o in bn.outputs[1:] if o.name and (o.outputs or is_graph_output(ctx.graph, o))]
+        return (f"training form: {len(bn.outputs)} outputs (running/saved statistics"
+                f"{', used: ' + ', '.join(used) if used else ''}) mean it normalizes with batch statistics")
+    if int(bn.attrs.get("spatial", 1)) == 0:
+        return "spatial=0 (per-activation statistics) is not a per-channel affine map"
+    if len(bn.inputs) < 5:
+        return f"has {len(bn.inputs)} inputs, expected 5"
+    values = [const_value(t) for t in bn.inputs[1:5]]
+    names = ("scale", "B", "mean", "var")
+    for name, v, t in zip(names, values, bn.inputs[1:5]):
+        if v is None:
+            return f"{name} ({t.name}) is not constant"
+    sizes = {v.size for v in values}
+    if len(sizes) != 1 or any(v.ndim != 1 for v in values):
+        return f"parameter shapes {[list(v.shape) for v in values]} are not four vectors of one length"
+    return bm.bn_affine(*values, eps=float(bn.attrs.get("epsilon", 1e-5)))
+
+
+# --- backward: layer (→ constant Add/Mul ...) → BN --------------------------------------------------
+
+def _fold_backward(ctx: _Ctx, bn: gs.Node, s: np.ndarray, t: np.ndarray) -> str | None:
+    """Fold into the producing layer; None when done (and reported), else why not."""
+    chain: list[gs.Node] = []  # BN side first
+    cur = bn.inputs[0]
+    while True:
+        node = producer(cur)
+        if node is None:
+            return f"its input {cur.name} is not produced by a node (a graph input)"
+        if node.op not in LAYERS and (node.op not in THROUGH or len(chain) >= MAX_THROUGH):
+            return f"its input comes from {node.op} {node_label(node)}, which cannot absorb a per-channel affine map"
+        why = _feeds_only(ctx, cur, f"{node.op} {node_label(node)}")
+        if why:
+            return why
+        if node.op in LAYERS:
+            break
+        consts = [const_value(i) is not None for i in node.inputs]
+        if sorted(consts) != [False, True]:
+            return f"{node.op} {node_label(node)} before it has no single constant operand"
+        chain.append(node)
+        cur = node.inputs[consts.index(False)]
+    layer = node
+    channels = s.size
+    rank = _layer_out_rank(ctx, layer)
+    if isinstance(rank, str):
+        return rank
+    a, b = np.ones(channels), np.zeros(channels)
+    for node in chain:
+        var_first = const_value(node.inputs[0]) is None
+        c = bm.per_channel(const_value(node.inputs[1 if var_first else 0]), rank, channels)
+        if c is None:
+            return f"the constant of {node.op} {node_label(node)} is not per-channel"
+        if node.op == "Add":
+            b = b + a * c
+        elif node.op == "Sub":
+            b = b - a * c if var_first else b + a * c
+            a = a if var_first else -a
+        elif node.op == "Mul":
+            a = a * c
+        else:  # Div: only x / c is affine in x
+            if not var_first or np.any(c == 0):
+                return f"Div {node_label(node)} is not a division by a non-zero constant"
+            a = a / c
+    scale, shift = s * a, s * b + t
+    why = _rewrite_layer(ctx, layer, scale, shift)
+    if why:
+        return why
+    out = bn.outputs[0]
+    bn.outputs.clear()
+    bn.inputs.clear()
+    for node in chain:
+        node.inputs.clear()
+        node.outputs.clear()
+    if layer.op == "MatMul" and np.any(shift != 0):
+        _, dtype = ctx.tensor_info(out)
+        mid = gs.Variable(fresh_tensor_name(ctx.graph, f"{out.name}_matmul"), dtype=out.dtype, shape=out.shape)
+        layer.outputs[0] = mid
+        w = const_value(layer.inputs[1])
+        shift_c = new_constant(ctx.graph, f"{node_label(bn)}_shift", bm.cast_like(shift, dtype or w.dtype))
+        ctx.graph.nodes.append(gs.Node("Add", fresh_node_name(ctx.graph, f"{node_label(bn)}_add"),
+                                       inputs=[mid, shift_c], outputs=[out]))
+    else:
+        layer.outputs[0] = out
+    pattern = "→".join([layer.op] + [n.op for n in reversed(chain)] + ["BN"])
+    ctx.report.add(node_label(bn), "BatchNormalization", "folded", f"into {layer.op} {node_label(layer)}",
+                   into=node_label(layer), pattern=pattern)
+    return None
+
+
+def _feeds_only(ctx: _Ctx, tensor: gs.Tensor, who: str) -> str | None:
+    if is_graph_output(ctx.graph, tensor):
+        return f"output {tensor.name} of {who} is also a graph output"
+    if len(tensor.outputs) != 1:
+        return f"output {tensor.name} of {who} also feeds {len(tensor.outputs) - 1} other node(s)"
+    return None
+
+
+def _layer_out_rank(ctx: _Ctx, layer: gs.Node) -> int | str:
+    w = const_value(layer.inputs[1]) if len(layer.inputs) > 1 else None
+    if w is None:
+        return f"the weight of {layer.op} {node_label(layer)} is not constant"
+    if layer.op in ("Conv", "ConvTranspose"):
+        return w.ndim
+    if layer.op == "Gemm":
+        return 2
+    a_rank, _ = ctx.tensor_info(layer.inputs[0])
+    if w.ndim != 2 or a_rank != 2:
+        return (f"MatMul {node_label(layer)} is not [N, K] x [K, M] (input rank {a_rank}, weight rank {w.ndim}): "
+                "its channel axis 1 is not the weight's output axis")
+    return 2
+
+
+def _rewrite_layer(ctx: _Ctx, layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -> str | None:
+    """Scale the layer's output channels and add ``shift``; None when done, else why not (nothing changed)."""
+    w = const_value(layer.inputs[1])
+    has_bias = len(layer.inputs) > 2 and layer.inputs[2].name != ""
+    bias = const_value(layer.inputs[2]) if has_bias else None
+    if has_bias and bias is None:
+        return f"the bias/C of {layer.op} {node_label(layer)} is not constant"
+    label, channels = node_label(layer), scale.size
+    if layer.op == "Conv":
+        if w.shape[0] != channels:
+            return f"{label} has {w.shape[0]} output channels, the BN {channels}"
+        new_w, new_b = bm.scale_conv_weight(w, scale), bm.fold_bias(bias, scale, shift)
+    elif layer.op == "ConvTranspose":
+        group = int(layer.attrs.get("group", 1))
+        if bm.convtranspose_out_channels(w, group) != channels:
+            return f"{label} has {bm.convtranspose_out_channels(w, group)} output channels, the BN {channels}"
+        new_w, new_b = bm.scale_convtranspose_weight(w, scale, group), bm.fold_bias(bias, scale, shift)
+    elif layer.op == "Gemm":
+        trans = int(layer.attrs.get("transB", 0)) == 1
+        n = w.shape[0] if trans else w.shape[1]
+        if w.ndim != 2 or n != channels:
+            return f"{label} has {n} output features, the BN {channels}"
+        new_w = bm.scale_matrix_columns(w, scale, trans)
+        new_b = bm.fold_gemm_c(bias, float(layer.attrs.get("beta", 1.0)), scale, shift)
+        layer.attrs["beta"] = 1.0
+    else:  # MatMul
+        if w.shape[1] != channels:
+            return f"{label} has {w.shape[1]} output features, the BN {channels}"
+        new_w, new_b = bm.scale_matrix_columns(w, scale, False), None
+    set_const_input(ctx.graph, layer, 1, bm.cast_like(new_w, w), f"{layer.inputs[1].name}")
+    if new_b is not None:
+        base = layer.inputs[2].name if has_bias else f"{label}_bias"
+        set_const_input(ctx.graph, layer, 2, bm.cast_like(new_b, bias if bias is not None else w), base)
+    return None
+
+
+# --- forward: BN → Conv -------------------------------------------------------------------------------
+
+def _fold_forward(ctx: _Ctx, bn: gs.Node, s: np.ndarray, t: np.ndarray) -> str | None:
+    """Fold into the Conv reading the BN output; None when done (and reported), else why not."""
+    y = bn.outputs[0]
+    conv = sole_consumer(ctx.graph, y)
+    if conv is None:
+        return "its output is a graph output or feeds several nodes (no single next Conv)"
+    if conv.op != "Conv" or conv.inputs[0] is not y:
+        return f"its output feeds {conv.op} {node_label(conv)}, not a Conv's data input"
+    w = const_value(conv.inputs[1])
+    has_bias = len(conv.inputs) > 2 and conv.inputs[2].name != ""
+    bias = const_value(conv.inputs[2]) if has_bias else None
+    if w is None or (has_bias and bias is None):
+        return f"the next Conv {node_label(conv)} has a non-constant weight or bias"
+    group = int(conv.attrs.get("group", 1))
+    if w.shape[1] * group != s.size:
+        return f"the next Conv {node_label(conv)} reads {w.shape[1] * group} channels, the BN has {s.size}"
+    if np.any(t != 0) and _pads_input(conv, w):
+        return (f"the next Conv {node_label(conv)} pads its input: the BN shift would be wrong at the borders "
+                "(exact only without padding)")
+    new_w, new_b = bm.fold_into_next_conv(w, bias, group, s, t)
+    set_const_input(ctx.graph, conv, 1, bm.cast_like(new_w, w), conv.inputs[1].name)
+    base = conv.inputs[2].name if has_bias else f"{node_label(conv)}_bias"
+    set_const_input(ctx.graph, conv, 2, bm.cast_like(new_b, bias if bias is not None else w), base)
+    conv.inputs[0] = bn.inputs[0]
+    bn.inputs.clear()
+    bn.outputs.clear()
+    ctx.report.add(node_label(bn), "BatchNormalization", "folded", f"forward into Conv {node_label(conv)}",
+                   into=node_label(conv), pattern="BN→Conv")
+    return None
+
+
+def _pads_input(conv: gs.Node, w: np.ndarray) -> bool:
+    auto_pad = conv.attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        strides = conv.attrs.get("strides", [1] * (w.ndim - 2))
+        return any(k != 1 for k in w.shape[2:]) or any(st != 1 for st in strides)
+    if auto_pad == "VALID":
+        return False
+    return any(p != 0 for p in conv.attrs.get("pads", []))
+
+
+# --- standalone: BN → Mul/Add -------------------------------------------------------------------------
+
+def _to_standalone(ctx: _Ctx, bn: gs.Node, s: np.ndarray, t: np.ndarray, reasons: list[str]) -> str | None:
+    """Replace the BN by its cheapest exact elementwise form; None when done (and reported), else why not."""
+    x, y = bn.inputs[0], bn.outputs[0]
+    rank, dtype = ctx.tensor_info(x)
+    if rank is None or rank < 2:
+        return f"kept: the rank of its input {x.name} is unknown, so no broadcast form can be built"
+    if dtype is None:
+        dtype = const_value(bn.inputs[1]).dtype
+    mul, add = bm.standalone_form(s, t, rank)
+    label = node_label(bn)
+    bn.inputs.clear()
+    bn.outputs.clear()
+    steps = [("Mul", mul), ("Add", add)]
+    steps = [(op, v) for op, v in steps if v is not None] or [("Identity", None)]
+    cur = x
+    for i, (op, v) in enumerate(steps):
+        out = y if i == len(steps) - 1 else gs.Variable(fresh_tensor_name(ctx.graph, f"{y.name}_{op.lower()}"), dtype=y.dtype)
+        inputs = [cur] if v is None else [cur, new_constant(ctx.graph, f"{label}_{op.lower()}", bm.cast_like(v, dtype))]
+        ctx.graph.nodes.append(gs.Node(op, fresh_node_name(ctx.graph, f"{label}_{op.lower()}"), inputs=inputs,
+                                       outputs=[out]))
+        cur = out
+    form = "+".join(op for op, _ in steps)
+    ctx.report.add(label, "BatchNormalization", "replaced", f"became {form}; not folded: " + "; ".join(reasons),
+                   into=form, pattern="BN→" + form)
+    return None
+
+
+def _report_subgraphs(ctx: _Ctx, graph: gs.Graph, owner: str = "") -> None:
+    for node in graph.nodes:
+        if owner and node.op == "BatchNormalization":
+            ctx.report.add(node_label(node), node.op, "skipped",
+                           f"inside a control-flow subgraph of {owner}: subgraphs are not folded")
+        for value in node.attrs.values():
+            subs = value if isinstance(value, list) else [value]
+            for sub in subs:
+                if isinstance(sub, gs.Graph):
+                    _report_subgraphs(ctx, sub, owner or f"{node.op} {node_label(node)}")
+
+
+def _summarize(report: Report, result: onnx.ModelProto) -> None:
+    actions = [c.action for c in report.candidates]
+    report.summary.update(
+        bn_nodes=len(actions),
+        folded=actions.count("folded"),
+        replaced=actions.count("replaced"),
+        left=actions.count("skipped"),
+        bn_left=sum(n.op_type == "BatchNormalization" for n in result.graph.node),
+    )
+
+
+def verify_folded(original: onnx.ModelProto, result: onnx.ModelProto, report: Report, *,
+                  rtol: float | None = None, atol: float | None = None, seed: int = 0, samples: int = 2) -> None:
+    """Run both models in onnxruntime (graph optimizations off); put the errors in ``report.summary``;
+    raise VerificationError beyond tolerance."""
+    from ..verify import compare_models
+
+    if max(model_nbytes(original), model_nbytes(result)) > EXTERNAL_THRESHOLD:
+        report.warnings.append("verification skipped: the model is over 2 GB (save it and run `onnxsq verify`)")
+        report.summary["verified"] = False
+        return
+    res = compare_models(original, result, seed=seed, samples=samples, rtol=rtol, atol=atol)
+    report.summary.update(verified=res.ok, verify_max_abs=res.max_abs, verify_max_rel=res.max_rel,
+                          verify_rtol=res.rtol, verify_atol=res.atol, verify_samples=res.samples)
+    if not res.ok:
+        worst = max(res.outputs, key=lambda o: o.max_abs)
+        raise VerificationError(
+            f"the folded model differs from the original: output {worst.name} max abs error {worst.max_abs:.3g}, "
+            f"max rel {worst.max_rel:.3g} (rtol {res.rtol:g}, atol {res.atol:g}); pass --no-verify to keep it anyway")
