@@ -27,7 +27,7 @@ _API = {
     "quantize": "onnxsq.passes.quantize",
     "inspect_model": "onnxsq.inspect",
     "train": "onnxsq.training",
-    "evaluate": "onnxsq.evaluate",
+    "evaluate": "onnxsq.evaluation",
 }
 
 __all__ = sorted(_API)

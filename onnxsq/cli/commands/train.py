@@ -1,0 +1,42 @@
+"""``onnxsq train``: the L2, L1 and sparse training stages on onnxruntime-training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..options import common_model_command, preprocess_options, quiet, resolve_output
+from ._train_options import data_options, solver_options, train_config
+
+
+@click.command("train")
+@common_model_command("trained")
+@data_options
+@solver_options
+@preprocess_options
+def command(model: Path, output: Path | None, in_place: bool, report_path: Path | None, **opts) -> None:
+    """Train MODEL on --data with the L2, L1 or sparse stage; write the trained inference model.
+
+    Solver keys (display_sparsity, threshold_weights, sparsity_target, ...) come from --config
+    (JSON or TOML); flags override them.
+    """
+    from ... import model_io
+    from ...training import train
+    from ..render import finish
+    from ._train_options import open_data, progress
+
+    from ...runtime import import_training
+
+    import_training()  # fail first, with the extra to install, where training is missing
+    out = resolve_output(model, output, "trained", in_place)
+    proto = model_io.load_model(model)
+    cfg = train_config(opts)
+    data, val = open_data(proto, opts, task=cfg.task)
+    ckpt = opts["checkpoint"] or out.with_name(out.name + ".ckpt.npz")
+    with progress(quiet()) as on_step:
+        trained, report = train(proto, data, cfg, val=val, resume=opts["resume"],
+                                checkpoint=ckpt if cfg.checkpoint_every else None, on_step=on_step)
+    model_io.save_model(trained, out)
+    report.summary["output"] = str(out)
+    finish(report, report_path, quiet=quiet())

@@ -1,0 +1,57 @@
+"""Training stages L2, L1 and sparse on onnxruntime-training (the original's stages 2, 3 and 5).
+
+    import onnxsq
+    from onnxsq.data.loader import open_dataset
+    from onnxsq.training import TrainConfig
+    model, report = onnxsq.train("net.onnx", open_dataset("train.npz"), TrainConfig(stage="l2", epochs=10))
+
+``train`` is pure: the input model is not modified; the returned model is the input graph with the
+trained values (see :mod:`onnxsq.training.export`). Modules: ``config`` (options with the original
+solver names), ``artifacts`` (training graph, rewrites, loss blocks), ``loop`` (optimizer, schedules,
+checkpoints), ``sparsity`` (masks, thresholding, gradual sparsification), ``export``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+
+from ..model_io import ModelLike, load_model
+from ..report import Report
+from .config import TrainConfig, load_config_file
+
+__all__ = ["TrainConfig", "load_config_file", "train"]
+
+
+def train(model: ModelLike, data: Any, config: TrainConfig | None = None, *,
+          resume: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
+          val: Any = None, on_step: Callable[[dict[str, Any]], None] | None = None,
+          **overrides: Any) -> tuple[onnx.ModelProto, Report]:
+    """Train ``model`` on ``data`` (a dataset from :func:`onnxsq.data.loader.open_dataset`).
+
+    ``val`` (a dataset) is evaluated after training; its metrics join the summary as ``val_*``.
+    ``overrides`` set :class:`TrainConfig` fields by name. ``checkpoint`` is the ``.npz`` written every
+    ``checkpoint_every`` iterations; ``resume`` continues from such a file. Raises
+    :class:`~onnxsq.errors.RuntimeMissingError` where onnxruntime-training is not installed.
+    """
+    from ..runtime import import_training
+    from .loop import Trainer
+
+    cfg = TrainConfig.from_mapping(overrides, base=config) if overrides else (config or TrainConfig())
+    import_training()
+    proto = load_model(model)
+    trainer = Trainer(proto, data, cfg, on_step=on_step)
+    trained, report = trainer.run(resume=Path(resume) if resume else None,
+                                  checkpoint=Path(checkpoint) if checkpoint else None)
+    if val is not None:
+        from ..evaluation import evaluate
+
+        metrics = evaluate(trained, val, batch_size=max(cfg.batch_size, 64), device=cfg.device,
+                           ignore_label=cfg.ignore_label).summary
+        report.summary.update({f"val_{k}": v for k, v in metrics.items() if k not in ("task", "per_class_iou")})
+        if "per_class_iou" in metrics:
+            report.summary["val_per_class_iou"] = metrics["per_class_iou"]
+    return trained, report

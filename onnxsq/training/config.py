@@ -1,0 +1,147 @@
+"""Training configuration: one dataclass whose sparsity keys mirror the original solver's names.
+
+A ``--config`` file (JSON, or TOML read with the standard library's ``tomllib``) sets any field by
+name; command-line flags override it. Unknown keys are refused by name, so a misspelt solver option
+never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import InvalidOptionError
+
+STAGES = ("l2", "l1", "sparse")
+SCHEDULES = ("fixed", "step", "multistep", "poly", "cosine")
+OPTIMIZERS = ("sgd", "adamw")
+CONNECT_MODES = ("WEIGHT_CONNECTED", "WEIGHT_DISCONNECTED_ELTWISE")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the model and the data."""
+
+    stage: str = "l2"
+    iters: int | None = None  # exactly one of iters / epochs; neither → 1 epoch
+    epochs: float | None = None
+    batch_size: int = 32
+    lr: float = 0.01  # Caffe's base_lr
+    lr_policy: str = "fixed"  # fixed | step | multistep | poly | cosine
+    gamma: float = 0.1  # step/multistep decay factor
+    stepsize: int = 1000  # step: decay every `stepsize` iterations
+    stepvalue: tuple[int, ...] = ()  # multistep: iterations at which lr *= gamma
+    power: float = 1.0  # poly: lr = base_lr * (1 - it / max_iter) ** power
+    optimizer: str = "sgd"  # sgd (with momentum, as the original) | adamw
+    momentum: float = 0.9
+    weight_decay: float = 0.0  # L2 on conv/fc weights (Caffe's weight_decay)
+    l1: float = 0.0  # L1 strength: loss += l1 * sum|w| over conv/fc weights
+    seed: int = 0
+    device: str = "auto"
+    task: str | None = None  # classification | segmentation; None → from the label shape
+    ignore_label: int = 255
+    display: int = 50  # a log line every `display` iterations
+    checkpoint_every: int = 0
+    checkpoint_path: str | None = None
+    # Sparsity, with the original solver's names (algorithms.md §4).
+    display_sparsity: int = 0
+    threshold_weights: bool = False
+    sparsity_threshold: float = 1e-4
+    sparsity_target: float = 0.0
+    sparsity_lr_mult: float = 1.0
+    weight_connect_mode: str | None = None  # None → WEIGHT_DISCONNECTED_ELTWISE in the sparse stage
+    sparsity_start_iter: int = -1  # < 0: no gradual sparsification
+    sparsity_start_factor: float = 0.6
+    sparsity_step_iter: int = 1000
+    sparsity_step_factor: float = 0.01
+    threshold_value_max: float = 0.2  # caps of the gradual channelwise thresholding (threshold's names)
+    threshold_value_maxratio: float = 0.2
+    # onnxsq extensions of the gradual thresholding (the original used 0.5 and its eligibility rule).
+    sparsity_low_ratio: float = 0.5  # the "low" layer class thresholds factor * this
+    sparsity_all_layers: bool = False  # also threshold layers the original found too small
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.stage not in STAGES:
+            raise InvalidOptionError(f"--stage must be one of {', '.join(STAGES)}, not {self.stage!r}")
+        if self.lr_policy not in SCHEDULES:
+            raise InvalidOptionError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, not {self.lr_policy!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InvalidOptionError(f"--optimizer must be sgd or adamw, not {self.optimizer!r}")
+        if self.iters is not None and self.epochs is not None:
+            raise InvalidOptionError("give --iters or --epochs, not both")
+        if self.iters is not None and self.iters <= 0 or self.epochs is not None and self.epochs <= 0:
+            raise InvalidOptionError("--iters/--epochs must be positive")
+        if self.batch_size <= 0:
+            raise InvalidOptionError("--batch-size must be positive")
+        if self.lr < 0 or self.weight_decay < 0 or self.l1 < 0:
+            raise InvalidOptionError("--lr, --weight-decay and --l1 must not be negative")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise InvalidOptionError(f"--device must be auto, cuda or cpu, not {self.device!r}")
+        if self.task not in (None, "classification", "segmentation"):
+            raise InvalidOptionError(f"--task must be classification or segmentation, not {self.task!r}")
+        if self.weight_connect_mode is not None and self.weight_connect_mode not in CONNECT_MODES:
+            raise InvalidOptionError(
+                f"weight_connect_mode must be one of {', '.join(CONNECT_MODES)}, not {self.weight_connect_mode!r}")
+        if not 0.0 <= self.sparsity_target < 1.0:
+            raise InvalidOptionError("sparsity_target must be in [0, 1)")
+        if self.sparsity_step_iter <= 0:
+            raise InvalidOptionError("sparsity_step_iter must be positive")
+        if self.sparsity_start_iter >= 0 and self.sparsity_target <= 0:
+            raise InvalidOptionError("sparsity_start_iter needs a sparsity_target > 0 to aim at")
+        self.stepvalue = tuple(int(v) for v in self.stepvalue)
+
+    @property
+    def masked(self) -> bool:
+        """True when zeros are kept exactly (weight_connect_mode, default in the sparse stage)."""
+        mode = self.weight_connect_mode or ("WEIGHT_DISCONNECTED_ELTWISE" if self.stage == "sparse" else
+                                            "WEIGHT_CONNECTED")
+        return mode == "WEIGHT_DISCONNECTED_ELTWISE"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra")
+        return d
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], base: "TrainConfig | None" = None) -> "TrainConfig":
+        """A config from ``base`` (or the defaults) updated with ``values``; unknown keys are refused."""
+        names = {f.name for f in fields(cls)} - {"extra"}
+        aliases = {"base_lr": "lr", "max_iter": "iters", "lr_schedule": "lr_policy", "type": "optimizer"}
+        merged = (base or cls()).to_dict()
+        for key, value in values.items():
+            key = aliases.get(key, key)
+            if key not in names:
+                raise InvalidOptionError(f"config: unknown key {key!r}")
+            merged[key] = value
+        if isinstance(merged.get("optimizer"), str):
+            merged["optimizer"] = merged["optimizer"].lower()
+        return cls(**merged)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or TOML config file into a dict (TOML by suffix ``.toml``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidOptionError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                raise InvalidOptionError(f"{path}: TOML configs need Python >= 3.11; use JSON") from None
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - json and tomllib raise their own error types
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise InvalidOptionError(f"{path}: cannot parse config ({first}); use JSON or TOML") from None
+    if not isinstance(data, dict):
+        raise InvalidOptionError(f"{path}: config must be a mapping of solver keys to values")
+    return data

@@ -1,0 +1,273 @@
+"""The training loop: onnxruntime-training computes loss and gradients, onnxsq updates the weights.
+
+Why the update is ours: onnxruntime-training 1.19's SGD has no momentum, weight decay or per-layer
+learning rate, and its optimizer state cannot be masked. So each iteration runs the training model
+(forward + backward) in onnxruntime, reads the gradients, and applies in numpy
+
+* SGD with momentum, Caffe's form: ``v = μ v + lr·mult·(g + wd·w)``, ``w -= v``;
+* or AdamW (decoupled weight decay, bias-corrected moments);
+
+weight decay on conv/fc weights only; masks applied to gradient, buffers and weights (exact zeros);
+then writes the weights back. BatchNormalization's running statistics are updated by onnxruntime
+itself (training_mode=1, the model's momentum). Learning-rate schedules use Caffe's names:
+``fixed``, ``step`` (γ every ``stepsize``), ``multistep`` (γ at each ``stepvalue``), ``poly``
+(``(1 - it/max_iter)^power``) and ``cosine``.
+
+Checkpoints (``.npz``) hold every parameter, the optimizer buffers, masks, lr multipliers, the
+sparsity factor and the iteration; with the loader's (seed, epoch, batch) determinism a resumed run
+repeats an uninterrupted one bit for bit on the same machine and thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from ..data.loader import Dataset, Loader
+from ..errors import DataError, InvalidOptionError, UnsupportedModelError
+from ..report import Report
+from ..runtime import import_training, providers_for
+from .artifacts import TrainingGraph, build_training_graph, generate
+from .config import TrainConfig
+from .export import export_trained
+from .sparsity import SparsityControl
+
+log = logging.getLogger(__name__)
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+def lr_at(cfg: TrainConfig, it: int, max_iter: int) -> float:
+    """Learning rate for 0-based iteration ``it`` of ``max_iter``."""
+    p = cfg.lr_policy
+    if p == "fixed":
+        return cfg.lr
+    if p == "step":
+        return cfg.lr * cfg.gamma ** (it // max(1, cfg.stepsize))
+    if p == "multistep":
+        return cfg.lr * cfg.gamma ** sum(it >= s for s in cfg.stepvalue)
+    frac = min(it / max(1, max_iter), 1.0)
+    if p == "poly":
+        return cfg.lr * (1.0 - frac) ** cfg.power
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))  # cosine
+
+
+def _output_rank(model: onnx.ModelProto) -> int | None:
+    t = model.graph.output[0].type.tensor_type
+    return len(t.shape.dim) if t.HasField("shape") else None
+
+
+class Trainer:
+    """One training run (``train()`` in :mod:`onnxsq.training` wraps it)."""
+
+    def __init__(self, model: onnx.ModelProto, data: Dataset, cfg: TrainConfig, *,
+                 on_step: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.original, self.data, self.cfg, self.on_step = model, data, cfg, on_step
+        self.task = cfg.task or data.task
+        if cfg.task and cfg.task != data.task:
+            raise DataError(f"{data.where}: --task {cfg.task} but the data holds {data.task} labels")
+        rank = _output_rank(model)
+        want = 2 if self.task == "classification" else 4
+        if rank is not None and rank != want:
+            raise UnsupportedModelError(
+                f"{self.task} needs a model output of rank {want} (N×classes{'×H×W' if want == 4 else ''}), "
+                f"the model's first output has rank {rank}")
+        self.loader = Loader(data, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
+                             augment=self.task == "segmentation")
+        bpe = self.loader.batches_per_epoch()
+        self.max_iter = cfg.iters if cfg.iters is not None else max(1, round((cfg.epochs or 1) * bpe))
+        self.graph: TrainingGraph = build_training_graph(model)
+        dims = model.graph.output[0].type.tensor_type.shape.dim
+        self.classes = dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else 0
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _open(self, workdir: Path) -> None:
+        import_training()
+        import onnxruntime as ort
+        from onnxruntime.training.api import CheckpointState, Module
+
+        providers = providers_for(self.cfg.device)
+        self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+        train_path, ckpt_path = generate(self.graph, workdir, task=self.task, l1=self.cfg.l1,
+                                         ignore_label=self.cfg.ignore_label,
+                                         label_rank=1 if self.task == "classification" else 3)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.use_deterministic_compute = True
+        self.state = CheckpointState.load_checkpoint(str(ckpt_path))
+        self.module = Module(str(train_path), self.state, None, self.device, opts)
+        self.module.train()
+        self.params = {n: self.state.parameters[n] for n in self.graph.trainable}
+        self.w = {n: np.array(p.data, copy=True) for n, p in self.params.items()}
+        kinds = ("v",) if self.cfg.optimizer == "sgd" else ("m", "v")
+        self.slots = {k: {n: np.zeros_like(w) for n, w in self.w.items()} for k in kinds}
+        self.sparsity = SparsityControl(self.cfg, self.w, self.graph.conv_weights, list(self.graph.weights))
+        self.iteration = 0
+
+    # -- one iteration ----------------------------------------------------------------------------
+    def _update(self, lr: float) -> None:
+        cfg = self.cfg
+        t = self.iteration + 1
+        for n, p in self.params.items():
+            g = p.grad
+            if g is None:
+                continue
+            w = self.w[n]
+            decay = cfg.weight_decay if n in self.graph.weights else 0.0
+            step_lr = lr * self.sparsity.lr_mult.get(n, 1.0)
+            self.sparsity.apply_masks(n, g)
+            if cfg.optimizer == "sgd":
+                v = self.slots["v"][n]
+                v *= cfg.momentum
+                v += step_lr * (g + decay * w if decay else g)
+                w -= v
+                self.sparsity.apply_masks(n, v, w)
+            else:
+                m, v = self.slots["m"][n], self.slots["v"][n]
+                b1, b2 = ADAM_BETAS
+                m *= b1
+                m += (1 - b1) * g
+                v *= b2
+                v += (1 - b2) * g * g
+                mhat = m / (1 - b1 ** t)
+                vhat = v / (1 - b2 ** t)
+                w -= step_lr * (mhat / (np.sqrt(vhat) + ADAM_EPS) + decay * w)
+                self.sparsity.apply_masks(n, m, v, w)
+
+    def _write_weights(self) -> None:
+        for n, p in self.params.items():
+            p.data = self.w[n]
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> float:
+        lr = lr_at(self.cfg, self.iteration, self.max_iter)
+        labels = y[y != self.cfg.ignore_label] if self.task == "segmentation" else y
+        if labels.size and (labels.min() < 0 or (self.classes and labels.max() >= self.classes)):
+            raise DataError(f"{self.data.where}: label {int(labels.max())} outside the model's "
+                            f"{self.classes} classes (0..{self.classes - 1})")
+        try:
+            loss = self.module(x, y)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors carry the useful first line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DataError(f"{self.data.where}: training step failed on a batch x{tuple(x.shape)} "
+                            f"y{tuple(y.shape)}: {first}") from None
+        self._update(lr)
+        self.iteration += 1
+        self.sparsity.after_update(self.iteration, self.w)
+        self._write_weights()
+        self.module.lazy_reset_grad()
+        self.last_lr = lr
+        return float(np.asarray(loss).reshape(-1)[0])
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def values(self) -> dict[str, np.ndarray]:
+        """Current values of every trainable and frozen parameter."""
+        out = {n: w.copy() for n, w in self.w.items()}
+        for n in self.graph.frozen:
+            out[n] = np.array(self.state.parameters[n].data, copy=True)
+        return out
+
+    def save_checkpoint(self, path: Path) -> None:
+        arrays = {f"param/{n}": v for n, v in self.values().items()}
+        arrays.update({f"slot/{k}/{n}": v for k, d in self.slots.items() for n, v in d.items()})
+        arrays.update({f"mask/{n}": m for n, m in self.sparsity.masks.items()})
+        meta = {"iteration": self.iteration, "lr_mult": self.sparsity.lr_mult, "factor": self.sparsity.factor,
+                "optimizer": self.cfg.optimizer, "stage": self.cfg.stage, "task": self.task}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        log.info("checkpoint at iteration %d: %s", self.iteration, path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        try:
+            with np.load(path) as z:
+                arrays = {k: z[k] for k in z.files}
+            meta = json.loads(arrays.pop("meta").tobytes().decode())
+        except Exception as exc:  # noqa: BLE001
+            raise InvalidOptionError(f"{path}: not an onnxsq training checkpoint ({exc})") from None
+        if meta["optimizer"] != self.cfg.optimizer or meta["task"] != self.task:
+            raise InvalidOptionError(f"{path}: checkpoint of a {meta['optimizer']}/{meta['task']} run cannot resume "
+                                     f"a {self.cfg.optimizer}/{self.task} run")
+        names = set(self.graph.trainable) | set(self.graph.frozen)
+        have = {k.split("/", 1)[1] for k in arrays if k.startswith("param/")}
+        if have != names:
+            raise InvalidOptionError(f"{path}: checkpoint parameters do not match this model")
+        for n in self.graph.trainable:
+            self.w[n][...] = arrays[f"param/{n}"]
+        for n in self.graph.frozen:
+            self.state.parameters[n].data = arrays[f"param/{n}"]
+        for k, d in self.slots.items():
+            for n in d:
+                d[n][...] = arrays[f"slot/{k}/{n}"]
+        self.sparsity.masks = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("mask/")}
+        self.sparsity.lr_mult = {k: float(v) for k, v in meta["lr_mult"].items()}
+        self.sparsity.factor = float(meta["factor"])
+        self.iteration = int(meta["iteration"])
+        self._write_weights()
+        log.info("resumed from %s at iteration %d", path, self.iteration)
+
+    # -- the run ----------------------------------------------------------------------------------
+    def run(self, *, resume: Path | None = None, checkpoint: Path | None = None) -> tuple[onnx.ModelProto, Report]:
+        cfg = self.cfg
+        with tempfile.TemporaryDirectory(prefix="onnxsq-train-") as tmp:
+            self._open(Path(tmp))
+            if resume is not None:
+                self.load_checkpoint(resume)
+            bpe = self.loader.batches_per_epoch()
+            start = self.iteration
+            t0, images, loss, self.last_lr = time.perf_counter(), 0, float("nan"), lr_at(cfg, start, self.max_iter)
+            losses: list[float] = []
+            if start < self.max_iter:
+                for _e, _b, x, y in self.loader.stream(start // bpe, start % bpe):
+                    loss = self.step(x, y)
+                    losses.append(loss)
+                    images += len(x)
+                    self._after_step(loss, checkpoint)
+                    if self.iteration >= self.max_iter:
+                        break
+            elapsed = time.perf_counter() - t0
+            values = self.values()
+        model = export_trained(self.original, values)
+        return model, self._report(losses, images, elapsed, start)
+
+    def _after_step(self, loss: float, checkpoint: Path | None) -> None:
+        cfg, it = self.cfg, self.iteration
+        if not math.isfinite(loss):
+            raise InvalidOptionError(f"the loss became {loss} at iteration {it}; lower --lr")
+        sparsity = self.sparsity.total_sparsity(self.w)
+        if cfg.display and (it % cfg.display == 0 or it == self.max_iter):
+            log.info("iter %d/%d  loss %.4f  lr %.4g  sparsity %.4f", it, self.max_iter, loss, self.last_lr, sparsity)
+        if cfg.display_sparsity and it % cfg.display_sparsity == 0:
+            per = ", ".join(f"{n} {s:.3f}" for n, s in self.sparsity.layer_sparsity(self.w).items())
+            log.info("iter %d sparsity %.4f (conv weights): %s", it, sparsity, per)
+        if checkpoint is not None and cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
+            self.save_checkpoint(checkpoint)
+        if self.on_step is not None:
+            self.on_step({"iteration": it, "max_iter": self.max_iter, "loss": loss, "lr": self.last_lr,
+                          "sparsity": sparsity})
+
+    def _report(self, losses: list[float], images: int, elapsed: float, start: int) -> Report:
+        report = Report("train")
+        for node, op, how in self.graph.rewrites:
+            report.add(node, op, "skipped" if how.startswith("kept") else "rewritten for training", how)
+        layer = self.sparsity.layer_sparsity(self.w)
+        for n, s in layer.items():
+            report.add(n, "Conv", "trained", "", sparsity=round(s, 6), masked=n in self.sparsity.masks,
+                       lr_mult=self.sparsity.lr_mult.get(n, 1.0))
+        tail = losses[-max(1, min(len(losses), 20)):] if losses else [float("nan")]
+        report.summary.update({
+            "stage": self.cfg.stage, "task": self.task, "device": self.device, "optimizer": self.cfg.optimizer,
+            "iterations": self.iteration, "resumed_from": start, "batch_size": self.loader.batch_size,
+            "final_loss": float(np.mean(tail)), "final_lr": self.last_lr,
+            "seconds": round(elapsed, 3), "images_per_s": round(images / elapsed, 1) if elapsed > 0 else None,
+            "conv_sparsity": round(self.sparsity.total_sparsity(self.w), 6),
+        })
+        return report

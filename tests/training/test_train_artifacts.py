@@ -1,0 +1,134 @@
+"""The training graph: rewrites (exact), parameter roles, the L1 loss block against numpy."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from train_helpers import cnn, needs_training, values
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxsq.errors import UnsupportedModelError
+from onnxsq.runtime import make_session
+from onnxsq.training.artifacts import build_training_graph, classify_params
+
+
+def _decoder(kind: str, opset: int = 13, **attrs) -> onnx.ModelProto:
+    """Conv(3→4) → ConvTranspose or Resize; input N×3×5×6 (odd sizes catch off-by-one errors)."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "conv.weight")]
+    nodes = [helper.make_node("Conv", ["x", "conv.weight"], ["c"], name="conv", pads=[1, 1, 1, 1])]
+    if kind == "deconv":
+        g, k, s = attrs.get("group", 2), attrs.get("k", 3), attrs.get("s", 2)
+        inits += [numpy_helper.from_array(rng.standard_normal((4, 6 // g, k, k)).astype(np.float32), "up.weight"),
+                  numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "up.bias")]
+        nodes.append(helper.make_node("ConvTranspose", ["c", "up.weight", "up.bias"], ["y"], name="up", group=g,
+                                      strides=[s, s], pads=attrs.get("pads", [1, 1, 1, 1]),
+                                      output_padding=attrs.get("op", [1, 1])))
+    else:
+        inits += [numpy_helper.from_array(np.zeros(0, np.float32), "roi")]
+        if "sizes" in attrs:
+            inits.append(numpy_helper.from_array(np.array(attrs.pop("sizes"), np.int64), "sizes"))
+            ins = ["c", "roi", "", "sizes"]
+        else:
+            inits.append(numpy_helper.from_array(np.array([1, 1, *attrs.pop("scales")], np.float32), "scales"))
+            ins = ["c", "roi", "scales"]
+        nodes.append(helper.make_node("Resize", ins, ["y"], name="up", **attrs))
+    graph = helper.make_graph(nodes, "dec", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 5, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 7
+    return m
+
+
+CASES = [
+    ("deconv", {"group": 2, "k": 3, "s": 2, "pads": [1, 1, 1, 1], "op": [1, 1]}),
+    ("deconv", {"group": 1, "k": 4, "s": 2, "pads": [1, 1, 1, 1], "op": [0, 0]}),
+    ("deconv", {"group": 2, "k": 2, "s": 2, "pads": [0, 0, 0, 0], "op": [0, 0]}),
+    ("deconv", {"group": 1, "k": 3, "s": 1, "pads": [1, 0, 1, 2], "op": [0, 0]}),
+    ("resize", {"mode": "linear", "scales": [2.0, 2.0]}),
+    ("resize", {"mode": "linear", "coordinate_transformation_mode": "align_corners", "scales": [3.0, 2.0]}),
+    ("resize", {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor",
+                "scales": [2.0, 4.0]}),
+    ("resize", {"mode": "cubic", "scales": [2.0, 1.5]}),
+]
+
+
+@pytest.mark.parametrize("kind,attrs", CASES)
+def test_rewrites_compute_the_same_function(kind, attrs):
+    model = _decoder(kind, **dict(attrs))
+    graph = build_training_graph(model)
+    assert [op for _, op, how in graph.rewrites if not how.startswith("kept")] == [
+        "ConvTranspose" if kind == "deconv" else "Resize"]
+    assert all(n.op_type not in ("ConvTranspose", "Resize") for n in graph.model.graph.node)
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 6)).astype(np.float32)
+    ref = make_session(model).run(None, {"x": x})[0]
+    got = make_session(graph.model).run(None, {"x": x})[0]
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # the trained tensors keep their names and layouts
+    assert "up.weight" in graph.trainable or kind == "resize"
+    assert "conv.weight" in graph.trainable
+
+
+def test_unrewritable_deconv_is_kept_with_a_reason():
+    model = _decoder("deconv", group=1, k=1, s=2, pads=[0, 0, 0, 0], op=[0, 0])  # would need a negative pad
+    graph = build_training_graph(model)
+    assert graph.rewrites[0][2].startswith("kept") and "negative" in graph.rewrites[0][2]
+
+
+def test_param_roles_and_bn_training_mode():
+    model = cnn((4, 8))
+    trainable, frozen, weights, conv = classify_params(model)
+    assert set(frozen) == {"bn0.mean", "bn0.var", "bn1.mean", "bn1.var"}
+    assert set(weights) == {"conv0.weight", "conv1.weight", "fc.weight"}
+    assert set(conv) == {"conv0.weight", "conv1.weight"}
+    assert {"fc.bias", "bn0.scale", "bn1.bias"} <= set(trainable)
+    graph = build_training_graph(model)
+    bns = [n for n in graph.model.graph.node if n.op_type == "BatchNormalization"]
+    assert all(len(n.output) == 3 and helper.get_attribute_value(
+        next(a for a in n.attribute if a.name == "training_mode")) == 1 for n in bns)
+    assert graph.model.opset_import[0].version >= 14 and graph.model.ir_version <= 10
+    assert model.opset_import[0].version == 13  # the input model is untouched
+
+
+def test_two_input_model_is_refused():
+    model = cnn((4,))
+    model.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1]))
+    with pytest.raises(UnsupportedModelError, match="one input"):
+        build_training_graph(model)
+
+
+def _one_step(model, l1, x, y):
+    from onnxruntime.training.api import CheckpointState, Module
+
+    from onnxsq.training.artifacts import generate
+
+    graph = build_training_graph(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        tp, cp = generate(graph, Path(tmp), task="classification", l1=l1, ignore_label=255, label_rank=1)
+        state = CheckpointState.load_checkpoint(str(cp))
+        module = Module(str(tp), state, None, "cpu")
+        loss = float(module(x, y))
+        grads = {n: state.parameters[n].grad.copy() for n in graph.trainable}
+    return loss, grads, graph
+
+
+@needs_training
+def test_l1_block_loss_and_gradient_match_numpy():
+    model = cnn((4, 8), seed=3)
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 1, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 10, 6).astype(np.int64)
+    lam = 0.01
+    base_loss, base_grads, graph = _one_step(model, 0.0, x, y)
+    loss, grads, _ = _one_step(model, lam, x, y)
+    w = values(model)
+    expected = lam * sum(np.abs(w[n].astype(np.float64)).sum() for n in graph.weights)
+    assert loss - base_loss == pytest.approx(expected, rel=1e-5)
+    for n in graph.trainable:
+        extra = lam * np.sign(w[n]) if n in graph.weights else 0.0  # L1 on conv/fc weights only
+        np.testing.assert_allclose(grads[n] - base_grads[n], extra, atol=1e-5)
