@@ -17,13 +17,13 @@ $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
 	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.13.0
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[train-cpu,test,bench]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[train-cpu,test,bench,demo]'
 	touch $@
 
 $(VENV_ORT)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV_ORT)
 	$(VENV_ORT)/bin/pip install $(PIP_FLAGS) --upgrade pip
-	$(VENV_ORT)/bin/pip install $(PIP_FLAGS) --upgrade -e '.[ort,test,bench]'
+	$(VENV_ORT)/bin/pip install $(PIP_FLAGS) --upgrade -e '.[ort,test,bench,demo]'
 	touch $@
 
 test: test-ort test-train
@@ -35,7 +35,7 @@ test-train: $(VENV)/.stamp
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 demo: $(VENV)/.stamp
-	$(VENV)/bin/python sample_models/demo.py
+	$(VENV)/bin/onnxsq pipeline sample_models/recipes/digits.toml -o demo-out
 
 bench: $(VENV_ORT)/.stamp
 	$(VENV_ORT)/bin/python bench/bench_optimize.py
