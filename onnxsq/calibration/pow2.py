@@ -1,0 +1,199 @@
+"""Power-of-two fixed-point math: integer ranges, shifts that fit a range, exact quantization.
+
+A ``bits``-bit tensor with ``shift`` fractional bits stores ``q = clip(round(x * 2**shift))`` and
+means ``x^ = q * 2**-shift``; in QDQ terms ``scale = 2**-shift`` and zero point 0. Multiplying a
+float by a power of two is exact (barring overflow/underflow), so ``x * 2**shift`` has no rounding
+error of its own and the only error is the rounding to an integer (half to even, as ONNX
+``QuantizeLinear`` does) and the clipping to the integer range. Exact zeros stay zero.
+
+Ranges: signed tensors use ``[-2**(b-1), 2**(b-1) - 1]``, unsigned ``[0, 2**b - 1]``; weights are
+symmetric, ``[-(2**(b-1) - 1), 2**(b-1) - 1]``, so that negating a weight never saturates.
+
+The shift that *fits* a range is the largest ``shift`` (the finest step) for which every value of
+``[lo, hi]`` lies in ``[qmin, qmax] * 2**-shift``. The original computed
+``IL = ceil(log2(max|x|)) (+1 if signed); FL = bits - IL``, which can saturate by one step at the top
+(``max = 2**IL`` maps to ``2**(bits-1)``); :func:`fit_shift` never does.
+
+Pure numpy, no ONNX: shared by post-training quantization and quantization-aware training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import numpy as np
+
+ArrayLike = Union[float, np.ndarray]
+
+# Shifts stay where 2**-shift is a normal float32, with room for bias scales (sum of two shifts).
+MIN_SHIFT = -60
+MAX_SHIFT = 60
+BIAS_BITS = 32
+
+
+def int_range(bits: int, signed: bool, *, symmetric: bool = False) -> tuple[int, int]:
+    """``(qmin, qmax)`` of a ``bits``-bit integer; ``symmetric`` drops the most negative value."""
+    if bits < 2 or bits > 32:
+        raise ValueError(f"bits must be in 2..32, not {bits}")
+    if not signed:
+        return 0, 2**bits - 1
+    qmax = 2 ** (bits - 1) - 1
+    return (-qmax if symmetric else -qmax - 1), qmax
+
+
+def scale_of(shift: ArrayLike) -> ArrayLike:
+    """``2**-shift`` exactly (``np.ldexp``), as float32 when it is an array."""
+    if np.ndim(shift) == 0:
+        return float(np.ldexp(1.0, -int(shift)))
+    return np.ldexp(np.ones(np.shape(shift), np.float32), -np.asarray(shift, dtype=np.int32))
+
+
+def shift_of(scale: ArrayLike) -> ArrayLike:
+    """The shift of a power-of-two scale; raises ValueError when a scale is not an exact power of two."""
+    arr = np.asarray(scale, dtype=np.float64)
+    mant, exp = np.frexp(arr)
+    if np.any(mant != 0.5):
+        raise ValueError(f"scale is not a power of two: {arr[mant != 0.5].ravel()[:3]}")
+    shift = 1 - exp  # scale = 0.5 * 2**exp = 2**(exp-1)
+    return int(shift) if arr.ndim == 0 else shift.astype(np.int64)
+
+
+def is_power_of_two(scale: ArrayLike) -> bool:
+    arr = np.asarray(scale, dtype=np.float64)
+    return bool(arr.size) and bool(np.all(np.frexp(arr)[0] == 0.5))
+
+
+def _fit_one(magnitude: float, limit: int) -> int:
+    """Largest shift with ``magnitude <= limit * 2**-shift`` (exact, float64 power-of-two arithmetic)."""
+    if not math.isfinite(magnitude):
+        raise ValueError(f"cannot fit a non-finite range ({magnitude})")
+    if magnitude <= 0.0:
+        return MAX_SHIFT
+    ratio = limit / magnitude
+    if not math.isfinite(ratio) or ratio > math.ldexp(1.0, MAX_SHIFT):
+        return MAX_SHIFT  # a vanishing range: the clamp decides
+    if ratio < math.ldexp(1.0, MIN_SHIFT):
+        return MIN_SHIFT
+    shift = int(math.floor(math.log2(ratio)))
+    # log2 is approximate; settle the edge exactly (ldexp is exact).
+    while math.ldexp(limit, -shift) < magnitude:
+        shift -= 1
+    while math.ldexp(limit, -(shift + 1)) >= magnitude:
+        shift += 1
+    return shift
+
+
+def fit_shift(lo: ArrayLike, hi: ArrayLike, bits: int, signed: bool, *, symmetric: bool = False,
+              default: int | None = None) -> ArrayLike:
+    """The finest shift whose range ``[qmin, qmax] * 2**-shift`` holds all of ``[lo, hi]``.
+
+    ``lo``/``hi`` may be arrays (per-channel). An all-zero range gets ``default`` (or ``bits - 1``,
+    i.e. a range of about ±1). Unsigned requires ``lo >= 0``. Result is clamped to
+    ``[MIN_SHIFT, MAX_SHIFT]``.
+    """
+    qmin, qmax = int_range(bits, signed, symmetric=symmetric)
+    lo_a, hi_a = np.broadcast_arrays(np.asarray(lo, np.float64), np.asarray(hi, np.float64))
+    if not signed and np.any(lo_a < 0):
+        raise ValueError("an unsigned range cannot hold negative values")
+    fallback = bits - 1 if default is None else default
+    out = np.empty(lo_a.shape, dtype=np.int64)
+    for idx in np.ndindex(lo_a.shape):
+        a, b = float(lo_a[idx]), float(hi_a[idx])
+        s = MAX_SHIFT
+        if b > 0:
+            s = min(s, _fit_one(b, qmax))
+        if a < 0:
+            s = min(s, _fit_one(-a, -qmin))
+        out[idx] = fallback if s == MAX_SHIFT and a == 0 and b == 0 else min(max(s, MIN_SHIFT), MAX_SHIFT)
+    return int(out) if out.ndim == 0 else out
+
+
+def expand_shape(shift: ArrayLike, ndim: int, axis: int | None) -> np.ndarray:
+    """Broadcastable per-channel values: ``shift`` along ``axis`` of an ``ndim``-d tensor."""
+    arr = np.asarray(shift)
+    if arr.ndim == 0 or axis is None:
+        return arr
+    shape = [1] * ndim
+    shape[axis] = arr.size
+    return arr.reshape(shape)
+
+
+def quantize(x: np.ndarray, shift: ArrayLike, bits: int, signed: bool, *, symmetric: bool = False,
+             axis: int | None = None) -> np.ndarray:
+    """Integers ``clip(round_half_even(x * 2**shift))`` (int64), per-tensor or per-channel on ``axis``."""
+    qmin, qmax = int_range(bits, signed, symmetric=symmetric)
+    x64 = np.asarray(x, dtype=np.float64)
+    sh = expand_shape(shift, x64.ndim, axis).astype(np.int64)
+    q = np.rint(np.ldexp(x64, sh))  # np.rint rounds half to even, like QuantizeLinear
+    return np.clip(q, qmin, qmax).astype(np.int64)
+
+
+def dequantize(q: np.ndarray, shift: ArrayLike, *, axis: int | None = None, dtype=np.float32) -> np.ndarray:
+    """``q * 2**-shift`` (exact for |q| < 2**24 in float32)."""
+    q64 = np.asarray(q, dtype=np.float64)
+    sh = expand_shape(shift, q64.ndim, axis).astype(np.int64)
+    return np.ldexp(q64, -sh).astype(dtype)
+
+
+def fake_quantize(x: np.ndarray, shift: ArrayLike, bits: int, signed: bool, *, symmetric: bool = False,
+                  axis: int | None = None) -> np.ndarray:
+    """``dequantize(quantize(x))``: what a QuantizeLinear → DequantizeLinear pair computes."""
+    return dequantize(quantize(x, shift, bits, signed, symmetric=symmetric, axis=axis), shift, axis=axis,
+                      dtype=np.asarray(x).dtype if np.asarray(x).dtype.kind == "f" else np.float32)
+
+
+def weight_shift(w: np.ndarray, bits: int, *, axis: int | None = None, method: str = "minmax",
+                 candidates: int = 2) -> ArrayLike:
+    """Symmetric signed shift for ``w`` (per-tensor, or one per slice along ``axis``).
+
+    ``minmax``: the finest shift that holds every weight. ``mse``: of that shift and up to
+    ``candidates`` finer ones (which saturate the largest weights), the one with the smallest
+    squared error on the actual weights (exact, not a model of the error).
+    """
+    w64 = np.asarray(w, dtype=np.float64)
+    if axis is None:
+        m = float(np.max(np.abs(w64))) if w64.size else 0.0
+        base = fit_shift(-m, m, bits, True, symmetric=True)
+    else:
+        reduce = tuple(i for i in range(w64.ndim) if i != axis)
+        m = np.max(np.abs(w64), axis=reduce) if w64.size else np.zeros(w64.shape[axis])
+        base = np.asarray(fit_shift(-m, m, bits, True, symmetric=True))
+    if method == "minmax" or not w64.size:
+        return base
+    if method != "mse":
+        raise ValueError(f"unknown weight method {method!r}")
+    best = np.asarray(base).copy()
+    best_err = None
+    for extra in range(candidates + 1):
+        shift = np.minimum(np.asarray(base) + extra, MAX_SHIFT)
+        err = (w64 - dequantize(quantize(w64, shift, bits, True, symmetric=True, axis=axis), shift, axis=axis,
+                                dtype=np.float64)) ** 2
+        err = err.sum() if axis is None else err.sum(axis=tuple(i for i in range(w64.ndim) if i != axis))
+        if best_err is None:
+            best_err = err
+            continue
+        better = err < best_err
+        best = np.where(better, shift, best)
+        best_err = np.where(better, err, best_err)
+    return int(best) if axis is None else best.astype(np.int64)
+
+
+def bias_shift(input_shift: int, weight_shift_: ArrayLike) -> ArrayLike:
+    """The accumulator's shift: ``scale_b = scale_in * scale_w``, i.e. shifts add."""
+    return np.asarray(weight_shift_, dtype=np.int64) + int(input_shift) if np.ndim(weight_shift_) \
+        else int(input_shift) + int(weight_shift_)
+
+
+def requant_shift(input_shift: int, weight_shift_: ArrayLike, output_shift: int) -> ArrayLike:
+    """Right shift turning the int32 accumulator into the output: ``acc >> (s_in + s_w - s_out)``."""
+    return np.asarray(bias_shift(input_shift, weight_shift_)) - int(output_shift)
+
+
+def sqnr_db(signal_power: float, noise_power: float) -> float:
+    """Signal-to-quantization-noise ratio in dB; ``inf`` when there is no noise."""
+    if noise_power <= 0.0:
+        return math.inf
+    if signal_power <= 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal_power / noise_power)

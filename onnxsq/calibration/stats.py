@@ -1,0 +1,241 @@
+"""Mergeable streaming statistics of one tensor, and the range estimators that turn them into shifts.
+
+``TensorStats.update(batch)`` keeps only a fixed amount of state per tensor, whatever the number of
+samples: count, exact-zero count, min/max, the original's moving average of the per-batch min/max,
+and (when an estimator needs it) a histogram of magnitudes.
+
+Merging is exact, so calibration can be split across processes or machines:
+
+- min/max, counts and histograms are order-free: ``a.merge(b)`` equals one pass over both.
+- The histogram has ``BINS`` bins over ``[0, 2**exp)`` where ``exp`` is the smallest power of two above
+  the largest magnitude seen. When a larger value arrives the range doubles and pairs of bins are
+  added; bin edges at every range are multiples of the edges of the range below, and the bin index
+  ``floor(|x| * BINS / 2**exp)`` is exact in float64, so the final histogram depends only on the data,
+  never on the order or the split. Positive and negative magnitudes are kept apart (signed ranges
+  are asymmetric by one step).
+- The moving average ``r <- 0.99 r + 0.01 b`` (first batch initialises it) is order-*dependent*; it
+  merges in order (shard A then shard B): with ``n_B`` batches in B and ``f_B`` its first batch value,
+  ``r = r_B + 0.99**n_B * (r_A - f_B)``, which equals one pass over A then B up to float rounding.
+
+Estimators (``estimate_range``) give the ``[lo, hi]`` the shift must hold:
+``minmax`` (all values fit), ``ema`` (the original: moving average × 1.25), ``percentile`` (the
+``percentile`` quantile of |x| from the histogram) and ``mse`` (:func:`mse_shift`, the power-of-two
+shift minimising the expected squared quantization error on the histogram).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import pow2
+
+BINS = 2048
+MIN_EXP = -40  # smallest histogram range 2**-40: below that every value lands in bin 0
+EMA_MOMENTUM = 0.99
+EMA_EXPANSION = 1.25
+METHODS = ("minmax", "ema", "percentile", "mse")
+HIST_METHODS = frozenset({"percentile", "mse"})
+
+
+def _exp_above(m: float) -> int:
+    """Smallest ``e >= MIN_EXP`` with ``m < 2**e``."""
+    if m <= 0:
+        return MIN_EXP
+    return max(MIN_EXP, math.frexp(m)[1])
+
+
+def _fold(hist: np.ndarray, times: int) -> np.ndarray:
+    """The histogram of the range ``2**times`` larger: add groups of ``2**times`` adjacent bins."""
+    if times <= 0:
+        return hist
+    if times >= int(math.log2(BINS)):
+        out = np.zeros_like(hist)
+        out[0] = hist.sum()
+        return out
+    g = 2**times
+    folded = hist.reshape(-1, g).sum(axis=1)
+    out = np.zeros_like(hist)
+    out[: folded.size] = folded
+    return out
+
+
+@dataclass
+class TensorStats:
+    """Running statistics of one tensor. ``histogram=False`` skips the (costlier) histogram."""
+
+    histogram: bool = False
+    count: int = 0
+    zeros: int = 0
+    min: float = math.inf
+    max: float = -math.inf
+    batches: int = 0
+    ema_min: float = 0.0
+    ema_max: float = 0.0
+    first_min: float = 0.0
+    first_max: float = 0.0
+    hist_exp: int = MIN_EXP
+    hist_pos: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
+    hist_neg: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
+
+    # -- streaming -----------------------------------------------------------------------------
+    def update(self, x: np.ndarray) -> None:
+        """Add one batch (any shape). Non-finite values are an error: their range is meaningless."""
+        x = np.asarray(x)
+        if x.size == 0:
+            return
+        bmin, bmax = float(x.min()), float(x.max())
+        if not (math.isfinite(bmin) and math.isfinite(bmax)):
+            raise ValueError("tensor holds inf or nan")
+        self.count += int(x.size)
+        self.zeros += int(x.size - np.count_nonzero(x))
+        self.min, self.max = min(self.min, bmin), max(self.max, bmax)
+        if self.batches == 0:
+            self.ema_min, self.ema_max, self.first_min, self.first_max = bmin, bmax, bmin, bmax
+        else:
+            self.ema_min = EMA_MOMENTUM * self.ema_min + (1 - EMA_MOMENTUM) * bmin
+            self.ema_max = EMA_MOMENTUM * self.ema_max + (1 - EMA_MOMENTUM) * bmax
+        self.batches += 1
+        if self.histogram:
+            self._hist_update(x, max(abs(bmin), abs(bmax)))
+
+    def _hist_update(self, x: np.ndarray, mag: float) -> None:
+        exp = _exp_above(mag)
+        if exp > self.hist_exp:
+            self.hist_pos = _fold(self.hist_pos, exp - self.hist_exp)
+            self.hist_neg = _fold(self.hist_neg, exp - self.hist_exp)
+            self.hist_exp = exp
+        # |x| * 2**(log2(BINS) - exp) in float32 is exact (a power-of-two factor, no overflow since
+        # |x| < 2**exp), and truncation of a non-negative value is floor: the bin index is exact.
+        flat = x.ravel()
+        if flat.dtype != np.float32:
+            flat = flat.astype(np.float64)
+        scaled = np.abs(flat) * flat.dtype.type(math.ldexp(1.0, int(math.log2(BINS)) - self.hist_exp))
+        idx = np.minimum(scaled.astype(np.int32), BINS - 1)
+        idx[np.signbit(flat) & (flat != 0)] += BINS  # negatives in the upper half
+        both = np.bincount(idx, minlength=2 * BINS)
+        self.hist_pos += both[:BINS]
+        self.hist_neg += both[BINS:]
+
+    # -- merging -------------------------------------------------------------------------------
+    def merge(self, later: "TensorStats") -> "TensorStats":
+        """A new TensorStats equal to one pass over ``self``'s batches followed by ``later``'s."""
+        if self.histogram != later.histogram:
+            raise ValueError("cannot merge statistics with and without a histogram")
+        if later.batches == 0:
+            return self.copy()
+        if self.batches == 0:
+            return later.copy()
+        out = TensorStats(histogram=self.histogram)
+        out.count, out.zeros = self.count + later.count, self.zeros + later.zeros
+        out.min, out.max = min(self.min, later.min), max(self.max, later.max)
+        out.batches = self.batches + later.batches
+        decay = EMA_MOMENTUM**later.batches
+        out.ema_min = later.ema_min + decay * (self.ema_min - later.first_min)
+        out.ema_max = later.ema_max + decay * (self.ema_max - later.first_max)
+        out.first_min, out.first_max = self.first_min, self.first_max
+        if self.histogram:
+            out.hist_exp = max(self.hist_exp, later.hist_exp)
+            out.hist_pos = _fold(self.hist_pos, out.hist_exp - self.hist_exp) + \
+                _fold(later.hist_pos, out.hist_exp - later.hist_exp)
+            out.hist_neg = _fold(self.hist_neg, out.hist_exp - self.hist_exp) + \
+                _fold(later.hist_neg, out.hist_exp - later.hist_exp)
+        return out
+
+    def copy(self) -> "TensorStats":
+        return TensorStats.from_dict(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able state (for shards computed elsewhere)."""
+        d = {k: getattr(self, k) for k in ("histogram", "count", "zeros", "min", "max", "batches", "ema_min",
+                                          "ema_max", "first_min", "first_max", "hist_exp")}
+        if self.histogram:
+            d["hist_pos"], d["hist_neg"] = self.hist_pos.tolist(), self.hist_neg.tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TensorStats":
+        s = cls(histogram=bool(d["histogram"]))
+        for k in ("count", "zeros", "batches", "hist_exp"):
+            setattr(s, k, int(d[k]))
+        for k in ("min", "max", "ema_min", "ema_max", "first_min", "first_max"):
+            setattr(s, k, float(d[k]))
+        if s.histogram:
+            s.hist_pos = np.asarray(d["hist_pos"], np.int64).copy()
+            s.hist_neg = np.asarray(d["hist_neg"], np.int64).copy()
+        return s
+
+    # -- queries -------------------------------------------------------------------------------
+    @property
+    def nonnegative(self) -> bool:
+        return self.batches == 0 or self.min >= 0
+
+    def bin_width(self) -> float:
+        return math.ldexp(1.0, self.hist_exp - int(math.log2(BINS)))
+
+    def quantile_abs(self, q: float) -> float:
+        """Upper edge of the histogram bin where the ``q`` quantile (0..1) of |x| falls."""
+        total = self.hist_pos + self.hist_neg
+        n = int(total.sum())
+        if n == 0:
+            return 0.0
+        k = int(np.searchsorted(np.cumsum(total), math.ceil(q * n)))
+        return min((k + 1) * self.bin_width(), max(abs(self.min), abs(self.max)))
+
+
+def estimate_range(stats: TensorStats, method: str, *, percentile: float = 99.99) -> tuple[float, float]:
+    """The ``[lo, hi]`` a shift must hold under ``method`` (``mse`` is handled by :func:`choose_shift`)."""
+    if stats.batches == 0:
+        return 0.0, 0.0
+    if method == "minmax" or method == "mse":
+        return stats.min, stats.max
+    if method == "ema":
+        lo, hi = stats.ema_min * EMA_EXPANSION, stats.ema_max * EMA_EXPANSION
+        return min(lo, 0.0) if stats.min < 0 else max(lo, 0.0), hi
+    if method == "percentile":
+        if not stats.histogram:
+            raise ValueError("the percentile estimator needs statistics collected with histogram=True")
+        m = stats.quantile_abs(percentile / 100.0)
+        return (max(stats.min, -m) if stats.min < 0 else max(stats.min, 0.0)), min(stats.max, m)
+    raise ValueError(f"unknown range estimator {method!r} (choose from {', '.join(METHODS)})")
+
+
+def mse_shift(stats: TensorStats, bits: int, signed: bool, *, candidates: int = 6) -> int:
+    """The shift minimising the expected squared error on the histogram.
+
+    Candidates: the min/max-fitting shift and up to ``candidates`` finer ones (each halves the range).
+    Within the range a value costs ``step**2 / 12`` (uniform rounding error; exact zeros cost nothing),
+    beyond it ``(|x| - limit)**2`` at the bin centre.
+    """
+    if not stats.histogram:
+        raise ValueError("the mse estimator needs statistics collected with histogram=True")
+    lo, hi = (stats.min, stats.max) if stats.batches else (0.0, 0.0)
+    base = pow2.fit_shift(min(lo, 0.0) if signed else max(lo, 0.0), max(hi, 0.0), bits, signed)
+    qmin, qmax = pow2.int_range(bits, signed)
+    centres = (np.arange(BINS) + 0.5) * stats.bin_width()
+    pos, neg = stats.hist_pos.astype(np.float64), stats.hist_neg.astype(np.float64)
+    nonzero = pos.sum() + neg.sum() - stats.zeros
+    best, best_err = base, math.inf
+    for shift in range(base, base + candidates + 1):
+        step = math.ldexp(1.0, -shift)
+        err = max(nonzero, 0.0) * step * step / 12.0
+        for hist, limit in ((pos, qmax * step), (neg, -qmin * step)):
+            over = centres > limit
+            err += float(np.sum(hist[over] * ((centres[over] - limit) ** 2 - step * step / 12.0)))
+        if err < best_err * (1 - 1e-12):
+            best, best_err = shift, err
+    return int(best)
+
+
+def choose_shift(stats: TensorStats, method: str, bits: int, *, percentile: float = 99.99,
+                 signed: bool | None = None) -> tuple[int, bool]:
+    """``(shift, signed)`` for an activation: unsigned when never negative, shift by ``method``."""
+    signed = (not stats.nonnegative) if signed is None else signed
+    if method == "mse":
+        return mse_shift(stats, bits, signed), signed
+    lo, hi = estimate_range(stats, method, percentile=percentile)
+    lo = min(lo, 0.0) if signed else 0.0
+    return int(pow2.fit_shift(lo, max(hi, 0.0), bits, signed)), signed

@@ -1,0 +1,57 @@
+"""``onnxsq quantize MODEL --calib DATA``: power-of-two int8 QDQ quantization (post-training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..options import common_model_command, preprocess_options, quiet, resolve_output
+
+METHODS = ("minmax", "ema", "percentile", "mse")
+
+
+@click.command("quantize")
+@common_model_command("quant")
+@click.option("--calib", help="Calibration data: image or .npy/.npz folder, a .npz file, or module.py:function.")
+@click.option("--calib-count", type=int, help="Use at most N calibration samples [default: all].")
+@click.option("--bits", type=int, default=8, show_default=True, help="Bits of weights and activations (2..16).")
+@click.option("--per-channel", is_flag=True, help="One power-of-two scale per output channel of each weight.")
+@click.option("--exclude", multiple=True, metavar="PATTERN", help="Keep nodes whose name matches in float (repeatable).")
+@click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True,
+              help="Activation range estimator.")
+@click.option("--weight-method", type=click.Choice(["minmax", "mse"]), default="mse", show_default=True,
+              help="Weight shift: fit every weight, or the smallest squared error.")
+@click.option("--params", "params_in", type=click.Path(dir_okay=False, path_type=Path),
+              help="Use these parameters (JSON) instead of calibrating the tensors it names.")
+@click.option("--params-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the parameters (JSON).")
+@preprocess_options
+def command(model: Path, output: Path | None, in_place: bool, report_path: Path | None, calib: str | None,
+            calib_count: int | None, bits: int, per_channel: bool, exclude: tuple[str, ...], method: str, weight_method: str,
+            params_in: Path | None, params_out: Path | None, size, mean, std, channel_order: str, layout: str) -> None:
+    """Quantize MODEL to power-of-two int8 QDQ (scales 2**-shift, zero points 0), calibrating on --calib."""
+    from rich.progress import Progress
+
+    from ...data.images import Preprocess
+    from ...model_io import save_model
+    from ...passes.quantize import QuantizeConfig, quantize
+    from ..render import err_console, finish
+
+    out = resolve_output(model, output, "quant", in_place)
+    pre = Preprocess(size=tuple(size) if size else None, mean=mean, std=std, channel_order=channel_order,
+                     layout=layout)
+    cfg = QuantizeConfig(bits=bits, per_channel=per_channel, exclude=exclude, method=method,
+                         weight_method=weight_method, calib_count=calib_count,
+                         preprocess=None if pre == Preprocess() else pre)
+    with Progress(console=err_console(), transient=True, disable=quiet()) as bar:
+        tasks: dict[str, int] = {}
+
+        def advance(done: int, total: int | None, stage: str) -> None:
+            tasks.setdefault(stage, bar.add_task(stage, total=total))
+            bar.update(tasks[stage], completed=done, total=total)
+
+        result, report = quantize(model, calib, config=cfg, params=params_in, progress=advance, params_out=params_out)
+    save_model(result, out)
+    report.summary["output"] = str(out)
+    finish(report, report_path, quiet=quiet(),
+           detail_keys=["bits", "signed", "shift", "w_shift", "range", "clipped", "sqnr_db"])

@@ -1,0 +1,196 @@
+"""Quantization parameters per tensor, and the parameters file (``--params-out`` / ``--params``).
+
+The file plays the part of the original's ``snapshot_log`` / ``insert_quantization_param``: one entry
+per quantized tensor with its bit width, signedness, shift (fractional bits: ``x = q * 2**-shift``),
+the observed range and the estimator that chose it. Reading a file back lets a later run skip
+calibration for those tensors (QAT writes the same format)::
+
+    {"format": "onnxsq-quant-params", "version": 1,
+     "tensors": {"conv1.out": {"kind": "activation", "bits": 8, "signed": false, "shift": 5,
+                               "observed_range": [0.0, 6.9], "estimator": "minmax"},
+                 "conv1.weight": {"kind": "weight", "bits": 8, "signed": true, "shift": [7, 6, ...],
+                                  "axis": 0, ...}}}
+
+``shift`` is an integer, or a list (one per channel along ``axis``) for per-channel weights and biases.
+:func:`params_from_model` reads the same information back out of a QDQ model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .calibration import pow2
+from .errors import DataError
+from .report import write_json
+
+FORMAT = "onnxsq-quant-params"
+VERSION = 1
+KINDS = ("activation", "weight", "bias")
+
+
+@dataclass
+class TensorQuant:
+    """How one tensor is quantized: ``q = clip(round(x * 2**shift))`` in ``bits`` bits."""
+
+    name: str
+    kind: str  # activation | weight | bias
+    bits: int
+    signed: bool
+    shift: int | list[int]
+    axis: int | None = None
+    observed_range: tuple[float, float] | None = None
+    estimator: str | None = None
+
+    @property
+    def per_channel(self) -> bool:
+        return isinstance(self.shift, list)
+
+    @property
+    def shift_array(self) -> np.ndarray:
+        return np.asarray(self.shift, dtype=np.int64)
+
+    @property
+    def scale(self) -> np.ndarray:
+        """``2**-shift`` as float32 (a scalar array per-tensor)."""
+        return np.asarray(pow2.scale_of(self.shift_array), dtype=np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "bits": self.bits, "signed": self.signed, "shift": self.shift}
+        if self.axis is not None:
+            d["axis"] = self.axis
+        if self.observed_range is not None:
+            d["observed_range"] = [float(self.observed_range[0]), float(self.observed_range[1])]
+        if self.estimator is not None:
+            d["estimator"] = self.estimator
+        return d
+
+    @classmethod
+    def from_dict(cls, name: str, d: Any, *, where: str = "parameters") -> "TensorQuant":
+        if not isinstance(d, dict):
+            raise DataError(f"{where}: entry {name!r} must be an object")
+        try:
+            kind = str(d.get("kind", "activation"))
+            bits, signed, shift = int(d["bits"]), d["signed"], d["shift"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: entry {name!r} needs bits, signed and shift ({exc})") from None
+        if kind not in KINDS:
+            raise DataError(f"{where}: entry {name!r}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        if not isinstance(signed, bool):
+            raise DataError(f"{where}: entry {name!r}: signed must be true or false")
+        if not 2 <= bits <= 32:
+            raise DataError(f"{where}: entry {name!r}: bits must be in 2..32, not {bits}")
+        if isinstance(shift, list):
+            if not shift or not all(isinstance(s, int) and not isinstance(s, bool) for s in shift):
+                raise DataError(f"{where}: entry {name!r}: shift must be an integer or a list of integers")
+        elif not isinstance(shift, int) or isinstance(shift, bool):
+            raise DataError(f"{where}: entry {name!r}: shift must be an integer or a list of integers")
+        rng = d.get("observed_range")
+        axis = d.get("axis")
+        return cls(name, kind, bits, signed, shift, None if axis is None else int(axis),
+                   None if rng is None else (float(rng[0]), float(rng[1])), d.get("estimator"))
+
+
+def to_json_dict(params: dict[str, TensorQuant]) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "tensors": {n: p.to_dict() for n, p in params.items()}}
+
+
+def write_params(params: dict[str, TensorQuant], path: str | os.PathLike) -> Path:
+    """Write the parameters file (atomically)."""
+    return write_json(to_json_dict(params), path)
+
+
+def read_params(path: str | os.PathLike) -> dict[str, TensorQuant]:
+    """Read a parameters file; a bad file is a one-line :class:`DataError` naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such parameters file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a JSON parameters file ({exc})") from None
+    return parse_params(data, where=str(path))
+
+
+def parse_params(data: Any, *, where: str = "parameters") -> dict[str, TensorQuant]:
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("tensors"), dict):
+        raise DataError(f"{where}: not an onnxsq parameters file (expected \"format\": \"{FORMAT}\" and "
+                        "a \"tensors\" object)")
+    if int(data.get("version", 0)) > VERSION:
+        raise DataError(f"{where}: parameters file version {data.get('version')} is newer than this onnxsq "
+                        f"reads ({VERSION})")
+    return {str(n): TensorQuant.from_dict(str(n), d, where=where) for n, d in data["tensors"].items()}
+
+
+def _bits_signed(elem_type: int, qmin: int | None = None, qmax: int | None = None) -> tuple[int, bool]:
+    signed = elem_type in (onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32)
+    bits = {onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT16: 16,
+            onnx.TensorProto.UINT16: 16, onnx.TensorProto.INT32: 32}.get(elem_type, 0)
+    return bits, signed
+
+
+def params_from_model(model: onnx.ModelProto) -> dict[str, TensorQuant]:
+    """Bits, signedness and shift of every DequantizeLinear in a QDQ model, keyed by the float tensor.
+
+    The key is the dequantized tensor's name for activations (the graph input's for an input), the
+    integer initializer's name
+    (without its ``_quantized`` suffix) for constants. Non-power-of-two scales are skipped. A Clip
+    right before QuantizeLinear narrows the bit width (how onnxsq writes fewer than 8 bits).
+    """
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in g.node if n.op_type == "Constant" and n.attribute
+              and n.attribute[0].name == "value"}
+    consts.update(inits)
+    producers = {o: n for n in g.node for o in n.output}
+    graph_inputs = {i.name for i in g.input}
+    out: dict[str, TensorQuant] = {}
+    for node in g.node:
+        if node.op_type != "DequantizeLinear" or node.input[1] not in consts:
+            continue
+        scale = numpy_helper.to_array(consts[node.input[1]])
+        if not pow2.is_power_of_two(scale):
+            continue
+        shift = pow2.shift_of(scale)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) if np.ndim(scale) else None
+        src = node.input[0]
+        if src in consts:
+            t = consts[src]
+            bits, signed = _bits_signed(t.data_type)
+            q = numpy_helper.to_array(t)
+            kind = "bias" if t.data_type == onnx.TensorProto.INT32 else "weight"
+            name = src[: -len("_quantized")] if src.endswith("_quantized") else src
+            if kind == "weight" and q.size:
+                # a symmetric weight of fewer bits is stored in an 8-bit carrier: report what it uses
+                need = int(np.max(np.abs(q.astype(np.int64))))
+                bits = max(2, min(bits, int(need).bit_length() + 1)) if need else bits
+            rng = (float(q.min()) * float(np.max(scale)), float(q.max()) * float(np.max(scale))) if q.size else None
+            out[name] = TensorQuant(name, kind, bits, signed, shift.tolist() if np.ndim(shift) else int(shift),
+                                    axis, None if kind == "bias" else rng)
+            continue
+        qnode = producers.get(src)
+        if qnode is None or qnode.op_type != "QuantizeLinear":
+            continue
+        elem = onnx.TensorProto.UINT8
+        if len(qnode.input) > 2 and qnode.input[2] in consts:
+            elem = consts[qnode.input[2]].data_type
+        bits, signed = _bits_signed(elem)
+        fsrc = qnode.input[0]
+        clip = producers.get(fsrc)
+        if clip is not None and clip.op_type == "Clip" and len(clip.input) >= 3 and clip.input[2] in consts:
+            hi = float(numpy_helper.to_array(consts[clip.input[2]]))
+            levels = int(round(hi / float(scale))) + 1
+            bits = max(2, int(levels - 1).bit_length() + (1 if signed else 0))
+            fsrc = clip.input[0]
+        # insert_qdq keeps a produced tensor's name on the DequantizeLinear output; a graph input keeps its own
+        key = fsrc if fsrc in graph_inputs else node.output[0]
+        out[key] = TensorQuant(key, "activation", bits, signed, int(shift) if np.ndim(shift) == 0
+                               else shift.tolist(), axis)
+    return out

@@ -1,0 +1,154 @@
+"""Write QuantizeLinear/DequantizeLinear pairs into a model from per-tensor power-of-two parameters.
+
+``insert_qdq(model, params)`` is independent of how the parameters were found (calibration here,
+quantization-aware training later). For each entry of ``params`` (a :class:`onnxsq.params.TensorQuant`):
+
+- a *variable* tensor ``t`` (an activation) becomes ``t_prequant → QuantizeLinear → DequantizeLinear → t``:
+  the producer's output is renamed, so every reader (and a graph output) keeps the name ``t`` and now
+  reads the dequantized value. A graph input keeps its name and its readers move to ``t_dq``.
+  Fewer bits than the carrier (e.g. 4 bits in int8) put a ``Clip`` to the narrower range before the
+  QuantizeLinear, so the simulation saturates where the hardware would.
+- a *constant* (weight, int32 bias, constant operand) is stored quantized (``t_quantized``: int8/uint8,
+  int16/uint16, or int32 for biases) and read through a DequantizeLinear (``t_dq``) — the weights take
+  a quarter of the space, and onnxruntime fuses the groups into integer kernels.
+
+Scales are ``2**-shift`` (exact powers of two), zero points 0 (exact zeros stay zero). Per-channel
+parameters use DequantizeLinear's ``axis`` (opset 13); 16-bit carriers need opset 21. The caller
+raises the opset when it must; this function only checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..calibration import pow2
+from ..errors import UnsupportedModelError
+from ..graph import const_value, export_like, import_graph, is_const
+from ..model_io import default_opset
+from ..params import TensorQuant
+
+
+def carrier_dtype(bits: int, signed: bool) -> np.dtype:
+    """The integer type holding a ``bits``-bit value in QDQ (int8/uint8, int16/uint16, int32)."""
+    if bits <= 8:
+        return np.dtype(np.int8 if signed else np.uint8)
+    if bits <= 16:
+        return np.dtype(np.int16 if signed else np.uint16)
+    if bits <= 32 and signed:
+        return np.dtype(np.int32)
+    raise UnsupportedModelError(f"no QDQ integer type for {bits}-bit {'signed' if signed else 'unsigned'} values")
+
+
+def required_opset(params: dict[str, TensorQuant]) -> tuple[int, str]:
+    """The default-domain opset the QDQ nodes need, and why."""
+    need, why = 10, "QuantizeLinear/DequantizeLinear"
+    if any(p.per_channel for p in params.values()):
+        need, why = 13, "per-channel DequantizeLinear (axis)"
+    if any(p.kind != "bias" and p.bits > 8 for p in params.values()):
+        need, why = 21, "16-bit QuantizeLinear/DequantizeLinear"
+    return need, why
+
+
+class _Names:
+    def __init__(self, graph: gs.Graph) -> None:
+        self.taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes if n.name}
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+
+def insert_qdq(model: onnx.ModelProto, params: dict[str, TensorQuant]) -> onnx.ModelProto:
+    """A copy of ``model`` with a QDQ pair (or a quantized constant) for every tensor in ``params``."""
+    opset = default_opset(model)
+    need, why = required_opset(params)
+    if opset < need:
+        raise UnsupportedModelError(f"{why} needs opset {need}; the model is opset {opset}")
+    graph = import_graph(model)
+    tensors = graph.tensors()
+    names = _Names(graph)
+    for name, p in params.items():
+        t = tensors.get(name)
+        if t is None:
+            raise UnsupportedModelError(f"cannot quantize {name!r}: no such tensor in the model")
+        if is_const(t):
+            _quantize_constant(graph, names, t, p)
+        else:
+            if p.per_channel:
+                raise UnsupportedModelError(f"{name}: per-channel parameters for an activation are not supported")
+            _insert_pair(graph, names, t, p, opset)
+    return export_like(graph, model)
+
+
+def _qparams(graph: gs.Graph, names: _Names, base: str, p: TensorQuant, carrier: np.dtype):
+    scale = np.asarray(p.scale, dtype=np.float32)
+    scale_c = gs.Constant(names.fresh(f"{base}_scale"), scale)
+    zp_c = gs.Constant(names.fresh(f"{base}_zero_point"), np.zeros(scale.shape, dtype=carrier))
+    return scale_c, zp_c
+
+
+def _insert_pair(graph: gs.Graph, names: _Names, t: gs.Variable, p: TensorQuant, opset: int) -> None:
+    carrier = carrier_dtype(p.bits, p.signed)
+    scale_c, zp_c = _qparams(graph, names, t.name, p, carrier)
+    qv = gs.Variable(names.fresh(f"{t.name}_quantized"), dtype=carrier, shape=t.shape)
+    if t.inputs:  # produced inside the graph: rename the producer's side, readers keep the name
+        src = gs.Variable(names.fresh(f"{t.name}_prequant"), dtype=t.dtype, shape=t.shape)
+        prod = t.inputs[0]
+        prod.outputs[prod.outputs.index(t)] = src
+        dq_out = t
+    else:  # a graph input: its readers move to the dequantized copy
+        src = t
+        dq_out = gs.Variable(names.fresh(f"{t.name}_dq"), dtype=t.dtype, shape=t.shape)
+        for reader in list(t.outputs):
+            for i, inp in enumerate(reader.inputs):
+                if inp is t:
+                    reader.inputs[i] = dq_out
+    carrier_bits = np.iinfo(carrier).bits
+    if p.bits < carrier_bits:
+        qmin, qmax = pow2.int_range(p.bits, p.signed)
+        lo, hi = np.float32(qmin * float(p.scale)), np.float32(qmax * float(p.scale))
+        clipped = gs.Variable(names.fresh(f"{t.name}_clipped"), dtype=t.dtype, shape=t.shape)
+        if opset >= 11:
+            clip = gs.Node("Clip", names.fresh(f"{t.name}_Clip"), inputs=[
+                src, gs.Constant(names.fresh(f"{t.name}_clip_min"), np.array(lo, np.float32)),
+                gs.Constant(names.fresh(f"{t.name}_clip_max"), np.array(hi, np.float32))], outputs=[clipped])
+        else:
+            clip = gs.Node("Clip", names.fresh(f"{t.name}_Clip"), attrs={"min": float(lo), "max": float(hi)},
+                           inputs=[src], outputs=[clipped])
+        graph.nodes.append(clip)
+        src = clipped
+    graph.nodes.append(gs.Node("QuantizeLinear", names.fresh(f"{t.name}_QuantizeLinear"),
+                               inputs=[src, scale_c, zp_c], outputs=[qv]))
+    graph.nodes.append(gs.Node("DequantizeLinear", names.fresh(f"{t.name}_DequantizeLinear"),
+                               inputs=[qv, scale_c, zp_c], outputs=[dq_out]))
+
+
+def _quantize_constant(graph: gs.Graph, names: _Names, t: gs.Tensor, p: TensorQuant) -> None:
+    values = np.asarray(const_value(t))
+    if values.dtype != np.float32:
+        raise UnsupportedModelError(f"{t.name}: only float32 constants are quantized (it is {values.dtype})")
+    carrier = carrier_dtype(p.bits, p.signed)
+    if p.per_channel and (p.axis is None or not -values.ndim <= p.axis < values.ndim
+                          or values.shape[p.axis] != len(p.shift)):
+        raise UnsupportedModelError(f"{t.name}: {len(p.shift)} per-channel shifts do not fit shape "
+                                    f"{list(values.shape)} on axis {p.axis}")
+    axis = None if not p.per_channel else p.axis % values.ndim
+    q = pow2.quantize(values, p.shift_array, p.bits, p.signed, symmetric=p.kind == "weight", axis=axis)
+    qc = gs.Constant(names.fresh(f"{t.name}_quantized"), np.ascontiguousarray(q.astype(carrier)))
+    scale_c, zp_c = _qparams(graph, names, t.name, p, carrier)
+    dq_out = gs.Variable(names.fresh(f"{t.name}_dq"), dtype=np.float32, shape=list(values.shape))
+    attrs = {"axis": axis} if axis is not None else {}
+    graph.nodes.append(gs.Node("DequantizeLinear", names.fresh(f"{t.name}_DequantizeLinear"), attrs=attrs,
+                               inputs=[qc, scale_c, zp_c], outputs=[dq_out]))
+    for reader in list(t.outputs):
+        if reader.outputs and reader.outputs[0] is dq_out:
+            continue
+        for i, inp in enumerate(reader.inputs):
+            if inp is t:
+                reader.inputs[i] = dq_out

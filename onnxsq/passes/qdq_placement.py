@@ -1,0 +1,298 @@
+"""Where QuantizeLinear/DequantizeLinear pairs go: the placement rules, independent of calibration.
+
+Rules (the original's Stage 7, in QDQ form; ``plan_qdq`` applies them to a graph):
+
+- **Compute layers** ``Conv``, ``ConvTranspose``, ``Gemm``, ``MatMul``: the constant weight is
+  quantized (symmetric, signed; per output channel with ``per_channel``: Conv axis 0, ConvTranspose
+  axis 1 when group = 1, Gemm axis 0/1 by ``transB``, MatMul the last axis), the bias becomes int32
+  at ``scale_in * scale_w``, the activation inputs are quantized, and so is the output — *after* a
+  ``Relu``/``Clip`` that is its only consumer (the activation is fused: no quantization point
+  between a layer and its activation).
+- ``Add``: every input quantized (a constant input from its values), output (after a fused
+  activation) with its own scale.
+- ``Concat``: inputs and output share one scale, chosen to hold every input (``group``).
+- Pooling, ``Resize`` and shape ops (``SHARE``): quantized only when their input is; the outputs share
+  the input's scale (same group), so they run on integers unchanged.
+- A standalone ``Relu``/``Clip`` after a quantized tensor gets its own (usually unsigned) scale.
+- Everything else stays float and reads dequantized values; every such node gets a reason.
+
+Nodes whose name (or ``op:name``) matches an ``exclude`` pattern (fnmatch) stay float. Only float32
+tensors are quantized. Biases shared by several layers are cloned (each layer needs its own
+``scale_in * scale_w``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..graph import const_value, is_const, is_graph_output, new_constant, node_label
+
+COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+ADD = ("Add",)
+CONCAT = ("Concat",)
+ACTIVATIONS = ("Relu", "Clip")
+SHARE = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax",
+         "ReduceMin", "Resize", "Upsample", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
+         "Identity", "Slice", "Pad", "DepthToSpace", "SpaceToDepth", "Split", "Gather", "Tile", "Expand")
+IGNORED = ("Constant", "Shape", "Size", "ConstantOfShape")  # no float data flows through them
+
+
+@dataclass
+class WeightUse:
+    """One compute layer's constant operands."""
+
+    node: str  # node label
+    op: str
+    weight: str  # tensor name
+    axis: int | None  # per-channel axis (None: per-tensor)
+    input: str  # the activation tensor whose scale the bias follows
+    output: str  # the quantization point of the layer's output
+    bias: str | None = None
+    bias_axis: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LayerEntry:
+    node: str
+    op: str
+    action: str  # quantized | fused | shared | skipped
+    reason: str = ""
+    output: str | None = None  # quantization point this node produces
+
+
+@dataclass
+class Plan:
+    activations: list[str] = field(default_factory=list)  # variable tensors that get Q → DQ
+    constants: list[str] = field(default_factory=list)  # constant inputs of Add/Concat quantized from values
+    groups: dict[str, str] = field(default_factory=dict)  # tensor → group root (shared scale)
+    weights: list[WeightUse] = field(default_factory=list)
+    layers: list[LayerEntry] = field(default_factory=list)
+
+    def members(self, root: str) -> list[str]:
+        return [t for t, r in self.groups.items() if r == root]
+
+    def group_roots(self) -> list[str]:
+        return list(dict.fromkeys(self.groups.values()))
+
+
+class _Union:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def add(self, a: str) -> None:
+        self.parent.setdefault(a, a)
+
+    def find(self, a: str) -> str:
+        self.add(a)
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+def _is_float(t: gs.Tensor) -> bool:
+    return t is not None and t.dtype is not None and np.dtype(t.dtype) == np.float32
+
+
+def excluded(node: gs.Node, patterns: tuple[str, ...]) -> str | None:
+    """The first pattern matching the node's name, label or ``op:name``."""
+    keys = (node.name or "", node_label(node), f"{node.op}:{node.name or ''}")
+    return next((p for p in patterns if any(fnmatch.fnmatchcase(k, p) for k in keys)), None)
+
+
+def _weight_axis(node: gs.Node, w: np.ndarray, per_channel: bool) -> tuple[int | None, str | None]:
+    """Per-channel axis of the weight of ``node``, or (None, why per-tensor)."""
+    if not per_channel:
+        return None, None
+    if node.op == "Conv":
+        return 0, None
+    if node.op == "ConvTranspose":
+        if int(node.attrs.get("group", 1)) != 1:
+            return None, "per-tensor weight: ConvTranspose with group > 1 has no single output-channel axis"
+        return 1, None
+    if node.op == "Gemm":
+        return (0 if int(node.attrs.get("transB", 0)) else 1), None
+    if w.ndim < 2:
+        return None, "per-tensor weight: a 1-D MatMul weight has no output-channel axis"
+    return w.ndim - 1, None
+
+
+def _fusable_activation(graph: gs.Graph, t: gs.Tensor, patterns: tuple[str, ...]) -> gs.Node | None:
+    if is_graph_output(graph, t) or len(t.outputs) != 1:
+        return None
+    act = t.outputs[0]
+    if act.op not in ACTIVATIONS or excluded(act, patterns) or len(act.outputs) != 1:
+        return None
+    if act.op == "Clip" and any(not is_const(i) for i in act.inputs[1:] if i is not None and i.name):
+        return None
+    return act
+
+
+def _compute_reason(node: gs.Node) -> str | None:
+    """Why a compute node cannot be quantized, or None."""
+    data = [i for i in node.inputs[:2]]
+    if len(data) < 2 or not all(_is_float(i) for i in data):
+        return "inputs are not float32"
+    if node.op in ("Conv", "ConvTranspose") and not is_const(node.inputs[1]):
+        return "weight is not a constant"
+    if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name and not is_const(node.inputs[2]):
+        return "bias is not a constant"
+    if len(node.outputs) != 1 or not _is_float(node.outputs[0]):
+        return "output is not float32"
+    return None
+
+
+def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, ...] = ()) -> Plan:
+    """Decide the quantization points of ``graph`` (shape-inferred, so tensors carry dtypes).
+
+    Mutates ``graph`` only to clone biases shared between layers.
+    """
+    plan = Plan()
+    groups = _Union()
+    demanded: dict[str, None] = {}
+    const_demanded: dict[str, None] = {}
+    quantized_nodes: dict[int, str] = {}  # id(node) → output quantization point
+    fused: dict[int, str] = {}
+
+    def demand(t: gs.Tensor) -> None:
+        (const_demanded if is_const(t) else demanded).setdefault(t.name, None)
+
+    graph.toposort()
+    for node in graph.nodes:
+        pat = excluded(node, exclude)
+        if node.op in IGNORED:
+            continue
+        if pat and (node.op in COMPUTE + ADD + CONCAT + SHARE + ACTIVATIONS):
+            plan.layers.append(LayerEntry(node_label(node), node.op, "skipped", f"excluded by --exclude {pat!r}"))
+            continue
+        if node.op in COMPUTE:
+            why = _compute_reason(node)
+            if why:
+                plan.layers.append(LayerEntry(node_label(node), node.op, "skipped", f"stays float: {why}"))
+                continue
+            _plan_compute(graph, node, plan, demand, per_channel, exclude, quantized_nodes, fused)
+        elif node.op in ADD + CONCAT:
+            if not all(_is_float(i) for i in node.inputs) or not _is_float(node.outputs[0]):
+                plan.layers.append(LayerEntry(node_label(node), node.op, "skipped", "stays float: not float32"))
+                continue
+            for i in node.inputs:
+                demand(i)
+            out = node.outputs[0]
+            act = _fusable_activation(graph, out, exclude) if node.op in ADD else None
+            if act is not None:
+                fused[id(act)] = node_label(node)
+                out = act.outputs[0]
+            quantized_nodes[id(node)] = out.name
+            if node.op in CONCAT:
+                for i in node.inputs:
+                    groups.union(out.name, i.name)
+
+    # Second walk, in topological order: quantization points, shared-scale ops, what stays float.
+    quantized: dict[str, None] = dict.fromkeys(demanded)
+    for node in graph.nodes:
+        label = node_label(node)
+        if node.op in IGNORED or excluded(node, exclude):
+            continue
+        if id(node) in quantized_nodes:
+            qp = quantized_nodes[id(node)]
+            quantized.setdefault(qp, None)
+            groups.add(qp)
+            if not any(e.node == label for e in plan.layers):
+                plan.layers.append(LayerEntry(label, node.op, "quantized", "", qp))
+        elif id(node) in fused:
+            plan.layers.append(LayerEntry(label, node.op, "fused", f"fused into {fused[id(node)]}"))
+        elif node.op in SHARE + ACTIVATIONS and node.inputs and node.inputs[0].name in quantized \
+                and all(_is_float(o) for o in node.outputs):
+            if node.op == "Pad" and not _pad_keeps_zero(node):
+                plan.layers.append(LayerEntry(label, node.op, "skipped", "stays float: pads with a non-zero value"))
+                continue
+            for o in node.outputs:
+                quantized.setdefault(o.name, None)
+                if node.op in SHARE:
+                    groups.union(node.inputs[0].name, o.name)
+                else:
+                    groups.add(o.name)
+            how = "shares its input's scale" if node.op in SHARE else "own scale (standalone activation)"
+            plan.layers.append(LayerEntry(label, node.op, "quantized" if node.op in ACTIVATIONS else "shared", how,
+                                          node.outputs[0].name))
+        elif not any(e.node == label for e in plan.layers):
+            floats = [i for i in node.inputs if _is_float(i) and not is_const(i)]
+            if node.op in SHARE + ACTIVATIONS:
+                why = "its input is not quantized"
+            elif not floats:
+                continue  # integer / shape computation: nothing to quantize
+            else:
+                why = f"no integer kernel for {node.op} in the QDQ scheme"
+            plan.layers.append(LayerEntry(label, node.op, "skipped", f"stays float: {why}"))
+    for name in quantized:
+        groups.add(name)
+    for name in const_demanded:
+        groups.add(name)
+    plan.activations = list(quantized)
+    plan.constants = list(const_demanded)
+    plan.groups = {t: groups.find(t) for t in groups.parent}
+    return plan
+
+
+def _pad_keeps_zero(node: gs.Node) -> bool:
+    if node.attrs.get("mode", "constant") not in ("constant", b"constant"):
+        return True
+    if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
+        v = const_value(node.inputs[2])
+        return v is not None and bool(np.all(v == 0))
+    return float(node.attrs.get("value", 0.0)) == 0.0
+
+
+def _plan_compute(graph: gs.Graph, node: gs.Node, plan: Plan, demand, per_channel: bool,
+                  exclude: tuple[str, ...], quantized_nodes: dict[int, str], fused: dict[int, str]) -> None:
+    label = node_label(node)
+    x, w = node.inputs[0], node.inputs[1]
+    out = node.outputs[0]
+    act = _fusable_activation(graph, out, exclude)
+    if act is not None:
+        fused[id(act)] = label
+        out = act.outputs[0]
+    quantized_nodes[id(node)] = out.name
+    demand(x)  # a constant left operand (MatMul(W, x)) is quantized from its values
+    if not is_const(w):  # MatMul/Gemm of two activations
+        demand(w)
+        return
+    wv = const_value(w)
+    axis, note = _weight_axis(node, wv, per_channel)
+    use = WeightUse(label, node.op, w.name, axis, x.name, out.name)
+    if note:
+        use.notes.append(note)
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name else None
+    if bias is not None:
+        why = None
+        if node.op == "Gemm" and (float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0):
+            why = "bias kept float: Gemm alpha/beta != 1"
+        bv = const_value(bias)
+        if why is None and axis is not None and bv.ndim and bv.shape[-1] != wv.shape[axis]:
+            why = "bias kept float: its shape does not follow the weight's channels"
+        if why:
+            use.notes.append(why)
+        else:
+            if len(bias.outputs) > 1 or is_graph_output(graph, bias):
+                clone = new_constant(graph, f"{bias.name}_{node.name or 'layer'}", bv.astype(np.float32))
+                node.inputs[2] = clone
+                bias = clone
+            use.bias = bias.name
+            if axis is not None:
+                if bv.ndim == 0:
+                    clone = new_constant(graph, f"{bias.name}_per_channel", np.full(wv.shape[axis], bv, np.float32))
+                    node.inputs[2] = clone
+                    bias, bv = clone, np.asarray(clone.values)
+                    use.bias = bias.name
+                use.bias_axis = bv.ndim - 1
+    plan.weights.append(use)

@@ -1,0 +1,114 @@
+"""``onnxsq quantize``: end to end through the CLI, bad input as one-line errors, input never modified."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from onnxsq.calibration import pow2
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def model_and_data(conv_model, tmp_path):
+    model = tmp_path / "net.onnx"
+    model.write_bytes(conv_model().SerializeToString())
+    data = tmp_path / "calib"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        np.save(data / f"{i}.npy", rng.standard_normal((3, 8, 8)).astype(np.float32))
+    return model, data
+
+
+def _scales(path: Path) -> list[np.ndarray]:
+    m = onnx.load(str(path))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
+    return [inits[n.input[1]] for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+def test_quantize_npy_folder_with_report_and_params(run_cli, model_and_data, tmp_path, untouched):
+    model, data = model_and_data
+    untouched(model)
+    out, report, params = tmp_path / "q.onnx", tmp_path / "r.json", tmp_path / "p.json"
+    res = run_cli("quantize", model, "--calib", data, "-o", out, "--report", report, "--params-out", params,
+                  "--per-channel", "--method", "minmax")
+    assert res.code == 0, res.err
+    scales = _scales(out)
+    assert scales and all(pow2.is_power_of_two(s) for s in scales)
+    rep = json.loads(report.read_text())
+    assert rep["pass_name"] == "quantize" and rep["summary"]["calibration_samples"] == 6
+    assert rep["summary"]["batchnorm_folded_first"] == 1
+    assert "sqnr_db" in next(c for c in rep["candidates"] if c["op"] == "Conv")["details"]
+    assert "conv" in res.out and "output_sqnr_db" in res.out
+    # the parameters file replaces calibration
+    out2 = tmp_path / "q2.onnx"
+    res = run_cli("quantize", model, "--params", params, "-o", out2)
+    assert res.code == 0, res.err
+    assert out2.read_bytes() == out.read_bytes()
+
+
+def test_images_with_calib_count_and_skipped_file(run_cli, conv_model, tmp_path):
+    model = tmp_path / "net.onnx"
+    model.write_bytes(conv_model().SerializeToString())
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(imgs / f"{i}.jpg")
+    (imgs / "zz_broken.png").write_bytes(b"nope")
+    res = run_cli("quantize", model, "--calib", imgs, "--calib-count", "3", "--mean", "127", "127", "127",
+                  "--std", "64", "64", "64", "-o", tmp_path / "q.onnx", "--report", tmp_path / "r.json")
+    assert res.code == 0, res.err
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["calibration_samples"] == 3
+    res = run_cli("quantize", model, "--calib", imgs, "-o", tmp_path / "q2.onnx")
+    assert res.code == 0 and "zz_broken.png" in "".join(res.err.split())
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--calib", "{tmp}/nowhere"], "nowhere: no such file"),
+    (["--calib", "{bad}"], "bad.npy"),
+    (["--bits", "12", "--calib", "{data}"], "opset 21"),
+    (["--bits", "1", "--calib", "{data}"], "--bits must be in 2..16"),
+    ([], "--calib is required"),
+    (["--calib", "{data}", "--params", "{tmp}/missing.json"], "no such parameters file"),
+])
+def test_bad_input_one_line_exit_1(run_cli, model_and_data, tmp_path, args, match, untouched):
+    model, data = model_and_data
+    untouched(model)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    np.save(bad / "bad.npy", np.zeros((1, 2, 8, 8), np.float32))
+    argv = [a.format(tmp=tmp_path, bad=bad, data=data) for a in args]
+    res = run_cli("quantize", model, *argv, "-o", tmp_path / "q.onnx")
+    assert res.code == 1, (res.out, res.err)
+    assert match in " ".join(res.err.split())
+    assert "Traceback" not in res.err
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_refuses_to_overwrite_input(run_cli, model_and_data, untouched):
+    model, data = model_and_data
+    untouched(model)
+    res = run_cli("quantize", model, "--calib", data, "-o", model)
+    assert res.code == 1 and "--in-place" in res.err
+
+
+def test_real_subprocess(model_and_data, tmp_path):
+    model, data = model_and_data
+    exe = Path(sys.executable).with_name("onnxsq")
+    out = tmp_path / "q.onnx"
+    proc = subprocess.run([str(exe), "-q", "quantize", str(model), "--calib", str(data), "-o", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert out.exists() and proc.stdout.strip() == ""
+    proc = subprocess.run([str(exe), "quantize", str(model), "--calib", str(tmp_path / "none"), "-o", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
