@@ -224,6 +224,8 @@ class Runner:
             inputs.train = self._dataset(data, "train")
             inputs.checkpoint = ckpt
             inputs.resume = ckpt if resume else None
+            if stage.options.get("stage") == "qat":
+                inputs.params_out = self.workdir / f"{stage.label}.params.json"
         elif stage.kind == "quantize":
             calib = stage.options.get("calib") or data.calib
             inputs.calib = _npz_or_path(calib, model)

@@ -221,7 +221,7 @@ class StageInputs:
     calib: Any = None  # path, or an iterable of feeds (quantize)
     checkpoint: Path | None = None
     resume: Path | None = None
-    params_out: Path | None = None
+    params_out: Path | None = None  # quantize, and train stage qat
 
 
 def npz_feeds(path: Path, model: onnx.ModelProto, batch: int = 32) -> Iterator[dict[str, np.ndarray]]:
@@ -259,8 +259,9 @@ def run_stage(kind_name: str, model: onnx.ModelProto, options: Mapping[str, Any]
     if kind_name == "train":
         if not built.checkpoint_every:
             built = dataclasses.replace(built, checkpoint_every=100)
+        extra = {"params_out": inputs.params_out} if built.stage == "qat" and inputs.params_out is not None else {}
         return _call(kind.function, model, inputs.train, built, resume=inputs.resume, checkpoint=inputs.checkpoint,
-                     on_step=on_step)
+                     on_step=on_step, **extra)
     if kind_name == "threshold":
         return _call(kind.function, model, config=built)
     if kind_name == "optimize":

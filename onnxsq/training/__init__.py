@@ -1,4 +1,4 @@
-"""Training stages L2, L1 and sparse on onnxruntime-training (the original's stages 2, 3 and 5).
+"""Training stages L2, L1, sparse and QAT on onnxruntime-training (the original's stages 2, 3, 5 and 7).
 
     import onnxsq
     from onnxsq.data.loader import open_dataset
@@ -8,7 +8,9 @@
 ``train`` is pure: the input model is not modified; the returned model is the input graph with the
 trained values (see :mod:`onnxsq.training.export`). Modules: ``config`` (options with the original
 solver names), ``artifacts`` (training graph, rewrites, loss blocks), ``loop`` (optimizer, schedules,
-checkpoints), ``sparsity`` (masks, thresholding, gradual sparsification), ``export``.
+checkpoints), ``sparsity`` (masks, thresholding, gradual sparsification), ``export``, ``qat`` and
+``qat_graph`` (quantization-aware training: ``stage="qat"`` returns the power-of-two QDQ model that
+``onnxsq quantize`` would write, with the trained weights and ranges).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Callable
 
 import onnx
 
+from ..errors import InvalidOptionError
 from ..model_io import ModelLike, load_model
 from ..report import Report
 from .config import TrainConfig, load_config_file
@@ -29,13 +32,14 @@ __all__ = ["TrainConfig", "load_config_file", "train"]
 def train(model: ModelLike, data: Any, config: TrainConfig | None = None, *,
           resume: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
           val: Any = None, on_step: Callable[[dict[str, Any]], None] | None = None,
-          **overrides: Any) -> tuple[onnx.ModelProto, Report]:
+          params_out: str | os.PathLike | None = None, **overrides: Any) -> tuple[onnx.ModelProto, Report]:
     """Train ``model`` on ``data`` (a dataset from :func:`onnxsq.data.loader.open_dataset`).
 
     ``val`` (a dataset) is evaluated after training; its metrics join the summary as ``val_*``.
     ``overrides`` set :class:`TrainConfig` fields by name. ``checkpoint`` is the ``.npz`` written every
-    ``checkpoint_every`` iterations; ``resume`` continues from such a file. Raises
-    :class:`~onnxsq.errors.RuntimeMissingError` where onnxruntime-training is not installed.
+    ``checkpoint_every`` iterations; ``resume`` continues from such a file. ``params_out`` (stage
+    ``qat``): write the quantization parameters file there (``onnxsq quantize --params-out``'s format).
+    Raises :class:`~onnxsq.errors.RuntimeMissingError` where onnxruntime-training is not installed.
     """
     from ..runtime import import_training
     from .loop import Trainer
@@ -43,9 +47,16 @@ def train(model: ModelLike, data: Any, config: TrainConfig | None = None, *,
     cfg = TrainConfig.from_mapping(overrides, base=config) if overrides else (config or TrainConfig())
     import_training()
     proto = load_model(model)
-    trainer = Trainer(proto, data, cfg, on_step=on_step)
-    trained, report = trainer.run(resume=Path(resume) if resume else None,
-                                  checkpoint=Path(checkpoint) if checkpoint else None)
+    paths = {"resume": Path(resume) if resume else None, "checkpoint": Path(checkpoint) if checkpoint else None}
+    if cfg.stage == "qat":
+        from .qat import QATTrainer
+
+        trained, report = QATTrainer(proto, data, cfg, on_step=on_step).run(**paths, params_out=params_out)
+    else:
+        if params_out is not None:
+            raise InvalidOptionError(f"params_out: only the qat stage writes quantization parameters, not "
+                                     f"{cfg.stage}")
+        trained, report = Trainer(proto, data, cfg, on_step=on_step).run(**paths)
     if val is not None:
         from ..evaluation import evaluate
 

@@ -40,6 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedModelError
 from ..model_io import opsets
+from ..sparsity import CONV_OPS
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class TrainingGraph:
     trainable: list[str]
     frozen: list[str]  # BN running statistics, updated by onnxruntime itself
     weights: dict[str, str]  # conv/fc weight name → op (L1, weight decay and masks apply to these)
-    conv_weights: dict[str, int]  # Conv weight name → group (sparsity is measured over these)
+    conv_weights: dict[str, int]  # Conv/ConvTranspose weight → group (onnxsq.sparsity's "conv weights")
     rewrites: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op, what was done)
 
 
@@ -86,7 +87,7 @@ def classify_params(model: onnx.ModelProto) -> tuple[list[str], list[str], dict[
             if i < len(ins) and ins[i] in inits and _is_float(inits[ins[i]]) and len(inits[ins[i]].dims) >= 2:
                 trainable[ins[i]] = None
                 weights[ins[i]] = node.op_type
-                if node.op_type == "Conv":
+                if node.op_type in CONV_OPS:  # the same "conv weights" as onnxsq.sparsity and the tables
                     group = next((a.i for a in node.attribute if a.name == "group"), 1)
                     conv_weights[ins[i]] = group
         for i in BIAS_OPS.get(node.op_type, ()):
@@ -397,8 +398,11 @@ def _native_stderr_to(path: Path):
 
 
 def generate(graph: TrainingGraph, workdir: Path, *, task: str, l1: float, ignore_label: int,
-             label_rank: int) -> tuple[Path, Path]:
-    """Write the training model and its initial checkpoint into ``workdir``; return both paths."""
+             label_rank: int, extra_outputs: list[str] | tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """Write the training model and its initial checkpoint into ``workdir``; return both paths.
+
+    ``extra_outputs``: tensors the training model returns after the loss (they need value_info).
+    """
     from onnxruntime.training import artifacts
 
     block = make_loss_block(task, l1, list(graph.weights), ignore_label, label_rank)
@@ -406,7 +410,8 @@ def generate(graph: TrainingGraph, workdir: Path, *, task: str, l1: float, ignor
     try:
         with _native_stderr_to(workdir / "gradient_builder.log"):
             artifacts.generate_artifacts(graph.model, requires_grad=graph.trainable, frozen_params=graph.frozen,
-                                         loss=block, optimizer=None, artifact_directory=str(workdir))
+                                         loss=block, optimizer=None, artifact_directory=str(workdir),
+                                         additional_output_names=list(extra_outputs) or None)
     except Exception as exc:  # noqa: BLE001 - the gradient builder raises RuntimeError with C++ text
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         raise UnsupportedModelError(f"onnxruntime-training cannot build the gradient graph: {first}") from None

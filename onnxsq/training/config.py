@@ -14,10 +14,16 @@ from typing import Any, Mapping
 
 from ..errors import InvalidOptionError
 
-STAGES = ("l2", "l1", "sparse")
+STAGES = ("l2", "l1", "sparse", "qat")
 SCHEDULES = ("fixed", "step", "multistep", "poly", "cosine")
 OPTIMIZERS = ("sgd", "adamw")
 CONNECT_MODES = ("WEIGHT_CONNECTED", "WEIGHT_DISCONNECTED_ELTWISE")
+
+
+# Defaults of the QAT options (the same as quantize's, so QAT and PTQ compare like for like).
+QAT_DEFAULTS: dict[str, Any] = {"quantization_start_iter": None, "bits": 8, "weight_bits": None,
+                                "quant_method": "minmax", "weight_method": "mse", "percentile": 99.99,
+                                "quant_update_every": 1}
 
 
 @dataclass
@@ -61,6 +67,16 @@ class TrainConfig:
     # onnxsq extensions of the gradual thresholding (the original used 0.5 and its eligibility rule).
     sparsity_low_ratio: float = 0.5  # the "low" layer class thresholds factor * this
     sparsity_all_layers: bool = False  # also threshold layers the original found too small
+    # Quantization-aware training (stage qat, algorithms.md §3; see onnxsq.training.qat). None: the
+    # default in QAT_DEFAULTS; any of them set in another stage is an error.
+    quantization_start_iter: int | None = None  # float iterations collecting ranges; None → 10% (>= 1)
+    bits: int | None = None  # weights and activations (quantize's --bits)
+    weight_bits: int | None = None  # overrides bits for weights (quantize's QuantizeConfig.weight_bits)
+    quant_method: str | None = None  # activation range estimator: minmax | ema | percentile | mse
+    weight_method: str | None = None  # minmax | mse (quantize's weight_method)
+    percentile: float | None = None  # of the percentile estimator
+    quant_update_every: int | None = None  # recompute the shifts every N iterations
+    quant_exclude: tuple[str, ...] = ()  # node-name patterns kept float (quantize's --exclude)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,11 +111,47 @@ class TrainConfig:
         if self.sparsity_start_iter >= 0 and self.sparsity_target <= 0:
             raise InvalidOptionError("sparsity_start_iter needs a sparsity_target > 0 to aim at")
         self.stepvalue = tuple(int(v) for v in self.stepvalue)
+        self._validate_qat()
+
+    def _validate_qat(self) -> None:
+        if isinstance(self.quant_exclude, str):
+            self.quant_exclude = (self.quant_exclude,)
+        self.quant_exclude = tuple(str(p) for p in self.quant_exclude)
+        given = [k for k in QAT_DEFAULTS if getattr(self, k) is not None] + (["quant_exclude"] if self.quant_exclude
+                                                                              else [])
+        if self.stage != "qat":
+            if given:
+                raise InvalidOptionError(f"{given[0]} only applies to quantization-aware training (qat), not to "
+                                         f"{self.stage} training")
+            return
+        from ..calibration.stats import METHODS
+
+        for key in ("bits", "weight_bits"):
+            b = getattr(self, key)
+            if b is not None and not (isinstance(b, int) and 2 <= b <= 16):
+                raise InvalidOptionError(f"{key} must be an integer in 2..16, not {b!r}")
+        if self.quant_method is not None and self.quant_method not in METHODS:
+            raise InvalidOptionError(f"quant_method must be one of {', '.join(METHODS)}, not {self.quant_method!r}")
+        if self.weight_method is not None and self.weight_method not in ("minmax", "mse"):
+            raise InvalidOptionError(f"weight_method must be minmax or mse, not {self.weight_method!r}")
+        if self.percentile is not None and not 50.0 < self.percentile <= 100.0:
+            raise InvalidOptionError(f"percentile must be in (50, 100], not {self.percentile}")
+        if self.quantization_start_iter is not None and self.quantization_start_iter < 1:
+            raise InvalidOptionError("quantization_start_iter must be at least 1: the float iterations before it "
+                                     "collect the activation ranges")
+        if self.quant_update_every is not None and self.quant_update_every < 1:
+            raise InvalidOptionError("quant_update_every must be at least 1")
+
+    def qat(self, key: str) -> Any:
+        """A QAT option's value, its default where unset."""
+        value = getattr(self, key)
+        return QAT_DEFAULTS[key] if value is None else value
 
     @property
     def masked(self) -> bool:
         """True when zeros are kept exactly (weight_connect_mode, default in the sparse stage)."""
-        mode = self.weight_connect_mode or ("WEIGHT_DISCONNECTED_ELTWISE" if self.stage == "sparse" else
+        # qat too: sparse + quantized fine-tuning keeps the zeros (a dense model has no zeros to keep)
+        mode = self.weight_connect_mode or ("WEIGHT_DISCONNECTED_ELTWISE" if self.stage in ("sparse", "qat") else
                                             "WEIGHT_CONNECTED")
         return mode == "WEIGHT_DISCONNECTED_ELTWISE"
 

@@ -90,27 +90,53 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------------------
     def _open(self, workdir: Path) -> None:
-        import_training()
-        import onnxruntime as ort
-        from onnxruntime.training.api import CheckpointState, Module
-
         providers = providers_for(self.cfg.device)
         self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
-        train_path, ckpt_path = generate(self.graph, workdir, task=self.task, l1=self.cfg.l1,
-                                         ignore_label=self.cfg.ignore_label,
-                                         label_rank=1 if self.task == "classification" else 3)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.use_deterministic_compute = True
-        self.state = CheckpointState.load_checkpoint(str(ckpt_path))
-        self.module = Module(str(train_path), self.state, None, self.device, opts)
-        self.module.train()
+        self.workdir = workdir
+        self.state, self.module = self._module(self._artifact_graph(), workdir, self._extra_outputs())
         self.params = {n: self.state.parameters[n] for n in self.graph.trainable}
         self.w = {n: np.array(p.data, copy=True) for n, p in self.params.items()}
         kinds = ("v",) if self.cfg.optimizer == "sgd" else ("m", "v")
         self.slots = {k: {n: np.zeros_like(w) for n, w in self.w.items()} for k in kinds}
-        self.sparsity = SparsityControl(self.cfg, self.w, self.graph.conv_weights, list(self.graph.weights))
+        self.sparsity = SparsityControl(self.cfg, self.w, self.graph.conv_weights, list(self.graph.weights),
+                                        ops=self.graph.weights)
         self.iteration = 0
+
+    def _module(self, graph: TrainingGraph, workdir: Path, extra_outputs: list[str]):
+        """(CheckpointState, Module) of ``graph``'s training artifacts, generated into ``workdir``."""
+        import_training()
+        import onnxruntime as ort
+        from onnxruntime.training.api import CheckpointState, Module
+
+        train_path, ckpt_path = generate(graph, workdir, task=self.task, l1=self.cfg.l1,
+                                         ignore_label=self.cfg.ignore_label,
+                                         label_rank=1 if self.task == "classification" else 3,
+                                         extra_outputs=extra_outputs)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.use_deterministic_compute = True
+        state = CheckpointState.load_checkpoint(str(ckpt_path))
+        module = Module(str(train_path), state, None, self.device, opts)
+        module.train()
+        return state, module
+
+    # Hooks for subclasses (quantization-aware training): the graph to train, extra tensors the
+    # training model returns after the loss, what to do with them, and extra checkpoint state.
+    def _artifact_graph(self) -> TrainingGraph:
+        return self.graph
+
+    def _extra_outputs(self) -> list[str]:
+        return []
+
+    def _observe(self, x: np.ndarray, outputs: Any) -> Any:
+        """The loss out of the training model's outputs (the loss alone without extra outputs)."""
+        return outputs
+
+    def _checkpoint_meta(self) -> dict[str, Any]:
+        return {}
+
+    def _restore_meta(self, meta: dict[str, Any]) -> None:
+        pass
 
     # -- one iteration ----------------------------------------------------------------------------
     def _update(self, lr: float) -> None:
@@ -153,11 +179,12 @@ class Trainer:
             raise DataError(f"{self.data.where}: label {int(labels.max())} outside the model's "
                             f"{self.classes} classes (0..{self.classes - 1})")
         try:
-            loss = self.module(x, y)
+            outputs = self.module(x, y)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors carry the useful first line
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DataError(f"{self.data.where}: training step failed on a batch x{tuple(x.shape)} "
                             f"y{tuple(y.shape)}: {first}") from None
+        loss = self._observe(x, outputs)
         self._update(lr)
         self.iteration += 1
         self.sparsity.after_update(self.iteration, self.w)
@@ -179,7 +206,8 @@ class Trainer:
         arrays.update({f"slot/{k}/{n}": v for k, d in self.slots.items() for n, v in d.items()})
         arrays.update({f"mask/{n}": m for n, m in self.sparsity.masks.items()})
         meta = {"iteration": self.iteration, "lr_mult": self.sparsity.lr_mult, "factor": self.sparsity.factor,
-                "optimizer": self.cfg.optimizer, "stage": self.cfg.stage, "task": self.task}
+                "optimizer": self.cfg.optimizer, "stage": self.cfg.stage, "task": self.task,
+                **self._checkpoint_meta()}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         tmp = path.with_name(f".{path.name}.tmp.npz")
         np.savez(tmp, **arrays)
@@ -211,6 +239,7 @@ class Trainer:
         self.sparsity.lr_mult = {k: float(v) for k, v in meta["lr_mult"].items()}
         self.sparsity.factor = float(meta["factor"])
         self.iteration = int(meta["iteration"])
+        self._restore_meta(meta)
         self._write_weights()
         log.info("resumed from %s at iteration %d", path, self.iteration)
 
@@ -247,7 +276,7 @@ class Trainer:
             log.info("iter %d/%d  loss %.4f  lr %.4g  sparsity %.4f", it, self.max_iter, loss, self.last_lr, sparsity)
         if cfg.display_sparsity and it % cfg.display_sparsity == 0:
             per = ", ".join(f"{n} {s:.3f}" for n, s in self.sparsity.layer_sparsity(self.w).items())
-            log.info("iter %d sparsity %.4f (conv weights): %s", it, sparsity, per)
+            log.info("iter %d sparsity %.4f (conv weights: Conv/ConvTranspose): %s", it, sparsity, per)
         if checkpoint is not None and cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
             self.save_checkpoint(checkpoint)
         if self.on_step is not None:
@@ -256,12 +285,12 @@ class Trainer:
 
     def _report(self, losses: list[float], images: int, elapsed: float, start: int) -> Report:
         report = Report("train")
+        layer = self.sparsity.layer_sparsity(self.w)  # conv weights: Conv and ConvTranspose
+        for n, s in layer.items():
+            report.add(n, self.graph.weights.get(n, "Conv"), "trained", "", sparsity=round(s, 6),
+                       masked=n in self.sparsity.masks, lr_mult=self.sparsity.lr_mult.get(n, 1.0))
         for node, op, how in self.graph.rewrites:
             report.add(node, op, "skipped" if how.startswith("kept") else "rewritten for training", how)
-        layer = self.sparsity.layer_sparsity(self.w)
-        for n, s in layer.items():
-            report.add(n, "Conv", "trained", "", sparsity=round(s, 6), masked=n in self.sparsity.masks,
-                       lr_mult=self.sparsity.lr_mult.get(n, 1.0))
         tail = losses[-max(1, min(len(losses), 20)):] if losses else [float("nan")]
         report.summary.update({
             "stage": self.cfg.stage, "task": self.task, "device": self.device, "optimizer": self.cfg.optimizer,

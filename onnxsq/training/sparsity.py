@@ -15,15 +15,21 @@ between two optimizer steps:
 * ``sparsity_target`` + ``sparsity_lr_mult`` — once a layer's zero fraction reaches the target its
   learning-rate multiplier becomes ``sparsity_lr_mult`` for good.
 
-Sparsity is measured over Conv weights (the denominator is their total element count).
+Sparsity is measured over the conv weights as :mod:`onnxsq.sparsity` defines them (``CONV_OPS``:
+Conv and ConvTranspose; the denominator is their total element count), so training logs, reports and
+the pipeline tables print the same number. Gradual thresholding changes Conv weights only, as the
+original (which skipped deconvolution) and the threshold pass's default do.
 """
 
 from __future__ import annotations
 
 import logging
 
+from typing import Mapping
+
 import numpy as np
 
+from ..sparsity import count_zeros
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -52,9 +58,10 @@ class SparsityControl:
     """Owns the masks, the lr multipliers and the gradual-thresholding factor."""
 
     def __init__(self, cfg: TrainConfig, weights: dict[str, np.ndarray], conv_groups: dict[str, int],
-                 all_weights: list[str]) -> None:
+                 all_weights: list[str], ops: Mapping[str, str] | None = None) -> None:
         self.cfg = cfg
-        self.conv = dict(conv_groups)
+        self.conv = dict(conv_groups)  # Conv and ConvTranspose weights → group
+        self.ops = {n: (ops or {}).get(n, "Conv") for n in self.conv}
         self.masks: dict[str, np.ndarray] = {}
         if cfg.masked:
             self.masks = {n: weights[n] != 0 for n in all_weights}
@@ -64,11 +71,11 @@ class SparsityControl:
 
     # -- measurements ---------------------------------------------------------------------------
     def layer_sparsity(self, weights: dict[str, np.ndarray]) -> dict[str, float]:
-        return {n: 1.0 - np.count_nonzero(weights[n]) / weights[n].size for n in self.conv}
+        return {n: count_zeros(weights[n]) / weights[n].size if weights[n].size else 0.0 for n in self.conv}
 
     def total_sparsity(self, weights: dict[str, np.ndarray]) -> float:
         total = sum(weights[n].size for n in self.conv)
-        zeros = sum(weights[n].size - np.count_nonzero(weights[n]) for n in self.conv)
+        zeros = sum(count_zeros(weights[n]) for n in self.conv)
         return zeros / total if total else 0.0
 
     # -- hooks ----------------------------------------------------------------------------------
@@ -108,6 +115,8 @@ class SparsityControl:
         threshold_array = _threshold_array()
         changed = set()
         for n, group in self.conv.items():
+            if self.ops[n] != "Conv":
+                continue  # ConvTranspose: counted in the sparsity, thresholded only by the threshold pass's opt-in
             w = weights[n]
             no, ni = w.shape[0], w.shape[1] * group
             if group > 1 and w.shape[1] == 1:

@@ -37,7 +37,8 @@ def data_options(f: Callable) -> Callable:
 
 def solver_options(f: Callable) -> Callable:
     opts = [
-        click.option("--stage", type=click.Choice(["l2", "l1", "sparse"]), help="Training stage [default: l2]."),
+        click.option("--stage", type=click.Choice(["l2", "l1", "sparse", "qat"]),
+                     help="Training stage [default: l2]; qat writes a power-of-two QDQ model."),
         click.option("--config", "config_file", type=_PATH, help="Solver config (JSON or TOML) with the original's keys."),
         click.option("--iters", type=int, help="Iterations (max_iter)."),
         click.option("--epochs", type=float, help="Epochs (instead of --iters) [default: 1]."),
@@ -60,6 +61,12 @@ def solver_options(f: Callable) -> Callable:
         click.option("--checkpoint", type=_PATH, help="Checkpoint file [default: OUTPUT.ckpt.npz]."),
         click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Resume from a checkpoint file."),
+        click.option("--quantization-start-iter", type=int,
+                     help="qat: float iterations collecting activation ranges before fake quantization "
+                          "[default: 10% of the iterations]."),
+        click.option("--bits", type=int, help="qat: bits of weights and activations [default: 8]."),
+        click.option("--weight-bits", type=int, help="qat: bits of the weights [default: --bits]."),
+        click.option("--params-out", type=_PATH, help="qat: write the quantization parameters (JSON)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -69,7 +76,7 @@ def solver_options(f: Callable) -> Callable:
 _FLAG_TO_KEY = {"lr_schedule": "lr_policy", "step_size": "stepsize", "milestones": "stepvalue"}
 _CONFIG_FLAGS = ("stage", "iters", "epochs", "batch_size", "lr", "lr_schedule", "gamma", "step_size", "milestones",
                  "power", "optimizer", "momentum", "weight_decay", "l1", "seed", "device", "display",
-                 "checkpoint_every", "task")
+                 "checkpoint_every", "task", "quantization_start_iter", "bits", "weight_bits")
 
 
 def train_config(opts: dict[str, Any]):

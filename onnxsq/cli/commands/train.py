@@ -1,4 +1,4 @@
-"""``onnxsq train``: the L2, L1 and sparse training stages on onnxruntime-training."""
+"""``onnxsq train``: the L2, L1, sparse and QAT training stages on onnxruntime-training."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from ._train_options import data_options, solver_options, train_config
 @solver_options
 @preprocess_options
 def command(model: Path, output: Path | None, in_place: bool, report_path: Path | None, **opts) -> None:
-    """Train MODEL on --data with the L2, L1 or sparse stage; write the trained inference model.
+    """Train MODEL on --data with the L2, L1, sparse or QAT stage; write the trained inference model.
 
-    Solver keys (display_sparsity, threshold_weights, sparsity_target, ...) come from --config
-    (JSON or TOML); flags override them.
+    Solver keys (display_sparsity, threshold_weights, sparsity_target, quantization_start_iter, ...)
+    come from --config (JSON or TOML); flags override them. --stage qat writes the power-of-two QDQ
+    model `onnxsq quantize` would, with trained weights and ranges.
     """
     from ... import model_io
     from ...training import train
@@ -35,8 +36,9 @@ def command(model: Path, output: Path | None, in_place: bool, report_path: Path 
     data, val = open_data(proto, opts, task=cfg.task)
     ckpt = opts["checkpoint"] or out.with_name(out.name + ".ckpt.npz")
     with progress(quiet()) as on_step:
-        trained, report = train(proto, data, cfg, val=val, resume=opts["resume"],
+        trained, report = train(proto, data, cfg, val=val, resume=opts["resume"], params_out=opts["params_out"],
                                 checkpoint=ckpt if cfg.checkpoint_every else None, on_step=on_step)
     model_io.save_model(trained, out)
     report.summary["output"] = str(out)
-    finish(report, report_path, quiet=quiet())
+    qat = ["sparsity", "bits", "signed", "shift", "w_shift", "sqnr_db"] if cfg.stage == "qat" else None
+    finish(report, report_path, quiet=quiet(), detail_keys=qat)
