@@ -8,8 +8,8 @@ tool then runs in a fresh subprocess (so peak memory is its own) and writes its 
 - ``ort``: ``quant_pre_process`` (its recommended pre-processing) then ``quantize_static`` — QDQ,
   MinMax, per-tensor, uint8 activations / int8 weights (its recommendation for x86 CPUs).
 - ``onnxsq <method>``: ``onnxsq.quantize`` with that activation estimator and the default MSE weight
-  shifts (BN folding, calibration, per-layer report on 8 samples included); ``minmax-r0`` skips the
-  per-layer report (calibration alone).
+  shifts (BN folding, calibration, per-layer report on 8 samples included), calibration batch
+  ``--batch-size`` (default 1, as the CLI); ``minmax-r0`` skips the per-layer report (calibration alone).
 
 Measured: wall time of the whole call (load → quantized model on disk), peak RSS above the RSS before
 the call (VmHWM − VmRSS), output SQNR and top-1 agreement against the float model on the
@@ -41,7 +41,7 @@ def rss(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
-tool, model, data, out = sys.argv[1:5]
+tool, model, data, out, batch = sys.argv[1:6]
 files = sorted(Path(data).glob("*.npy"))
 import onnx, onnxruntime
 if tool == "ort":
@@ -62,7 +62,7 @@ else:
     from onnxsq.passes.quantize import QuantizeConfig, quantize
     from onnxsq.model_io import save_model
     method, _, rs = tool.partition("-r")
-    cfg = QuantizeConfig(method=method, batch_size=1, **({"report_samples": int(rs)} if rs else {}))
+    cfg = QuantizeConfig(method=method, batch_size=int(batch), **({"report_samples": int(rs)} if rs else {}))
     feeds = ({"input": np.load(f)} for f in files)
     base = rss("VmRSS:"); t0 = time.perf_counter()
     q, rep = quantize(model, feeds, config=cfg)
@@ -100,7 +100,7 @@ def _fidelity(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
 
 
 def bench_model(name: str, model: onnx.ModelProto, shape: tuple[int, ...], samples: int, tools: list[str],
-                repeats: int, tmp: Path) -> list[list]:
+                repeats: int, tmp: Path, batch: int = 1) -> list[list]:
     path = tmp / f"{name}.onnx"
     onnx.save(model, str(path))
     data = tmp / f"{name}_calib"
@@ -116,7 +116,7 @@ def bench_model(name: str, model: onnx.ModelProto, shape: tuple[int, ...], sampl
     rows = [[name, "float", "", "", "", "", f"{f_lat:.2f}"]]
     for tool in tools:
         out = tmp / f"{name}.{tool}.onnx"
-        proc = subprocess.run([sys.executable, "-c", CHILD, tool, str(path), str(data), str(out)],
+        proc = subprocess.run([sys.executable, "-c", CHILD, tool, str(path), str(data), str(out), str(batch)],
                               capture_output=True, text=True, cwd=REPO)
         if proc.returncode != 0:
             rows.append([name, tool, "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:60]])
@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=["resnet50", *SAMPLES])
     ap.add_argument("--tools", nargs="*", default=["ort", "minmax", "minmax-r0", "mse", "percentile", "ema"])
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=1, help="onnxsq calibration batch (its default: 1)")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     rows = []
@@ -151,9 +152,11 @@ def main() -> None:
                     print(f"skipping {name}: {p} missing", file=sys.stderr)
                     continue
                 model, shape = onnx.load(str(p)), SAMPLES[name]
-            rows += bench_model(name, model, shape, args.samples, args.tools, args.repeats, Path(tmp))
+            rows += bench_model(name, model, shape, args.samples, args.tools, args.repeats, Path(tmp),
+                                args.batch_size)
     head = ["model", "tool", "quantize s", "peak MB", "out SQNR dB", "top-1 agree", "latency ms"]
-    print(f"\n{args.samples} calibration samples (batch 1), CPU, onnxruntime "
+    print(f"\n{args.samples} calibration samples (onnxsq batch {args.batch_size}, quantize_static one at a time), "
+          f"CPU, onnxruntime "
           f"{__import__('onnxruntime').__version__}\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))

@@ -7,11 +7,13 @@ always becomes a one-line :class:`~onnxsq.errors.ModelLoadError` and the input f
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Union
 
+import numpy as np
 import onnx
 
 from .errors import InvalidOptionError, ModelLoadError
@@ -23,6 +25,7 @@ ModelLike = Union[onnx.ModelProto, str, os.PathLike]
 # protobuf cannot serialize a message of 2 GiB or more; keep a margin for the graph itself.
 PROTO_LIMIT = 2**31 - 1
 EXTERNAL_THRESHOLD = PROTO_LIMIT - 64 * 2**20
+SKELETON_LOCATION = "onnxsq-skeleton-no-data"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -31,18 +34,76 @@ def _first_line(exc: BaseException) -> str:
 
 
 def model_nbytes(model: onnx.ModelProto) -> int:
-    """Approximate serialized size, without serializing (which fails past 2 GiB)."""
-    total = 0
-    for init in model.graph.initializer:
-        total += len(init.raw_data) or init.ByteSize()
+    """Approximate serialized size, without serializing (which fails past 2 GiB) or copying the weights."""
+    total = sum(len(i.raw_data) or i.ByteSize() for i in model.graph.initializer)
     try:
         graph_only = onnx.ModelProto()
-        graph_only.CopyFrom(model)
-        del graph_only.graph.initializer[:]
-        total += graph_only.ByteSize()
+        _copy_fields(model, graph_only, skip="graph")
+        _copy_fields(model.graph, graph_only.graph, skip="initializer")
+        return total + graph_only.ByteSize()
     except Exception:  # noqa: BLE001 - a graph too large to size is certainly over the limit
         return PROTO_LIMIT + 1
-    return total
+
+
+def skeleton(model: onnx.ModelProto, *, min_bytes: int = 4096) -> onnx.ModelProto:
+    """A copy of ``model`` without its large weights: main-graph initializers with ``min_bytes`` or
+    more of ``raw_data`` become graph inputs of the same name, type and shape.
+
+    For what reads a model's structure but never those values (onnx.checker, shape inference,
+    planning): copying or serializing a large model's weights costs their size again, once per copy.
+    Small initializers keep their data because shape inference reads some (Reshape shapes, Resize
+    scales). Runnable when the caller feeds the weights (onnxruntime then uses them without a copy).
+    """
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip="graph")
+    _copy_fields(model.graph, out.graph, skip="initializer")
+    inputs = {i.name for i in model.graph.input}
+    for init in model.graph.initializer:
+        if len(init.raw_data) < max(min_bytes, 1):
+            out.graph.initializer.add().CopyFrom(init)
+        elif init.name not in inputs:
+            out.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return out
+
+
+def weight_arrays(model: onnx.ModelProto, *, min_bytes: int = 4096) -> dict[str, np.ndarray]:
+    """The initializers :func:`skeleton` (same ``min_bytes``) turns into inputs, as numpy arrays."""
+
+    return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if len(i.raw_data) >= max(min_bytes, 1)}
+
+
+def _copy_fields(src, dst, *, skip: str) -> None:
+    """Copy every set field of protobuf message ``src`` into ``dst`` except ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if _repeated(fd):
+            getattr(dst, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def _check_raw_sizes(model: onnx.ModelProto) -> None:
+    """What onnx.checker (>= 1.18) checks of the initializers :func:`skeleton` leaves out."""
+    for init in model.graph.initializer:
+        n = len(init.raw_data)
+        if not n or init.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            continue
+        try:
+            size = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        except Exception:  # noqa: BLE001 - packed types (4-bit, ...) have no fixed byte size here
+            continue
+        need = size * math.prod(init.dims)
+        if n < need:
+            raise onnx.checker.ValidationError(f"TensorProto (tensor name: {init.name}) raw_data size ({n} bytes) "
+                                               f"is too small for the declared shape and type ({need} bytes required).")
+
+
+def _repeated(fd) -> bool:
+    rep = getattr(fd, "is_repeated", None)  # protobuf >= 5.28; ``label`` is deprecated there
+    return bool(rep) if rep is not None else fd.label == fd.LABEL_REPEATED
 
 
 def load_model(src: ModelLike, *, check: bool = True) -> onnx.ModelProto:
@@ -93,7 +154,11 @@ def check_model(model: onnx.ModelProto, *, where: str = "model") -> None:
                 del copy
                 onnx.checker.check_model(str(p))
         else:
-            onnx.checker.check_model(model)
+            # The checker never reads raw_data beyond its presence (only typed value fields are
+            # counted against dims), so checking the skeleton is the same check without serializing
+            # and re-parsing the weights in C++ (twice their size, transiently).
+            _check_raw_sizes(model)
+            onnx.checker.check_model(skeleton(model, min_bytes=1))
     except onnx.checker.ValidationError as exc:
         raise ModelLoadError(f"{where}: rejected by onnx.checker: {_first_line(exc)}") from None
 

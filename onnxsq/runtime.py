@@ -71,7 +71,7 @@ def providers_for(device: str = "auto") -> list[str]:
 
 
 def make_session(
-    model: onnx.ModelProto | str,
+    model: onnx.ModelProto | str | bytes,
     *,
     optimize: bool = False,
     providers: Sequence[str] | None = None,
@@ -79,7 +79,9 @@ def make_session(
 ):
     """An InferenceSession with graph optimizations off unless ``optimize``.
 
-    ``model`` is a ModelProto or a path; pass a path for models with external data over 2 GB.
+    ``model`` is a ModelProto, a path, or serialized bytes (no copy made here: large callers serialize
+    once, or serialize a skeleton and feed the weights); pass a path for models with external data
+    over 2 GB.
     """
     ort = import_ort()
     opts = ort.SessionOptions()
@@ -89,5 +91,5 @@ def make_session(
     opts.log_severity_level = 3
     if intra_op_threads:
         opts.intra_op_num_threads = intra_op_threads
-    src = model if isinstance(model, str) else model.SerializeToString()
+    src = model if isinstance(model, (str, bytes)) else model.SerializeToString()
     return ort.InferenceSession(src, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))

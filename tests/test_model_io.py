@@ -225,3 +225,16 @@ def test_same_file(tmp_path):
     assert same_file(a, tmp_path / "." / "a.onnx")
     assert not same_file(a, tmp_path / "b.onnx")
     assert same_file(tmp_path / "new.onnx", tmp_path / "sub" / ".." / "new.onnx")
+
+
+def test_check_reads_no_weights_yet_catches_truncated_raw_data(conv_model):
+    from onnxsq.model_io import check_model, skeleton, weight_arrays
+
+    model = conv_model(cin=16, cout=16)
+    sk, w = skeleton(model, min_bytes=64), weight_arrays(model, min_bytes=64)
+    assert w and {i.name for i in sk.graph.input} >= set(w) and not set(w) & {i.name for i in sk.graph.initializer}
+    check_model(model)
+    big = max(model.graph.initializer, key=lambda i: len(i.raw_data))
+    big.raw_data = big.raw_data[:-4]
+    with pytest.raises(ModelLoadError, match="raw_data size"):
+        check_model(model)

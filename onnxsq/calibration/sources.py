@@ -26,7 +26,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -51,8 +51,10 @@ class InputSpec:
         return self.dims[0] if self.dims else None
 
 
-def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
-    inits = {i.name for i in model.graph.initializer}
+def model_inputs(model: onnx.ModelProto, *, exclude: Collection[str] = ()) -> list[InputSpec]:
+    """The inputs a sample must feed: graph inputs that are neither initializers nor in ``exclude``
+    (e.g. the weight inputs of a skeleton, fed from elsewhere)."""
+    inits = {i.name for i in model.graph.initializer} | set(exclude)
     out = []
     for vi in model.graph.input:
         if vi.name in inits:
@@ -282,9 +284,10 @@ def _load_function(mod_part: str, func_name: str, spec: str) -> Callable:
 
 
 def open_source(spec: str | os.PathLike | Iterable[Mapping[str, Any]], model: onnx.ModelProto, *,
-                preprocess: Preprocess | None = None) -> CalibrationSource:
-    """A :class:`CalibrationSource` for ``spec`` (see the module docstring for what it may be)."""
-    inputs = model_inputs(model)
+                preprocess: Preprocess | None = None, exclude: Collection[str] = ()) -> CalibrationSource:
+    """A :class:`CalibrationSource` for ``spec`` (see the module docstring for what it may be);
+    ``exclude``: graph inputs that are not data (see :func:`model_inputs`)."""
+    inputs = model_inputs(model, exclude=exclude)
     if not isinstance(spec, (str, os.PathLike)):
         items = spec
         return CalibrationSource("calibration feeds", lambda: ((f"feed {i}", f) for i, f in enumerate(items)),

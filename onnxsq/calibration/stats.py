@@ -69,7 +69,7 @@ class TensorStats:
 
     histogram: bool = False
     count: int = 0
-    zeros: int = 0
+    zeros: int = 0  # exact zeros, counted with the histogram only (the mse estimator's input)
     min: float = math.inf
     max: float = -math.inf
     batches: int = 0
@@ -90,8 +90,24 @@ class TensorStats:
         bmin, bmax = float(x.min()), float(x.max())
         if not (math.isfinite(bmin) and math.isfinite(bmax)):
             raise ValueError("tensor holds inf or nan")
-        self.count += int(x.size)
-        self.zeros += int(x.size - np.count_nonzero(x))
+        self._add(int(x.size), int(x.size - np.count_nonzero(x)) if self.histogram else 0, bmin, bmax)
+        if self.histogram:
+            self._hist_update(x, max(abs(bmin), abs(bmax)))
+
+    def update_reduced(self, count: int, bmin: float, bmax: float) -> None:
+        """Add one batch given by its size, min and max (computed elsewhere, e.g. inside the model);
+        the same as :meth:`update` on that batch for statistics without a histogram."""
+        if count == 0:
+            return
+        if not (math.isfinite(bmin) and math.isfinite(bmax)):
+            raise ValueError("tensor holds inf or nan")
+        if self.histogram:
+            raise ValueError("a histogram needs the values: use update()")
+        self._add(count, 0, bmin, bmax)
+
+    def _add(self, count: int, zeros: int, bmin: float, bmax: float) -> None:
+        self.count += count
+        self.zeros += zeros
         self.min, self.max = min(self.min, bmin), max(self.max, bmax)
         if self.batches == 0:
             self.ema_min, self.ema_max, self.first_min, self.first_max = bmin, bmax, bmin, bmax
@@ -99,8 +115,6 @@ class TensorStats:
             self.ema_min = EMA_MOMENTUM * self.ema_min + (1 - EMA_MOMENTUM) * bmin
             self.ema_max = EMA_MOMENTUM * self.ema_max + (1 - EMA_MOMENTUM) * bmax
         self.batches += 1
-        if self.histogram:
-            self._hist_update(x, max(abs(bmin), abs(bmax)))
 
     def _hist_update(self, x: np.ndarray, mag: float) -> None:
         exp = _exp_above(mag)

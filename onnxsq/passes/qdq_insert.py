@@ -66,11 +66,20 @@ class _Names:
 
 def insert_qdq(model: onnx.ModelProto, params: dict[str, TensorQuant]) -> onnx.ModelProto:
     """A copy of ``model`` with a QDQ pair (or a quantized constant) for every tensor in ``params``."""
-    opset = default_opset(model)
+    graph = import_graph(model)
+    insert_qdq_graph(graph, params, default_opset(model))
+    return export_like(graph, model)
+
+
+def insert_qdq_graph(graph: gs.Graph, params: dict[str, TensorQuant], opset: int) -> None:
+    """:func:`insert_qdq` on an onnx-graphsurgeon graph of default-domain ``opset``, in place.
+
+    Quantized constants replace the float ones in the graph; the float arrays themselves are not
+    modified (a caller may still hold and use them).
+    """
     need, why = required_opset(params)
     if opset < need:
         raise UnsupportedModelError(f"{why} needs opset {need}; the model is opset {opset}")
-    graph = import_graph(model)
     tensors = graph.tensors()
     names = _Names(graph)
     for name, p in params.items():
@@ -83,7 +92,6 @@ def insert_qdq(model: onnx.ModelProto, params: dict[str, TensorQuant]) -> onnx.M
             if p.per_channel:
                 raise UnsupportedModelError(f"{name}: per-channel parameters for an activation are not supported")
             _insert_pair(graph, names, t, p, opset)
-    return export_like(graph, model)
 
 
 def _qparams(graph: gs.Graph, names: _Names, base: str, p: TensorQuant, carrier: np.dtype):

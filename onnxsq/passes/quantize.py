@@ -35,15 +35,15 @@ import numpy as np
 import onnx
 
 from ..calibration import pow2, sources
-from ..calibration.collect import Progress, collect_stats
+from ..calibration.collect import Progress, collect_stats, runnable
 from ..calibration.stats import HIST_METHODS, METHODS, TensorStats, choose_shift
 from ..data.images import Preprocess
 from ..errors import InvalidOptionError, UnsupportedModelError
-from ..graph import const_value, export_like, import_graph
-from ..model_io import ModelLike, default_opset, load_model
+from ..graph import const_value, copy_without_graph, export_like, import_graph
+from ..model_io import ModelLike, default_opset, load_model, skeleton
 from ..params import TensorQuant, read_params, write_params
 from ..report import Report
-from .qdq_insert import insert_qdq
+from .qdq_insert import insert_qdq_graph
 from .qdq_placement import Plan, plan_qdq
 from .quantize_eval import evaluate
 
@@ -67,7 +67,7 @@ class QuantizeConfig:
     weight_method: str = "mse"  # minmax | mse (exact error on the weights)
     percentile: float = 99.99
     calib_count: int | None = None
-    batch_size: int = 8
+    batch_size: int = 1  # per run; larger batches cost activation memory (8: ~6x the peak) for no speed on CPU
     preprocess: Preprocess | None = None
     report_samples: int = 8
     fold_batchnorm: bool = True
@@ -117,22 +117,28 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     """
     cfg = config or QuantizeConfig()
     cfg.validate()
-    start = time.perf_counter()
+    clock = _Clock()
     original = load_model(model)
     report = Report(PASS_NAME)
-    work = _fold_first(original, report) if cfg.fold_batchnorm else original
-    if work is not original:
+    clock.lap("load")
+    if cfg.fold_batchnorm:
+        work = _fold_first(original, report)
         del original  # large models: keep as few copies of the weights alive as possible
+        clock.lap("fold")
+    else:
+        work = original
     work = _ensure_opset(work, report, cfg)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(work)
-    except Exception as exc:  # noqa: BLE001 - shape inference is best effort
-        raise UnsupportedModelError(f"shape inference failed, cannot tell float tensors apart: {exc}") from None
-    graph = import_graph(inferred)
+    _infer_shapes(work)
+    graph = import_graph(work)
     plan = plan_qdq(graph, per_channel=cfg.per_channel, exclude=tuple(cfg.exclude))
-    prepared = export_like(graph, work)
+    clock.lap("plan")
+    # From here on the weights live once, as the numpy arrays of ``graph``; onnxruntime sessions
+    # run skeletons fed with them, and ``work``'s copy goes as soon as the arrays are loaded.
     consts = {t.name: const_value(t) for t in graph.tensors().values() if const_value(t) is not None}
-    del graph, inferred, work
+    opset, meta = default_opset(work), copy_without_graph(work)
+    del work
+    float_model, float_weights = runnable(graph, meta)
+    clock.lap("split weights")
     ctx = _Ctx(cfg, report, plan, consts, given=_given(params, report))
     if not plan.activations and not plan.weights:
         report.warnings.append("nothing to quantize: no Conv, ConvTranspose, Gemm, MatMul, Add or Concat "
@@ -145,28 +151,67 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
             raise InvalidOptionError(f"--calib is required: {len(todo)} tensor(s) have no given parameters "
                                      f"(e.g. {todo[0]!r})")
         source = calib if isinstance(calib, sources.CalibrationSource) else \
-            sources.open_source(calib, prepared, preprocess=cfg.preprocess)
+            sources.open_source(calib, float_model, preprocess=cfg.preprocess, exclude=float_weights.keys())
         count = cfg.calib_count if todo else min(cfg.calib_count or cfg.report_samples, cfg.report_samples)
         total = source.total if count is None else min(count, source.total or count)
         batches = sources.batches(source, source.inputs, batch_size=cfg.batch_size, count=count)
-        ctx.stats, kept, samples = collect_stats(prepared, todo, batches, histogram=cfg.method in HIST_METHODS,
-                                                 progress=progress, total=total, keep=cfg.report_samples)
+        ctx.stats, kept, samples = collect_stats(float_model, todo, batches, histogram=cfg.method in HIST_METHODS,
+                                                 progress=progress, total=total, keep=cfg.report_samples,
+                                                 weights=float_weights)
         report.warnings.extend(source.warnings)
+        clock.lap("calibrate")
     tparams = resolve_params(ctx)
-    quantized = insert_qdq(prepared, tparams)
+    ctx.consts = consts = {}
+    clock.lap("resolve")
+    insert_qdq_graph(graph, tparams, opset)
+    if kept:
+        q_model, q_weights = runnable(graph, meta)
+    quantized = export_like(graph, meta)
+    del graph
+    clock.lap("insert qdq")
     if params_out is not None:
         write_params(tparams, params_out)
         report.summary["params_file"] = str(params_out)
-    calib_s = time.perf_counter() - start
+    calib_s = clock.total()
     if kept:
-        evaluation = evaluate(prepared, quantized, plan.activations, tparams, kept, progress=progress)
+        evaluation = evaluate(float_model, q_model, plan.activations, tparams, kept, progress=progress,
+                              float_weights=float_weights, q_weights=q_weights)
+        clock.lap("report")
     else:
         evaluation = None
         if cfg.report_samples > 0:
             report.warnings.append("no calibration data: per-layer SQNR not measured")
     _fill_report(ctx, tparams, evaluation, samples, calib_s)
-    report.summary["seconds"] = round(time.perf_counter() - start, 3)
+    report.summary["seconds"] = round(clock.total(), 3)
+    log.debug("quantize phases (s): %s", clock.laps)
     return quantized, report
+
+
+class _Clock:
+    """Wall time per phase (logged at debug level; ``bench/bench_quantize.py --phases`` prints it)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self.last, 3)
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _infer_shapes(model: onnx.ModelProto) -> None:
+    """Shape inference on a skeleton (no weight copies); the inferred types are added to ``model``."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model))
+    except Exception as exc:  # noqa: BLE001 - shape inference is best effort
+        raise UnsupportedModelError(f"shape inference failed, cannot tell float tensors apart: {exc}") from None
+    have = {v.name for v in model.graph.value_info} | {v.name for v in model.graph.input} | \
+        {v.name for v in model.graph.output}
+    model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in have)
 
 
 def _fold_first(model: onnx.ModelProto, report: Report) -> onnx.ModelProto:
@@ -177,6 +222,10 @@ def _fold_first(model: onnx.ModelProto, report: Report) -> onnx.ModelProto:
     except ImportError as exc:
         report.warnings.append(f"BatchNormalization left in place (fold-batchnorm unavailable: {exc})")
         return model
+    try:  # typed tensors spare fold-batchnorm its own shape inference on the full model (a weights copy)
+        _infer_shapes(model)
+    except UnsupportedModelError:
+        pass
     folded, frep = fold_batchnorm(model)
     n = sum(1 for c in frep.candidates if c.changed)
     left = [c.name for c in frep.candidates if not c.changed]

@@ -6,20 +6,30 @@ through the network, as they would on the target), and the *clipped* fraction: f
 the quantized range by more than half a step. For the graph outputs: SQNR and, for outputs with a
 class axis (axis 1 of size > 1), the fraction of argmax-over-axis-1 positions that agree (top-1
 agreement; per pixel for segmentation). Streaming: sums only, one batch in memory.
+
+How: both models go into ONE onnxruntime graph (the quantized one's node outputs renamed with a
+prefix, the shared inputs and weights kept once), with ``ReduceSumSquare(x)``,
+``ReduceSumSquare(x - x^)``, the clipped count and ``Size`` per tensor as scalar outputs. One run per
+batch computes both models and every layer's sums without a single activation leaving onnxruntime;
+only the graph outputs come back for SQNR and top-1. The weights are fed from numpy (no copies).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
 
 from ..calibration import pow2
-from ..calibration.collect import run_observed
+from ..calibration.collect import WEIGHT_BYTES, FedSession, execution_order
+from ..model_io import skeleton, weight_arrays
 from ..params import TensorQuant
+
+Q_PREFIX = "onnxsq_q/"
 
 
 @dataclass
@@ -74,36 +84,120 @@ def dequantized_names(qmodel: onnx.ModelProto, tensors: list[str]) -> dict[str, 
     return out
 
 
+def combine(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, prefix: str = Q_PREFIX) -> onnx.ModelProto:
+    """One graph computing both models: ``qmodel``'s node outputs and initializers get ``prefix``;
+    graph inputs (data and fed weights) keep their names and are shared where both have them."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in qmodel.graph.node
+           for a in n.attribute):
+        raise ValueError("subgraphs (If, Loop, Scan) are not combined")
+    shared = {i.name for i in qmodel.graph.input} - {t.name for t in qmodel.graph.initializer}
+
+    def rename(name: str) -> str:
+        return name if not name or name in shared else prefix + name
+
+    out = onnx.ModelProto()
+    out.CopyFrom(float_model)  # skeletons: small
+    have = {i.name for i in out.graph.input}
+    out.graph.input.extend(i for i in qmodel.graph.input if i.name not in have and i.name in shared)
+    for t in qmodel.graph.initializer:
+        c = out.graph.initializer.add()
+        c.CopyFrom(t)
+        c.name = rename(t.name)
+    for n in qmodel.graph.node:
+        c = out.graph.node.add()
+        c.CopyFrom(n)
+        c.name = prefix + n.name if n.name else ""
+        c.input[:] = [rename(i) for i in n.input]
+        c.output[:] = [rename(o) for o in n.output]
+    out.graph.output.extend(helper.make_tensor_value_info(rename(o.name), o.type.tensor_type.elem_type, None)
+                            for o in qmodel.graph.output)
+    versions = {o.domain: o for o in out.opset_import}
+    for o in qmodel.opset_import:
+        if o.domain in versions:
+            versions[o.domain].version = max(versions[o.domain].version, o.version)
+        else:
+            out.opset_import.append(o)
+    return out
+
+
+def _error_nodes(model: onnx.ModelProto, t: str, tq: str, lo: float, hi: float, i: int) -> list[str]:
+    """Scalar outputs [signal, noise, clipped, size] comparing float ``t`` with dequantized ``tq``."""
+    b = f"onnxsq_err_{i}"
+    outs = [f"{b}_signal", f"{b}_noise", f"{b}_clipped", f"{b}_size"]
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(lo, np.float32), f"{b}_lo"),
+                                    onnx.numpy_helper.from_array(np.array(hi, np.float32), f"{b}_hi")])
+    model.graph.node.extend([
+        helper.make_node("ReduceSumSquare", [t], [outs[0]], name=f"{b}_Signal", keepdims=0),
+        helper.make_node("Sub", [t, tq], [f"{b}_diff"], name=f"{b}_Sub"),
+        helper.make_node("ReduceSumSquare", [f"{b}_diff"], [outs[1]], name=f"{b}_Noise", keepdims=0),
+        helper.make_node("Greater", [t, f"{b}_hi"], [f"{b}_above"], name=f"{b}_Above"),
+        helper.make_node("Less", [t, f"{b}_lo"], [f"{b}_below"], name=f"{b}_Below"),
+        helper.make_node("Or", [f"{b}_above", f"{b}_below"], [f"{b}_out"], name=f"{b}_Or"),
+        helper.make_node("Cast", [f"{b}_out"], [f"{b}_outn"], name=f"{b}_Cast", to=TensorProto.INT32),
+        helper.make_node("ReduceSum", [f"{b}_outn"], [outs[2]], name=f"{b}_Clipped", keepdims=0),
+        helper.make_node("Size", [t], [outs[3]], name=f"{b}_Size"),
+    ])
+    types = (TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64)
+    model.graph.output.extend(helper.make_tensor_value_info(o, ty, []) for o, ty in zip(outs, types))
+    return outs
+
+
 def evaluate(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: list[str],
              params: dict[str, TensorQuant], feeds: list[dict[str, np.ndarray]],
-             progress: Callable | None = None) -> Evaluation:
-    """Per-tensor and per-output errors of ``qmodel`` against ``float_model`` on ``feeds``."""
+             progress: Callable | None = None, *, float_weights: Mapping[str, np.ndarray] | None = None,
+             q_weights: Mapping[str, np.ndarray] | None = None) -> Evaluation:
+    """Per-tensor and per-output errors of ``qmodel`` against ``float_model`` on ``feeds``.
+
+    With ``float_weights`` / ``q_weights`` the models are skeletons fed with those arrays
+    (:func:`onnxsq.calibration.collect.runnable`); otherwise they are split here.
+    """
+    if float_weights is None:
+        float_model, float_weights = skeleton(float_model, min_bytes=WEIGHT_BYTES), weight_arrays(float_model)
+    if q_weights is None:
+        qmodel, q_weights = skeleton(qmodel, min_bytes=WEIGHT_BYTES), weight_arrays(qmodel)
     tensors = [t for t in tensors if t in params]
     qnames = dequantized_names(qmodel, tensors)
     tensors = [t for t in tensors if t in qnames]
-    ev = Evaluation(layers={t: LayerError() for t in tensors})
     outs = [o.name for o in float_model.graph.output]
+    merged = combine(float_model, qmodel)
+    tensors = execution_order(float_model, tensors)
+    results = list(merged.graph.output)
+    del merged.graph.output[:]  # the error scalars first, in layer order
+    err_outs = []
+    inputs = {x.name for x in merged.graph.input}
+    for i, t in enumerate(tensors):
+        p = params[t]
+        qmin, qmax = pow2.int_range(p.bits, p.signed)
+        s = float(p.scale)
+        tq = qnames[t] if qnames[t] in inputs else Q_PREFIX + qnames[t]
+        err_outs.append(_error_nodes(merged, t, tq, (qmin - 0.5) * s, (qmax + 0.5) * s, i))
+    merged.graph.output.extend(results)
+    session = FedSession(merged.SerializeToString(), {**float_weights, **q_weights})
+    fetch = outs + [Q_PREFIX + o for o in outs] + [o for e in err_outs for o in e]
+    ev = Evaluation(layers={t: LayerError() for t in tensors})
     out_err = {o: LayerError() for o in outs}
     agree = {o: [0, 0] for o in outs}
-    batches = [(f, next(iter(f.values())).shape[0] if f else 1) for f in feeds]
-    qrun = run_observed(qmodel, [qnames[t] for t in tensors], batches)
-    for (_, fvals, n), (_, qvals, _) in zip(run_observed(float_model, tensors, batches), qrun):
-        k = len(tensors)
-        for t, x, xq in zip(tensors, fvals[:k], qvals[:k]):
+    total = sum(next(iter(f.values())).shape[0] if f else 1 for f in feeds)
+    k = len(outs)
+    for feed in feeds:
+        values = session.run(fetch, feed)
+        for j, t in enumerate(tensors):
+            signal, noise, clipped, size = values[2 * k + 4 * j: 2 * k + 4 * j + 4]
             err = ev.layers[t]
-            _accumulate(err, x, xq)
-            p = params[t]
-            qmin, qmax = pow2.int_range(p.bits, p.signed)
-            s = float(p.scale)
-            err.clipped_n += int(np.count_nonzero((x > (qmax + 0.5) * s) | (x < (qmin - 0.5) * s)))
-        for o, x, xq in zip(outs, fvals[k:], qvals[k:]):
+            err.signal += float(signal)
+            err.noise += float(noise)
+            err.clipped_n += int(clipped)
+            err.count += int(size)
+            if not math.isfinite(err.noise):
+                err.noise = math.inf
+        for o, x, xq in zip(outs, values[:k], values[k:2 * k]):
             _accumulate(out_err[o], x, xq)
             if x.ndim >= 2 and x.shape[1] > 1 and x.shape == xq.shape:
                 agree[o][0] += int(np.count_nonzero(np.argmax(x, axis=1) == np.argmax(xq, axis=1)))
                 agree[o][1] += int(np.prod(x.shape) // x.shape[1])
-        ev.samples += n
+        ev.samples += next(iter(feed.values())).shape[0] if feed else 1
         if progress is not None:
-            progress(ev.samples, sum(b for _, b in batches), "evaluate")
+            progress(ev.samples, total, "evaluate")
     ev.outputs = {o: e.sqnr_db for o, e in out_err.items()}
     ev.top1 = {o: a / b for o, (a, b) in agree.items() if b}
     return ev

@@ -112,3 +112,13 @@ def test_real_subprocess(model_and_data, tmp_path):
     proc = subprocess.run([str(exe), "quantize", str(model), "--calib", str(tmp_path / "none"), "-o", str(out)],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
+
+
+def test_batch_size_flag(run_cli, model_and_data, tmp_path):
+    model, data = model_and_data
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    res = run_cli("quantize", model, "--calib", data, "-o", out, "--report", report, "--batch-size", "4")
+    assert res.code == 0, res.err
+    assert json.loads(report.read_text())["summary"]["calibration_samples"] == 6  # batches of 4 and 2
+    res = run_cli("quantize", model, "--calib", data, "-o", out, "--batch-size", "0")
+    assert res.code == 1 and "batch size must be at least 1" in res.err

@@ -15,6 +15,8 @@ METHODS = ("minmax", "ema", "percentile", "mse")
 @common_model_command("quant")
 @click.option("--calib", help="Calibration data: image or .npy/.npz folder, a .npz file, or module.py:function.")
 @click.option("--calib-count", type=int, help="Use at most N calibration samples [default: all].")
+@click.option("--batch-size", type=int, default=1, show_default=True,
+              help="Calibration samples per onnxruntime run (models with a dynamic batch axis).")
 @click.option("--bits", type=int, default=8, show_default=True, help="Bits of weights and activations (2..16).")
 @click.option("--per-channel", is_flag=True, help="One power-of-two scale per output channel of each weight.")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Keep nodes whose name matches in float (repeatable).")
@@ -27,7 +29,7 @@ METHODS = ("minmax", "ema", "percentile", "mse")
 @click.option("--params-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the parameters (JSON).")
 @preprocess_options
 def command(model: Path, output: Path | None, in_place: bool, report_path: Path | None, calib: str | None,
-            calib_count: int | None, bits: int, per_channel: bool, exclude: tuple[str, ...], method: str, weight_method: str,
+            calib_count: int | None, batch_size: int, bits: int, per_channel: bool, exclude: tuple[str, ...], method: str, weight_method: str,
             params_in: Path | None, params_out: Path | None, size, mean, std, channel_order: str, layout: str) -> None:
     """Quantize MODEL to power-of-two int8 QDQ (scales 2**-shift, zero points 0), calibrating on --calib."""
     from rich.progress import Progress
@@ -41,7 +43,7 @@ def command(model: Path, output: Path | None, in_place: bool, report_path: Path 
     pre = Preprocess(size=tuple(size) if size else None, mean=mean, std=std, channel_order=channel_order,
                      layout=layout)
     cfg = QuantizeConfig(bits=bits, per_channel=per_channel, exclude=exclude, method=method,
-                         weight_method=weight_method, calib_count=calib_count,
+                         weight_method=weight_method, calib_count=calib_count, batch_size=batch_size,
                          preprocess=None if pre == Preprocess() else pre)
     with Progress(console=err_console(), transient=True, disable=quiet()) as bar:
         tasks: dict[str, int] = {}
