@@ -36,7 +36,37 @@ class LazyGroup(click.Group):
         if cmd_name not in self.list_commands(ctx):
             return None
         module = importlib.import_module(f"{_commands_pkg.__name__}.{cmd_name.replace('-', '_')}")
-        return module.command
+        command: click.Command = module.command
+        _add_verbosity_options(command)
+        return command
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    """-v/-q given after the command name: the same effect as before it."""
+    if not value:
+        return
+    from .render import setup_logging
+
+    obj = ctx.find_root().obj
+    if obj is None:  # the group callback has not run (e.g. --help): nothing to configure yet
+        return
+    if param.name == "verbose":
+        obj["verbose"] = max(obj["verbose"], int(value))
+        _STATE["verbose"] = obj["verbose"]
+    else:
+        obj["quiet"] = True
+    setup_logging(obj["verbose"], obj["quiet"])
+
+
+def _add_verbosity_options(command: click.Command) -> None:
+    """Accept -v/-q on every command too (`onnxsq optimize -q ...`), not only on the group."""
+    taken = {opt for p in command.params for opt in getattr(p, "opts", [])}
+    if "-v" not in taken:
+        command.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False,
+                                           callback=_set_verbosity, help="More log output (same as onnxsq -v)."))
+    if "-q" not in taken:
+        command.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False,
+                                           callback=_set_verbosity, help="Only errors (same as onnxsq -q)."))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
