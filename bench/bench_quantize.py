@@ -14,7 +14,8 @@ tool then runs in a fresh subprocess (so peak memory is its own) and writes its 
 Measured: wall time of the whole call (load → quantized model on disk), peak RSS above the RSS before
 the call (VmHWM − VmRSS), output SQNR and top-1 agreement against the float model on the
 calibration samples, and batch-1 inference latency (onnxruntime, graph optimizations on, 2 threads)
-of the int8 model against the float one. Prints one table.
+of the int8 model against the float one. ``--rounds N`` alternates the tools N times (fresh
+processes each) and prints medians. Prints one table.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def _fidelity(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
 
 
 def bench_model(name: str, model: onnx.ModelProto, shape: tuple[int, ...], samples: int, tools: list[str],
-                repeats: int, tmp: Path, batch: int = 1) -> list[list]:
+                repeats: int, tmp: Path, batch: int = 1, rounds: int = 1) -> list[list]:
     path = tmp / f"{name}.onnx"
     onnx.save(model, str(path))
     data = tmp / f"{name}_calib"
@@ -114,19 +115,28 @@ def bench_model(name: str, model: onnx.ModelProto, shape: tuple[int, ...], sampl
     ref = _outputs(str(path), xs)
     f_lat = _latency(str(path), xs[0], repeats)
     rows = [[name, "float", "", "", "", "", f"{f_lat:.2f}"]]
-    for tool in tools:
-        out = tmp / f"{name}.{tool}.onnx"
-        proc = subprocess.run([sys.executable, "-c", CHILD, tool, str(path), str(data), str(out), str(batch)],
-                              capture_output=True, text=True, cwd=REPO)
-        if proc.returncode != 0:
-            rows.append([name, tool, "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:60]])
+    runs: dict[str, list[list]] = {tool: [] for tool in tools}
+    for _ in range(rounds):  # tools alternate, so machine load drifts hit all of them alike
+        for tool in tools:
+            out = tmp / f"{name}.{tool}.onnx"
+            proc = subprocess.run([sys.executable, "-c", CHILD, tool, str(path), str(data), str(out), str(batch)],
+                                  capture_output=True, text=True, cwd=REPO)
+            if proc.returncode != 0:
+                runs[tool].append(["failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:60]])
+                continue
+            m = json.loads(proc.stdout.strip().splitlines()[-1])
+            sqnr, top1 = _fidelity(ref, _outputs(str(out), xs))
+            lat = _latency(str(out), xs[0], repeats)
+            runs[tool].append([m["seconds"], m["peak_mb"], sqnr, top1, lat])
+            print(name, tool, " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in runs[tool][-1]),
+                  file=sys.stderr, flush=True)
+    for tool, got in runs.items():
+        ok = [r for r in got if len(r) == 5]
+        if not ok:
+            rows.append([name, tool, got[-1][0]])
             continue
-        m = json.loads(proc.stdout.strip().splitlines()[-1])
-        sqnr, top1 = _fidelity(ref, _outputs(str(out), xs))
-        lat = _latency(str(out), xs[0], repeats)
-        rows.append([name, tool, f"{m['seconds']:.2f}", f"{m['peak_mb']:.0f}", f"{sqnr:.2f}", f"{top1:.3f}",
-                     f"{lat:.2f}"])
-        print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+        med = [float(np.median([r[i] for r in ok])) for i in range(5)]
+        rows.append([name, tool, f"{med[0]:.2f}", f"{med[1]:.0f}", f"{med[2]:.2f}", f"{med[3]:.3f}", f"{med[4]:.2f}"])
     return rows
 
 
@@ -137,6 +147,7 @@ def main() -> None:
     ap.add_argument("--tools", nargs="*", default=["ort", "minmax", "minmax-r0", "mse", "percentile", "ema"])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=1, help="onnxsq calibration batch (its default: 1)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds per tool; the table shows medians")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     rows = []
@@ -153,9 +164,10 @@ def main() -> None:
                     continue
                 model, shape = onnx.load(str(p)), SAMPLES[name]
             rows += bench_model(name, model, shape, args.samples, args.tools, args.repeats, Path(tmp),
-                                args.batch_size)
+                                args.batch_size, args.rounds)
     head = ["model", "tool", "quantize s", "peak MB", "out SQNR dB", "top-1 agree", "latency ms"]
     print(f"\n{args.samples} calibration samples (onnxsq batch {args.batch_size}, quantize_static one at a time), "
+          f"medians of {args.rounds} alternating round(s), "
           f"CPU, onnxruntime "
           f"{__import__('onnxruntime').__version__}\n")
     print("| " + " | ".join(head) + " |")

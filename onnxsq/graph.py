@@ -18,7 +18,12 @@ log = logging.getLogger(__name__)
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    return gs.import_onnx(model)
+    """``model`` as an onnx-graphsurgeon graph that does not keep ``model`` alive once its constants
+    are loaded (gs keeps the opset list as a view into the proto, which pins all of its weights)."""
+    graph = gs.import_onnx(model)
+    if graph.import_domains is not None:
+        graph.import_domains = [onnx.helper.make_opsetid(o.domain, o.version) for o in graph.import_domains]
+    return graph
 
 
 def export_like(graph: gs.Graph, original: onnx.ModelProto, *, extra_opsets: dict[str, int] | None = None,
@@ -29,9 +34,14 @@ def export_like(graph: gs.Graph, original: onnx.ModelProto, *, extra_opsets: dic
     IR version only when a pass truly needs it (the caller says so in its report).
     """
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    exported = gs.export_onnx(graph, do_type_check=False)
-    model = copy_without_graph(original)
-    model.graph.CopyFrom(exported.graph)
+    model = gs.export_onnx(graph, do_type_check=False)
+    # Everything but the graph comes from ``original``: clear what gs stamped (IR version, opsets,
+    # producer) and copy the rest over. Copying the exported graph into a new model instead would
+    # hold the weights twice more for a moment.
+    for fd, _ in model.ListFields():
+        if fd.name != "graph":
+            model.ClearField(fd.name)
+    _copy_fields(original, model, skip="graph")
     model.ir_version = max(original.ir_version, min_ir_version)
     if extra_opsets:
         have = {o.domain: o for o in model.opset_import}
@@ -46,16 +56,53 @@ def export_like(graph: gs.Graph, original: onnx.ModelProto, *, extra_opsets: dic
 def copy_without_graph(original: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of every model field except the graph (copying the weights only to replace them is slow)."""
     model = onnx.ModelProto()
-    for fd, value in original.ListFields():
-        if fd.name == "graph":
+    _copy_fields(original, model, skip="graph")
+    return model
+
+
+def _copy_fields(src, dst, *, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
             continue
         if isinstance(value, (list, tuple)) or hasattr(value, "extend"):
-            getattr(model, fd.name).extend(value)
+            getattr(dst, fd.name).extend(value)
         elif fd.type == fd.TYPE_MESSAGE:
-            getattr(model, fd.name).CopyFrom(value)
+            getattr(dst, fd.name).CopyFrom(value)
         else:
-            setattr(model, fd.name, value)
-    return model
+            setattr(dst, fd.name, value)
+
+
+class UniqueNames:
+    """Hands out names that collide with nothing already in a graph, nor with each other.
+
+    ``UniqueNames(graph_or_model)`` takes every tensor and node name of an onnx-graphsurgeon graph or
+    of a ModelProto's main graph (or any iterable of names); ``names(base)`` (or ``names.fresh(base)``)
+    returns ``base``, else ``base_1``, ``base_2``, ... and reserves it.
+    """
+
+    def __init__(self, source: gs.Graph | onnx.ModelProto | Iterable[str] = ()) -> None:
+        if isinstance(source, gs.Graph):
+            taken = set(source.tensors().keys()) | {n.name for n in source.nodes if n.name}
+        elif isinstance(source, onnx.ModelProto):
+            g = source.graph
+            taken = {i.name for i in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
+            taken |= {n.name for n in g.node} | {x for n in g.node for x in (*n.input, *n.output)}
+        else:
+            taken = set(source)
+        self.taken: set[str] = taken - {""}
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+    __call__ = fresh
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.taken
 
 
 def const_value(tensor: gs.Tensor) -> np.ndarray | None:

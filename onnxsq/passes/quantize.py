@@ -25,6 +25,7 @@ for about 1.5× the calibration time; the original's EMA×1.25 lost 0.3–0.8 dB
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from ..calibration import pow2, sources
 from ..calibration.collect import Progress, collect_stats, runnable
@@ -120,23 +122,25 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     clock = _Clock()
     original = load_model(model)
     report = Report(PASS_NAME)
+    _check_bits(original, cfg)
     clock.lap("load")
+    _infer_shapes(original)  # typed tensors: planning tells float tensors apart, folding needs ranks
+    graph = import_graph(original)
     if cfg.fold_batchnorm:
-        work = _fold_first(original, report)
-        del original  # large models: keep as few copies of the weights alive as possible
+        _fold_first(graph, original, report)  # in place: no export/import round trip (a weights copy each)
         clock.lap("fold")
-    else:
-        work = original
-    work = _ensure_opset(work, report, cfg)
-    _infer_shapes(work)
-    graph = import_graph(work)
+    if default_opset(original) < _needed_opset(cfg):
+        original = _ensure_opset(export_like(graph, original), report, cfg)
+        _infer_shapes(original)
+        graph = import_graph(original)
     plan = plan_qdq(graph, per_channel=cfg.per_channel, exclude=tuple(cfg.exclude))
     clock.lap("plan")
-    # From here on the weights live once, as the numpy arrays of ``graph``; onnxruntime sessions
-    # run skeletons fed with them, and ``work``'s copy goes as soon as the arrays are loaded.
+    # From here on the weights live once, as the numpy arrays of ``graph`` (loading them here ends
+    # its references into the proto, which then goes); onnxruntime sessions run skeletons fed with them.
     consts = {t.name: const_value(t) for t in graph.tensors().values() if const_value(t) is not None}
-    opset, meta = default_opset(work), copy_without_graph(work)
-    del work
+    opset, meta = default_opset(original), copy_without_graph(original)
+    del original
+    gc.collect()  # the parsed model is garbage now; return it before calibration allocates
     float_model, float_weights = runnable(graph, meta)
     clock.lap("split weights")
     ctx = _Ctx(cfg, report, plan, consts, given=_given(params, report))
@@ -166,21 +170,28 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     insert_qdq_graph(graph, tparams, opset)
     if kept:
         q_model, q_weights = runnable(graph, meta)
-    quantized = export_like(graph, meta)
-    del graph
     clock.lap("insert qdq")
     if params_out is not None:
         write_params(tparams, params_out)
         report.summary["params_file"] = str(params_out)
     calib_s = clock.total()
+    evaluation = None
     if kept:
         evaluation = evaluate(float_model, q_model, plan.activations, tparams, kept, progress=progress,
                               float_weights=float_weights, q_weights=q_weights)
+        del q_model, q_weights
         clock.lap("report")
-    else:
-        evaluation = None
-        if cfg.report_samples > 0:
-            report.warnings.append("no calibration data: per-layer SQNR not measured")
+    elif cfg.report_samples > 0:
+        report.warnings.append("no calibration data: per-layer SQNR not measured")
+    # Exported last, after the float weights are gone: the peak is then the quantized model, not
+    # float weights + quantized model + the report's onnxruntime session together.
+    del float_model, float_weights, kept
+    gc.collect()
+    t0 = clock.last
+    quantized = export_like(graph, meta)
+    del graph
+    clock.lap("export")
+    calib_s += clock.last - t0
     _fill_report(ctx, tparams, evaluation, samples, calib_s)
     report.summary["seconds"] = round(clock.total(), 3)
     log.debug("quantize phases (s): %s", clock.laps)
@@ -214,38 +225,40 @@ def _infer_shapes(model: onnx.ModelProto) -> None:
     model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in have)
 
 
-def _fold_first(model: onnx.ModelProto, report: Report) -> onnx.ModelProto:
-    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
-        return model
+def _fold_first(graph: gs.Graph, model: onnx.ModelProto, report: Report) -> None:
+    if not any(n.op == "BatchNormalization" for n in graph.nodes):
+        return
     try:
-        from .fold_batchnorm import fold_batchnorm
+        from .fold_batchnorm import fold_batchnorm_graph
     except ImportError as exc:
         report.warnings.append(f"BatchNormalization left in place (fold-batchnorm unavailable: {exc})")
-        return model
-    try:  # typed tensors spare fold-batchnorm its own shape inference on the full model (a weights copy)
-        _infer_shapes(model)
-    except UnsupportedModelError:
-        pass
-    folded, frep = fold_batchnorm(model)
+        return
+    frep = fold_batchnorm_graph(graph, opset=default_opset(model), types_from=skeleton(model))
     n = sum(1 for c in frep.candidates if c.changed)
     left = [c.name for c in frep.candidates if not c.changed]
     report.summary["batchnorm_folded_first"] = n
     if left:
         report.warnings.append(f"{len(left)} BatchNormalization node(s) could not be folded and stay float: "
                                + ", ".join(left[:5]))
-    return folded
+
+
+def _check_bits(model: onnx.ModelProto, cfg: QuantizeConfig) -> None:
+    opset = default_opset(model)
+    if max(cfg.bits, cfg.wbits) > 8 and opset < 21:
+        raise InvalidOptionError(f"--bits {max(cfg.bits, cfg.wbits)} needs 16-bit QuantizeLinear, which ONNX "
+                                 f"has from opset 21; this model is opset {opset} (use --bits 8 or less, or "
+                                 "convert the model to opset 21 first)")
+
+
+def _needed_opset(cfg: QuantizeConfig) -> int:
+    return 13 if cfg.per_channel else 10
 
 
 def _ensure_opset(model: onnx.ModelProto, report: Report, cfg: QuantizeConfig) -> onnx.ModelProto:
     opset = default_opset(model)
-    need, why = 10, "QuantizeLinear/DequantizeLinear"
-    if cfg.per_channel:
-        need, why = 13, "per-channel DequantizeLinear (axis)"
-    if max(cfg.bits, cfg.wbits) > 8:
-        if opset < 21:
-            raise InvalidOptionError(f"--bits {max(cfg.bits, cfg.wbits)} needs 16-bit QuantizeLinear, which ONNX "
-                                     f"has from opset 21; this model is opset {opset} (use --bits 8 or less, or "
-                                     "convert the model to opset 21 first)")
+    need = _needed_opset(cfg)
+    why = "per-channel DequantizeLinear (axis)" if cfg.per_channel else "QuantizeLinear/DequantizeLinear"
+    _check_bits(model, cfg)
     if opset >= need:
         return model
     from onnx import version_converter

@@ -39,6 +39,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedModelError
+from ..graph import UniqueNames
 from ..model_io import opsets
 from ..sparsity import CONV_OPS
 
@@ -109,20 +110,6 @@ def classify_params(model: onnx.ModelProto) -> tuple[list[str], list[str], dict[
     return list(trainable), list(frozen), weights, conv_weights
 
 
-class _Namer:
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.taken = {i.name for i in model.graph.initializer} | {n.name for n in model.graph.node}
-        self.taken |= {o for n in model.graph.node for o in (*n.input, *n.output)}
-
-    def __call__(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
-
-
 def _attr(node: onnx.NodeProto, name: str, default=None):
     for a in node.attribute:
         if a.name == name:
@@ -145,7 +132,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     return out
 
 
-def _const(model: onnx.ModelProto, namer: _Namer, base: str, value: np.ndarray) -> str:
+def _const(model: onnx.ModelProto, namer: UniqueNames, base: str, value: np.ndarray) -> str:
     name = namer(base)
     model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
     return name
@@ -310,7 +297,7 @@ def build_training_graph(model: onnx.ModelProto) -> TrainingGraph:
     tm.ir_version = min(tm.ir_version, MAX_IR)
     tm = _convert_opset(tm)
     shapes = _shapes(tm)
-    namer = _Namer(tm)
+    namer = UniqueNames(tm)
     rewrites: list[tuple[str, str, str]] = []
     new_nodes: list[onnx.NodeProto] = []
     for node in tm.graph.node:

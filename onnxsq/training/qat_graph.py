@@ -35,9 +35,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..calibration import pow2
-from ..graph import const_value, import_graph
+from ..graph import UniqueNames, const_value, import_graph
 from ..passes.qdq_placement import Plan, plan_qdq
-from .artifacts import TrainingGraph, _Namer
+from .artifacts import TrainingGraph
 
 ZERO_POINT = "qat/zero_point"
 MS_DOMAIN = "com.microsoft"
@@ -117,7 +117,7 @@ def qat_graph(graph: TrainingGraph, qp: QATPlan, signed: Mapping[str, bool], bit
     plan = qp.plan
     tm = with_value_info(graph.model)
     vi = {v.name: v for v in (*tm.graph.value_info, *tm.graph.input, *tm.graph.output)}
-    namer = _Namer(tm)
+    namer = UniqueNames(tm)
     init_names = {i.name for i in tm.graph.initializer}
     scales: dict[str, None] = {}
     head: list[onnx.NodeProto] = []

@@ -111,3 +111,35 @@ def test_weight_mse_shift_never_worse_than_fitting():
                for s in (fit, mse)]
         assert err[1] <= err[0]
     assert pow2.weight_shift(w, 8, method="mse") > pow2.weight_shift(w, 8)
+
+
+def _mse_shift_oracle(w: np.ndarray, bits: int, axis: int | None, candidates: int = 2):
+    """The rule spelled out: float64 fake quantization per candidate, strict improvement wins."""
+    base = np.asarray(pow2.weight_shift(w, bits, axis=axis))
+    reduce = None if axis is None else tuple(i for i in range(w.ndim) if i != axis)
+    w64 = w.astype(np.float64)
+    best, best_err = base.copy(), None
+    for extra in range(candidates + 1):
+        shift = np.minimum(base + extra, pow2.MAX_SHIFT)
+        deq = pow2.dequantize(pow2.quantize(w64, shift, bits, True, symmetric=True, axis=axis), shift, axis=axis,
+                              dtype=np.float64)
+        err = ((w64 - deq) ** 2).sum(axis=reduce)
+        if best_err is None:
+            best_err = err
+            continue
+        best, best_err = np.where(err < best_err, shift, best), np.where(err < best_err, err, best_err)
+    return best
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 16), st.sampled_from([np.float16, np.float32, np.float64]), st.sampled_from([None, 0, 1]),
+       st.floats(-8, 4), st.booleans(), st.integers(0, 2**31 - 1))
+def test_weight_mse_shift_equals_the_float64_rule(bits, dtype, axis, log_scale, on_grid, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((5, 7, 3)) * 10.0**log_scale
+    if on_grid:  # exact ties between candidates (zero error at several shifts) keep the coarser shift
+        w = np.round(w * 4) / 4
+    w = w.astype(dtype)
+    w[0, 0] = 0
+    np.testing.assert_array_equal(pow2.weight_shift(w, bits, axis=axis, method="mse"),
+                                  _mse_shift_oracle(w, bits, axis))

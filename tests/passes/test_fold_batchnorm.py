@@ -256,3 +256,21 @@ def test_bn_math_matches_the_definition():
     assert bn_math.per_channel(np.ones((4, 1)), 3, 4) is not None
     assert bn_math.per_channel(np.ones((1, 1, 3)), 3, 4) is None  # varies along the last axis
     assert bn_math.per_channel(np.ones((1, 1, 4, 1)), 3, 4) is None  # would grow the rank
+
+
+def test_graph_level_fold_equals_the_model_level_pass():
+    """``fold_batchnorm_graph`` (what quantize uses on its own graph) gives the same model and report."""
+    from onnxsq.graph import export_like, import_graph
+    from onnxsq.passes.fold_batchnorm import fold_batchnorm_graph
+
+    b = Builder(13)
+    y = b.node("Relu", [b.bn(b.node("Conv", ["x", b.const("w", b.weight((6, 3, 3, 3), 27))], pads=[1] * 4), 6)])
+    y = b.bn(b.node("Relu", [y]), 6)  # after a Relu, feeding nothing foldable: becomes Mul+Add
+    model = b.model({"x": [1, 3, 8, 8]}, [y])
+    folded, report = fold_batchnorm(model)
+    graph = import_graph(model)
+    greport = fold_batchnorm_graph(graph, opset=13, types_from=model)
+    assert export_like(graph, model).SerializeToString() == folded.SerializeToString()
+    assert greport.summary == report.summary and report.summary["replaced"] == 1
+    assert [(c.name, c.action, c.reason) for c in greport.candidates] == \
+        [(c.name, c.action, c.reason) for c in report.candidates]
