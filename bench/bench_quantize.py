@@ -8,7 +8,7 @@ tool then runs in a fresh subprocess (so peak memory is its own) and writes its 
 - ``ort``: ``quant_pre_process`` (its recommended pre-processing) then ``quantize_static`` — QDQ,
   MinMax, per-tensor, uint8 activations / int8 weights (its recommendation for x86 CPUs).
 - ``onnxsq <method>``: ``onnxsq.quantize`` with that activation estimator and the default MSE weight
-  shifts (BN folding, calibration, per-layer report on 8 samples included), calibration batch
+  shifts and bias correction (BN folding, calibration, per-layer report on 4 samples included), calibration batch
   ``--batch-size`` (default 1, as the CLI); ``minmax-r0`` skips the per-layer report (calibration alone).
 
 Measured: wall time of the whole call (load → quantized model on disk), peak RSS above the RSS before

@@ -2,7 +2,9 @@
 
 The file plays the part of the original's ``snapshot_log`` / ``insert_quantization_param``: one entry
 per quantized tensor with its bit width, signedness, shift (fractional bits: ``x = q * 2**-shift``),
-the observed range and the estimator that chose it. Reading a file back lets a later run skip
+the observed range and the estimator that chose it; a bias also its ``correction`` (bias correction:
+the per-channel values subtracted from the float bias before it was quantized), so that a model
+quantized from the file alone is the same model. Reading a file back lets a later run skip
 calibration for those tensors (QAT writes the same format)::
 
     {"format": "onnxsq-quant-params", "version": 1,
@@ -48,6 +50,7 @@ class TensorQuant:
     axis: int | None = None
     observed_range: tuple[float, float] | None = None
     estimator: str | None = None
+    correction: list[float] | None = None  # bias only: subtracted from the float bias (bias correction)
 
     @property
     def per_channel(self) -> bool:
@@ -70,6 +73,8 @@ class TensorQuant:
             d["observed_range"] = [float(self.observed_range[0]), float(self.observed_range[1])]
         if self.estimator is not None:
             d["estimator"] = self.estimator
+        if self.correction is not None:
+            d["correction"] = [float(v) for v in self.correction]
         return d
 
     @classmethod
@@ -94,8 +99,13 @@ class TensorQuant:
             raise DataError(f"{where}: entry {name!r}: shift must be an integer or a list of integers")
         rng = d.get("observed_range")
         axis = d.get("axis")
+        corr = d.get("correction")
+        if corr is not None and (not isinstance(corr, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in corr)):
+            raise DataError(f"{where}: entry {name!r}: correction must be a list of numbers")
         return cls(name, kind, bits, signed, shift, None if axis is None else int(axis),
-                   None if rng is None else (float(rng[0]), float(rng[1])), d.get("estimator"))
+                   None if rng is None else (float(rng[0]), float(rng[1])), d.get("estimator"),
+                   None if corr is None else [float(v) for v in corr])
 
 
 def to_json_dict(params: dict[str, TensorQuant]) -> dict[str, Any]:

@@ -15,6 +15,10 @@ Two ways to observe a tensor ``t``:
   and ema estimators use.)
 - *full* (histogram estimators): ``t`` becomes a graph output and each batch's array updates the
   histogram, then is dropped: memory is one batch of activations, never the calibration set.
+
+Per-channel means (bias correction's input statistics, :class:`~onnxsq.calibration.stats.ChannelMean`)
+are observed the same way: a ``ReduceMean`` over every axis but the channel's plus a ``Size`` in the
+reduced case, numpy on the fetched array in the full one.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ..errors import DataError
 from ..graph import export_like
 from ..model_io import skeleton, weight_arrays
 from ..runtime import import_ort, make_session
-from .stats import TensorStats
+from .stats import ChannelMean, TensorStats
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +149,30 @@ def add_stat_nodes(model: onnx.ModelProto, names: list[str], prefix: str = "onnx
     return out
 
 
+def add_mean_nodes(model: onnx.ModelProto, means: Mapping[str, ChannelMean], prefix: str = "onnxsq_mean"
+                   ) -> dict[str, list[str]]:
+    """Append (in place) each tensor's per-channel mean over one batch and its size as graph outputs;
+    returns ``{name: [mean, size output names]}``."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    out: dict[str, list[str]] = {}
+    after: dict[str, list[onnx.NodeProto]] = {}
+    for i, t in enumerate(execution_order(model, list(means))):
+        base = f"{prefix}_{i}"
+        outs = [f"{base}_mean", f"{base}_size"]
+        axes = list(means[t].reduce_axes)
+        if opset >= 18:  # axes became an input
+            model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(axes, np.int64), f"{base}_axes"))
+            mean = helper.make_node("ReduceMean", [t, f"{base}_axes"], [outs[0]], name=f"{base}_ReduceMean", keepdims=0)
+        else:
+            mean = helper.make_node("ReduceMean", [t], [outs[0]], name=f"{base}_ReduceMean", axes=axes, keepdims=0)
+        after[t] = [mean, helper.make_node("Size", [t], [outs[1]], name=f"{base}_Size")]
+        model.graph.output.extend([helper.make_tensor_value_info(outs[0], TensorProto.FLOAT, None),
+                                   helper.make_tensor_value_info(outs[1], TensorProto.INT64, [])])
+        out[t] = outs
+    interleave(model, after)
+    return out
+
+
 def interleave(model: onnx.ModelProto, after: Mapping[str, list[onnx.NodeProto]]) -> None:
     """Put ``after[t]`` right behind the node producing ``t`` (graph inputs: first).
 
@@ -170,18 +198,20 @@ def execution_order(model: onnx.ModelProto, names: Iterable[str]) -> list[str]:
 
 def collect_stats(model: onnx.ModelProto, names: list[str], batches: Iterable[tuple[dict, int]], *,
                   histogram: bool = False, progress: Progress | None = None, total: int | None = None,
-                  keep: int = 0, weights: Mapping[str, np.ndarray] | None = None
+                  keep: int = 0, weights: Mapping[str, np.ndarray] | None = None,
+                  means: Mapping[str, ChannelMean] | None = None
                   ) -> tuple[dict[str, TensorStats], list[dict[str, np.ndarray]], int]:
     """Statistics of ``names`` over ``batches``; also the first ``keep`` samples' feeds (for the report).
 
     ``weights``: when given, ``model`` is a skeleton (see :func:`runnable`) fed with these arrays.
+    ``means``: per-channel means updated in place, in the same pass (any tensors, in ``names`` or not).
     Returns ``(stats, kept feeds, samples seen)``.
     """
     stats = {n: TensorStats(histogram=histogram) for n in names}
     kept: list[dict[str, np.ndarray]] = []
     kept_n = 0
     seen = 0
-    for feed, n in _observe(model, names, batches, histogram, weights, stats):
+    for feed, n in _observe(model, names, batches, histogram, weights, stats, dict(means or {})):
         if kept_n < keep:
             kept.append(feed)
             kept_n += n
@@ -195,34 +225,45 @@ def collect_stats(model: onnx.ModelProto, names: list[str], batches: Iterable[tu
 
 
 def _observe(model: onnx.ModelProto, names: list[str], batches: Iterable[tuple[dict, int]], histogram: bool,
-             weights: Mapping[str, np.ndarray] | None, stats: dict[str, TensorStats]) -> Iterator[tuple[dict, int]]:
+             weights: Mapping[str, np.ndarray] | None, stats: dict[str, TensorStats],
+             means: dict[str, ChannelMean]) -> Iterator[tuple[dict, int]]:
     if histogram:
-        for feed, values, n in run_observed(model, names, batches, weights=weights):
-            for name, v in zip(names, values):
-                _update(name, lambda s, v=v: s.update(v), stats)
+        observed = list(dict.fromkeys(list(names) + list(means)))
+        for feed, values, n in run_observed(model, observed, batches, weights=weights):
+            for name, v in zip(observed, values):
+                if name in stats:
+                    _update(name, lambda s, v=v: s.update(v), stats)
+                if name in means:
+                    _update(name, lambda s, v=v: s.update(v), means)
             yield feed, n
         return
     model, weights = _split(model, weights)
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)  # a skeleton: small
     outs = add_stat_nodes(augmented, names)
+    mean_outs = add_mean_nodes(augmented, means) if means else {}
     session = FedSession(augmented.SerializeToString(), weights)
     fetch = [o for n in names for o in outs[n]]
+    mean_fetch = [o for n in means for o in mean_outs[n]]
     results = [o.name for o in model.graph.output]
     k = len(STAT_SUFFIXES)
     for feed, n in batches:
-        values = session.run(fetch + results, feed)
+        values = session.run(fetch + mean_fetch + results, feed)
         for i, name in enumerate(names):
             bmin, bmax, size = values[i * k: i * k + k]
             _update(name, lambda s: s.update_reduced(int(size), float(bmin), float(bmax)), stats)
-        for o, v in zip(results, values[len(fetch):]):
+        for i, name in enumerate(means):
+            mean, size = values[len(fetch) + 2 * i: len(fetch) + 2 * i + 2]
+            per = int(size) // max(int(np.size(mean)), 1)  # values per channel in this batch
+            _update(name, lambda s: s.update_sum(np.asarray(mean, np.float64) * per, per), means)
+        for o, v in zip(results, values[len(fetch) + len(mean_fetch):]):
             # ReduceMin/Max may skip a nan; a nan inside the network reaches its outputs
             if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
                 raise DataError(f"model output {o!r} holds inf or nan on calibration data")
         yield feed, n
 
 
-def _update(name: str, fn: Callable[[TensorStats], None], stats: dict[str, TensorStats]) -> None:
+def _update(name: str, fn: Callable, stats: Mapping) -> None:
     try:
         fn(stats[name])
     except ValueError as exc:

@@ -199,6 +199,21 @@ class TensorStats:
         k = int(np.searchsorted(np.cumsum(total), math.ceil(q * n)))
         return min((k + 1) * self.bin_width(), max(abs(self.min), abs(self.max)))
 
+    def clipped_fraction(self, lo: float, hi: float) -> float | None:
+        """Fraction of the values seen below ``lo`` or above ``hi`` (``lo <= 0 <= hi``), or None when
+        these statistics cannot tell (a range narrower than min/max and no histogram).
+
+        From the histogram: the bins whose lower edge is at or beyond the limit (exact when the limit
+        is a bin edge, as ``(qmax + 0.5) * 2**-shift`` is for up to 10 bits; otherwise a lower bound).
+        """
+        if self.batches == 0 or self.count == 0 or (self.min >= lo and self.max <= hi):
+            return 0.0
+        if not self.histogram:
+            return None
+        edges = np.arange(BINS) * self.bin_width()
+        n = int(self.hist_pos[edges >= hi].sum()) + int(self.hist_neg[edges >= -lo].sum())
+        return n / self.count
+
 
 def estimate_range(stats: TensorStats, method: str, *, percentile: float = 99.99) -> tuple[float, float]:
     """The ``[lo, hi]`` a shift must hold under ``method`` (``mse`` is handled by :func:`choose_shift`)."""
@@ -253,3 +268,52 @@ def choose_shift(stats: TensorStats, method: str, bits: int, *, percentile: floa
     lo, hi = estimate_range(stats, method, percentile=percentile)
     lo = min(lo, 0.0) if signed else 0.0
     return int(pow2.fit_shift(lo, max(hi, 0.0), bits, signed)), signed
+
+
+@dataclass
+class ChannelMean:
+    """Running mean of a tensor per channel (``axis``), for bias correction: float64 sums and a count.
+
+    Merging adds sums and counts, so shards combine like one pass (up to float64 rounding). ``rank``
+    is the tensor's rank (the reduction axes are every other axis).
+    """
+
+    axis: int
+    rank: int
+    total: np.ndarray | None = None  # per-channel sum
+    count: int = 0  # values per channel summed
+
+    @property
+    def reduce_axes(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.rank) if i != self.axis)
+
+    def update(self, x: np.ndarray) -> None:
+        """Add one batch (the whole tensor)."""
+        x = np.asarray(x)
+        if x.ndim != self.rank:
+            raise ValueError(f"expected rank {self.rank}, got shape {list(x.shape)}")
+        if x.size:
+            self.update_sum(x.sum(axis=self.reduce_axes, dtype=np.float64), x.size // x.shape[self.axis])
+
+    def update_sum(self, total: np.ndarray, count: int) -> None:
+        """Add one batch given by its per-channel sums over ``count`` values per channel."""
+        total = np.asarray(total, np.float64).reshape(-1)
+        if not np.all(np.isfinite(total)):
+            raise ValueError("tensor holds inf or nan")
+        if self.total is not None and total.shape != self.total.shape:
+            raise ValueError(f"{total.size} channels, earlier batches had {self.total.size}")
+        self.total = total.copy() if self.total is None else self.total + total
+        self.count += int(count)
+
+    def merge(self, other: "ChannelMean") -> "ChannelMean":
+        if (self.axis, self.rank) != (other.axis, other.rank):
+            raise ValueError("cannot merge means over different axes")
+        out = ChannelMean(self.axis, self.rank)
+        for part in (self, other):
+            if part.total is not None:
+                out.update_sum(part.total, part.count)
+        return out
+
+    @property
+    def mean(self) -> np.ndarray | None:
+        return None if self.total is None or self.count == 0 else self.total / self.count

@@ -11,8 +11,14 @@ Rules (the original's Stage 7, in QDQ form; ``plan_qdq`` applies them to a graph
 - ``Add``: every input quantized (a constant input from its values), output (after a fused
   activation) with its own scale.
 - ``Concat``: inputs and output share one scale, chosen to hold every input (``group``).
-- Pooling, ``Resize`` and shape ops (``SHARE``): quantized only when their input is; the outputs share
-  the input's scale (same group), so they run on integers unchanged.
+- Max pooling, ``Resize`` and shape ops (``SHARE``): quantized only when their input is; the outputs
+  share the input's scale (same group), so they run on integers unchanged.
+- Averaging ops (``AVERAGING``: ``AveragePool``, ``GlobalAveragePool``, ``ReduceMean``), quantized only
+  when their input is, get their *own* scale, as every pooling output had in the original: an average
+  is far narrower than its input (a global pool of a ReLU map: about half the range or less), so the
+  input's step wastes bits; the integer kernel divides by the window anyway, and the new scale only
+  changes that division's shift. Measured (output SQNR, 32 samples): digits_cnn +3.0 dB, the other
+  bench models within ±0.3 dB (noise).
 - A standalone ``Relu``/``Clip`` after a quantized tensor gets its own (usually unsigned) scale.
 - Everything else stays float and reads dequantized values; every such node gets a reason.
 
@@ -35,8 +41,8 @@ COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ADD = ("Add",)
 CONCAT = ("Concat",)
 ACTIVATIONS = ("Relu", "Clip")
-SHARE = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax",
-         "ReduceMin", "Resize", "Upsample", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
+AVERAGING = ("AveragePool", "GlobalAveragePool", "ReduceMean")
+SHARE = ("MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "Resize", "Upsample", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
          "Identity", "Slice", "Pad", "DepthToSpace", "SpaceToDepth", "Split", "Gather", "Tile", "Expand")
 IGNORED = ("Constant", "Shape", "Size", "ConstantOfShape")  # no float data flows through them
 
@@ -54,6 +60,7 @@ class WeightUse:
     bias: str | None = None
     bias_axis: int | None = None
     notes: list[str] = field(default_factory=list)
+    attrs: dict = field(default_factory=dict)  # the node's attributes (group, strides, transA/transB)
 
 
 @dataclass
@@ -172,7 +179,7 @@ def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, 
         pat = excluded(node, exclude)
         if node.op in IGNORED:
             continue
-        if pat and (node.op in COMPUTE + ADD + CONCAT + SHARE + ACTIVATIONS):
+        if pat and (node.op in COMPUTE + ADD + CONCAT + SHARE + AVERAGING + ACTIVATIONS):
             plan.layers.append(LayerEntry(node_label(node), node.op, "skipped", f"excluded by --exclude {pat!r}"))
             continue
         if node.op in COMPUTE:
@@ -211,7 +218,7 @@ def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, 
                 plan.layers.append(LayerEntry(label, node.op, "quantized", "", qp))
         elif id(node) in fused:
             plan.layers.append(LayerEntry(label, node.op, "fused", f"fused into {fused[id(node)]}"))
-        elif node.op in SHARE + ACTIVATIONS and node.inputs and node.inputs[0].name in quantized \
+        elif node.op in SHARE + AVERAGING + ACTIVATIONS and node.inputs and node.inputs[0].name in quantized \
                 and all(_is_float(o) for o in node.outputs):
             if node.op == "Pad" and not _pad_keeps_zero(node):
                 plan.layers.append(LayerEntry(label, node.op, "skipped", "stays float: pads with a non-zero value"))
@@ -222,12 +229,14 @@ def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, 
                     groups.union(node.inputs[0].name, o.name)
                 else:
                     groups.add(o.name)
-            how = "shares its input's scale" if node.op in SHARE else "own scale (standalone activation)"
-            plan.layers.append(LayerEntry(label, node.op, "quantized" if node.op in ACTIVATIONS else "shared", how,
+            how = "shares its input's scale" if node.op in SHARE else \
+                "own scale (an average is narrower than its input)" if node.op in AVERAGING else \
+                "own scale (standalone activation)"
+            plan.layers.append(LayerEntry(label, node.op, "shared" if node.op in SHARE else "quantized", how,
                                           node.outputs[0].name))
         elif not any(e.node == label for e in plan.layers):
             floats = [i for i in node.inputs if _is_float(i) and not is_const(i)]
-            if node.op in SHARE + ACTIVATIONS:
+            if node.op in SHARE + AVERAGING + ACTIVATIONS:
                 why = "its input is not quantized"
             elif not floats:
                 continue  # integer / shape computation: nothing to quantize
@@ -269,7 +278,7 @@ def _plan_compute(graph: gs.Graph, node: gs.Node, plan: Plan, demand, per_channe
         return
     wv = const_value(w)
     axis, note = _weight_axis(node, wv, per_channel)
-    use = WeightUse(label, node.op, w.name, axis, x.name, out.name)
+    use = WeightUse(label, node.op, w.name, axis, x.name, out.name, attrs=dict(node.attrs))
     if note:
         use.notes.append(note)
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name else None

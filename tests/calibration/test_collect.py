@@ -98,3 +98,36 @@ def test_combined_evaluation_equals_numpy_oracle(net):
                                                  abs=0.01)
     assert ev.top1["logits"] == np.mean(np.argmax(fo, 1) == np.argmax(qo, 1))
     assert ev.samples == 4 and not math.isnan(ev.layers["r1"].noise)
+
+
+@pytest.mark.parametrize("histogram", [False, True])
+def test_channel_means_in_the_calibration_pass(net, histogram):
+    from onnxsq.calibration.stats import ChannelMean
+
+    means = {"r1": ChannelMean(1, 4), "input": ChannelMean(1, 4), "f": ChannelMean(1, 2)}
+    stats, _, _ = collect_stats(net, ["r1", "p"], _batches(), histogram=histogram, means=means)
+    assert set(stats) == {"r1", "p"}  # means alone add no range statistics
+    arrays = {n: [] for n in means}
+    for _, values, _ in run_observed(net, list(means), _batches()):
+        for n, v in zip(means, values):
+            arrays[n].append(np.array(v, copy=True))  # onnxruntime may reuse the buffers
+    for n, m in means.items():
+        allv = np.concatenate(arrays[n]).astype(np.float64)
+        np.testing.assert_allclose(m.mean, allv.mean(axis=tuple(i for i in range(allv.ndim) if i != 1)),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_channel_means_with_opset_18_axes_input():
+    from onnx import TensorProto, helper
+
+    from onnxsq.calibration.stats import ChannelMean
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    means = {"y": ChannelMean(1, 3)}
+    collect_stats(model, ["y"], [({"x": x}, 2)], means=means)
+    np.testing.assert_allclose(means["y"].mean, np.maximum(x, 0).mean(axis=(0, 2)), rtol=1e-6)

@@ -91,3 +91,34 @@ def test_mse_prefers_clipping_a_rare_outlier_but_not_a_real_tail():
 def test_non_finite_values_are_refused():
     with pytest.raises(ValueError, match="inf or nan"):
         TensorStats().update(np.array([1.0, np.nan]))
+
+
+def test_channel_mean_equals_numpy_and_merges():
+    from onnxsq.calibration.stats import ChannelMean
+
+    rng = np.random.default_rng(5)
+    batches = [rng.normal(i, 1.0, (2, 3, 4, 5)).astype(np.float32) for i in range(4)]
+    one, a, b = ChannelMean(1, 4), ChannelMean(1, 4), ChannelMean(1, 4)
+    for i, x in enumerate(batches):
+        one.update(x)
+        (a if i < 2 else b).update(x)
+    want = np.concatenate(batches).astype(np.float64).mean(axis=(0, 2, 3))
+    np.testing.assert_allclose(one.mean, want, rtol=1e-12)
+    np.testing.assert_allclose(a.merge(b).mean, want, rtol=1e-12)
+    assert ChannelMean(1, 4).mean is None
+    with pytest.raises(ValueError, match="rank"):
+        one.update(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="channels"):
+        one.update(np.zeros((1, 4, 1, 1)))
+
+
+def test_clipped_fraction_from_min_max_and_histogram():
+    x = np.concatenate([np.linspace(0, 1, 1000), [3.0, 3.5]]).astype(np.float32)
+    s, h = _run([x], histogram=False), _run([x], histogram=True)
+    assert s.clipped_fraction(-4.0, 4.0) == 0.0 == h.clipped_fraction(-4.0, 4.0)  # min/max fit: nothing
+    assert s.clipped_fraction(-1.0, 2.0) is None  # min/max alone cannot count
+    # an 8-bit unsigned shift of 7: the limit (255 + 0.5) / 128 is a bin edge, the count is exact
+    hi = (255 + 0.5) * 2.0**-7
+    assert h.clipped_fraction(-0.5 * 2.0**-7, hi) == np.count_nonzero(x > hi) / x.size == 2 / 1002
+    neg = _run([-x], histogram=True)
+    assert neg.clipped_fraction(-hi, 0.5) == 2 / 1002

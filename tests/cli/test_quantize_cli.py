@@ -122,3 +122,19 @@ def test_batch_size_flag(run_cli, model_and_data, tmp_path):
     assert json.loads(report.read_text())["summary"]["calibration_samples"] == 6  # batches of 4 and 2
     res = run_cli("quantize", model, "--calib", data, "-o", out, "--batch-size", "0")
     assert res.code == 1 and "batch size must be at least 1" in res.err
+
+
+def test_report_samples_and_bias_correction_flags(run_cli, model_and_data, tmp_path):
+    model, data = model_and_data
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    res = run_cli("quantize", model, "--calib", data, "-o", out, "--report", report, "--report-samples", "2")
+    assert res.code == 0, res.err
+    summary = json.loads(report.read_text())["summary"]
+    assert summary["report_samples"] == 2 and summary["bias_corrected"] == 1
+    res = run_cli("quantize", model, "--calib", data, "-o", out, "--report", report, "--report-samples", "0",
+                  "--no-bias-correction")
+    assert res.code == 0, res.err
+    summary = json.loads(report.read_text())["summary"]
+    assert "report_samples" not in summary and "bias_corrected" not in summary
+    res = run_cli("quantize", model, "--calib", data, "-o", out, "--report-samples", "-1")
+    assert res.code == 1 and "report samples must be 0 or more" in res.err

@@ -133,7 +133,9 @@ def test_concat_and_shape_ops_share_one_scale():
     scale = {nd.input[0]: float(inits[nd.input[1]]) for nd in q.graph.node if nd.op_type == "QuantizeLinear"}
     assert scale["p_prequant"] == scale["r3_prequant"] == scale["cat_prequant"]  # concat: one scale
     assert scale["ra_prequant"] == scale["p_prequant"]  # MaxPool shares its input's
-    assert scale["g_prequant"] == scale["cat_prequant"] == scale["f_prequant"]
+    assert scale["g_prequant"] == scale["f_prequant"]  # Flatten shares the pool's
+    # an average is narrower than its input: GlobalAveragePool has its own, finer (or equal) scale
+    assert scale["g_prequant"] <= scale["cat_prequant"]
 
 
 def test_fidelity_and_top1_on_calibration_data():
@@ -271,3 +273,22 @@ def test_sample_models_keep_accuracy(sample_model):
     assert report.summary["output_sqnr_db"] > 20.0
     assert report.summary["top1_agreement"] > 0.95
     assert q.ir_version == model.ir_version
+
+
+def test_clipped_fraction_from_statistics_or_counted(tmp_path):
+    """minmax clips nothing (known from the statistics, over every calibration sample); a given shift
+    too fine for the data is counted in the report's graph, on the report samples."""
+    from onnxsq.params import read_params, write_params
+
+    q, report = quantize(build_net(), feeds(), params_out=tmp_path / "p.json", config=QuantizeConfig(report_samples=3))
+    assert all(c.details.get("clipped") == 0.0 for c in report.candidates if "sqnr_db" in c.details)
+    params = read_params(tmp_path / "p.json")
+    params["r1"].shift += 2  # a quarter of the range
+    write_params({"r1": params["r1"]}, tmp_path / "r1.json")
+    data = feeds()
+    _, rep = quantize(build_net(), data, params=tmp_path / "r1.json", config=QuantizeConfig(report_samples=3))
+    r1 = next(c for c in rep.candidates if c.details.get("tensor") == "r1")
+    sess = make_session(_with_output(build_net(), "r1"))
+    vals = np.concatenate([sess.run(["r1"], x)[0] for x in data[:3]])
+    limit = (255 + 0.5) * 2.0 ** -params["r1"].shift
+    assert r1.details["clipped"] == pytest.approx(np.count_nonzero(vals > limit) / vals.size) and r1.details["clipped"] > 0

@@ -172,7 +172,7 @@ def test_training_that_ends_before_quantization_is_ptq_with_a_warning(digits):
 
 @needs_training
 @pytest.mark.slow
-def test_qat_matches_ptq_at_8_bits_and_beats_it_clearly_at_4_bit_weights(digits):
+def test_qat_matches_ptq_at_8_and_4_bit_weights_and_beats_it_clearly_at_2(digits):
     import onnxsq
     from onnxsq.passes.quantize import QuantizeConfig, quantize
 
@@ -183,13 +183,15 @@ def test_qat_matches_ptq_at_8_bits_and_beats_it_clearly_at_4_bit_weights(digits)
     assert rep.summary["val_top1"] >= 0.97
     calib = [{"input": train.x[i:i + 64]} for i in range(0, 512, 64)]
     got = {}
-    for wbits in (8, 4):
+    for wbits in (8, 4, 2):
         ptq, _ = quantize(dense, calib, config=QuantizeConfig(bits=8, weight_bits=wbits))
         qat, qrep = onnxsq.train(dense, train, val=test, stage="qat", iters=80, quantization_start_iter=10,
                                  lr=0.003, lr_policy="cosine", bits=8, weight_bits=wbits, display=0)
         assert_quantize_checks(qat)
         got[wbits] = (onnxsq.evaluate(ptq, test).summary["top1"], qrep.summary["val_top1"])
-    (ptq8, qat8), (ptq4, qat4) = got[8], got[4]
-    assert qat8 >= ptq8 - 1.5 / len(test)  # matches: at most one digit of 450 apart
-    assert qat4 >= ptq4 + 0.02, got  # clearly better with 4-bit weights
+    (ptq8, qat8), (ptq4, qat4), (ptq2, qat2) = got[8], got[4], got[2]
+    # PTQ here is the shipped default, bias correction included (it lifts 4-bit PTQ from ~93% to ~96%)
+    assert qat8 >= ptq8 - 1.5 / len(test), got  # matches: at most one digit of 450 apart
+    assert qat4 >= ptq4 - 1.5 / len(test), got  # matches or beats with 4-bit weights
+    assert qat2 >= ptq2 + 0.10, got  # clearly better where PTQ breaks down (2-bit weights: ~40% vs ~74%)
     assert not math.isnan(qat8)

@@ -24,13 +24,17 @@ METHODS = ("minmax", "ema", "percentile", "mse")
               help="Activation range estimator.")
 @click.option("--weight-method", type=click.Choice(["minmax", "mse"]), default="mse", show_default=True,
               help="Weight shift: fit every weight, or the smallest squared error.")
+@click.option("--report-samples", type=int, default=4, show_default=True,
+              help="Calibration samples the per-layer SQNR report runs on (0: no report).")
+@click.option("--no-bias-correction", is_flag=True, help="Keep the float biases (no mean weight-error correction).")
 @click.option("--params", "params_in", type=click.Path(dir_okay=False, path_type=Path),
               help="Use these parameters (JSON) instead of calibrating the tensors it names.")
 @click.option("--params-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the parameters (JSON).")
 @preprocess_options
 def command(model: Path, output: Path | None, in_place: bool, report_path: Path | None, calib: str | None,
-            calib_count: int | None, batch_size: int, bits: int, per_channel: bool, exclude: tuple[str, ...], method: str, weight_method: str,
-            params_in: Path | None, params_out: Path | None, size, mean, std, channel_order: str, layout: str) -> None:
+            calib_count: int | None, batch_size: int, bits: int, per_channel: bool, exclude: tuple[str, ...], method: str,
+            weight_method: str, report_samples: int, no_bias_correction: bool, params_in: Path | None,
+            params_out: Path | None, size, mean, std, channel_order: str, layout: str) -> None:
     """Quantize MODEL to power-of-two int8 QDQ (scales 2**-shift, zero points 0), calibrating on --calib."""
     from rich.progress import Progress
 
@@ -44,6 +48,7 @@ def command(model: Path, output: Path | None, in_place: bool, report_path: Path 
                      layout=layout)
     cfg = QuantizeConfig(bits=bits, per_channel=per_channel, exclude=exclude, method=method,
                          weight_method=weight_method, calib_count=calib_count, batch_size=batch_size,
+                         report_samples=report_samples, bias_correction=not no_bias_correction,
                          preprocess=None if pre == Preprocess() else pre)
     with Progress(console=err_console(), transient=True, disable=quiet()) as bar:
         tasks: dict[str, int] = {}
