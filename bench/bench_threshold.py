@@ -83,7 +83,7 @@ def one(name: str, repeat: int) -> dict:
 def bench(repeat: int) -> None:
     print(f"threshold on the ResNet-50-sized model (bench/resnet50.py, seed 0, opset 13), {os.cpu_count()} CPUs, "
           f"median of {repeat}\n")
-    print(f"| configuration | time (median) | time (min) | peak RSS increase | traced peak | conv zeros | layers |")
+    print("| configuration | time (median) | time (min) | peak RSS increase | traced peak | conv zeros | layers |")
     print("|---|---|---|---|---|---|---|")
     for name in CONFIGS:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--repeat", str(repeat)],

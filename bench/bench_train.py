@@ -24,7 +24,6 @@ CHANNELS = (32, 64, 64)
 
 
 def build_onnx(size: int, classes: int = 10, seed: int = 0):
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)

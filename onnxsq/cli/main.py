@@ -10,7 +10,6 @@ error (click), 3 a bug in onnxsq (traceback with ``-v``), 130 interrupted.
 from __future__ import annotations
 
 import importlib
-import logging
 import pkgutil
 import sys
 import traceback

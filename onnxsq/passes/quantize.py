@@ -36,7 +36,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import onnx
@@ -53,7 +53,7 @@ from ..params import TensorQuant, read_params, write_params
 from ..report import Report
 from .qdq_insert import insert_qdq_graph
 from .qdq_placement import Plan, plan_qdq
-from .quantize_bias import mean_axis, output_error
+from .quantize_bias import correct_bias, means_wanted
 from .quantize_eval import evaluate
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,8 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
         report.warnings.append("nothing to quantize: no Conv, ConvTranspose, Gemm, MatMul, Add or Concat "
                                "with float32 data")
     todo = [t for t in plan.activations if t not in ctx.given]
-    ctx.means = _means_wanted(ctx, graph, calib is not None)
+    ctx.means = (means_wanted(ctx.plan.weights, ctx.given, graph, calib is not None)
+                 if cfg.bias_correction else {})
     kept: list[dict] = []
     samples = 0
     if todo or calib is not None:
@@ -305,56 +306,6 @@ def _known_clipped(ctx: _Ctx, tparams: dict[str, TensorQuant]) -> dict[str, floa
     return out
 
 
-def _means_wanted(ctx: _Ctx, graph: gs.Graph, have_data: bool) -> dict[str, ChannelMean]:
-    """Per-channel means to observe for bias correction (layers whose weight is quantized here)."""
-    if not ctx.cfg.bias_correction:
-        return {}
-    tensors = graph.tensors()
-    means: dict[str, ChannelMean] = {}
-    for use in ctx.plan.weights:
-        if use.weight in ctx.given:
-            continue  # given parameters (QAT) come with a bias trained for them
-        t = tensors.get(use.input)
-        rank = len(t.shape) if t is not None and t.shape is not None else None
-        axis, why = mean_axis(use, rank)
-        if why is None and not have_data:
-            why = "no bias correction: no calibration data"
-        if why is not None:
-            use.notes.append(why)
-        elif use.input not in means:
-            means[use.input] = ChannelMean(axis, rank)
-    return means
-
-
-def _correct_bias(ctx: _Ctx, use: Any, wp: TensorQuant) -> list[float] | None:
-    """Replace ``use.bias``'s values in ``ctx.consts`` by the corrected ones (:mod:`.quantize_bias`);
-    a given bias brings its correction along (a parameters file reproduces the model). Returns it."""
-    b = ctx.consts[use.bias]
-    if use.bias in ctx.given:
-        corr = ctx.given[use.bias].correction
-        if corr is None:
-            return None
-        e = np.asarray(corr, np.float64)
-    else:
-        m = ctx.means.get(use.input)
-        mu = m.mean if m is not None and use.weight not in ctx.given else None
-        if mu is None:
-            return None
-        try:
-            e = output_error(use, ctx.consts[use.weight], wp, mu)
-        except (ValueError, IndexError) as exc:  # channel counts that do not line up: leave the bias alone
-            use.notes.append(f"no bias correction: {exc}")
-            return None
-    b64 = np.asarray(b, np.float64)
-    try:
-        fixed = ((b64.reshape(()) if b64.size == 1 else b64) - e).astype(np.float32)
-    except ValueError:
-        use.notes.append(f"no bias correction: {e.size} corrections do not fit bias shape {list(b.shape)}")
-        return None
-    ctx.consts[use.bias] = ctx.corrected[use.bias] = fixed
-    return e.tolist()
-
-
 def _given(params: Any, report: Report) -> dict[str, TensorQuant]:
     if params is None:
         return {}
@@ -414,7 +365,9 @@ def resolve_params(ctx: _Ctx) -> dict[str, TensorQuant]:
             out[use.weight] = _weight_params(ctx, use.weight, next(iter(axes[use.weight])) if len(axes[use.weight]) == 1
                                              else None)
         if use.bias is not None:
-            corr = _correct_bias(ctx, use, out[use.weight])
+            corr = correct_bias(use, out[use.weight], ctx.consts, ctx.given, ctx.means)
+            if corr is not None:
+                ctx.corrected[use.bias] = ctx.consts[use.bias]
             out[use.bias] = _bias_params(ctx, use.bias, out[use.input], out[use.weight], use.bias_axis)
             out[use.bias].correction = corr
     return out

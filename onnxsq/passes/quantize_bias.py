@@ -27,9 +27,13 @@ bias with them), layers whose bias stays float or that have none (``MatMul``; a 
 
 from __future__ import annotations
 
+from typing import Any, Iterable, Mapping
+
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from ..calibration import pow2
+from ..calibration.stats import ChannelMean
 from ..params import TensorQuant
 from .qdq_placement import WeightUse
 
@@ -89,3 +93,53 @@ def output_error(use: WeightUse, w: np.ndarray, p: TensorQuant, mu: np.ndarray) 
         dw = dw.astype(np.float64)
         return dw @ mu if int(use.attrs.get("transB", 0)) else mu @ dw
     raise ValueError(f"no bias correction for {use.op}")
+
+
+def means_wanted(weights: Iterable[Any], given: Mapping[str, TensorQuant], graph: gs.Graph,
+                 have_data: bool) -> dict[str, ChannelMean]:
+    """Per-channel means to observe for bias correction (layers whose weight is quantized here)."""
+    tensors = graph.tensors()
+    means: dict[str, ChannelMean] = {}
+    for use in weights:
+        if use.weight in given:
+            continue  # given parameters (QAT) come with a bias trained for them
+        t = tensors.get(use.input)
+        rank = len(t.shape) if t is not None and t.shape is not None else None
+        axis, why = mean_axis(use, rank)
+        if why is None and not have_data:
+            why = "no bias correction: no calibration data"
+        if why is not None:
+            use.notes.append(why)
+        elif use.input not in means:
+            means[use.input] = ChannelMean(axis, rank)
+    return means
+
+
+def correct_bias(use: Any, wp: TensorQuant, consts: dict[str, np.ndarray], given: Mapping[str, TensorQuant],
+                 means: Mapping[str, ChannelMean]) -> list[float] | None:
+    """Replace ``use.bias``'s values in ``consts`` by the corrected ones;
+    a given bias brings its correction along (a parameters file reproduces the model). Returns it."""
+    b = consts[use.bias]
+    if use.bias in given:
+        corr = given[use.bias].correction
+        if corr is None:
+            return None
+        e = np.asarray(corr, np.float64)
+    else:
+        m = means.get(use.input)
+        mu = m.mean if m is not None and use.weight not in given else None
+        if mu is None:
+            return None
+        try:
+            e = output_error(use, consts[use.weight], wp, mu)
+        except (ValueError, IndexError) as exc:  # channel counts that do not line up: leave the bias alone
+            use.notes.append(f"no bias correction: {exc}")
+            return None
+    b64 = np.asarray(b, np.float64)
+    try:
+        fixed = ((b64.reshape(()) if b64.size == 1 else b64) - e).astype(np.float32)
+    except ValueError:
+        use.notes.append(f"no bias correction: {e.size} corrections do not fit bias shape {list(b.shape)}")
+        return None
+    consts[use.bias] = fixed
+    return e.tolist()

@@ -77,7 +77,7 @@ def test_mean_axis_reasons():
 
 
 def _net_and_data():
-    from tests.passes.test_quantize import build_net, feeds
+    from tests.passes.test_quantize import build_net
 
     rng = np.random.default_rng(7)
     # inputs with a large positive mean: the weights' rounding error then shifts every output
