@@ -69,7 +69,7 @@ class QuantizeConfig:
     """Options of :func:`quantize` (the CLI flags of ``onnxsq quantize``)."""
 
     bits: int = 8  # weights and activations
-    weight_bits: int | None = None  # overrides ``bits`` for weights
+    weight_bits: int | None = None  # overrides ``bits`` for weights (CLI --weight-bits)
     per_channel: bool = False
     exclude: tuple[str, ...] = ()
     method: str = DEFAULT_METHOD  # minmax | ema | percentile | mse

@@ -138,3 +138,19 @@ def test_report_samples_and_bias_correction_flags(run_cli, model_and_data, tmp_p
     assert "report_samples" not in summary and "bias_corrected" not in summary
     res = run_cli("quantize", model, "--calib", data, "-o", out, "--report-samples", "-1")
     assert res.code == 1 and "report samples must be 0 or more" in res.err
+
+
+def test_weight_bits_flag(run_cli, model_and_data, tmp_path):
+    model, data = model_and_data
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    res = run_cli("quantize", model, "--calib", data, "-o", out, "--report", report, "--weight-bits", "4")
+    assert res.code == 0, res.err
+    summary = json.loads(report.read_text())["summary"]
+    assert summary["bits"] == 8 and summary["weight_bits"] == 4
+    m = onnx.load(str(out))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
+    weights = [inits[n.input[0]] for n in m.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+    assert weights and all(-8 <= int(w.min()) and int(w.max()) <= 7 for w in weights)  # 4-bit range in int8
+    res = run_cli("quantize", model, "--calib", data, "-o", out, "--weight-bits", "1")
+    assert res.code == 1 and "\n" not in res.err.strip()

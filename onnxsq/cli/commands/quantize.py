@@ -18,6 +18,7 @@ METHODS = ("minmax", "ema", "percentile", "mse")
 @click.option("--batch-size", type=int, default=1, show_default=True,
               help="Calibration samples per onnxruntime run (models with a dynamic batch axis).")
 @click.option("--bits", type=int, default=8, show_default=True, help="Bits of weights and activations (2..16).")
+@click.option("--weight-bits", type=int, help="Bits of the weights only [default: --bits].")
 @click.option("--per-channel", is_flag=True, help="One power-of-two scale per output channel of each weight.")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Keep nodes whose name matches in float (repeatable).")
 @click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True,
@@ -32,7 +33,7 @@ METHODS = ("minmax", "ema", "percentile", "mse")
 @click.option("--params-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the parameters (JSON).")
 @preprocess_options
 def command(model: Path, output: Path | None, in_place: bool, report_path: Path | None, calib: str | None,
-            calib_count: int | None, batch_size: int, bits: int, per_channel: bool, exclude: tuple[str, ...], method: str,
+            calib_count: int | None, batch_size: int, bits: int, weight_bits: int | None, per_channel: bool, exclude: tuple[str, ...], method: str,
             weight_method: str, report_samples: int, no_bias_correction: bool, params_in: Path | None,
             params_out: Path | None, size, mean, std, channel_order: str, layout: str) -> None:
     """Quantize MODEL to power-of-two int8 QDQ (scales 2**-shift, zero points 0), calibrating on --calib."""
@@ -46,7 +47,7 @@ def command(model: Path, output: Path | None, in_place: bool, report_path: Path 
     out = resolve_output(model, output, "quant", in_place)
     pre = Preprocess(size=tuple(size) if size else None, mean=mean, std=std, channel_order=channel_order,
                      layout=layout)
-    cfg = QuantizeConfig(bits=bits, per_channel=per_channel, exclude=exclude, method=method,
+    cfg = QuantizeConfig(bits=bits, weight_bits=weight_bits, per_channel=per_channel, exclude=exclude, method=method,
                          weight_method=weight_method, calib_count=calib_count, batch_size=batch_size,
                          report_samples=report_samples, bias_correction=not no_bias_correction,
                          preprocess=None if pre == Preprocess() else pre)
