@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -52,8 +52,6 @@ def quiet(ctx: click.Context | None = None) -> bool:
 
 def warn_ignored(name: str, why: str) -> None:
     """Say that an accepted flag has no effect (never ignore a flag silently)."""
-    import logging
-
     logging.getLogger("onnxsq.cli").warning("%s is ignored: %s", name, why)
 
 
@@ -61,14 +59,7 @@ def common_model_command(suffix: str) -> Callable:
     """MODEL argument, -o/--output, --in-place and --report, in that order."""
 
     def deco(f: Callable) -> Callable:
-        @functools.wraps(f)
-        def wrapper(*args, **kwargs):
-            return f(*args, **kwargs)
-
-        wrapper = report_option(wrapper)
-        wrapper = output_options(suffix)(wrapper)
-        wrapper = model_argument(wrapper)
-        return wrapper
+        return model_argument(output_options(suffix)(report_option(f)))
 
     return deco
 
