@@ -15,6 +15,7 @@ import onnx
 
 from .data.loader import Dataset, Loader
 from .errors import DataError, UnsupportedModelError
+from .graph import data_inputs
 from .metrics import ClassificationMeter, SegmentationMeter
 from .model_io import ModelLike, load_model
 from .report import Report
@@ -27,8 +28,7 @@ def evaluate(model: ModelLike, data: Dataset, *, batch_size: int = 64, device: s
              ignore_label: int = 255, progress: Callable[[int, int], None] | None = None) -> Report:
     """Run ``model`` over ``data`` and return a Report with the task's metrics in ``summary``."""
     model = load_model(model, check=False) if not isinstance(model, onnx.ModelProto) else model
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [vi.name for vi in model.graph.input if vi.name not in inits]
+    inputs = [vi.name for vi in data_inputs(model)]
     if len(inputs) != 1:
         raise UnsupportedModelError(f"eval needs a model with one input, this one has {len(inputs)}")
     sess = make_session(model, providers=providers_for(device))

@@ -105,6 +105,12 @@ class UniqueNames:
         return name in self.taken
 
 
+def data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are real inputs, not initializers (IR < 4 lists every weight as an input too)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
 def const_value(tensor: gs.Tensor) -> np.ndarray | None:
     """The value of a constant tensor: an initializer or the output of a ``Constant`` node."""
     if isinstance(tensor, gs.Constant):

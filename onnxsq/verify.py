@@ -16,18 +16,13 @@ import numpy as np
 import onnx
 
 from .errors import DataError, OnnxsqError, UnsupportedModelError, VerificationError
-from .graph import onnx_dtype_to_np
+from .graph import data_inputs, onnx_dtype_to_np
 from .report import Report
 from .runtime import make_session
 
 log = logging.getLogger(__name__)
 
 Feed = Mapping[str, np.ndarray]
-
-
-def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    inits = {i.name for i in model.graph.initializer}
-    return [v for v in model.graph.input if v.name not in inits]
 
 
 def input_shape(vi: onnx.ValueInfoProto, default_dim: int = 1) -> list[int]:
@@ -46,7 +41,7 @@ def random_feeds(model: onnx.ModelProto, *, seed: int = 0, batch: int = 1,
     """
     rng = np.random.default_rng(seed)
     feeds = {}
-    for vi in _graph_inputs(model):
+    for vi in data_inputs(model):
         if dims and vi.name in dims:
             shape = list(dims[vi.name])
         else:
@@ -71,7 +66,7 @@ def load_feeds(path: str | os.PathLike, model: onnx.ModelProto) -> list[dict[str
     files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
     if not path.exists() or not files:
         raise DataError(f"{path}: no .npz input data found")
-    names = [vi.name for vi in _graph_inputs(model)]
+    names = [vi.name for vi in data_inputs(model)]
     out = []
     for f in files:
         try:

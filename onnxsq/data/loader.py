@@ -55,8 +55,9 @@ def open_dataset(path: str | Path, *, labels: str | Path | None = None, task: st
 
 def preprocess_for_model(model, *, size: tuple[int, int] | None = None, **options) -> Preprocess:
     """A :class:`Preprocess` whose size and channel count default to the model's static input."""
-    inits = {i.name for i in model.graph.initializer}
-    vi = next((v for v in model.graph.input if v.name not in inits), None)
+    from ..graph import data_inputs
+
+    vi = next(iter(data_inputs(model)), None)
     dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim] if vi else []
     layout = options.get("layout", "nchw")
     channels = 3

@@ -230,8 +230,9 @@ def npz_feeds(path: Path, model: onnx.ModelProto, batch: int = 32) -> Iterator[d
     quantize's own ``.npz`` reading wants arrays named after the model's inputs; a dataset file has
     ``x`` and ``y``. (quantize's ``calib_count`` caps what it reads from this iterable.)
     """
-    inits = {i.name for i in model.graph.initializer}
-    name = next(vi.name for vi in model.graph.input if vi.name not in inits)
+    from ..graph import data_inputs
+
+    name = data_inputs(model)[0].name
     with np.load(path) as z:
         x = z["x"]
     for i in range(0, len(x), batch):

@@ -39,7 +39,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedModelError
-from ..graph import UniqueNames
+from ..graph import UniqueNames, data_inputs
 from ..model_io import opsets
 from ..sparsity import CONV_OPS
 
@@ -283,8 +283,7 @@ def _set_batch_symbolic(model: onnx.ModelProto) -> None:
 
 def build_training_graph(model: onnx.ModelProto) -> TrainingGraph:
     """A training copy of ``model``: rewrites, BN in training mode, parameter roles."""
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [vi for vi in model.graph.input if vi.name not in inits]
+    inputs = data_inputs(model)
     if len(inputs) != 1:
         raise UnsupportedModelError(f"training needs a model with one input, this one has {len(inputs)}")
     if not model.graph.output:

@@ -35,7 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..calibration import pow2
-from ..graph import UniqueNames, const_value, import_graph
+from ..graph import UniqueNames, const_value, data_inputs, import_graph
 from ..passes.qdq_placement import Plan, plan_qdq
 from .artifacts import TrainingGraph
 
@@ -77,8 +77,7 @@ def plan_for(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> QATPlan:
     wanted = {u.weight for u in plan.weights} | {u.bias for u in plan.weights if u.bias} | set(plan.constants)
     tensors = graph.tensors()
     consts = {n: np.asarray(const_value(tensors[n])) for n in wanted if n in tensors}
-    inits = {i.name for i in model.graph.initializer}
-    inputs = {i.name for i in model.graph.input if i.name not in inits}
+    inputs = {vi.name for vi in data_inputs(model)}
     return QATPlan(plan, consts, inputs)
 
 
