@@ -34,3 +34,10 @@ class RuntimeMissingError(OnnxsqError):
 
 class VerificationError(OnnxsqError):
     """Two models that should be equivalent are not, beyond the tolerance."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors that
+    quote what onnx, onnxruntime, numpy or a parser said."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].strip()

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from .data.loader import Dataset, Loader
-from .errors import DataError, UnsupportedModelError
+from .errors import DataError, UnsupportedModelError, first_line
 from .graph import data_inputs
 from .metrics import ClassificationMeter, SegmentationMeter
 from .model_io import ModelLike, load_model
@@ -43,8 +43,8 @@ def evaluate(model: ModelLike, data: Dataset, *, batch_size: int = 64, device: s
         try:
             logits = sess.run([out_name], {inputs[0]: x})[0]
         except Exception as exc:  # noqa: BLE001 - onnxruntime reports shape mismatches as its own types
-            first = (str(exc).strip().splitlines() or [""])[0]
-            raise DataError(f"{data.where}: the model rejects a batch of shape {tuple(x.shape)}: {first}") from None
+            raise DataError(f"{data.where}: the model rejects a batch of shape {tuple(x.shape)}: "
+                            f"{first_line(exc)}") from None
         if meter is None:
             if data.task == "segmentation":
                 if logits.ndim != 4:

@@ -16,7 +16,7 @@ from typing import Union
 import numpy as np
 import onnx
 
-from .errors import InvalidOptionError, ModelLoadError
+from .errors import InvalidOptionError, ModelLoadError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +28,13 @@ EXTERNAL_THRESHOLD = PROTO_LIMIT - 64 * 2**20
 SKELETON_LOCATION = "onnxsq-skeleton-no-data"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0].strip()
-
-
 def model_nbytes(model: onnx.ModelProto) -> int:
     """Approximate serialized size, without serializing (which fails past 2 GiB) or copying the weights."""
     total = sum(len(i.raw_data) or i.ByteSize() for i in model.graph.initializer)
     try:
         graph_only = onnx.ModelProto()
-        _copy_fields(model, graph_only, skip="graph")
-        _copy_fields(model.graph, graph_only.graph, skip="initializer")
+        copy_fields(model, graph_only, skip="graph")
+        copy_fields(model.graph, graph_only.graph, skip="initializer")
         return total + graph_only.ByteSize()
     except Exception:  # noqa: BLE001 - a graph too large to size is certainly over the limit
         return PROTO_LIMIT + 1
@@ -55,8 +50,8 @@ def skeleton(model: onnx.ModelProto, *, min_bytes: int = 4096) -> onnx.ModelProt
     scales). Runnable when the caller feeds the weights (onnxruntime then uses them without a copy).
     """
     out = onnx.ModelProto()
-    _copy_fields(model, out, skip="graph")
-    _copy_fields(model.graph, out.graph, skip="initializer")
+    copy_fields(model, out, skip="graph")
+    copy_fields(model.graph, out.graph, skip="initializer")
     inputs = {i.name for i in model.graph.input}
     for init in model.graph.initializer:
         if len(init.raw_data) < max(min_bytes, 1):
@@ -72,7 +67,7 @@ def weight_arrays(model: onnx.ModelProto, *, min_bytes: int = 4096) -> dict[str,
     return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if len(i.raw_data) >= max(min_bytes, 1)}
 
 
-def _copy_fields(src, dst, *, skip: str) -> None:
+def copy_fields(src, dst, *, skip: str) -> None:
     """Copy every set field of protobuf message ``src`` into ``dst`` except ``skip``."""
     for fd, value in src.ListFields():
         if fd.name == skip:
@@ -128,13 +123,13 @@ def load_model(src: ModelLike, *, check: bool = True) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several types for garbage input
-        raise ModelLoadError(f"{path}: not a valid ONNX model (cannot parse: {_first_line(exc)})") from None
+        raise ModelLoadError(f"{path}: not a valid ONNX model (cannot parse: {first_line(exc)})") from None
     if not model.HasField("graph") or model.ir_version == 0 or not model.opset_import:
         raise ModelLoadError(f"{path}: not a valid ONNX model (no graph, IR version or opset; truncated?)")
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"{path}: cannot read its external data ({_first_line(exc)})") from None
+        raise ModelLoadError(f"{path}: cannot read its external data ({first_line(exc)})") from None
     if check:
         check_model(model, where=str(path))
     log.debug("loaded %s (IR %d, opsets %s)", path, model.ir_version, opsets(model))
@@ -160,7 +155,7 @@ def check_model(model: onnx.ModelProto, *, where: str = "model") -> None:
             _check_raw_sizes(model)
             onnx.checker.check_model(skeleton(model, min_bytes=1))
     except onnx.checker.ValidationError as exc:
-        raise ModelLoadError(f"{where}: rejected by onnx.checker: {_first_line(exc)}") from None
+        raise ModelLoadError(f"{where}: rejected by onnx.checker: {first_line(exc)}") from None
 
 
 def opsets(model: onnx.ModelProto) -> dict[str, int]:
@@ -221,7 +216,7 @@ def save_model(
                 os.replace(data, path.parent / data.name)
             os.replace(tmp_path, path)
     except OSError as exc:  # disk full, permissions: a problem of the output location, not a bug
-        raise InvalidOptionError(f"{path}: cannot write the model ({exc.strerror or _first_line(exc)})") from None
+        raise InvalidOptionError(f"{path}: cannot write the model ({exc.strerror or first_line(exc)})") from None
     log.info("wrote %s%s", path, " (+ external data)" if external else "")
     return path
 

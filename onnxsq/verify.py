@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import onnx
 
-from .errors import DataError, OnnxsqError, UnsupportedModelError, VerificationError
+from .errors import DataError, OnnxsqError, UnsupportedModelError, VerificationError, first_line
 from .graph import data_inputs, onnx_dtype_to_np
 from .report import Report
 from .runtime import make_session
@@ -190,10 +190,6 @@ def _label(model: onnx.ModelProto | str, default: str) -> str:
     return default if isinstance(model, onnx.ModelProto) else str(model)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _session(model: onnx.ModelProto | str, which: str):
     """An onnxruntime session, or a one-line error naming the model onnxruntime refused."""
     try:
@@ -201,11 +197,11 @@ def _session(model: onnx.ModelProto | str, which: str):
     except OnnxsqError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for models it refuses
-        raise UnsupportedModelError(f"{_label(model, which)}: onnxruntime cannot load it: {_first_line(exc)}") from None
+        raise UnsupportedModelError(f"{_label(model, which)}: onnxruntime cannot load it: {first_line(exc)}") from None
 
 
 def _run(session, feed: Feed, label: str, err: type[OnnxsqError]) -> list:
     try:
         return session.run(None, dict(feed))
     except Exception as exc:  # noqa: BLE001
-        raise err(f"{label}: onnxruntime failed to run it on the inputs: {_first_line(exc)}") from None
+        raise err(f"{label}: onnxruntime failed to run it on the inputs: {first_line(exc)}") from None

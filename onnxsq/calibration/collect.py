@@ -31,7 +31,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..graph import export_like
 from ..model_io import skeleton, weight_arrays
 from ..runtime import import_ort, make_session
@@ -100,8 +100,7 @@ class FedSession:
         try:
             return [v.numpy() for v in self.session.run_with_ort_values(fetch, feeds)]
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad feeds
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DataError(f"calibration data does not fit the model: {first}") from None
+            raise DataError(f"calibration data does not fit the model: {first_line(exc)}") from None
 
 
 def _split(model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | None

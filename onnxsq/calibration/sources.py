@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from ..data.images import Preprocess, is_image, load_image
-from ..errors import DataError, InvalidOptionError
+from ..errors import DataError, InvalidOptionError, first_line
 from ..graph import onnx_dtype_to_np
 
 log = logging.getLogger(__name__)
@@ -171,14 +171,14 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except Exception as exc:  # noqa: BLE001 - numpy raises several types for bad files
-        raise DataError(f"{path}: cannot read as .npz ({_first_line(exc)})") from None
+        raise DataError(f"{path}: cannot read as .npz ({first_line(exc)})") from None
 
 
 def _npy_array(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{path}: cannot read as .npy ({_first_line(exc)})") from None
+        raise DataError(f"{path}: cannot read as .npy ({first_line(exc)})") from None
 
 
 def _check_keys(arrays: dict[str, np.ndarray], inputs: list[InputSpec], path: Path) -> None:
@@ -241,7 +241,7 @@ def _function_source(spec: str, inputs: list[InputSpec]):
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001 - the user's code
-            raise DataError(f"{spec}: calling it failed: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise DataError(f"{spec}: calling it failed: {type(exc).__name__}: {first_line(exc)}") from None
         i = 0
         while True:
             try:
@@ -249,7 +249,7 @@ def _function_source(spec: str, inputs: list[InputSpec]):
             except StopIteration:
                 return
             except Exception as exc:  # noqa: BLE001
-                raise DataError(f"{spec}: sample {i} failed: {type(exc).__name__}: {_first_line(exc)}") from None
+                raise DataError(f"{spec}: sample {i} failed: {type(exc).__name__}: {first_line(exc)}") from None
             yield f"{spec} sample {i}", item
             i += 1
 
@@ -276,7 +276,7 @@ def _load_function(mod_part: str, func_name: str, spec: str) -> Callable:
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's module
-        raise DataError(f"{mod_part}: importing it failed: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise DataError(f"{mod_part}: importing it failed: {type(exc).__name__}: {first_line(exc)}") from None
     func = getattr(module, func_name, None)
     if not callable(func):
         raise DataError(f"{mod_part}: has no function {func_name!r}")
@@ -373,7 +373,3 @@ def batches(source: Iterable[Feed], inputs: list[InputSpec], *, batch_size: int 
 
 def _shapes(feed: Feed) -> dict[str, tuple[int, ...]]:
     return {k: v.shape[1:] for k, v in feed.items()}
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -46,7 +46,7 @@ from ..calibration import pow2, sources
 from ..calibration.collect import Progress, collect_stats, runnable
 from ..calibration.stats import HIST_METHODS, METHODS, ChannelMean, TensorStats, choose_shift
 from ..data.images import Preprocess
-from ..errors import InvalidOptionError, UnsupportedModelError
+from ..errors import InvalidOptionError, UnsupportedModelError, first_line
 from ..graph import const_value, copy_without_graph, export_like, import_graph
 from ..model_io import ModelLike, default_opset, load_model, skeleton
 from ..params import TensorQuant, read_params, write_params
@@ -285,7 +285,7 @@ def _ensure_opset(model: onnx.ModelProto, report: Report, cfg: QuantizeConfig) -
         converted = version_converter.convert_version(model, need)
     except Exception as exc:  # noqa: BLE001 - the converter raises assorted errors
         raise UnsupportedModelError(f"{why} needs opset {need}; converting the model from opset {opset} "
-                                    f"failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                                    f"failed: {first_line(exc)}") from None
     converted.ir_version = min(MAX_IR, max(model.ir_version, IR_FOR_OPSET.get(need, model.ir_version)))
     report.summary["opset_raised"] = f"{opset} -> {need} ({why})"
     return converted

@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import UnsupportedModelError
+from ..errors import UnsupportedModelError, first_line
 from ..graph import UniqueNames, data_inputs
 from ..model_io import opsets
 from ..sparsity import CONV_OPS
@@ -260,10 +260,9 @@ def _convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         converted = version_converter.convert_version(model, TRAIN_OPSET)
     except Exception as exc:  # noqa: BLE001
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise UnsupportedModelError(
             f"training needs opset >= 14 for BatchNormalization's training mode and converting this "
-            f"opset-{opsets(model).get('')} model failed ({first})") from None
+            f"opset-{opsets(model).get('')} model failed ({first_line(exc)})") from None
     converted.ir_version = min(max(converted.ir_version, 8), MAX_IR)
     return converted
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, first_line
 
 STAGES = ("l2", "l1", "sparse", "qat")
 SCHEDULES = ("fixed", "step", "multistep", "poly", "cosine")
@@ -192,8 +192,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as exc:  # noqa: BLE001 - json and tomllib raise their own error types
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise InvalidOptionError(f"{path}: cannot parse config ({first}); use JSON or TOML") from None
+        raise InvalidOptionError(f"{path}: cannot parse config ({first_line(exc)}); use JSON or TOML") from None
     if not isinstance(data, dict):
         raise InvalidOptionError(f"{path}: config must be a mapping of solver keys to values")
     return data

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 
 from ..data.loader import Dataset, Loader
-from ..errors import DataError, InvalidOptionError, UnsupportedModelError
+from ..errors import DataError, InvalidOptionError, UnsupportedModelError, first_line
 from ..report import Report
 from ..runtime import import_training, providers_for
 from .artifacts import TrainingGraph, build_training_graph, generate
@@ -181,9 +181,8 @@ class Trainer:
         try:
             outputs = self.module(x, y)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors carry the useful first line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DataError(f"{self.data.where}: training step failed on a batch x{tuple(x.shape)} "
-                            f"y{tuple(y.shape)}: {first}") from None
+                            f"y{tuple(y.shape)}: {first_line(exc)}") from None
         loss = self._observe(x, outputs)
         self._update(lr)
         self.iteration += 1
