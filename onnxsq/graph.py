@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .model_io import copy_fields
+
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +43,7 @@ def export_like(graph: gs.Graph, original: onnx.ModelProto, *, extra_opsets: dic
     for fd, _ in model.ListFields():
         if fd.name != "graph":
             model.ClearField(fd.name)
-    _copy_fields(original, model, skip="graph")
+    copy_fields(original, model, skip="graph")
     model.ir_version = max(original.ir_version, min_ir_version)
     if extra_opsets:
         have = {o.domain: o for o in model.opset_import}
@@ -56,20 +58,8 @@ def export_like(graph: gs.Graph, original: onnx.ModelProto, *, extra_opsets: dic
 def copy_without_graph(original: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of every model field except the graph (copying the weights only to replace them is slow)."""
     model = onnx.ModelProto()
-    _copy_fields(original, model, skip="graph")
+    copy_fields(original, model, skip="graph")
     return model
-
-
-def _copy_fields(src, dst, *, skip: str) -> None:
-    for fd, value in src.ListFields():
-        if fd.name == skip:
-            continue
-        if isinstance(value, (list, tuple)) or hasattr(value, "extend"):
-            getattr(dst, fd.name).extend(value)
-        elif fd.type == fd.TYPE_MESSAGE:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
 
 
 class UniqueNames:
@@ -162,12 +152,7 @@ def node_label(node: gs.Node) -> str:
 
 def new_constant(graph: gs.Graph, base: str, values: np.ndarray) -> gs.Constant:
     """A fresh constant whose name does not collide with any tensor in ``graph``."""
-    taken = graph.tensors().keys()
-    name, i = base, 0
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    return gs.Constant(name, np.ascontiguousarray(values))
+    return gs.Constant(UniqueNames(graph.tensors().keys()).fresh(base), np.ascontiguousarray(values))
 
 
 def onnx_dtype_to_np(elem_type: int) -> np.dtype:

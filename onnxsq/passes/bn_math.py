@@ -40,10 +40,6 @@ def cast_like(values: np.ndarray, like: np.ndarray | np.dtype) -> np.ndarray:
     return np.ascontiguousarray(values.astype(dtype))
 
 
-def conv_out_channels(weight: np.ndarray) -> int:
-    return weight.shape[0]
-
-
 def convtranspose_out_channels(weight: np.ndarray, group: int) -> int:
     return weight.shape[1] * group
 
