@@ -82,7 +82,7 @@ def _layers(specs: tuple[str, ...]) -> list[tuple[str, float]]:
 @click.option("--gpu", metavar="IDS", help="Accepted for the original's command lines; ignored (runs in numpy).")
 def command(model, output, in_place, report_path, layers, excludes, ops, weights, model_opt, gpu, **options) -> None:
     """Zero the smallest weights of each conv layer up to a per-class fraction."""
-    from ...model_io import load_model, save_model
+    from ...model_io import save_model
     from ...passes.threshold import ThresholdConfig, threshold
 
     config = ThresholdConfig(layers=_layers(layers), excludes=excludes, ops=ops, **options)
@@ -90,7 +90,7 @@ def command(model, output, in_place, report_path, layers, excludes, ops, weights
         warn_ignored("--gpu", "thresholding runs on the CPU in numpy")
     src = _input(model, model_opt, weights)
     out = resolve_output(src, output, "thresholded", in_place)
-    new, report = threshold(load_model(src), config=config)
+    new, report = threshold(src, config=config)  # a path is read and checked once, inside
     save_model(new, out)
     if report_path is not None:
         report.write(report_path)
