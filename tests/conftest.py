@@ -76,6 +76,31 @@ def build_gemm_model(*, n_in: int = 6, n_out: int = 3, trans_b: int = 1, seed: i
     return model
 
 
+def build_small_cnn(rng: np.random.Generator, *, bn: bool = False) -> onnx.ModelProto:
+    """x N×1×6×6 → Conv(8, 3×3, pad 1, no bias) (→ BN at identity) → Relu → GlobalAveragePool → Flatten →
+    Gemm → y N×4; opset 13, IR 7. Draws the conv then the fc weight from ``rng`` (callers may go on
+    drawing their data from it)."""
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 1, 3, 3)) * 0.5).astype(np.float32), "conv.weight")]
+    if bn:
+        inits += [numpy_helper.from_array(v.astype(np.float32), f"bn.{k}") for k, v in
+                  (("scale", np.ones(8)), ("bias", np.zeros(8)), ("mean", np.zeros(8)), ("var", np.ones(8)))]
+    inits += [numpy_helper.from_array((rng.standard_normal((4, 8)) * 0.3).astype(np.float32), "fc.weight"),
+              numpy_helper.from_array(np.zeros(4, np.float32), "fc.bias")]
+    nodes = [helper.make_node("Conv", ["x", "conv.weight"], ["c"], name="conv", pads=[1, 1, 1, 1])]
+    if bn:
+        nodes.append(helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["b"],
+                                      name="bn"))
+    nodes += [helper.make_node("Relu", [nodes[-1].output[0]], ["r"], name="relu"),
+              helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+              helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+              helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["y"], name="fc", transB=1)]
+    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    return m
+
+
 @pytest.fixture
 def conv_model() -> Callable[..., onnx.ModelProto]:
     """Factory: ``conv_model(**kw)`` builds a small Conv(→BN→Relu) model (see build_conv_model)."""
@@ -86,6 +111,13 @@ def conv_model() -> Callable[..., onnx.ModelProto]:
 def gemm_model() -> Callable[..., onnx.ModelProto]:
     """Factory: ``gemm_model(**kw)`` builds a one-Gemm model."""
     return build_gemm_model
+
+
+@pytest.fixture
+def small_cnn() -> Callable[..., onnx.ModelProto]:
+    """Factory: ``small_cnn(rng, bn=False)`` builds the Conv(→BN)→Relu→GAP→Gemm classifier the train CLI tests
+    use (see build_small_cnn)."""
+    return build_small_cnn
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from onnxsq.cli.main import run
 from onnxsq.runtime import has_training
@@ -17,31 +16,14 @@ from onnxsq.runtime import has_training
 needs_training = pytest.mark.skipif(not has_training(), reason="onnxruntime-training is not installed here")
 
 
-def _model(path):
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array((rng.standard_normal((8, 1, 3, 3)) * 0.5).astype(np.float32), "conv.weight"),
-             numpy_helper.from_array((rng.standard_normal((4, 8)) * 0.3).astype(np.float32), "fc.weight"),
-             numpy_helper.from_array(np.zeros(4, np.float32), "fc.bias")]
-    nodes = [helper.make_node("Conv", ["x", "conv.weight"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
-             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
-             helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["y"], name="fc", transB=1)]
-    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 7
-    onnx.save(m, str(path))
-    return path
-
-
 @pytest.fixture()
-def files(tmp_path):
+def files(tmp_path, small_cnn):
+    onnx.save(small_cnn(np.random.default_rng(0)), str(tmp_path / "m.onnx"))
     rng = np.random.default_rng(1)
     y = rng.integers(0, 4, 64)
     x = (rng.standard_normal((64, 1, 6, 6)) * 0.2 + y[:, None, None, None]).astype(np.float32)
     np.savez(tmp_path / "train.npz", x=x, y=y)
-    return _model(tmp_path / "m.onnx"), tmp_path / "train.npz", tmp_path
+    return tmp_path / "m.onnx", tmp_path / "train.npz", tmp_path
 
 
 @pytest.mark.skipif(has_training(), reason="checks the message shown where onnxruntime-training is missing")

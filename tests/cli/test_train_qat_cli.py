@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from onnxsq.calibration import pow2
 from onnxsq.cli.main import run
@@ -22,26 +22,10 @@ ONNXSQ = Path(sys.executable).parent / "onnxsq"
 
 
 @pytest.fixture()
-def files(tmp_path):
+def files(tmp_path, small_cnn):
     """A conv → BN → ReLU → GAP → Gemm model and a 4-class .npz separable by brightness."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array((rng.standard_normal((8, 1, 3, 3)) * 0.5).astype(np.float32), "conv.weight"),
-             *[numpy_helper.from_array(v.astype(np.float32), f"bn.{k}") for k, v in
-               (("scale", np.ones(8)), ("bias", np.zeros(8)), ("mean", np.zeros(8)), ("var", np.ones(8)))],
-             numpy_helper.from_array((rng.standard_normal((4, 8)) * 0.3).astype(np.float32), "fc.weight"),
-             numpy_helper.from_array(np.zeros(4, np.float32), "fc.bias")]
-    nodes = [helper.make_node("Conv", ["x", "conv.weight"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["b"],
-                              name="bn"),
-             helper.make_node("Relu", ["b"], ["r"], name="relu"),
-             helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
-             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
-             helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["y"], name="fc", transB=1)]
-    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 7
-    onnx.save(m, str(tmp_path / "m.onnx"))
+    onnx.save(small_cnn(rng, bn=True), str(tmp_path / "m.onnx"))
     y = rng.integers(0, 4, 96)
     x = (rng.standard_normal((96, 1, 6, 6)) * 0.2 + y[:, None, None, None]).astype(np.float32)
     np.savez(tmp_path / "train.npz", x=x, y=y)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import onnx
@@ -15,14 +15,8 @@ from onnxsq.pipeline.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "sample_models" / "recipes"
-
-
-def _helpers():
-    path = ROOT / "tests" / "pipeline" / "pipeline_helpers.py"
-    spec = importlib.util.spec_from_file_location("pipeline_helpers", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, str(ROOT / "tests" / "pipeline"))  # the pipeline tests' helpers
+from pipeline_helpers import setup  # noqa: E402
 
 
 QAT_RECIPE = """\
@@ -61,7 +55,7 @@ def test_shipped_qat_recipe_reads():
     ("weight_bits = 1", 18, "weight_bits must be an integer in 2..16"),
 ])
 def test_bad_qat_keys_are_one_line_errors_naming_the_line(tmp_path, extra, line, message):
-    paths = _helpers().setup(tmp_path)
+    paths = setup(tmp_path)
     recipe = tmp_path / "r.toml"
     recipe.write_text(QAT_RECIPE.format(extra=extra))
     with pytest.raises(InvalidOptionError) as err:
@@ -72,7 +66,7 @@ def test_bad_qat_keys_are_one_line_errors_naming_the_line(tmp_path, extra, line,
 
 
 def test_quantization_keys_in_a_float_stage_are_refused(tmp_path):
-    _helpers().setup(tmp_path)
+    setup(tmp_path)
     recipe = tmp_path / "r.toml"
     recipe.write_text(QAT_RECIPE.format(extra="").replace('stage = "l2"\n', 'stage = "l2"\nbits = 4\n'))
     expected = r"r.toml:10: stage 1 \(l2\): bits only applies to quantization-aware training"
@@ -84,7 +78,7 @@ def test_quantization_keys_in_a_float_stage_are_refused(tmp_path):
 def test_pipeline_runs_a_qat_stage_and_skips_it_when_unchanged(tmp_path):
     from onnxsq.pipeline import run_pipeline
 
-    _helpers().setup(tmp_path)
+    setup(tmp_path)
     recipe = tmp_path / "r.toml"
     recipe.write_text(QAT_RECIPE.format(extra="quantization_start_iter = 4\nweight_bits = 6"))
     first = run_pipeline(recipe, tmp_path / "work")
