@@ -233,7 +233,8 @@ class Runner:
         return inputs
 
     def _run_stage(self, state: _State, stage: StageSpec, data: _Data, in_path: Path, key: dict[str, str],
-                   entry: dict[str, Any] | None) -> tuple[str, float]:
+                   entry: dict[str, Any] | None) -> tuple[str, float, str]:
+        """Run one stage; returns its status ("ran" or "resumed"), seconds and the output's sha256."""
         out = self.workdir / f"{stage.label}.onnx"
         ckpt = self.workdir / f"{stage.label}.ckpt.npz"
         interrupted = bool(entry and entry.get("status") == "running" and entry.get("key") == key)
@@ -261,7 +262,7 @@ class Runner:
         state.save()
         if ckpt.exists():
             ckpt.unlink()
-        return ("resumed" if resume else "ran"), seconds
+        return ("resumed" if resume else "ran"), seconds, sha
 
     def run(self) -> PipelineResult:
         wd = self.workdir
@@ -285,14 +286,15 @@ class Runner:
                 if not entry or entry.get("key") != key:
                     self._warn(f"{stage.label}: its inputs or options changed since {out.name} was made; "
                                "--from keeps the old output")
-                status = "kept"
+                status, out_sha = "kept", file_sha(out)
             elif (not self.force and self.start is None and entry and entry.get("status") == "done"
-                  and entry.get("key") == key and out.is_file() and file_sha(out) == entry.get("output_sha")):
+                  and entry.get("key") == key and out.is_file()
+                  and (out_sha := file_sha(out)) == entry.get("output_sha")):
                 log.info("%s: unchanged, skipped (output %s)", stage.label, out.name)
                 status = "cached"
             else:
-                status, seconds = self._run_stage(state, stage, data, in_path, key, entry)
-            in_path, in_sha = out, file_sha(out)
+                status, seconds, out_sha = self._run_stage(state, stage, data, in_path, key, entry)
+            in_path, in_sha = out, out_sha  # each output is hashed once
             self._row(state, data, stage.label, stage.kind, status, out, in_sha, seconds)
         # cached evaluations of models no longer in the flow would only pile up
         state.data["evals"] = {k: v for k, v in state.evals.items() if k in self._shas}
