@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from train_helpers import cnn, needs_training
+from train_helpers import cnn, interrupted_then_resumed, needs_training
 
 from onnxsq.calibration import pow2
 from onnxsq.errors import InvalidOptionError
@@ -132,21 +132,11 @@ def test_sparse_qat_keeps_every_zero(digits):
 def test_qat_resume_equals_uninterrupted(digits, tmp_path):
     import onnxsq
 
-    class Stop(Exception):
-        pass
-
     cfg = {**QUICK, "iters": 16, "quantization_start_iter": 6, "checkpoint_every": 10, "quant_update_every": 3}
     model = cnn((8,), seed=4)
     straight, _ = onnxsq.train(model, digits[0], **cfg)
     ckpt = tmp_path / "qat.ckpt.npz"
-
-    def stop_at_10(s):
-        if s["iteration"] == 10:
-            raise Stop
-
-    with pytest.raises(Stop):
-        onnxsq.train(model, digits[0], checkpoint=ckpt, on_step=stop_at_10, **cfg)
-    resumed, rep = onnxsq.train(model, digits[0], resume=ckpt, **cfg)
+    resumed, rep = interrupted_then_resumed(model, digits[0], ckpt, 10, **cfg)
     assert rep.summary["resumed_from"] == 10 and rep.summary["quantized_from_iter"] == 6
     a, b = _consts(straight), _consts(resumed)
     assert a.keys() == b.keys()

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import onnx
 import pytest
-from train_helpers import cnn, needs_training, values
+from train_helpers import cnn, interrupted_then_resumed, needs_training, values
 from onnx import helper, numpy_helper
 
 from onnxsq.errors import InvalidOptionError
@@ -108,10 +108,6 @@ def test_bn_statistics_after_export_match_the_data(digits):
     assert trained.graph.input == model.graph.input and trained.graph.output == model.graph.output
 
 
-class _Stop(Exception):
-    pass
-
-
 @needs_training
 def test_resume_equals_uninterrupted(digits, tmp_path):
     import onnxsq
@@ -122,15 +118,7 @@ def test_resume_equals_uninterrupted(digits, tmp_path):
                threshold_value_maxratio=1.0, checkpoint_every=12, seed=7)
     model = cnn((8, 16), seed=5)
     straight, rep = onnxsq.train(model, digits[0], **cfg)
-    ckpt = tmp_path / "run.ckpt.npz"
-
-    def stop_at_12(s):
-        if s["iteration"] == 12:
-            raise _Stop
-
-    with pytest.raises(_Stop):
-        onnxsq.train(model, digits[0], checkpoint=ckpt, on_step=stop_at_12, **cfg)
-    resumed, rep2 = onnxsq.train(model, digits[0], resume=ckpt, **cfg)
+    resumed, rep2 = interrupted_then_resumed(model, digits[0], tmp_path / "run.ckpt.npz", 12, **cfg)
     assert rep2.summary["resumed_from"] == 12 and rep2.summary["iterations"] == 24
     a, b = values(straight), values(resumed)
     assert a.keys() == b.keys()

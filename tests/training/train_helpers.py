@@ -44,5 +44,23 @@ def cnn(channels: tuple[int, ...] = (8, 16), *, classes: int = 10, in_ch: int = 
     return model
 
 
+class _Stop(Exception):
+    pass
+
+
+def interrupted_then_resumed(model: onnx.ModelProto, data, ckpt, stop_at: int, **cfg):
+    """Train with checkpoints into ``ckpt``, interrupt at iteration ``stop_at``, resume from the checkpoint:
+    returns the resumed run's ``(model, report)``."""
+    import onnxsq
+
+    def stop(step) -> None:
+        if step["iteration"] == stop_at:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        onnxsq.train(model, data, checkpoint=ckpt, on_step=stop, **cfg)
+    return onnxsq.train(model, data, resume=ckpt, **cfg)
+
+
 def values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
