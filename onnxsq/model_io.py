@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from .errors import InvalidOptionError, ModelLoadError, first_line
+from .proto_stream import copy_fields, read_model, write_model
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ ModelLike = Union[onnx.ModelProto, str, os.PathLike]
 PROTO_LIMIT = 2**31 - 1
 EXTERNAL_THRESHOLD = PROTO_LIMIT - 64 * 2**20
 SKELETON_LOCATION = "onnxsq-skeleton-no-data"
+STREAM_READ_BYTES = 16 << 20  # larger files are parsed piece by piece (peak memory: the model, not twice it)
 
 
 def model_nbytes(model: onnx.ModelProto) -> int:
@@ -67,19 +69,6 @@ def weight_arrays(model: onnx.ModelProto, *, min_bytes: int = 4096) -> dict[str,
     return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if len(i.raw_data) >= max(min_bytes, 1)}
 
 
-def copy_fields(src, dst, *, skip: str) -> None:
-    """Copy every set field of protobuf message ``src`` into ``dst`` except ``skip``."""
-    for fd, value in src.ListFields():
-        if fd.name == skip:
-            continue
-        if _repeated(fd):
-            getattr(dst, fd.name).extend(value)
-        elif fd.type == fd.TYPE_MESSAGE:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
-
-
 def _check_raw_sizes(model: onnx.ModelProto) -> None:
     """What onnx.checker (>= 1.18) checks of the initializers :func:`skeleton` leaves out."""
     for init in model.graph.initializer:
@@ -96,9 +85,12 @@ def _check_raw_sizes(model: onnx.ModelProto) -> None:
                                                f"is too small for the declared shape and type ({need} bytes required).")
 
 
-def _repeated(fd) -> bool:
-    rep = getattr(fd, "is_repeated", None)  # protobuf >= 5.28; ``label`` is deprecated there
-    return bool(rep) if rep is not None else fd.label == fd.LABEL_REPEATED
+def _parse(path: Path) -> onnx.ModelProto:
+    size = path.stat().st_size
+    if size < STREAM_READ_BYTES:
+        return onnx.load(str(path), load_external_data=False)
+    with open(path, "rb") as f:
+        return read_model(f, size)  # never the file's bytes and the parsed model together
 
 
 def load_model(src: ModelLike, *, check: bool = True) -> onnx.ModelProto:
@@ -121,7 +113,7 @@ def load_model(src: ModelLike, *, check: bool = True) -> onnx.ModelProto:
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path}: empty file, not an ONNX model")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = _parse(path)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several types for garbage input
         raise ModelLoadError(f"{path}: not a valid ONNX model (cannot parse: {first_line(exc)})") from None
     if not model.HasField("graph") or model.ir_version == 0 or not model.opset_import:
@@ -178,7 +170,8 @@ def _write(model: onnx.ModelProto, path: Path, *, external: bool) -> None:
             size_threshold=1024,
         )
     else:
-        path.write_bytes(model.SerializeToString())
+        with open(path, "wb") as f:
+            write_model(model, f)  # piece by piece: no serialized copy of the whole model
 
 
 def save_model(

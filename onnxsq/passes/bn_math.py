@@ -37,33 +37,42 @@ def per_channel(value: np.ndarray, rank: int, channels: int) -> np.ndarray | Non
 
 def cast_like(values: np.ndarray, like: np.ndarray | np.dtype) -> np.ndarray:
     dtype = like.dtype if isinstance(like, np.ndarray) else np.dtype(like)
-    return np.ascontiguousarray(values.astype(dtype))
+    return np.ascontiguousarray(values.astype(dtype, copy=False))
+
+
+def _scaled(w: np.ndarray, factor: np.ndarray, dtype) -> np.ndarray:
+    """``w * factor`` computed in float64 and rounded once to ``dtype`` (the same bits as
+    ``(w.astype(float64) * factor).astype(dtype)``), without a float64 copy of the weights."""
+    out = np.empty(np.broadcast_shapes(w.shape, factor.shape), dtype=dtype)
+    np.multiply(w, factor, out=out, dtype=np.float64, casting="same_kind")
+    return out
 
 
 def convtranspose_out_channels(weight: np.ndarray, group: int) -> int:
     return weight.shape[1] * group
 
 
-def scale_conv_weight(weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def scale_conv_weight(weight: np.ndarray, scale: np.ndarray, dtype=np.float64) -> np.ndarray:
     """Conv weight [M, C/g, k...]: output channel o is row o whatever the group count."""
-    w = np.asarray(weight, np.float64)
-    return w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    w = np.asarray(weight)
+    return _scaled(w, np.asarray(scale, np.float64).reshape((-1,) + (1,) * (w.ndim - 1)), dtype)
 
 
-def scale_convtranspose_weight(weight: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
+def scale_convtranspose_weight(weight: np.ndarray, scale: np.ndarray, group: int, dtype=np.float64) -> np.ndarray:
     """ConvTranspose weight [C, M/g, k...]: output channel ``g * M/g + j`` is column j of group g's rows."""
-    w = np.asarray(weight, np.float64)
+    w = np.asarray(weight)
     c_in, m_per_group = w.shape[0], w.shape[1]
     kernel = w.shape[2:]
     grouped = w.reshape((group, c_in // group, m_per_group) + kernel)
-    factor = scale.reshape((group, 1, m_per_group) + (1,) * len(kernel))
-    return (grouped * factor).reshape(w.shape)
+    factor = np.asarray(scale, np.float64).reshape((group, 1, m_per_group) + (1,) * len(kernel))
+    return _scaled(grouped, factor, dtype).reshape(w.shape)
 
 
-def scale_matrix_columns(weight: np.ndarray, scale: np.ndarray, transposed: bool) -> np.ndarray:
+def scale_matrix_columns(weight: np.ndarray, scale: np.ndarray, transposed: bool, dtype=np.float64) -> np.ndarray:
     """Gemm/MatMul weight: output feature n is column n of B [K, N], or row n of B when transB=1."""
-    w = np.asarray(weight, np.float64)
-    return w * (scale.reshape(-1, 1) if transposed else scale.reshape(1, -1))
+    w = np.asarray(weight)
+    s = np.asarray(scale, np.float64)
+    return _scaled(w, s.reshape(-1, 1) if transposed else s.reshape(1, -1), dtype)
 
 
 def fold_bias(bias: np.ndarray | None, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:

@@ -265,24 +265,24 @@ def _rewrite_layer(ctx: _Ctx, layer: gs.Node, scale: np.ndarray, shift: np.ndarr
     if layer.op == "Conv":
         if w.shape[0] != channels:
             return f"{label} has {w.shape[0]} output channels, the BN {channels}"
-        new_w, new_b = bm.scale_conv_weight(w, scale), bm.fold_bias(bias, scale, shift)
+        new_w, new_b = bm.scale_conv_weight(w, scale, w.dtype), bm.fold_bias(bias, scale, shift)
     elif layer.op == "ConvTranspose":
         group = int(layer.attrs.get("group", 1))
         if bm.convtranspose_out_channels(w, group) != channels:
             return f"{label} has {bm.convtranspose_out_channels(w, group)} output channels, the BN {channels}"
-        new_w, new_b = bm.scale_convtranspose_weight(w, scale, group), bm.fold_bias(bias, scale, shift)
+        new_w, new_b = bm.scale_convtranspose_weight(w, scale, group, w.dtype), bm.fold_bias(bias, scale, shift)
     elif layer.op == "Gemm":
         trans = int(layer.attrs.get("transB", 0)) == 1
         n = w.shape[0] if trans else w.shape[1]
         if w.ndim != 2 or n != channels:
             return f"{label} has {n} output features, the BN {channels}"
-        new_w = bm.scale_matrix_columns(w, scale, trans)
+        new_w = bm.scale_matrix_columns(w, scale, trans, w.dtype)
         new_b = bm.fold_gemm_c(bias, float(layer.attrs.get("beta", 1.0)), scale, shift)
         layer.attrs["beta"] = 1.0
     else:  # MatMul
         if w.shape[1] != channels:
             return f"{label} has {w.shape[1]} output features, the BN {channels}"
-        new_w, new_b = bm.scale_matrix_columns(w, scale, False), None
+        new_w, new_b = bm.scale_matrix_columns(w, scale, False, w.dtype), None
     set_const_input(ctx.graph, layer, 1, bm.cast_like(new_w, w), f"{layer.inputs[1].name}")
     if new_b is not None:
         base = layer.inputs[2].name if has_bias else f"{label}_bias"

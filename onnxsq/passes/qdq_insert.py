@@ -134,8 +134,9 @@ def _quantize_constant(graph: gs.Graph, names: UniqueNames, t: gs.Tensor, p: Ten
         raise UnsupportedModelError(f"{t.name}: {len(p.shift)} per-channel shifts do not fit shape "
                                     f"{list(values.shape)} on axis {p.axis}")
     axis = None if not p.per_channel else p.axis % values.ndim
-    q = pow2.quantize(values, p.shift_array, p.bits, p.signed, symmetric=p.kind == "weight", axis=axis)
-    qc = gs.Constant(names.fresh(f"{t.name}_quantized"), np.ascontiguousarray(q.astype(carrier)))
+    q = pow2.quantize(values, p.shift_array, p.bits, p.signed, symmetric=p.kind == "weight", axis=axis,
+                      dtype=carrier)
+    qc = gs.Constant(names.fresh(f"{t.name}_quantized"), np.ascontiguousarray(q))
     scale_c, zp_c = _qparams(graph, names, t.name, p, carrier)
     dq_out = gs.Variable(names.fresh(f"{t.name}_dq"), dtype=np.float32, shape=list(values.shape))
     attrs = {"axis": axis} if axis is not None else {}

@@ -31,7 +31,6 @@ option: +1.1 dB on jacintonet, -0.6 on digits, -0.1 on small_cls. The report run
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import time
@@ -47,6 +46,7 @@ from ..calibration.collect import Progress, collect_stats, runnable
 from ..calibration.stats import HIST_METHODS, METHODS, ChannelMean, TensorStats, choose_shift
 from ..data.images import Preprocess
 from ..errors import InvalidOptionError, UnsupportedModelError, first_line
+from ..memory import release_memory
 from ..graph import const_value, copy_without_graph, export_like, import_graph
 from ..model_io import ModelLike, default_opset, load_model, skeleton
 from ..params import TensorQuant, read_params, write_params
@@ -150,7 +150,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     consts = {t.name: const_value(t) for t in graph.tensors().values() if const_value(t) is not None}
     opset, meta = default_opset(original), copy_without_graph(original)
     del original
-    gc.collect()  # the parsed model is garbage now; return it before calibration allocates
+    release_memory()  # the parsed model is garbage now; return it before calibration allocates
     float_model, float_weights = runnable(graph, meta)
     clock.lap("split weights")
     ctx = _Ctx(cfg, report, plan, consts, given=_given(params, report))
@@ -204,7 +204,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     # Exported last, after the float weights are gone: the peak is then the quantized model, not
     # float weights + quantized model + the report's onnxruntime session together.
     del float_model, float_weights, kept
-    gc.collect()
+    release_memory()
     t0 = clock.last
     quantized = export_like(graph, meta)
     del graph

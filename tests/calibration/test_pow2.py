@@ -143,3 +143,17 @@ def test_weight_mse_shift_equals_the_float64_rule(bits, dtype, axis, log_scale, 
     w[0, 0] = 0
     np.testing.assert_array_equal(pow2.weight_shift(w, bits, axis=axis, method="mse"),
                                   _mse_shift_oracle(w, bits, axis))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), shift=st.integers(-8, 30), bits=st.sampled_from([2, 4, 8, 16]),
+       signed=st.booleans(), magnitude=st.integers(-10, 4))
+def test_float32_quantize_equals_the_float64_oracle(seed, shift, bits, signed, magnitude):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(257) * 10.0**magnitude).astype(np.float32)
+    x[:4] = [0.5 * 2.0**-shift, 1.5 * 2.0**-shift, -2.5 * 2.0**-shift, 1e-40]  # ties and a subnormal
+    qmin, qmax = pow2.int_range(bits, signed)
+    oracle = np.clip(np.rint(x.astype(np.float64) * 2.0**shift), qmin, qmax).astype(np.int64)
+    got = pow2.quantize(x, shift, bits, signed, dtype=np.int32)
+    assert got.dtype == np.int32
+    assert np.array_equal(got, oracle)
