@@ -7,7 +7,8 @@ so every named tensor exists.
 
 Two ways to observe a tensor ``t``:
 
-- *reduced* (no histogram): ``ReduceMin``, ``ReduceMax`` and ``Size`` nodes are added to the graph,
+- *reduced* (no histogram): ``ReduceMin`` (not for ReLU outputs), ``ReduceMax`` and ``Size`` nodes are
+  added to the graph,
   so only scalars leave onnxruntime, which keeps reusing the activation buffers; per batch
   :meth:`TensorStats.update_reduced` gets exactly what :meth:`TensorStats.update` would compute.
   (onnxruntime's ReduceMin/Max may skip a nan; the graph outputs, where a nan ends up, are checked.
@@ -129,20 +130,28 @@ def run_observed(model: onnx.ModelProto, names: list[str], batches: Iterable[tup
 
 def add_stat_nodes(model: onnx.ModelProto, names: list[str], prefix: str = "onnxsq_stat") -> dict[str, list[str]]:
     """Append to ``model`` (in place) the scalar statistics of each float tensor in ``names`` as graph
-    outputs; returns ``{name: [min, max, size output names]}``."""
+    outputs; returns ``{name: [min, max, size output names]}``.
+
+    A ``Relu`` output gets no ``ReduceMin`` (its min output name is ``""``): it is never negative,
+    which is all a minimum decides for it, so its lower bound is recorded as 0 (one pass over the
+    tensor fewer; most observed tensors of a CNN are ReLU outputs).
+    """
     g = model.graph
+    relu = {o for n in g.node if n.op_type == "Relu" for o in n.output}
     out: dict[str, list[str]] = {}
     after: dict[str, list[onnx.NodeProto]] = {}
     for i, t in enumerate(execution_order(model, names)):
         base = f"{prefix}_{i}"
         outs = [f"{base}_{s}" for s in STAT_SUFFIXES]
-        after[t] = [
-            helper.make_node("ReduceMin", [t], [outs[0]], name=f"{base}_ReduceMin", keepdims=0),
-            helper.make_node("ReduceMax", [t], [outs[1]], name=f"{base}_ReduceMax", keepdims=0),
-            helper.make_node("Size", [t], [outs[2]], name=f"{base}_Size"),
-        ]
+        nodes = [helper.make_node("ReduceMax", [t], [outs[1]], name=f"{base}_ReduceMax", keepdims=0),
+                 helper.make_node("Size", [t], [outs[2]], name=f"{base}_Size")]
+        if t in relu:
+            outs[0] = ""
+        else:
+            nodes.insert(0, helper.make_node("ReduceMin", [t], [outs[0]], name=f"{base}_ReduceMin", keepdims=0))
+        after[t] = nodes
         types = (TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.INT64)
-        g.output.extend(helper.make_tensor_value_info(o, ty, []) for o, ty in zip(outs, types))
+        g.output.extend(helper.make_tensor_value_info(o, ty, []) for o, ty in zip(outs, types) if o)
         out[t] = outs
     interleave(model, after)
     return out
@@ -242,15 +251,16 @@ def _observe(model: onnx.ModelProto, names: list[str], batches: Iterable[tuple[d
     outs = add_stat_nodes(augmented, names)
     mean_outs = add_mean_nodes(augmented, means) if means else {}
     session = FedSession(augmented.SerializeToString(), weights)
-    fetch = [o for n in names for o in outs[n]]
+    fetch = [o for n in names for o in outs[n] if o]
     mean_fetch = [o for n in means for o in mean_outs[n]]
     results = [o.name for o in model.graph.output]
-    k = len(STAT_SUFFIXES)
     for feed, n in batches:
         values = session.run(fetch + mean_fetch + results, feed)
-        for i, name in enumerate(names):
-            bmin, bmax, size = values[i * k: i * k + k]
-            _update(name, lambda s: s.update_reduced(int(size), float(bmin), float(bmax)), stats)
+        got = dict(zip(fetch, values))
+        for name in names:
+            lo, hi, size = outs[name]
+            bmin = float(got[lo]) if lo else 0.0  # a ReLU output: never negative (see add_stat_nodes)
+            _update(name, lambda s: s.update_reduced(int(got[size]), bmin, float(got[hi])), stats)
         for i, name in enumerate(means):
             mean, size = values[len(fetch) + 2 * i: len(fetch) + 2 * i + 2]
             per = int(size) // max(int(np.size(mean)), 1)  # values per channel in this batch

@@ -119,6 +119,31 @@ def expand_shape(shift: ArrayLike, ndim: int, axis: int | None) -> np.ndarray:
     return arr.reshape(shape)
 
 
+def power_of_two(shift: ArrayLike, dtype, ndim: int, axis: int | None) -> np.ndarray:
+    """``2**shift`` in ``dtype`` (exact: |shift| <= 60 is a normal number even in float32), shaped to
+    broadcast against an ``ndim``-d tensor along ``axis``."""
+    sh = np.asarray(shift, dtype=np.int64)
+    return expand_shape(np.ldexp(np.ones(sh.shape, dtype), sh), ndim, axis)
+
+
+def round_clipped(buf: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """In place: ``clip(round_half_even(buf), lo, hi)`` for a float32/float64 array, returned.
+
+    Clipping first to the integers ``lo..hi`` gives the same result (rounding is monotonic and keeps
+    integers) and bounds the values, so adding and subtracting ``1.5 * 2**mantissa_bits`` rounds to
+    the nearest integer, ties to even, exactly (IEEE round-to-nearest-even): np.rint measured ~6x
+    slower than one add. Needs ``|lo|, |hi| <= 2**22`` (float32) -- every QDQ integer type up to 16 bits.
+    """
+    np.clip(buf, lo, hi, out=buf)
+    if buf.dtype == np.float32 and max(abs(lo), abs(hi)) > 2**22:
+        np.rint(buf, out=buf)
+        return buf
+    magic = buf.dtype.type(1.5 * 2.0 ** np.finfo(buf.dtype).nmant)
+    buf += magic
+    buf -= magic
+    return buf
+
+
 def quantize(x: np.ndarray, shift: ArrayLike, bits: int, signed: bool, *, symmetric: bool = False,
              axis: int | None = None, dtype=np.int64) -> np.ndarray:
     """Integers ``clip(round_half_even(x * 2**shift))`` as ``dtype``, per-tensor or per-channel on ``axis``.
@@ -129,19 +154,16 @@ def quantize(x: np.ndarray, shift: ArrayLike, bits: int, signed: bool, *, symmet
     """
     qmin, qmax = int_range(bits, signed, symmetric=symmetric)
     arr = np.asarray(x)
-    xw = np.asarray(arr, dtype=np.float32 if arr.dtype == np.float32 and bits <= 16 else np.float64)
-    sh = expand_shape(shift, xw.ndim, axis).astype(np.int64)
-    q = np.ldexp(xw, sh)
-    np.rint(q, out=q)  # round half to even, like QuantizeLinear
-    np.clip(q, qmin, qmax, out=q)
-    return q.astype(dtype)
+    small = bits <= 16 and int(np.max(np.abs(np.asarray(shift)), initial=0)) <= 100  # 2**shift normal in float32
+    xw = np.asarray(arr, dtype=np.float32 if arr.dtype == np.float32 and small else np.float64)
+    q = np.multiply(xw, power_of_two(shift, xw.dtype, xw.ndim, axis))  # exact; np.ldexp is ~10x slower
+    return round_clipped(q, qmin, qmax).astype(dtype)
 
 
 def dequantize(q: np.ndarray, shift: ArrayLike, *, axis: int | None = None, dtype=np.float32) -> np.ndarray:
     """``q * 2**-shift`` (exact for |q| < 2**24 in float32)."""
     q64 = np.asarray(q, dtype=np.float64)
-    sh = expand_shape(shift, q64.ndim, axis).astype(np.int64)
-    return np.ldexp(q64, -sh).astype(dtype)
+    return np.multiply(q64, power_of_two(-np.asarray(shift), np.float64, q64.ndim, axis)).astype(dtype)
 
 
 def fake_quantize(x: np.ndarray, shift: ArrayLike, bits: int, signed: bool, *, symmetric: bool = False,
@@ -186,11 +208,9 @@ def weight_shift(w: np.ndarray, bits: int, *, axis: int | None = None, method: s
     buf = np.empty(x.shape, dtype=work)
     for extra in range(candidates + 1):
         shift = np.minimum(np.asarray(base) + extra, MAX_SHIFT)
-        up = expand_shape(np.ldexp(np.ones(shift.shape, work), shift), x.ndim, axis)
-        down = expand_shape(np.ldexp(np.ones(shift.shape, work), -shift), x.ndim, axis)
+        up, down = power_of_two(shift, work, x.ndim, axis), power_of_two(-shift, work, x.ndim, axis)
         np.multiply(x, up, out=buf)
-        np.rint(buf, out=buf)
-        np.clip(buf, -qmax, qmax, out=buf)
+        round_clipped(buf, -qmax, qmax)
         np.multiply(buf, down, out=buf)
         np.subtract(x, buf, out=buf)  # exact (see above)
         sq = np.square(buf, dtype=np.float64)

@@ -19,6 +19,8 @@ raises the opset when it must; this function only checks.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -58,11 +60,13 @@ def insert_qdq(model: onnx.ModelProto, params: dict[str, TensorQuant]) -> onnx.M
     return export_like(graph, model)
 
 
-def insert_qdq_graph(graph: gs.Graph, params: dict[str, TensorQuant], opset: int) -> None:
+def insert_qdq_graph(graph: gs.Graph, params: dict[str, TensorQuant], opset: int,
+                     quantized: Mapping[str, np.ndarray] | None = None) -> None:
     """:func:`insert_qdq` on an onnx-graphsurgeon graph of default-domain ``opset``, in place.
 
     Quantized constants replace the float ones in the graph; the float arrays themselves are not
-    modified (a caller may still hold and use them).
+    modified (a caller may still hold and use them). ``quantized``: integer arrays the caller already
+    computed (:func:`onnxsq.calibration.pow2.quantize` with the same parameters), used as they are.
     """
     need, why = required_opset(params)
     if opset < need:
@@ -74,7 +78,7 @@ def insert_qdq_graph(graph: gs.Graph, params: dict[str, TensorQuant], opset: int
         if t is None:
             raise UnsupportedModelError(f"cannot quantize {name!r}: no such tensor in the model")
         if is_const(t):
-            _quantize_constant(graph, names, t, p)
+            _quantize_constant(graph, names, t, p, (quantized or {}).get(name))
         else:
             if p.per_channel:
                 raise UnsupportedModelError(f"{name}: per-channel parameters for an activation are not supported")
@@ -124,7 +128,8 @@ def _insert_pair(graph: gs.Graph, names: UniqueNames, t: gs.Variable, p: TensorQ
                                inputs=[qv, scale_c, zp_c], outputs=[dq_out]))
 
 
-def _quantize_constant(graph: gs.Graph, names: UniqueNames, t: gs.Tensor, p: TensorQuant) -> None:
+def _quantize_constant(graph: gs.Graph, names: UniqueNames, t: gs.Tensor, p: TensorQuant,
+                       q: np.ndarray | None = None) -> None:
     values = np.asarray(const_value(t))
     if values.dtype != np.float32:
         raise UnsupportedModelError(f"{t.name}: only float32 constants are quantized (it is {values.dtype})")
@@ -134,8 +139,9 @@ def _quantize_constant(graph: gs.Graph, names: UniqueNames, t: gs.Tensor, p: Ten
         raise UnsupportedModelError(f"{t.name}: {len(p.shift)} per-channel shifts do not fit shape "
                                     f"{list(values.shape)} on axis {p.axis}")
     axis = None if not p.per_channel else p.axis % values.ndim
-    q = pow2.quantize(values, p.shift_array, p.bits, p.signed, symmetric=p.kind == "weight", axis=axis,
-                      dtype=carrier)
+    if q is None or q.shape != values.shape or q.dtype != carrier:
+        q = pow2.quantize(values, p.shift_array, p.bits, p.signed, symmetric=p.kind == "weight", axis=axis,
+                          dtype=carrier)
     qc = gs.Constant(names.fresh(f"{t.name}_quantized"), np.ascontiguousarray(q))
     scale_c, zp_c = _qparams(graph, names, t.name, p, carrier)
     dq_out = gs.Variable(names.fresh(f"{t.name}_dq"), dtype=np.float32, shape=list(values.shape))

@@ -51,7 +51,7 @@ from ..graph import const_value, copy_without_graph, export_like, import_graph
 from ..model_io import ModelLike, default_opset, load_model, skeleton
 from ..params import TensorQuant, read_params, write_params
 from ..report import Report
-from .qdq_insert import insert_qdq_graph
+from .qdq_insert import carrier_dtype, insert_qdq_graph
 from .qdq_placement import Plan, plan_qdq
 from .quantize_bias import correct_bias, means_wanted
 from .quantize_eval import evaluate
@@ -114,6 +114,7 @@ class _Ctx:
     given: dict[str, TensorQuant] = field(default_factory=dict)
     means: dict[str, ChannelMean] = field(default_factory=dict)  # inputs of bias-corrected layers
     corrected: dict[str, np.ndarray] = field(default_factory=dict)  # bias name → corrected float values
+    qweights: dict[str, np.ndarray] = field(default_factory=dict)  # weight name → its integers (computed once)
 
 
 def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | None = None,
@@ -185,7 +186,8 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     ctx.consts = consts = {}
     ctx.corrected = {}
     clock.lap("resolve")
-    insert_qdq_graph(graph, tparams, opset)
+    insert_qdq_graph(graph, tparams, opset, ctx.qweights)
+    ctx.qweights = {}
     if kept:
         q_model, q_weights = runnable(graph, meta)
     clock.lap("insert qdq")
@@ -365,7 +367,7 @@ def resolve_params(ctx: _Ctx) -> dict[str, TensorQuant]:
             out[use.weight] = _weight_params(ctx, use.weight, next(iter(axes[use.weight])) if len(axes[use.weight]) == 1
                                              else None)
         if use.bias is not None:
-            corr = correct_bias(use, out[use.weight], ctx.consts, ctx.given, ctx.means)
+            corr = correct_bias(use, out[use.weight], ctx.consts, ctx.given, ctx.means, ctx.qweights.get(use.weight))
             if corr is not None:
                 ctx.corrected[use.bias] = ctx.consts[use.bias]
             out[use.bias] = _bias_params(ctx, use.bias, out[use.input], out[use.weight], use.bias_axis)
@@ -384,6 +386,9 @@ def _weight_params(ctx: _Ctx, name: str, axis: int | None) -> TensorQuant:
         return TensorQuant(name, "weight", g.bits, True, g.shift, g.axis if g.per_channel else None, rng,
                            g.estimator or "params file")
     shift = pow2.weight_shift(w, ctx.cfg.wbits, axis=axis, method=ctx.cfg.weight_method)
+    if w.dtype == np.float32:  # what insert_qdq_graph writes; bias correction reads it too
+        ctx.qweights[name] = pow2.quantize(w, shift, ctx.cfg.wbits, True, symmetric=True, axis=axis,
+                                           dtype=carrier_dtype(ctx.cfg.wbits, True))
     return TensorQuant(name, "weight", ctx.cfg.wbits, True, shift.tolist() if axis is not None else int(shift),
                        axis, rng, ctx.cfg.weight_method)
 

@@ -52,37 +52,43 @@ def mean_axis(use: WeightUse, rank: int | None) -> tuple[int | None, str | None]
     return 1, None
 
 
-def weight_error(w: np.ndarray, p: TensorQuant) -> np.ndarray:
+def weight_error(w: np.ndarray, p: TensorQuant, q: np.ndarray | None = None) -> np.ndarray:
     """``dW``: what the DequantizeLinear of ``w`` yields minus ``w``, exactly, in ``w``'s float type.
 
     Exact in float32 for the reason :func:`onnxsq.calibration.pow2.weight_shift` gives (scaling by a
     power of two is exact, and so is the difference of a weight and its rounding); one buffer, in place.
+    ``q``: ``w``'s integers if already computed (the same values this would round to).
     """
     work = np.float32 if w.dtype in (np.float16, np.float32) else np.float64
     x = np.asarray(w, dtype=work)
     axis = p.axis % w.ndim if p.per_channel and p.axis is not None else None
-    qmax = pow2.int_range(p.bits, True, symmetric=True)[1]
     shift = p.shift_array
-    up = pow2.expand_shape(np.ldexp(np.ones(shift.shape, work), shift), x.ndim, axis)
-    down = pow2.expand_shape(np.ldexp(np.ones(shift.shape, work), -shift), x.ndim, axis)
-    buf = np.multiply(x, up)
-    np.rint(buf, out=buf)
-    np.clip(buf, -qmax, qmax, out=buf)
+    down = pow2.power_of_two(-shift, work, x.ndim, axis)
+    if q is not None and q.shape == x.shape:
+        buf = q.astype(work)
+    else:
+        qmax = pow2.int_range(p.bits, True, symmetric=True)[1]
+        buf = np.multiply(x, pow2.power_of_two(shift, work, x.ndim, axis))
+        pow2.round_clipped(buf, -qmax, qmax)
     np.multiply(buf, down, out=buf)
     np.subtract(buf, x, out=buf)
     return buf
 
 
-def output_error(use: WeightUse, w: np.ndarray, p: TensorQuant, mu: np.ndarray) -> np.ndarray:
+def output_error(use: WeightUse, w: np.ndarray, p: TensorQuant, mu: np.ndarray,
+                 q: np.ndarray | None = None) -> np.ndarray:
     """``E[dW x]`` per output channel (float64) for input channel means ``mu``."""
-    dw = weight_error(w, p)
+    dw = weight_error(w, p, q)
     mu = np.asarray(mu, np.float64)
     group = int(use.attrs.get("group", 1))
     if use.op == "Conv":
         out_c, per_group = dw.shape[0], dw.shape[1]
-        taps = dw.reshape(out_c, per_group, -1).sum(axis=2, dtype=np.float64)  # O × C/g
-        chan = (np.arange(out_c)[:, None] // (out_c // group)) * per_group + np.arange(per_group)[None, :]
-        return (taps * mu[chan]).sum(axis=1)
+        per_tap = dw.reshape(out_c, per_group, -1)
+        # O × C/g; a 1x1 kernel needs no sum (numpy reduces a length-1 axis element by element, slowly)
+        taps = per_tap[:, :, 0].astype(np.float64) if per_tap.shape[2] == 1 else per_tap.sum(axis=2, dtype=np.float64)
+        # output channel o of group g reads input channels g*C/g .. (g+1)*C/g - 1
+        return np.einsum("goc,gc->go", taps.reshape(group, out_c // group, per_group),
+                         mu.reshape(group, per_group)).reshape(out_c)
     if use.op == "ConvTranspose":
         in_c, out_g = dw.shape[0], dw.shape[1]
         strides = use.attrs.get("strides") or [1] * (dw.ndim - 2)
@@ -116,7 +122,7 @@ def means_wanted(weights: Iterable[Any], given: Mapping[str, TensorQuant], graph
 
 
 def correct_bias(use: Any, wp: TensorQuant, consts: dict[str, np.ndarray], given: Mapping[str, TensorQuant],
-                 means: Mapping[str, ChannelMean]) -> list[float] | None:
+                 means: Mapping[str, ChannelMean], q: np.ndarray | None = None) -> list[float] | None:
     """Replace ``use.bias``'s values in ``consts`` by the corrected ones;
     a given bias brings its correction along (a parameters file reproduces the model). Returns it."""
     b = consts[use.bias]
@@ -131,7 +137,7 @@ def correct_bias(use: Any, wp: TensorQuant, consts: dict[str, np.ndarray], given
         if mu is None:
             return None
         try:
-            e = output_error(use, consts[use.weight], wp, mu)
+            e = output_error(use, consts[use.weight], wp, mu, q)
         except (ValueError, IndexError) as exc:  # channel counts that do not line up: leave the bias alone
             use.notes.append(f"no bias correction: {exc}")
             return None

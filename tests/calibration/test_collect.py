@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from onnxsq.calibration import pow2
-from onnxsq.calibration.collect import FedSession, collect_stats, run_observed, runnable
+from onnxsq.calibration.collect import FedSession, add_stat_nodes, collect_stats, run_observed, runnable
 from onnxsq.calibration.stats import TensorStats
 from onnxsq.errors import DataError
 from onnxsq.graph import copy_without_graph, import_graph
@@ -43,6 +43,21 @@ def test_reduced_statistics_equal_numpy_statistics(net):
     for n in NAMES:
         got, want = reduced[n].to_dict(), oracle[n].to_dict()
         assert got == want, n  # min/max are exact, so equality is exact
+
+
+def test_relu_outputs_get_no_reduce_min(net):
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(net)
+    relu = {o for n in m.graph.node if n.op_type == "Relu" for o in n.output}
+    assert relu & set(NAMES) and set(NAMES) - relu
+    outs = add_stat_nodes(m, NAMES)
+    mins = {n.input[0] for n in m.graph.node if n.op_type == "ReduceMin"}
+    maxs = {n.input[0] for n in m.graph.node if n.op_type == "ReduceMax"}
+    assert maxs == set(NAMES)
+    assert mins == set(NAMES) - relu
+    assert all((outs[t][0] == "") == (t in relu) for t in NAMES)
 
 
 def test_histogram_path_feeds_weights_from_numpy(net):

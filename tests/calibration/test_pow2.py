@@ -157,3 +157,14 @@ def test_float32_quantize_equals_the_float64_oracle(seed, shift, bits, signed, m
     got = pow2.quantize(x, shift, bits, signed, dtype=np.int32)
     assert got.dtype == np.int32
     assert np.array_equal(got, oracle)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_clipped_equals_rint_then_clip(dtype):
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.standard_normal(10000) * 200, np.arange(-300, 300) + 0.5, [-0.5, 0.5, -0.0, 1e-30,
+                        np.inf, -np.inf, 2.0**40, -(2.0**40)]]).astype(dtype)
+    for lo, hi in ((-127, 127), (0, 255), (-128, 127), (-32768, 32767)):
+        want = np.clip(np.rint(x), lo, hi)
+        got = pow2.round_clipped(x.copy(), lo, hi)
+        assert np.array_equal(got, want), (lo, hi)
