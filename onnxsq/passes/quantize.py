@@ -62,6 +62,7 @@ PASS_NAME = "quantize"
 DEFAULT_METHOD = "minmax"  # activations; see the module docstring for the measurement
 IR_FOR_OPSET = {10: 5, 11: 6, 12: 7, 13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
 MAX_IR = 10  # what onnxruntime 1.19 loads
+RELEASE_BYTES = 32 << 20  # weights from this size on: return freed memory to the OS between phases
 
 
 @dataclass
@@ -151,7 +152,9 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     consts = {t.name: const_value(t) for t in graph.tensors().values() if const_value(t) is not None}
     opset, meta = default_opset(original), copy_without_graph(original)
     del original
-    release_memory()  # the parsed model is garbage now; return it before calibration allocates
+    large = sum(v.nbytes for v in consts.values()) >= RELEASE_BYTES
+    if large:  # a full garbage collection costs ~15 ms: only worth it when there is much to hand back
+        release_memory()  # the parsed model is garbage now; return it before calibration allocates
     float_model, float_weights = runnable(graph, meta)
     clock.lap("split weights")
     ctx = _Ctx(cfg, report, plan, consts, given=_given(params, report))
@@ -206,7 +209,8 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     # Exported last, after the float weights are gone: the peak is then the quantized model, not
     # float weights + quantized model + the report's onnxruntime session together.
     del float_model, float_weights, kept
-    release_memory()
+    if large:
+        release_memory()
     t0 = clock.last
     quantized = export_like(graph, meta)
     del graph
