@@ -26,7 +26,17 @@ on held-out data (accuracy = float), for one ReduceMean per layer input in the c
 Activations use min/max: with bias correction, the histogram MSE shift gained 0.0 (digits), +0.4
 (jacintonet), -0.2 dB (small_cls) for about 1.5× the calibration time. Per-channel weights stay an
 option: +1.1 dB on jacintonet, -0.6 on digits, -0.1 on small_cls. The report runs on 4 samples
-(each costs about two float inferences: 8 samples took ~1.2 s of 4 s on the ResNet-50-sized model).
+(each costs about two float inferences: ~0.6 s of 3.2 s on the ResNet-50-sized model).
+
+Time and memory (ResNet-50-sized, 32 samples, 2 cores; ``bench/bench_quantize.py``): calibration is
+~70% of the time and is onnxruntime running the model (32 x ~60 ms; the statistics nodes add ~10%).
+The rest is kept small by working once per weight in float32 where that is exact (integers computed
+once for bias correction and QDQ; see :mod:`onnxsq.calibration.pow2`), by reading and writing the
+model piece by piece (:mod:`onnxsq.proto_stream`), and by returning freed memory to the OS between
+phases (:mod:`onnxsq.memory`). Tried and dropped: a session holding the weights (onnxruntime's NCHWc
+convolutions run ~40% faster, but it holds 2.5x the weights and the statistics nodes then need layout
+reorders: calibration only 16% faster), larger calibration batches (no faster on CPU), and computing
+weight shifts in a thread beside calibration (the two cores are busy already).
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -43,18 +53,22 @@ import onnx_graphsurgeon as gs
 
 from ..calibration import pow2, sources
 from ..calibration.collect import Progress, collect_stats, runnable
-from ..calibration.stats import HIST_METHODS, METHODS, ChannelMean, TensorStats, choose_shift
+from ..calibration.stats import (
+    HIST_METHODS,
+    METHODS,
+)
 from ..data.images import Preprocess
 from ..errors import InvalidOptionError, UnsupportedModelError, first_line
-from ..memory import release_memory
 from ..graph import const_value, copy_without_graph, export_like, import_graph
+from ..memory import release_memory
 from ..model_io import ModelLike, default_opset, load_model, skeleton
 from ..params import TensorQuant, read_params, write_params
 from ..report import Report
-from .qdq_insert import carrier_dtype, insert_qdq_graph
-from .qdq_placement import Plan, plan_qdq
-from .quantize_bias import correct_bias, means_wanted
+from .qdq_insert import insert_qdq_graph
+from .qdq_placement import plan_qdq
+from .quantize_bias import means_wanted
 from .quantize_eval import evaluate
+from .quantize_params import QuantizeContext, known_clipped, resolve_params
 
 log = logging.getLogger(__name__)
 
@@ -105,19 +119,6 @@ class QuantizeConfig:
         return self.weight_bits or self.bits
 
 
-@dataclass
-class _Ctx:
-    cfg: QuantizeConfig
-    report: Report
-    plan: Plan
-    consts: dict[str, np.ndarray]
-    stats: dict[str, TensorStats] = field(default_factory=dict)
-    given: dict[str, TensorQuant] = field(default_factory=dict)
-    means: dict[str, ChannelMean] = field(default_factory=dict)  # inputs of bias-corrected layers
-    corrected: dict[str, np.ndarray] = field(default_factory=dict)  # bias name → corrected float values
-    qweights: dict[str, np.ndarray] = field(default_factory=dict)  # weight name → its integers (computed once)
-
-
 def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | None = None,
              params: str | os.PathLike | Mapping[str, TensorQuant] | None = None,
              progress: Progress | None = None, params_out: str | os.PathLike | None = None
@@ -157,7 +158,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
         release_memory()  # the parsed model is garbage now; return it before calibration allocates
     float_model, float_weights = runnable(graph, meta)
     clock.lap("split weights")
-    ctx = _Ctx(cfg, report, plan, consts, given=_given(params, report))
+    ctx = QuantizeContext(cfg, report, plan, consts, given=_given(params, report))
     if not plan.activations and not plan.weights:
         report.warnings.append("nothing to quantize: no Conv, ConvTranspose, Gemm, MatMul, Add or Concat "
                                "with float32 data")
@@ -201,7 +202,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     evaluation = None
     if kept:
         evaluation = evaluate(float_model, q_model, plan.activations, tparams, kept, progress=progress,
-                              float_weights=float_weights, q_weights=q_weights, clipped=_known_clipped(ctx, tparams))
+                              float_weights=float_weights, q_weights=q_weights, clipped=known_clipped(ctx, tparams))
         del q_model, q_weights
         clock.lap("report")
     elif cfg.report_samples > 0:
@@ -297,21 +298,6 @@ def _ensure_opset(model: onnx.ModelProto, report: Report, cfg: QuantizeConfig) -
     return converted
 
 
-def _known_clipped(ctx: _Ctx, tparams: dict[str, TensorQuant]) -> dict[str, float]:
-    """Clipped fractions over every calibration sample, where the statistics tell (the report then
-    does not count them again)."""
-    out = {}
-    for t, st in ctx.stats.items():
-        p = tparams.get(t)
-        if p is None or t in ctx.given or p.kind != "activation":
-            continue
-        qmin, qmax = pow2.int_range(p.bits, p.signed)
-        frac = st.clipped_fraction((qmin - 0.5) * float(p.scale), (qmax + 0.5) * float(p.scale))
-        if frac is not None:
-            out[t] = frac
-    return out
-
-
 def _given(params: Any, report: Report) -> dict[str, TensorQuant]:
     if params is None:
         return {}
@@ -320,110 +306,13 @@ def _given(params: Any, report: Report) -> dict[str, TensorQuant]:
     return given
 
 
-def _group_signed(ctx: _Ctx, members: list[str]) -> bool:
-    for m in members:
-        if m in ctx.given:
-            if ctx.given[m].signed:
-                return True
-        elif m in ctx.consts:
-            if float(np.min(ctx.consts[m])) < 0:
-                return True
-        elif m in ctx.stats and not ctx.stats[m].nonnegative:
-            return True
-    return False
-
-
-def _member_shift(ctx: _Ctx, m: str, signed: bool) -> tuple[int, tuple[float, float] | None, str]:
-    bits = ctx.cfg.bits
-    if m in ctx.given:
-        g = ctx.given[m]
-        return int(np.min(g.shift_array)), g.observed_range, g.estimator or "params file"
-    if m in ctx.consts:
-        v = ctx.consts[m].astype(np.float64)
-        lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
-        return int(pow2.fit_shift(min(lo, 0.0) if signed else 0.0, max(hi, 0.0), bits, signed)), (lo, hi), "values"
-    st = ctx.stats.get(m)
-    if st is None or st.batches == 0:
-        return bits - 1, None, "no data"
-    shift, _ = choose_shift(st, ctx.cfg.method, bits, percentile=ctx.cfg.percentile, signed=signed)
-    return shift, (st.min, st.max), ctx.cfg.method
-
-
-def resolve_params(ctx: _Ctx) -> dict[str, TensorQuant]:
-    """Every planned tensor's parameters: shared-scale groups, then weights, then int32 biases."""
-    plan, cfg, out = ctx.plan, ctx.cfg, {}
-    for root in plan.group_roots():
-        members = plan.members(root)
-        signed = _group_signed(ctx, members)
-        found = {m: _member_shift(ctx, m, signed) for m in members}
-        shift = min(s for s, _, _ in found.values())
-        bits = next((ctx.given[m].bits for m in members if m in ctx.given), cfg.bits)
-        for m, (s, rng, how) in found.items():
-            if m in ctx.given and (s != shift or ctx.given[m].signed != signed):
-                ctx.report.warnings.append(f"{m}: given shift {s} changed to {shift} (signed={signed}): it shares "
-                                           f"one scale with {', '.join(x for x in members if x != m)}")
-            out[m] = TensorQuant(m, "activation", bits, signed, shift, None, rng, how)
-    axes: dict[str, set] = {}
-    for use in plan.weights:
-        axes.setdefault(use.weight, set()).add(use.axis)
-    for use in plan.weights:
-        if use.weight not in out:
-            out[use.weight] = _weight_params(ctx, use.weight, next(iter(axes[use.weight])) if len(axes[use.weight]) == 1
-                                             else None)
-        if use.bias is not None:
-            corr = correct_bias(use, out[use.weight], ctx.consts, ctx.given, ctx.means, ctx.qweights.get(use.weight))
-            if corr is not None:
-                ctx.corrected[use.bias] = ctx.consts[use.bias]
-            out[use.bias] = _bias_params(ctx, use.bias, out[use.input], out[use.weight], use.bias_axis)
-            out[use.bias].correction = corr
-    return out
-
-
-def _weight_params(ctx: _Ctx, name: str, axis: int | None) -> TensorQuant:
-    w = ctx.consts[name]
-    rng = (float(w.min()), float(w.max())) if w.size else (0.0, 0.0)
-    g = ctx.given.get(name)
-    if g is not None:
-        if g.per_channel and (g.axis is None or w.ndim == 0 or len(g.shift) != w.shape[g.axis]):
-            raise InvalidOptionError(f"parameters for weight {name!r}: {len(g.shift)} shifts do not fit its shape "
-                                     f"{list(w.shape)}")
-        return TensorQuant(name, "weight", g.bits, True, g.shift, g.axis if g.per_channel else None, rng,
-                           g.estimator or "params file")
-    shift = pow2.weight_shift(w, ctx.cfg.wbits, axis=axis, method=ctx.cfg.weight_method)
-    if w.dtype == np.float32:  # what insert_qdq_graph writes; bias correction reads it too
-        ctx.qweights[name] = pow2.quantize(w, shift, ctx.cfg.wbits, True, symmetric=True, axis=axis,
-                                           dtype=carrier_dtype(ctx.cfg.wbits, True))
-    return TensorQuant(name, "weight", ctx.cfg.wbits, True, shift.tolist() if axis is not None else int(shift),
-                       axis, rng, ctx.cfg.weight_method)
-
-
-def _bias_params(ctx: _Ctx, name: str, x: TensorQuant, w: TensorQuant, axis: int | None) -> TensorQuant:
-    b = ctx.consts[name]
-    shift = pow2.bias_shift(int(x.shift), w.shift_array if w.per_channel else int(w.shift))
-    per = isinstance(shift, np.ndarray)
-    if per:
-        # per-channel weights (from --per-channel or a parameters file): the bias follows its last axis
-        axis = b.ndim - 1 if axis is None else axis
-        if b.ndim == 0 or b.shape[axis] != shift.size:
-            raise InvalidOptionError(f"bias {name} (shape {list(b.shape)}) cannot follow the {shift.size} "
-                                     f"per-channel scales of weight {w.name}")
-    q = np.rint(np.ldexp(b.astype(np.float64), pow2.expand_shape(shift, b.ndim, axis) if per else shift))
-    if q.size and float(np.max(np.abs(q))) > 2**31 - 1:
-        ctx.report.warnings.append(f"bias {name}: values saturate int32 at shift {np.max(shift)} (clipped)")
-    if name in ctx.given and ctx.given[name].shift != (shift.tolist() if per else shift):
-        ctx.report.warnings.append(f"bias {name}: the given shift is ignored; a bias always takes shift_in + shift_w")
-    rng = (float(b.min()), float(b.max())) if b.size else (0.0, 0.0)
-    return TensorQuant(name, "bias", 32, True, shift.tolist() if per else int(shift), axis if per else None, rng,
-                       "scale_in*scale_w")
-
-
 def _shift_text(p: TensorQuant) -> Any:
     if not p.per_channel:
         return int(p.shift)
     return f"{min(p.shift)}..{max(p.shift)}"
 
 
-def _fill_report(ctx: _Ctx, tparams: dict[str, TensorQuant], ev: Any, samples: int, seconds: float) -> None:
+def _fill_report(ctx: QuantizeContext, tparams: dict[str, TensorQuant], ev: Any, samples: int, seconds: float) -> None:
     report, plan, cfg = ctx.report, ctx.plan, ctx.cfg
     weights = {u.node: u for u in plan.weights}
     for entry in plan.layers:

@@ -1,0 +1,149 @@
+"""Parameters of every tensor :func:`onnxsq.passes.quantize.quantize` plans: shared-scale groups of
+activations (the coarsest member's shift, so every member fits), weights (MSE shift by default), and
+int32 biases at ``scale_in * scale_w`` with bias correction. Given parameters (a parameters file, QAT)
+take precedence; a given shift that a shared-scale group must change is warned about by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..calibration import pow2
+from ..calibration.stats import ChannelMean, TensorStats, choose_shift
+from ..errors import InvalidOptionError
+from ..params import TensorQuant
+from ..report import Report
+from .qdq_insert import carrier_dtype
+from .qdq_placement import Plan
+from .quantize_bias import correct_bias
+
+if TYPE_CHECKING:
+    from .quantize import QuantizeConfig
+
+
+@dataclass
+class QuantizeContext:
+    cfg: QuantizeConfig
+    report: Report
+    plan: Plan
+    consts: dict[str, np.ndarray]
+    stats: dict[str, TensorStats] = field(default_factory=dict)
+    given: dict[str, TensorQuant] = field(default_factory=dict)
+    means: dict[str, ChannelMean] = field(default_factory=dict)  # inputs of bias-corrected layers
+    corrected: dict[str, np.ndarray] = field(default_factory=dict)  # bias name → corrected float values
+    qweights: dict[str, np.ndarray] = field(default_factory=dict)  # weight name → its integers (computed once)
+
+
+def known_clipped(ctx: QuantizeContext, tparams: dict[str, TensorQuant]) -> dict[str, float]:
+    """Clipped fractions over every calibration sample, where the statistics tell (the report then
+    does not count them again)."""
+    out = {}
+    for t, st in ctx.stats.items():
+        p = tparams.get(t)
+        if p is None or t in ctx.given or p.kind != "activation":
+            continue
+        qmin, qmax = pow2.int_range(p.bits, p.signed)
+        frac = st.clipped_fraction((qmin - 0.5) * float(p.scale), (qmax + 0.5) * float(p.scale))
+        if frac is not None:
+            out[t] = frac
+    return out
+
+
+def _group_signed(ctx: QuantizeContext, members: list[str]) -> bool:
+    for m in members:
+        if m in ctx.given:
+            if ctx.given[m].signed:
+                return True
+        elif m in ctx.consts:
+            if float(np.min(ctx.consts[m])) < 0:
+                return True
+        elif m in ctx.stats and not ctx.stats[m].nonnegative:
+            return True
+    return False
+
+
+def _member_shift(ctx: QuantizeContext, m: str, signed: bool) -> tuple[int, tuple[float, float] | None, str]:
+    bits = ctx.cfg.bits
+    if m in ctx.given:
+        g = ctx.given[m]
+        return int(np.min(g.shift_array)), g.observed_range, g.estimator or "params file"
+    if m in ctx.consts:
+        v = ctx.consts[m].astype(np.float64)
+        lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+        return int(pow2.fit_shift(min(lo, 0.0) if signed else 0.0, max(hi, 0.0), bits, signed)), (lo, hi), "values"
+    st = ctx.stats.get(m)
+    if st is None or st.batches == 0:
+        return bits - 1, None, "no data"
+    shift, _ = choose_shift(st, ctx.cfg.method, bits, percentile=ctx.cfg.percentile, signed=signed)
+    return shift, (st.min, st.max), ctx.cfg.method
+
+
+def resolve_params(ctx: QuantizeContext) -> dict[str, TensorQuant]:
+    """Every planned tensor's parameters: shared-scale groups, then weights, then int32 biases."""
+    plan, cfg, out = ctx.plan, ctx.cfg, {}
+    for root in plan.group_roots():
+        members = plan.members(root)
+        signed = _group_signed(ctx, members)
+        found = {m: _member_shift(ctx, m, signed) for m in members}
+        shift = min(s for s, _, _ in found.values())
+        bits = next((ctx.given[m].bits for m in members if m in ctx.given), cfg.bits)
+        for m, (s, rng, how) in found.items():
+            if m in ctx.given and (s != shift or ctx.given[m].signed != signed):
+                ctx.report.warnings.append(f"{m}: given shift {s} changed to {shift} (signed={signed}): it shares "
+                                           f"one scale with {', '.join(x for x in members if x != m)}")
+            out[m] = TensorQuant(m, "activation", bits, signed, shift, None, rng, how)
+    axes: dict[str, set] = {}
+    for use in plan.weights:
+        axes.setdefault(use.weight, set()).add(use.axis)
+    for use in plan.weights:
+        if use.weight not in out:
+            out[use.weight] = _weight_params(ctx, use.weight, next(iter(axes[use.weight])) if len(axes[use.weight]) == 1
+                                             else None)
+        if use.bias is not None:
+            corr = correct_bias(use, out[use.weight], ctx.consts, ctx.given, ctx.means, ctx.qweights.get(use.weight))
+            if corr is not None:
+                ctx.corrected[use.bias] = ctx.consts[use.bias]
+            out[use.bias] = _bias_params(ctx, use.bias, out[use.input], out[use.weight], use.bias_axis)
+            out[use.bias].correction = corr
+    return out
+
+
+def _weight_params(ctx: QuantizeContext, name: str, axis: int | None) -> TensorQuant:
+    w = ctx.consts[name]
+    rng = (float(w.min()), float(w.max())) if w.size else (0.0, 0.0)
+    g = ctx.given.get(name)
+    if g is not None:
+        if g.per_channel and (g.axis is None or w.ndim == 0 or len(g.shift) != w.shape[g.axis]):
+            raise InvalidOptionError(f"parameters for weight {name!r}: {len(g.shift)} shifts do not fit its shape "
+                                     f"{list(w.shape)}")
+        return TensorQuant(name, "weight", g.bits, True, g.shift, g.axis if g.per_channel else None, rng,
+                           g.estimator or "params file")
+    shift = pow2.weight_shift(w, ctx.cfg.wbits, axis=axis, method=ctx.cfg.weight_method)
+    if w.dtype == np.float32:  # what insert_qdq_graph writes; bias correction reads it too
+        ctx.qweights[name] = pow2.quantize(w, shift, ctx.cfg.wbits, True, symmetric=True, axis=axis,
+                                           dtype=carrier_dtype(ctx.cfg.wbits, True))
+    return TensorQuant(name, "weight", ctx.cfg.wbits, True, shift.tolist() if axis is not None else int(shift),
+                       axis, rng, ctx.cfg.weight_method)
+
+
+def _bias_params(ctx: QuantizeContext, name: str, x: TensorQuant, w: TensorQuant, axis: int | None) -> TensorQuant:
+    b = ctx.consts[name]
+    shift = pow2.bias_shift(int(x.shift), w.shift_array if w.per_channel else int(w.shift))
+    per = isinstance(shift, np.ndarray)
+    if per:
+        # per-channel weights (from --per-channel or a parameters file): the bias follows its last axis
+        axis = b.ndim - 1 if axis is None else axis
+        if b.ndim == 0 or b.shape[axis] != shift.size:
+            raise InvalidOptionError(f"bias {name} (shape {list(b.shape)}) cannot follow the {shift.size} "
+                                     f"per-channel scales of weight {w.name}")
+    q = np.rint(np.ldexp(b.astype(np.float64), pow2.expand_shape(shift, b.ndim, axis) if per else shift))
+    if q.size and float(np.max(np.abs(q))) > 2**31 - 1:
+        ctx.report.warnings.append(f"bias {name}: values saturate int32 at shift {np.max(shift)} (clipped)")
+    if name in ctx.given and ctx.given[name].shift != (shift.tolist() if per else shift):
+        ctx.report.warnings.append(f"bias {name}: the given shift is ignored; a bias always takes shift_in + shift_w")
+    rng = (float(b.min()), float(b.max())) if b.size else (0.0, 0.0)
+    return TensorQuant(name, "bias", 32, True, shift.tolist() if per else int(shift), axis if per else None, rng,
+                       "scale_in*scale_w")
