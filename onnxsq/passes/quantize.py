@@ -53,10 +53,7 @@ import onnx_graphsurgeon as gs
 
 from ..calibration import pow2, sources
 from ..calibration.collect import Progress, collect_stats, runnable
-from ..calibration.stats import (
-    HIST_METHODS,
-    METHODS,
-)
+from ..calibration.stats import HIST_METHODS, METHODS
 from ..data.images import Preprocess
 from ..errors import InvalidOptionError, UnsupportedModelError, first_line
 from ..graph import const_value, copy_without_graph, export_like, import_graph

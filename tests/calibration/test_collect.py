@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from onnxsq.calibration import pow2
-from onnxsq.calibration.collect import FedSession, add_stat_nodes, collect_stats, run_observed, runnable
+from onnxsq.calibration.collect import (
+    FedSession,
+    add_stat_nodes,
+    collect_stats,
+    run_observed,
+    runnable,
+)
 from onnxsq.calibration.stats import TensorStats
 from onnxsq.errors import DataError
 from onnxsq.graph import copy_without_graph, import_graph
