@@ -164,13 +164,18 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
                  if cfg.bias_correction else {})
     kept: list[dict] = []
     samples = 0
-    if todo or calib is not None:
+    # Every sample when anything is calibrated (ranges, or bias correction's input means); else only
+    # the report's samples, and none at all without a report.
+    full = bool(todo or ctx.means)
+    if calib is not None and not full and cfg.report_samples == 0:
+        report.summary["calibration_data"] = "not read: every tensor has given parameters and the report is off"
+    elif todo or calib is not None:
         if calib is None:
             raise InvalidOptionError(f"--calib is required: {len(todo)} tensor(s) have no given parameters "
                                      f"(e.g. {todo[0]!r})")
         source = calib if isinstance(calib, sources.CalibrationSource) else \
             sources.open_source(calib, float_model, preprocess=cfg.preprocess, exclude=float_weights.keys())
-        count = cfg.calib_count if todo else min(cfg.calib_count or cfg.report_samples, cfg.report_samples)
+        count = cfg.calib_count if full else min(cfg.calib_count or cfg.report_samples, cfg.report_samples)
         total = source.total if count is None else min(count, source.total or count)
         batches = sources.batches(source, source.inputs, batch_size=cfg.batch_size, count=count)
         ctx.stats, kept, samples = collect_stats(float_model, todo, batches, histogram=cfg.method in HIST_METHODS,

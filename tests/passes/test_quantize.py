@@ -264,6 +264,24 @@ def test_params_out_then_params_in(tmp_path):
         quantize(build_net(), None, params=tmp_path / "partial.json")
 
 
+def test_given_activations_still_calibrate_bias_correction(tmp_path):
+    """Activations all given, weights not: the calibration data still feeds bias correction's input
+    means (every sample), with or without the report; with everything given and the report off,
+    the data is not read at all."""
+    from onnxsq.params import read_params
+
+    path = tmp_path / "p.json"
+    q1, _ = quantize(build_net(), feeds(), params_out=path, config=QuantizeConfig(report_samples=0))
+    params = read_params(path)
+    acts = {k: v for k, v in params.items() if v.kind == "activation"}
+    q2, rep2 = quantize(build_net(), feeds(), params=acts, config=QuantizeConfig(report_samples=0))
+    assert rep2.summary["calibration_samples"] > 0
+    assert q2.SerializeToString() == q1.SerializeToString()
+    q3, rep3 = quantize(build_net(), feeds(), params=path, config=QuantizeConfig(report_samples=0))
+    assert "not read" in rep3.summary["calibration_data"]
+    assert q3.SerializeToString() == q1.SerializeToString()
+
+
 def test_sample_models_keep_accuracy(sample_model):
     path = sample_model("jacintonet_seg")
     model = onnx.load(str(path))
