@@ -150,9 +150,14 @@ def node_label(node: gs.Node) -> str:
     return f"{node.op}({node.outputs[0].name if node.outputs else '?'})"
 
 
-def new_constant(graph: gs.Graph, base: str, values: np.ndarray) -> gs.Constant:
-    """A fresh constant whose name does not collide with any tensor in ``graph``."""
-    return gs.Constant(UniqueNames(graph.tensors().keys()).fresh(base), np.ascontiguousarray(values))
+def new_constant(graph: gs.Graph, base: str, values: np.ndarray, names: UniqueNames | None = None) -> gs.Constant:
+    """A fresh constant whose name does not collide with any tensor in ``graph``.
+
+    Passes that add many constants hand in one :class:`UniqueNames` of the graph (collecting the
+    graph's names costs a walk over all of it, once per call otherwise).
+    """
+    names = names if names is not None else UniqueNames(graph.tensors().keys())
+    return gs.Constant(names.fresh(base), np.ascontiguousarray(values))
 
 
 def onnx_dtype_to_np(elem_type: int) -> np.dtype:

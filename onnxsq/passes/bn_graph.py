@@ -10,8 +10,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..graph import (
+    UniqueNames,
+    is_graph_output,
+    new_constant,
+    onnx_dtype_to_np,
+    producer,
+)
 from ..graph import const_value as _graph_const
-from ..graph import is_graph_output, new_constant, onnx_dtype_to_np, producer
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +79,8 @@ def _np_dtype(dtype) -> np.dtype | None:
             return None
 
 
-def set_const_input(graph: gs.Graph, node: gs.Node, idx: int, values: np.ndarray, base: str) -> None:
+def set_const_input(graph: gs.Graph, node: gs.Node, idx: int, values: np.ndarray, base: str,
+                    names: UniqueNames | None = None) -> None:
     """Give ``node`` input ``idx`` the value ``values``: in place when only ``node`` reads that
     initializer, else as a fresh constant (shared weights are cloned, Constant nodes replaced)."""
     cur = node.inputs[idx] if idx < len(node.inputs) else None
@@ -81,7 +88,7 @@ def set_const_input(graph: gs.Graph, node: gs.Node, idx: int, values: np.ndarray
             and not is_graph_output(graph, cur)):
         cur.values = values
         return
-    new = new_constant(graph, f"{base}_folded" if cur is not None and cur.name else base, values)
+    new = new_constant(graph, f"{base}_folded" if cur is not None and cur.name else base, values, names)
     if cur is None:
         while len(node.inputs) < idx:  # unreachable for the layers here; keeps input positions right
             node.inputs.append(gs.Variable.empty())
@@ -90,14 +97,3 @@ def set_const_input(graph: gs.Graph, node: gs.Node, idx: int, values: np.ndarray
         node.inputs[idx] = new
 
 
-def fresh_tensor_name(graph: gs.Graph, base: str) -> str:
-    return new_constant(graph, base, np.zeros(0)).name
-
-
-def fresh_node_name(graph: gs.Graph, base: str) -> str:
-    taken = {n.name for n in graph.nodes}
-    name, i = base, 0
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    return name

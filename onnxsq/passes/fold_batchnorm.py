@@ -38,12 +38,28 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import bn_math as bm
-from .bn_graph import TensorTypes, const_value, fresh_node_name, fresh_tensor_name, set_const_input
 from ..errors import InvalidOptionError, VerificationError
-from ..graph import export_like, import_graph, is_graph_output, new_constant, node_label, producer, sole_consumer
-from ..model_io import EXTERNAL_THRESHOLD, ModelLike, check_model, default_opset, load_model, model_nbytes
+from ..graph import (
+    UniqueNames,
+    export_like,
+    import_graph,
+    is_graph_output,
+    new_constant,
+    node_label,
+    producer,
+    sole_consumer,
+)
+from ..model_io import (
+    EXTERNAL_THRESHOLD,
+    ModelLike,
+    check_model,
+    default_opset,
+    load_model,
+    model_nbytes,
+)
 from ..report import Report
+from . import bn_math as bm
+from .bn_graph import TensorTypes, const_value, set_const_input
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +74,7 @@ class _Ctx:
     graph: gs.Graph
     report: Report
     types: TensorTypes
+    names: UniqueNames  # tensor and node names, reserved once for the whole pass
 
     def tensor_info(self, tensor: gs.Tensor) -> tuple[int | None, np.dtype | None]:
         return self.types.info(tensor)
@@ -99,7 +116,7 @@ def fold_batchnorm_graph(graph: gs.Graph, *, opset: int, types_from: onnx.ModelP
     """
     if standalone not in ("affine", "keep"):
         raise InvalidOptionError(f"standalone must be 'affine' or 'keep', not {standalone!r}")
-    ctx = _Ctx(graph, Report(PASS_NAME), TensorTypes(types_from))
+    ctx = _Ctx(graph, Report(PASS_NAME), TensorTypes(types_from), UniqueNames(graph))
     pending = []
     bns = [n for n in graph.nodes if n.op == "BatchNormalization"]
     for bn in bns:
@@ -217,11 +234,11 @@ def _fold_backward(ctx: _Ctx, bn: gs.Node, s: np.ndarray, t: np.ndarray) -> str 
         node.outputs.clear()
     if layer.op == "MatMul" and np.any(shift != 0):
         _, dtype = ctx.tensor_info(out)
-        mid = gs.Variable(fresh_tensor_name(ctx.graph, f"{out.name}_matmul"), dtype=out.dtype, shape=out.shape)
+        mid = gs.Variable(ctx.names.fresh(f"{out.name}_matmul"), dtype=out.dtype, shape=out.shape)
         layer.outputs[0] = mid
         w = const_value(layer.inputs[1])
-        shift_c = new_constant(ctx.graph, f"{node_label(bn)}_shift", bm.cast_like(shift, dtype or w.dtype))
-        ctx.graph.nodes.append(gs.Node("Add", fresh_node_name(ctx.graph, f"{node_label(bn)}_add"),
+        shift_c = new_constant(ctx.graph, f"{node_label(bn)}_shift", bm.cast_like(shift, dtype or w.dtype), ctx.names)
+        ctx.graph.nodes.append(gs.Node("Add", ctx.names.fresh(f"{node_label(bn)}_add"),
                                        inputs=[mid, shift_c], outputs=[out]))
     else:
         layer.outputs[0] = out
@@ -283,10 +300,10 @@ def _rewrite_layer(ctx: _Ctx, layer: gs.Node, scale: np.ndarray, shift: np.ndarr
         if w.shape[1] != channels:
             return f"{label} has {w.shape[1]} output features, the BN {channels}"
         new_w, new_b = bm.scale_matrix_columns(w, scale, False, w.dtype), None
-    set_const_input(ctx.graph, layer, 1, bm.cast_like(new_w, w), f"{layer.inputs[1].name}")
+    set_const_input(ctx.graph, layer, 1, bm.cast_like(new_w, w), f"{layer.inputs[1].name}", ctx.names)
     if new_b is not None:
         base = layer.inputs[2].name if has_bias else f"{label}_bias"
-        set_const_input(ctx.graph, layer, 2, bm.cast_like(new_b, bias if bias is not None else w), base)
+        set_const_input(ctx.graph, layer, 2, bm.cast_like(new_b, bias if bias is not None else w), base, ctx.names)
     return None
 
 
@@ -312,9 +329,9 @@ def _fold_forward(ctx: _Ctx, bn: gs.Node, s: np.ndarray, t: np.ndarray) -> str |
         return (f"the next Conv {node_label(conv)} pads its input: the BN shift would be wrong at the borders "
                 "(exact only without padding)")
     new_w, new_b = bm.fold_into_next_conv(w, bias, group, s, t)
-    set_const_input(ctx.graph, conv, 1, bm.cast_like(new_w, w), conv.inputs[1].name)
+    set_const_input(ctx.graph, conv, 1, bm.cast_like(new_w, w), conv.inputs[1].name, ctx.names)
     base = conv.inputs[2].name if has_bias else f"{node_label(conv)}_bias"
-    set_const_input(ctx.graph, conv, 2, bm.cast_like(new_b, bias if bias is not None else w), base)
+    set_const_input(ctx.graph, conv, 2, bm.cast_like(new_b, bias if bias is not None else w), base, ctx.names)
     conv.inputs[0] = bn.inputs[0]
     bn.inputs.clear()
     bn.outputs.clear()
@@ -352,9 +369,10 @@ def _to_standalone(ctx: _Ctx, bn: gs.Node, s: np.ndarray, t: np.ndarray, reasons
     steps = [(op, v) for op, v in steps if v is not None] or [("Identity", None)]
     cur = x
     for i, (op, v) in enumerate(steps):
-        out = y if i == len(steps) - 1 else gs.Variable(fresh_tensor_name(ctx.graph, f"{y.name}_{op.lower()}"), dtype=y.dtype)
-        inputs = [cur] if v is None else [cur, new_constant(ctx.graph, f"{label}_{op.lower()}", bm.cast_like(v, dtype))]
-        ctx.graph.nodes.append(gs.Node(op, fresh_node_name(ctx.graph, f"{label}_{op.lower()}"), inputs=inputs,
+        out = y if i == len(steps) - 1 else gs.Variable(ctx.names.fresh(f"{y.name}_{op.lower()}"), dtype=y.dtype)
+        inputs = [cur] if v is None else [cur, new_constant(ctx.graph, f"{label}_{op.lower()}", bm.cast_like(v, dtype),
+                                                            ctx.names)]
+        ctx.graph.nodes.append(gs.Node(op, ctx.names.fresh(f"{label}_{op.lower()}"), inputs=inputs,
                                        outputs=[out]))
         cur = out
     form = "+".join(op for op, _ in steps)
