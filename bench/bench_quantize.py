@@ -130,6 +130,7 @@ def bench_model(name: str, model: onnx.ModelProto, shape: tuple[int, ...], sampl
             runs[tool].append([m["seconds"], m["peak_mb"], sqnr, top1, lat])
             print(name, tool, " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in runs[tool][-1]),
                   file=sys.stderr, flush=True)
+    _ratios(name, runs)
     for tool, got in runs.items():
         ok = [r for r in got if len(r) == 5]
         if not ok:
@@ -138,6 +139,26 @@ def bench_model(name: str, model: onnx.ModelProto, shape: tuple[int, ...], sampl
         med = [float(np.median([r[i] for r in ok])) for i in range(5)]
         rows.append([name, tool, f"{med[0]:.2f}", f"{med[1]:.0f}", f"{med[2]:.2f}", f"{med[3]:.3f}", f"{med[4]:.2f}"])
     return rows
+
+
+RATIOS: list[str] = []
+
+
+def _ratios(name: str, runs: dict[str, list[list]]) -> None:
+    """Against ``ort`` in the same round (the machine's load drifts between rounds): speed-up and
+    memory ratio per round, median and range."""
+    base = runs.get("ort", [])
+    for tool, got in runs.items():
+        if tool == "ort":
+            continue
+        pairs = [(b, r) for b, r in zip(base, got) if len(b) == 5 and len(r) == 5]
+        if not pairs:
+            continue
+        speed = sorted(b[0] / r[0] for b, r in pairs)
+        mem = sorted(r[1] / b[1] for b, r in pairs)
+        RATIOS.append(f"{name} {tool}: {float(np.median(speed)):.2f}x faster than quantize_static (rounds: "
+                      f"{speed[0]:.2f}-{speed[-1]:.2f}), peak memory {float(np.median(mem)):.2f}x "
+                      f"({mem[0]:.2f}-{mem[-1]:.2f})")
 
 
 def main() -> None:
@@ -174,6 +195,10 @@ def main() -> None:
     print("|" + "---|" * len(head))
     for r in rows:
         print("| " + " | ".join(map(str, r + [""] * (len(head) - len(r)))) + " |")
+    if RATIOS:
+        print("\nPer-round ratios against quantize_static (targets: >= 2x faster, <= 0.5x peak memory):")
+        for line in RATIOS:
+            print("- " + line)
 
 
 if __name__ == "__main__":
