@@ -11,11 +11,12 @@ tool then runs in a fresh subprocess (so peak memory is its own) and writes its 
   shifts and bias correction (BN folding, calibration, per-layer report on 4 samples included), calibration batch
   ``--batch-size`` (default 1, as the CLI); ``minmax-r0`` skips the per-layer report (calibration alone).
 
-Measured: wall time of the whole call (load → quantized model on disk), peak RSS above the RSS before
-the call (VmHWM − VmRSS), output SQNR and top-1 agreement against the float model on the
-calibration samples, and batch-1 inference latency (onnxruntime, graph optimizations on, 2 threads)
-of the int8 model against the float one. ``--rounds N`` alternates the tools N times (fresh
-processes each) and prints medians. Prints one table.
+Measured: wall time of the whole call (load → quantized model on disk) and its CPU time (user +
+system, all threads: the work done, which a busy shared machine disturbs less than wall time), peak
+RSS above the RSS before the call (VmHWM − VmRSS), output SQNR and top-1 agreement against the float
+model on the calibration samples, and batch-1 inference latency (onnxruntime, graph optimizations on,
+2 threads) of the int8 model against the float one. ``--rounds N`` alternates the tools N times (fresh
+processes each) and prints medians, then each tool's per-round ratios against ``ort``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def rss(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
+def cpu():
+    import resource
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
 tool, model, data, out, batch = sys.argv[1:6]
 files = sorted(Path(data).glob("*.npy"))
 import onnx, onnxruntime
@@ -53,7 +58,7 @@ if tool == "ort":
         def get_next(self):
             f = next(self.it, None)
             return None if f is None else {"input": np.load(f)}
-    base = rss("VmRSS:"); t0 = time.perf_counter()
+    base = rss("VmRSS:"); t0 = time.perf_counter(); c0 = cpu()
     pre = out + ".pre.onnx"
     quant_pre_process(model, pre, skip_symbolic_shape=True)  # sympy is not installed; CNNs need no symbolic shapes
     quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=False,
@@ -65,10 +70,11 @@ else:
     method, _, rs = tool.partition("-r")
     cfg = QuantizeConfig(method=method, batch_size=int(batch), **({"report_samples": int(rs)} if rs else {}))
     feeds = ({"input": np.load(f)} for f in files)
-    base = rss("VmRSS:"); t0 = time.perf_counter()
+    base = rss("VmRSS:"); t0 = time.perf_counter(); c0 = cpu()
     q, rep = quantize(model, feeds, config=cfg)
     save_model(q, out)
-print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": (rss("VmHWM:") - base) / 2**20}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": (rss("VmHWM:") - base) / 2**20,
+                  "cpu": cpu() - c0}))
 """
 
 
@@ -114,7 +120,7 @@ def bench_model(name: str, model: onnx.ModelProto, shape: tuple[int, ...], sampl
         xs.append(x)
     ref = _outputs(str(path), xs)
     f_lat = _latency(str(path), xs[0], repeats)
-    rows = [[name, "float", "", "", "", "", f"{f_lat:.2f}"]]
+    rows = [[name, "float", "", "", "", "", "", f"{f_lat:.2f}"]]
     runs: dict[str, list[list]] = {tool: [] for tool in tools}
     for _ in range(rounds):  # tools alternate, so machine load drifts hit all of them alike
         for tool in tools:
@@ -127,17 +133,18 @@ def bench_model(name: str, model: onnx.ModelProto, shape: tuple[int, ...], sampl
             m = json.loads(proc.stdout.strip().splitlines()[-1])
             sqnr, top1 = _fidelity(ref, _outputs(str(out), xs))
             lat = _latency(str(out), xs[0], repeats)
-            runs[tool].append([m["seconds"], m["peak_mb"], sqnr, top1, lat])
+            runs[tool].append([m["seconds"], m["peak_mb"], sqnr, top1, lat, m["cpu"]])
             print(name, tool, " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in runs[tool][-1]),
                   file=sys.stderr, flush=True)
     _ratios(name, runs)
     for tool, got in runs.items():
-        ok = [r for r in got if len(r) == 5]
+        ok = [r for r in got if len(r) == 6]
         if not ok:
             rows.append([name, tool, got[-1][0]])
             continue
-        med = [float(np.median([r[i] for r in ok])) for i in range(5)]
-        rows.append([name, tool, f"{med[0]:.2f}", f"{med[1]:.0f}", f"{med[2]:.2f}", f"{med[3]:.3f}", f"{med[4]:.2f}"])
+        med = [float(np.median([r[i] for r in ok])) for i in range(6)]
+        rows.append([name, tool, f"{med[0]:.2f}", f"{med[5]:.2f}", f"{med[1]:.0f}", f"{med[2]:.2f}", f"{med[3]:.3f}",
+                     f"{med[4]:.2f}"])
     return rows
 
 
@@ -151,13 +158,15 @@ def _ratios(name: str, runs: dict[str, list[list]]) -> None:
     for tool, got in runs.items():
         if tool == "ort":
             continue
-        pairs = [(b, r) for b, r in zip(base, got) if len(b) == 5 and len(r) == 5]
+        pairs = [(b, r) for b, r in zip(base, got) if len(b) == 5 and len(r) == 6]
         if not pairs:
             continue
         speed = sorted(b[0] / r[0] for b, r in pairs)
+        work = sorted(b[5] / r[5] for b, r in pairs)
         mem = sorted(r[1] / b[1] for b, r in pairs)
         RATIOS.append(f"{name} {tool}: {float(np.median(speed)):.2f}x faster than quantize_static (rounds: "
-                      f"{speed[0]:.2f}-{speed[-1]:.2f}), peak memory {float(np.median(mem)):.2f}x "
+                      f"{speed[0]:.2f}-{speed[-1]:.2f}; CPU time {float(np.median(work)):.2f}x, "
+                      f"{work[0]:.2f}-{work[-1]:.2f}), peak memory {float(np.median(mem)):.2f}x "
                       f"({mem[0]:.2f}-{mem[-1]:.2f})")
 
 
@@ -186,7 +195,7 @@ def main() -> None:
                 model, shape = onnx.load(str(p)), SAMPLES[name]
             rows += bench_model(name, model, shape, args.samples, args.tools, args.repeats, Path(tmp),
                                 args.batch_size, args.rounds)
-    head = ["model", "tool", "quantize s", "peak MB", "out SQNR dB", "top-1 agree", "latency ms"]
+    head = ["model", "tool", "quantize s", "CPU s", "peak MB", "out SQNR dB", "top-1 agree", "latency ms"]
     print(f"\n{args.samples} calibration samples (onnxsq batch {args.batch_size}, quantize_static one at a time), "
           f"medians of {args.rounds} alternating round(s), "
           f"CPU, onnxruntime "
