@@ -158,7 +158,7 @@ def _ratios(name: str, runs: dict[str, list[list]]) -> None:
     for tool, got in runs.items():
         if tool == "ort":
             continue
-        pairs = [(b, r) for b, r in zip(base, got) if len(b) == 5 and len(r) == 6]
+        pairs = [(b, r) for b, r in zip(base, got) if len(b) == 6 and len(r) == 6]
         if not pairs:
             continue
         speed = sorted(b[0] / r[0] for b, r in pairs)
