@@ -181,8 +181,9 @@ class Runner:
 
     # -- evaluation and rows ----------------------------------------------------------------------
     def _row(self, state: _State, data: _Data, label: str, kind: str, status: str, path: Path, sha: str,
-             seconds: float | None) -> StageRow:
-        model = load_model(path, check=False)
+             seconds: float | None, model: Any = None) -> StageRow:
+        """The table row of the model at ``path``; ``model``: that model already in memory (not read again)."""
+        model = model if model is not None else load_model(path, check=False)
         row = model_row(label, kind, status, model, path)
         row.seconds = seconds
         self._shas.add(sha)
@@ -233,8 +234,10 @@ class Runner:
         return inputs
 
     def _run_stage(self, state: _State, stage: StageSpec, data: _Data, in_path: Path, key: dict[str, str],
-                   entry: dict[str, Any] | None) -> tuple[str, float, str]:
-        """Run one stage; returns its status ("ran" or "resumed"), seconds and the output's sha256."""
+                   entry: dict[str, Any] | None, model: Any = None) -> tuple[str, float, str, Any]:
+        """Run one stage on ``model`` (the file at ``in_path`` when None); returns its status ("ran" or
+        "resumed"), seconds, the output's sha256 and the output model (passes never mutate their input, so
+        the next stage and the table row use it as it is instead of reading the file back)."""
         out = self.workdir / f"{stage.label}.onnx"
         ckpt = self.workdir / f"{stage.label}.ckpt.npz"
         interrupted = bool(entry and entry.get("status") == "running" and entry.get("key") == key)
@@ -249,7 +252,7 @@ class Runner:
                                      "checkpoint": ckpt.name if stage.kind == "train" else None}
         state.save()
         log.info("%s: %s", stage.label, "resuming from its checkpoint" if resume else "running")
-        model = load_model(in_path, check=False)
+        model = model if model is not None else load_model(in_path, check=False)
         inputs = self._inputs(stage, data, model, ckpt, resume)
         t0 = time.perf_counter()
         result, report = _with_on_step(stage, model, inputs, data, self.on_step)
@@ -262,7 +265,7 @@ class Runner:
         state.save()
         if ckpt.exists():
             ckpt.unlink()
-        return ("resumed" if resume else "ran"), seconds, sha
+        return ("resumed" if resume else "ran"), seconds, sha, result
 
     def run(self) -> PipelineResult:
         wd = self.workdir
@@ -274,6 +277,7 @@ class Runner:
         in_path = self.recipe.model
         in_sha = file_sha(in_path)
         self._row(state, data, "00-input", "input", "input", in_path, in_sha, None)
+        current = None  # the model at in_path when it is in memory
         for stage in self.recipe.stages:
             out = wd / f"{stage.label}.onnx"
             key = self._key(stage, in_sha, data)
@@ -293,9 +297,12 @@ class Runner:
                 log.info("%s: unchanged, skipped (output %s)", stage.label, out.name)
                 status = "cached"
             else:
-                status, seconds, out_sha = self._run_stage(state, stage, data, in_path, key, entry)
+                status, seconds, out_sha, current = self._run_stage(state, stage, data, in_path, key, entry,
+                                                                    current)
+            if status in ("kept", "cached"):
+                current = None  # on disk only
             in_path, in_sha = out, out_sha  # each output is hashed once
-            self._row(state, data, stage.label, stage.kind, status, out, in_sha, seconds)
+            self._row(state, data, stage.label, stage.kind, status, out, in_sha, seconds, current)
         # cached evaluations of models no longer in the flow would only pile up
         state.data["evals"] = {k: v for k, v in state.evals.items() if k in self._shas}
         state.save()
