@@ -10,7 +10,8 @@ Two ways to observe a tensor ``t``:
 - *reduced* (no histogram): ``ReduceMin`` (not for ReLU outputs), ``ReduceMax`` and ``Size`` nodes are
   added to the graph,
   so only scalars leave onnxruntime, which keeps reusing the activation buffers; per batch
-  :meth:`TensorStats.update_reduced` gets exactly what :meth:`TensorStats.update` would compute.
+  :meth:`TensorStats.update_reduced` gets exactly what :meth:`TensorStats.update` would compute (a ReLU
+  output's minimum is its bound, 0, which it reaches wherever any input is <= 0).
   (onnxruntime's ReduceMin/Max may skip a nan; the graph outputs, where a nan ends up, are checked.
   An exact-zero count and an in-graph nan check cost about 40% more time, for nothing the minmax
   and ema estimators use.)

@@ -34,9 +34,10 @@ The rest is kept small by working once per weight in float32 where that is exact
 once for bias correction and QDQ; see :mod:`onnxsq.calibration.pow2`), by reading and writing the
 model piece by piece (:mod:`onnxsq.proto_stream`), and by returning freed memory to the OS between
 phases (:mod:`onnxsq.memory`). Tried and dropped: a session holding the weights (onnxruntime's NCHWc
-convolutions run ~40% faster, but it holds 2.5x the weights and the statistics nodes then need layout
-reorders: calibration only 16% faster), larger calibration batches (no faster on CPU), and computing
-weight shifts in a thread beside calibration (the two cores are busy already).
+convolutions; with the statistics nodes, which then need layout reorders, calibration was ~20% faster
+but the session held +180 MB: its own copy of the weights plus reordered ones), larger calibration
+batches, two single-thread sessions side by side, and weight shifts in a thread beside calibration
+(none faster: the two cores are busy already).
 """
 
 from __future__ import annotations
