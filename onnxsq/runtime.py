@@ -9,11 +9,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from types import ModuleType
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import numpy as np
 import onnx
 
-from .errors import InvalidOptionError, RuntimeMissingError
+from .errors import DataError, InvalidOptionError, RuntimeMissingError, first_line
+from .model_io import skeleton, weight_arrays
+
+WEIGHT_BYTES = 4096  # FedSession: constants from this size on are fed from numpy instead of living in the session
 
 ORT_HINT = "install one runtime extra: pip install 'onnxsq[ort]' (or [train] / [train-cpu] for training)"
 TRAIN_HINT = (
@@ -107,3 +111,41 @@ def make_session(
         opts.intra_op_num_threads = intra_op_threads
     src = model if isinstance(model, (str, bytes)) else model.SerializeToString()
     return ort.InferenceSession(src, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
+
+
+class FedSession:
+    """A session over a model's *skeleton* (:func:`onnxsq.model_io.skeleton`) whose large weights are
+    fed at every run from numpy arrays, which onnxruntime reads in place: the session holds no copy of
+    them. (A session built from a serialized model holds its own copy, and serializing costs the
+    model's size once more: two extra copies of the weights for as long as both exist.)
+
+    ``model``: a ModelProto (split here into skeleton and weight arrays), or serialized skeleton bytes
+    with its ``weights``. ``in_node_order``: see :func:`make_session`. ``mismatch``: what a failed run's
+    one-line :class:`~onnxsq.errors.DataError` starts with. Graph optimizations are off and the memory
+    pattern is off (many fetched or observed tensors make its pre-planned block far larger than a run).
+    """
+
+    def __init__(self, model: onnx.ModelProto | bytes, weights: Mapping[str, np.ndarray] | None = None, *,
+                 in_node_order: bool = False, mismatch: str = "the data does not fit the model") -> None:
+        ort = import_ort()
+        if weights is None and isinstance(model, onnx.ModelProto):
+            model, weights = skeleton(model, min_bytes=WEIGHT_BYTES), weight_arrays(model, min_bytes=WEIGHT_BYTES)
+        self._ortvalue = ort.OrtValue.ortvalue_from_numpy
+        self._mismatch = mismatch
+        self.session = make_session(model if isinstance(model, bytes) else model.SerializeToString(),
+                                    memory_pattern=False, in_node_order=in_node_order)
+        self._weights = {k: self._ortvalue(np.ascontiguousarray(v)) for k, v in (weights or {}).items()}
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def run(self, fetch: list[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """``fetch`` (every graph output when None) for the data inputs ``feed``."""
+        feeds = dict(self._weights)
+        for k, v in feed.items():
+            feeds[k] = self._ortvalue(np.ascontiguousarray(v))
+        try:
+            return [v.numpy() for v in self.session.run_with_ort_values(fetch or self.output_names, feeds)]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad feeds
+            raise DataError(f"{self._mismatch}: {first_line(exc)}") from None

@@ -18,7 +18,7 @@ import onnx
 from .errors import DataError, OnnxsqError, UnsupportedModelError, VerificationError, first_line
 from .graph import data_inputs, onnx_dtype_to_np
 from .report import Report
-from .runtime import make_session
+from .runtime import FedSession, make_session
 
 log = logging.getLogger(__name__)
 
@@ -156,17 +156,15 @@ def compare_models(a: onnx.ModelProto | str, b: onnx.ModelProto | str, *,
     given = feeds
     if feeds is None:
         feeds = [random_feeds(ma, seed=seed + i) for i in range(samples)]
-    sa, sb = _session(a, "model A"), _session(b, "model B")
-    names_a = [o.name for o in sa.get_outputs()]
-    names_b = [o.name for o in sb.get_outputs()]
+    # A run that fails on caller-given inputs is a data problem; on our own random inputs, a model one.
+    err = VerificationError if given is None else DataError
+    # One model at a time: only one session (and its weights) exists at once; outputs are small.
+    names_a, outs_a = _run_all(a, "model A", feeds, err)
+    names_b, outs_b = _run_all(b, "model B", feeds, err)
     if names_a != names_b:
         raise VerificationError(f"the models have different outputs: {names_a} vs {names_b}")
     stats = {n: [0.0, 0.0, 0.0, 0, True] for n in names_a}  # max_abs, sum_abs, max_rel, count, ok
-    # A run that fails on caller-given inputs is a data problem; on our own random inputs, a model one.
-    err = VerificationError if given is None else DataError
-    for feed in feeds:
-        ra = _run(sa, feed, _label(a, "model A"), err)
-        rb = _run(sb, feed, _label(b, "model B"), err)
+    for ra, rb in zip(outs_a, outs_b):
         for n, xa, xb in zip(names_a, ra, rb):
             xa64, xb64 = np.asarray(xa, np.float64), np.asarray(xb, np.float64)
             if xa64.shape != xb64.shape:
@@ -190,18 +188,25 @@ def _label(model: onnx.ModelProto | str, default: str) -> str:
     return default if isinstance(model, onnx.ModelProto) else str(model)
 
 
-def _session(model: onnx.ModelProto | str, which: str):
-    """An onnxruntime session, or a one-line error naming the model onnxruntime refused."""
+def _run_all(model: onnx.ModelProto | str, which: str, feeds: list[Feed], err: type[OnnxsqError]
+             ) -> tuple[list[str], list[list[np.ndarray]]]:
+    """Output names and every feed's outputs. An in-memory model runs as a :class:`FedSession`
+    (its weights read in place, no serialized copy); a path is opened by onnxruntime (external data)."""
+    label = _label(model, which)
     try:
-        return make_session(model)
+        session = FedSession(model) if isinstance(model, onnx.ModelProto) else make_session(model)
     except OnnxsqError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for models it refuses
-        raise UnsupportedModelError(f"{_label(model, which)}: onnxruntime cannot load it: {first_line(exc)}") from None
-
-
-def _run(session, feed: Feed, label: str, err: type[OnnxsqError]) -> list:
-    try:
-        return session.run(None, dict(feed))
-    except Exception as exc:  # noqa: BLE001
-        raise err(f"{label}: onnxruntime failed to run it on the inputs: {first_line(exc)}") from None
+        raise UnsupportedModelError(f"{label}: onnxruntime cannot load it: {first_line(exc)}") from None
+    if isinstance(session, FedSession):
+        names, run = session.output_names, lambda feed: session.run(None, feed)
+    else:
+        names, run = [o.name for o in session.get_outputs()], lambda feed: session.run(None, dict(feed))
+    outs = []
+    for feed in feeds:
+        try:
+            outs.append(run(feed))
+        except Exception as exc:  # noqa: BLE001
+            raise err(f"{label}: onnxruntime failed to run it on the inputs: {first_line(exc)}") from None
+    return names, outs

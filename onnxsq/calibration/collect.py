@@ -33,17 +33,17 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper
 
-from ..errors import DataError, first_line
+from ..errors import DataError
 from ..graph import export_like
 from ..model_io import skeleton, weight_arrays
-from ..runtime import import_ort, make_session
+from ..runtime import WEIGHT_BYTES, FedSession
 from .stats import ChannelMean, TensorStats
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, "int | None", str], None]  # (samples done, total or None, stage)
-WEIGHT_BYTES = 4096  # constants from this size on are fed from numpy instead of living in the session
 STAT_SUFFIXES = ("min", "max", "size")
+MISMATCH = "calibration data does not fit the model"
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> bytes:
@@ -82,36 +82,6 @@ def runnable(graph: gs.Graph, original: onnx.ModelProto, *, min_bytes: int = WEI
     return export_like(g, original), weights
 
 
-class FedSession:
-    """A session over a skeleton whose weights are fed at every run from numpy (read in place).
-
-    ``in_node_order``: see :func:`onnxsq.runtime.make_session`; with the statistics nodes placed right
-    behind each observed tensor (:func:`interleave`), calibration of the ResNet-50-sized model peaked
-    at +142 MB instead of +204 MB. (The quantize report's two-model graph is the other way round,
-    +218 MB against +102 MB with onnxruntime's default order, so it passes False.)
-    """
-
-    def __init__(self, model: onnx.ModelProto | bytes, weights: Mapping[str, np.ndarray] | None = None, *,
-                 in_node_order: bool = True) -> None:
-        ort = import_ort()
-        if weights is None and isinstance(model, onnx.ModelProto):
-            model, weights = skeleton(model, min_bytes=WEIGHT_BYTES), weight_arrays(model, min_bytes=WEIGHT_BYTES)
-        self._ortvalue = ort.OrtValue.ortvalue_from_numpy
-        # No memory pattern: many observed tensors make its pre-planned block far larger than a run needs.
-        self.session = make_session(model if isinstance(model, bytes) else model.SerializeToString(),
-                                    memory_pattern=False, in_node_order=in_node_order)
-        self._weights = {k: self._ortvalue(np.ascontiguousarray(v)) for k, v in (weights or {}).items()}
-
-    def run(self, fetch: list[str], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        feeds = dict(self._weights)
-        for k, v in feed.items():
-            feeds[k] = self._ortvalue(np.ascontiguousarray(v))
-        try:
-            return [v.numpy() for v in self.session.run_with_ort_values(fetch, feeds)]
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad feeds
-            raise DataError(f"calibration data does not fit the model: {first_line(exc)}") from None
-
-
 def _split(model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | None
            ) -> tuple[onnx.ModelProto, Mapping[str, np.ndarray]]:
     if weights is not None:
@@ -127,7 +97,7 @@ def run_observed(model: onnx.ModelProto, names: list[str], batches: Iterable[tup
     ``weights``: when given, ``model`` is a skeleton and these arrays feed its weight inputs.
     """
     model, weights = _split(model, weights)
-    session = FedSession(with_outputs(model, names), weights)
+    session = FedSession(with_outputs(model, names), weights, in_node_order=True, mismatch=MISMATCH)
     outputs = [o.name for o in model.graph.output]
     fetch = list(dict.fromkeys(list(names) + outputs))
     index = {n: i for i, n in enumerate(fetch)}
@@ -259,7 +229,7 @@ def _observe(model: onnx.ModelProto, names: list[str], batches: Iterable[tuple[d
     augmented.CopyFrom(model)  # a skeleton: small
     outs = add_stat_nodes(augmented, names)
     mean_outs = add_mean_nodes(augmented, means) if means else {}
-    session = FedSession(augmented.SerializeToString(), weights)
+    session = FedSession(augmented.SerializeToString(), weights, in_node_order=True, mismatch=MISMATCH)
     fetch = [o for n in names for o in outs[n] if o]
     mean_fetch = [o for n in means for o in mean_outs[n]]
     results = [o.name for o in model.graph.output]
