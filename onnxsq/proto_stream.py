@@ -95,6 +95,8 @@ def _read_fields(f: BinaryIO, size: int, msg, special: dict[int, Callable[[int],
         if wire == LENGTH_DELIMITED:
             n, nb = _read_varint(f)
             done += len(nb) + n
+            if done > size:  # before reading: a corrupt length must not become a huge allocation
+                raise ValueError(f"field {field} runs past the end of its message (truncated or corrupt file?)")
             if field in special:
                 msg.MergeFromString(bytes(pending))
                 pending.clear()

@@ -88,3 +88,11 @@ def test_streamed_truncation_is_a_model_load_error(cut, tmp_path, conv_model, mo
     with pytest.raises(ModelLoadError) as info:
         load_model(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_corrupt_huge_length_is_an_error_not_an_allocation(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_io, "STREAM_READ_BYTES", 0)
+    path = tmp_path / "corrupt.onnx"
+    path.write_bytes(proto_stream.varint((7 << 3) | 2) + proto_stream.varint(2**60) + b"\0" * 64)
+    with pytest.raises(ModelLoadError, match="runs past the end"):
+        load_model(path)
