@@ -135,10 +135,7 @@ class FedSession:
         self.session = make_session(model if isinstance(model, bytes) else model.SerializeToString(),
                                     memory_pattern=False, in_node_order=in_node_order)
         self._weights = {k: self._ortvalue(np.ascontiguousarray(v)) for k, v in (weights or {}).items()}
-
-    @property
-    def output_names(self) -> list[str]:
-        return [o.name for o in self.session.get_outputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, fetch: list[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """``fetch`` (every graph output when None) for the data inputs ``feed``."""

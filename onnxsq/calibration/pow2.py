@@ -157,7 +157,7 @@ def quantize(x: np.ndarray, shift: ArrayLike, bits: int, signed: bool, *, symmet
     small = bits <= 16 and int(np.max(np.abs(np.asarray(shift)), initial=0)) <= 100  # 2**shift normal in float32
     xw = np.asarray(arr, dtype=np.float32 if arr.dtype == np.float32 and small else np.float64)
     q = np.multiply(xw, power_of_two(shift, xw.dtype, xw.ndim, axis))  # exact; np.ldexp is ~10x slower
-    return round_clipped(q, qmin, qmax).astype(dtype)
+    return round_clipped(q, qmin, qmax).astype(dtype, copy=False)  # q is ours: no copy when dtype matches
 
 
 def dequantize(q: np.ndarray, shift: ArrayLike, *, axis: int | None = None, dtype=np.float32) -> np.ndarray:

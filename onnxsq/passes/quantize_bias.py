@@ -63,14 +63,9 @@ def weight_error(w: np.ndarray, p: TensorQuant, q: np.ndarray | None = None) -> 
     x = np.asarray(w, dtype=work)
     axis = p.axis % w.ndim if p.per_channel and p.axis is not None else None
     shift = p.shift_array
-    down = pow2.power_of_two(-shift, work, x.ndim, axis)
-    if q is not None and q.shape == x.shape:
-        buf = q.astype(work)
-    else:
-        qmax = pow2.int_range(p.bits, True, symmetric=True)[1]
-        buf = np.multiply(x, pow2.power_of_two(shift, work, x.ndim, axis))
-        pow2.round_clipped(buf, -qmax, qmax)
-    np.multiply(buf, down, out=buf)
+    buf = (q.astype(work) if q is not None and q.shape == x.shape
+           else pow2.quantize(x, shift, p.bits, True, symmetric=True, axis=axis, dtype=work))
+    np.multiply(buf, pow2.power_of_two(-shift, work, x.ndim, axis), out=buf)
     np.subtract(buf, x, out=buf)
     return buf
 
