@@ -144,7 +144,8 @@ def default_tolerance(model: onnx.ModelProto) -> tuple[float, float]:
 
 def compare_models(a: onnx.ModelProto | str, b: onnx.ModelProto | str, *,
                    feeds: list[Feed] | None = None, seed: int = 0, samples: int = 2,
-                   rtol: float | None = None, atol: float | None = None) -> VerifyResult:
+                   rtol: float | None = None, atol: float | None = None,
+                   input_shapes: Mapping[str, Iterable[int]] | None = None) -> VerifyResult:
     """Run ``a`` and ``b`` (graph optimizations off) on the same feeds; per-output error statistics.
 
     An output passes when ``|a - b| <= atol + rtol * |a|`` everywhere (numpy's allclose rule).
@@ -155,7 +156,7 @@ def compare_models(a: onnx.ModelProto | str, b: onnx.ModelProto | str, *,
     atol = d_atol if atol is None else atol
     given = feeds
     if feeds is None:
-        feeds = [random_feeds(ma, seed=seed + i) for i in range(samples)]
+        feeds = [random_feeds(ma, seed=seed + i, dims=input_shapes) for i in range(samples)]
     # A run that fails on caller-given inputs is a data problem; on our own random inputs, a model one.
     err = VerificationError if given is None else DataError
     # One model at a time: only one session (and its weights) exists at once; outputs are small.

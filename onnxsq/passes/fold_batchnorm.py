@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -82,12 +82,14 @@ class _Ctx:
 
 def fold_batchnorm(model: ModelLike, *, verify: bool = False, standalone: Literal["affine", "keep"] = "affine",
                    rtol: float | None = None, atol: float | None = None, seed: int = 0,
-                   samples: int = 2) -> tuple[onnx.ModelProto, Report]:
+                   samples: int = 2, input_shapes: Mapping[str, Sequence[int]] | None = None
+                   ) -> tuple[onnx.ModelProto, Report]:
     """Fold every foldable BatchNormalization in ``model`` (a ModelProto or a path); remove the BN nodes.
 
     Returns the new model (same IR version and opsets) and a report with one entry per BN. With
     ``verify``, original and result are run in onnxruntime on ``samples`` seeded random inputs and a
     difference beyond ``rtol``/``atol`` (default: by the model's float type) raises VerificationError.
+    ``input_shapes`` (input name -> shape) fixes the random inputs' shapes (:mod:`onnxsq.shapes`).
     """
     if standalone not in ("affine", "keep"):
         raise InvalidOptionError(f"standalone must be 'affine' or 'keep', not {standalone!r}")
@@ -101,7 +103,8 @@ def fold_batchnorm(model: ModelLike, *, verify: bool = False, standalone: Litera
     report = fold_batchnorm_graph(graph, opset=default_opset(original), types_from=original, standalone=standalone)
     result = export_like(graph, original)
     if verify:
-        verify_folded(original, result, report, rtol=rtol, atol=atol, seed=seed, samples=samples)
+        verify_folded(original, result, report, rtol=rtol, atol=atol, seed=seed, samples=samples,
+                      input_shapes=input_shapes)
     return result, report
 
 
@@ -405,7 +408,8 @@ def _summarize(report: Report, bn_left: int) -> None:
 
 
 def verify_folded(original: onnx.ModelProto, result: onnx.ModelProto, report: Report, *,
-                  rtol: float | None = None, atol: float | None = None, seed: int = 0, samples: int = 2) -> None:
+                  rtol: float | None = None, atol: float | None = None, seed: int = 0, samples: int = 2,
+                  input_shapes: Mapping[str, Sequence[int]] | None = None) -> None:
     """Run both models in onnxruntime (graph optimizations off); put the errors in ``report.summary``;
     raise VerificationError beyond tolerance."""
     from ..verify import compare_models
@@ -414,7 +418,8 @@ def verify_folded(original: onnx.ModelProto, result: onnx.ModelProto, report: Re
         report.warnings.append("verification skipped: the model is over 2 GB (save it and run `onnxsq verify`)")
         report.summary["verified"] = False
         return
-    res = compare_models(original, result, seed=seed, samples=samples, rtol=rtol, atol=atol)
+    res = compare_models(original, result, seed=seed, samples=samples, rtol=rtol, atol=atol,
+                         input_shapes=input_shapes)
     report.summary.update(verified=res.ok, verify_max_abs=res.max_abs, verify_max_rel=res.max_rel,
                           verify_rtol=res.rtol, verify_atol=res.atol, verify_samples=res.samples)
     if not res.ok:
