@@ -157,7 +157,7 @@ def new_constant(graph: gs.Graph, base: str, values: np.ndarray, names: UniqueNa
     graph's names costs a walk over all of it, once per call otherwise).
     """
     names = names if names is not None else UniqueNames(graph.tensors().keys())
-    return gs.Constant(names.fresh(base), np.ascontiguousarray(values))
+    return gs.Constant(names.fresh(base), np.require(values, requirements="C"))
 
 
 def onnx_dtype_to_np(elem_type: int) -> np.dtype:

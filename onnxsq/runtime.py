@@ -134,14 +134,14 @@ class FedSession:
         self._mismatch = mismatch
         self.session = make_session(model if isinstance(model, bytes) else model.SerializeToString(),
                                     memory_pattern=False, in_node_order=in_node_order)
-        self._weights = {k: self._ortvalue(np.ascontiguousarray(v)) for k, v in (weights or {}).items()}
+        self._weights = {k: self._ortvalue(np.require(v, requirements="C")) for k, v in (weights or {}).items()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, fetch: list[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """``fetch`` (every graph output when None) for the data inputs ``feed``."""
         feeds = dict(self._weights)
         for k, v in feed.items():
-            feeds[k] = self._ortvalue(np.ascontiguousarray(v))
+            feeds[k] = self._ortvalue(np.require(v, requirements="C"))
         try:
             return [v.numpy() for v in self.session.run_with_ort_values(fetch or self.output_names, feeds)]
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad feeds

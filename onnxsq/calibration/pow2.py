@@ -133,7 +133,10 @@ def round_clipped(buf: np.ndarray, lo: int, hi: int) -> np.ndarray:
     integers) and bounds the values, so adding and subtracting ``1.5 * 2**mantissa_bits`` rounds to
     the nearest integer, ties to even, exactly (IEEE round-to-nearest-even): np.rint measured ~6x
     slower than one add. Needs ``|lo|, |hi| <= 2**22`` (float32) -- every QDQ integer type up to 16 bits.
+    ``buf`` must be an ndarray (0-d included), not a numpy scalar: scalars cannot be written in place.
     """
+    if not isinstance(buf, np.ndarray):
+        raise TypeError(f"round_clipped needs an ndarray to work in place, not {type(buf).__name__}")
     np.clip(buf, lo, hi, out=buf)
     if buf.dtype == np.float32 and max(abs(lo), abs(hi)) > 2**22:
         np.rint(buf, out=buf)
@@ -156,7 +159,9 @@ def quantize(x: np.ndarray, shift: ArrayLike, bits: int, signed: bool, *, symmet
     arr = np.asarray(x)
     small = bits <= 16 and int(np.max(np.abs(np.asarray(shift)), initial=0)) <= 100  # 2**shift normal in float32
     xw = np.asarray(arr, dtype=np.float32 if arr.dtype == np.float32 and small else np.float64)
-    q = np.multiply(xw, power_of_two(shift, xw.dtype, xw.ndim, axis))  # exact; np.ldexp is ~10x slower
+    # exact; np.ldexp is ~10x slower. asarray: a 0-d product is a numpy scalar, which cannot be
+    # rounded in place (a scalar constant, e.g. paddle2onnx's Mul(scale), is a 0-d tensor).
+    q = np.asarray(np.multiply(xw, power_of_two(shift, xw.dtype, xw.ndim, axis)))
     return round_clipped(q, qmin, qmax).astype(dtype, copy=False)  # q is ours: no copy when dtype matches
 
 

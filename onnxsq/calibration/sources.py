@@ -117,7 +117,7 @@ def conform(raw: Mapping[str, Any], inputs: list[InputSpec], origin: str) -> Fee
             arr = arr.astype(spec.dtype)
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise DataError(f"{origin}: input {spec.name!r} holds inf or nan")
-        feed[spec.name] = np.ascontiguousarray(arr)
+        feed[spec.name] = np.require(arr, requirements="C")
     return feed
 
 

@@ -142,7 +142,7 @@ def _quantize_constant(graph: gs.Graph, names: UniqueNames, t: gs.Tensor, p: Ten
     if q is None or q.shape != values.shape or q.dtype != carrier:
         q = pow2.quantize(values, p.shift_array, p.bits, p.signed, symmetric=p.kind == "weight", axis=axis,
                           dtype=carrier)
-    qc = gs.Constant(names.fresh(f"{t.name}_quantized"), np.ascontiguousarray(q))
+    qc = gs.Constant(names.fresh(f"{t.name}_quantized"), np.require(q, requirements="C"))
     scale_c, zp_c = _qparams(graph, names, t.name, p, carrier)
     dq_out = gs.Variable(names.fresh(f"{t.name}_dq"), dtype=np.float32, shape=list(values.shape))
     attrs = {"axis": axis} if axis is not None else {}

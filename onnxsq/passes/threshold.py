@@ -287,7 +287,7 @@ def _details(layer: _Layer, channelwise: bool) -> dict[str, Any]:
 
 
 def _write_back(tensor: onnx.TensorProto, values: np.ndarray) -> None:
-    fresh = numpy_helper.from_array(np.ascontiguousarray(values), tensor.name)
+    fresh = numpy_helper.from_array(np.require(values, requirements="C"), tensor.name)
     doc = tensor.doc_string
     tensor.CopyFrom(fresh)
     tensor.doc_string = doc

@@ -26,6 +26,8 @@ layer already sparser than ``f`` is left as it is). Bit patterns of untouched we
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,7 +168,7 @@ def threshold_array(w: np.ndarray, fraction: float, *, value_max: float = 0.2, v
         raise TypeError(f"threshold_array needs a float array, got {w.dtype}")
     if channelwise and w.ndim:
         moved = np.moveaxis(w, channel_axis, 0)
-        new, info = threshold_rows(moved.reshape(moved.shape[0], -1), fraction, value_max=value_max,
+        new, info = threshold_rows(moved.reshape(moved.shape[0], math.prod(moved.shape[1:])), fraction, value_max=value_max,
                                    value_maxratio=value_maxratio, search=search, step_factor=step_factor)
         new = np.moveaxis(new.reshape(moved.shape), 0, channel_axis)
         info = ThresholdInfo(**{**info.__dict__, "channelwise": True})
@@ -174,7 +176,7 @@ def threshold_array(w: np.ndarray, fraction: float, *, value_max: float = 0.2, v
         new, info = threshold_rows(w.reshape(1, -1), fraction, value_max=value_max,
                                    value_maxratio=value_maxratio, search=search, step_factor=step_factor)
         new = new.reshape(w.shape)
-    return np.ascontiguousarray(new), info
+    return np.require(new, requirements="C"), info
 
 
 def pooled_threshold(arrays: list[np.ndarray], layer_caps: list[float], fraction: float) -> float:

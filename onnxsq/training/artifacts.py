@@ -134,7 +134,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
 
 def _const(model: onnx.ModelProto, namer: UniqueNames, base: str, value: np.ndarray) -> str:
     name = namer(base)
-    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+    model.graph.initializer.append(numpy_helper.from_array(np.require(value, requirements="C"), name))
     return name
 
 
