@@ -36,6 +36,11 @@ class VerificationError(OnnxsqError):
     """Two models that should be equivalent are not, beyond the tolerance."""
 
 
+class CheckNotRunError(OnnxsqError):
+    """A check could not run: the reference model fails on the random inputs made up for it (their
+    shape does not suit it). Not a mismatch; the message says which shape to pass instead."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when empty), for one-line errors that
     quote what onnx, onnxruntime, numpy or a parser said."""

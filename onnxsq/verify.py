@@ -1,7 +1,8 @@
 """Run two models on the same inputs and compare their outputs.
 
 Used by ``onnxsq verify`` and by every pass that checks itself (``optimize`` runs it by default).
-Inputs are seeded random tensors unless the caller gives feeds (``--data`` on the CLI).
+Inputs are seeded random tensors unless the caller gives feeds (``--data`` on the CLI); their shapes
+come from :mod:`onnxsq.shapes` (``--input-shape`` on the CLI).
 """
 
 from __future__ import annotations
@@ -10,15 +11,23 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import onnx
 
-from .errors import DataError, OnnxsqError, UnsupportedModelError, VerificationError, first_line
+from .errors import (
+    CheckNotRunError,
+    DataError,
+    OnnxsqError,
+    UnsupportedModelError,
+    VerificationError,
+    first_line,
+)
 from .graph import data_inputs, onnx_dtype_to_np
 from .report import Report
 from .runtime import FedSession, make_session
+from .shapes import ATTEMPTS, GivenShapes, format_shapes, resolve_input_shapes, shape_hint
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +43,26 @@ def input_shape(vi: onnx.ValueInfoProto, default_dim: int = 1) -> list[int]:
 
 
 def random_feeds(model: onnx.ModelProto, *, seed: int = 0, batch: int = 1,
-                 dims: Mapping[str, Iterable[int]] | None = None) -> dict[str, np.ndarray]:
+                 dims: Mapping[str, Iterable[int]] | None = None,
+                 input_shapes: GivenShapes | None = None, attempt: int = 0) -> dict[str, np.ndarray]:
     """Seeded random inputs: standard normal floats, small non-negative ints, random bools.
 
-    Symbolic dimensions become ``batch`` on axis 0 and 8 elsewhere, unless ``dims`` names a shape.
+    Shapes: :func:`onnxsq.shapes.resolve_input_shapes` (``input_shapes`` checked against the model,
+    then static dims, shared symbols, ``batch`` on axis 0, image-like sizes; ``attempt`` 1 for the
+    larger retry sizes). ``dims`` names shapes taken as they are, unchecked.
     """
+    shapes = resolve_input_shapes(model, input_shapes, attempt, batch=batch)
+    for name, shape in (dims or {}).items():
+        if name in shapes:
+            shapes[name] = tuple(shape)
+    return _feeds_for(model, shapes, seed)
+
+
+def _feeds_for(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
     for vi in data_inputs(model):
-        if dims and vi.name in dims:
-            shape = list(dims[vi.name])
-        else:
-            shape = input_shape(vi, default_dim=8)
-            raw = vi.type.tensor_type.shape.dim
-            if raw and not (raw[0].HasField("dim_value") and raw[0].dim_value > 0):
-                shape[0] = batch
+        shape = shapes[vi.name]
         dtype = onnx_dtype_to_np(vi.type.tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
@@ -145,28 +159,44 @@ def default_tolerance(model: onnx.ModelProto) -> tuple[float, float]:
 def compare_models(a: onnx.ModelProto | str, b: onnx.ModelProto | str, *,
                    feeds: list[Feed] | None = None, seed: int = 0, samples: int = 2,
                    rtol: float | None = None, atol: float | None = None,
-                   input_shapes: Mapping[str, Iterable[int]] | None = None) -> VerifyResult:
+                   input_shapes: GivenShapes | None = None, alternative: str | None = "--no-verify") -> VerifyResult:
     """Run ``a`` and ``b`` (graph optimizations off) on the same feeds; per-output error statistics.
 
     An output passes when ``|a - b| <= atol + rtol * |a|`` everywhere (numpy's allclose rule).
+    Without ``feeds``, ``samples`` seeded random inputs shaped by :func:`onnxsq.shapes.resolve_input_shapes`
+    (``input_shapes``: input name → dims, checked against ``a``). When ``a`` does not run on them,
+    the larger retry sizes are tried once; if it still fails, :class:`CheckNotRunError` (never a
+    mismatch), whose fix names ``--input-shape`` and ``alternative`` (the command's other way out).
+    On given feeds or shapes there is no retry: a failure of ``a`` is a :class:`DataError`.
     """
     ma = a if isinstance(a, onnx.ModelProto) else onnx.load(str(a), load_external_data=False)
     d_rtol, d_atol = default_tolerance(ma)
     rtol = d_rtol if rtol is None else rtol
     atol = d_atol if atol is None else atol
-    given = feeds
-    if feeds is None:
-        feeds = [random_feeds(ma, seed=seed + i, dims=input_shapes) for i in range(samples)]
-    # A run that fails on caller-given inputs is a data problem; on our own random inputs, a model one.
-    err = VerificationError if given is None else DataError
+    # A run of B that fails on caller-given inputs is a data problem; on inputs A takes, a model difference.
+    err = VerificationError if feeds is None else DataError
     # One model at a time: only one session (and its weights) exists at once; outputs are small.
-    names_a, outs_a = _run_all(a, "model A", feeds, err)
-    names_b, outs_b = _run_all(b, "model B", feeds, err)
+    label_a, names_a, run_a = _open(a, "model A")
+    feeds, outs_a = _run_reference(label_a, run_a, ma, feeds, seed=seed, samples=samples,
+                                   input_shapes=input_shapes, alternative=alternative)
+    del run_a
+    label_b, names_b, run_b = _open(b, "model B")
+    try:
+        outs_b = _run_feeds(run_b, feeds)
+    except _RunFailed as exc:
+        raise err(f"{label_b}: onnxruntime failed to run it on inputs of shape {_feed_shapes(feeds[exc.index])}: "
+                  f"{exc}") from None
+    del run_b
     if names_a != names_b:
         raise VerificationError(f"the models have different outputs: {names_a} vs {names_b}")
-    stats = {n: [0.0, 0.0, 0.0, 0, True] for n in names_a}  # max_abs, sum_abs, max_rel, count, ok
+    return _statistics(names_a, outs_a, outs_b, rtol=rtol, atol=atol, samples=len(feeds))
+
+
+def _statistics(names: list[str], outs_a: list[list[np.ndarray]], outs_b: list[list[np.ndarray]], *,
+                rtol: float, atol: float, samples: int) -> VerifyResult:
+    stats = {n: [0.0, 0.0, 0.0, 0, True] for n in names}  # max_abs, sum_abs, max_rel, count, ok
     for ra, rb in zip(outs_a, outs_b):
-        for n, xa, xb in zip(names_a, ra, rb):
+        for n, xa, xb in zip(names, ra, rb):
             xa64, xb64 = np.asarray(xa, np.float64), np.asarray(xb, np.float64)
             if xa64.shape != xb64.shape:
                 raise VerificationError(f"output {n}: shapes differ {xa64.shape} vs {xb64.shape}")
@@ -178,36 +208,85 @@ def compare_models(a: onnx.ModelProto | str, b: onnx.ModelProto | str, *,
                 s[2] = max(s[2], float((diff / np.maximum(np.abs(xa64), 1e-12)).max()))
                 s[4] = s[4] and bool(np.all(diff <= atol + rtol * np.abs(xa64)))
             s[3] += diff.size
-    result = VerifyResult(atol=atol, rtol=rtol, samples=len(feeds))
+    result = VerifyResult(atol=atol, rtol=rtol, samples=samples)
     for n, (mx, sm, mr, cnt, ok) in stats.items():
         result.outputs.append(OutputDiff(n, mx, sm / max(cnt, 1), mr, ok))
-    log.info("verify: max abs %.3g, max rel %.3g over %d sample(s)", result.max_abs, result.max_rel, len(feeds))
+    log.info("verify: max abs %.3g, max rel %.3g over %d sample(s)", result.max_abs, result.max_rel, samples)
     return result
 
 
-def _label(model: onnx.ModelProto | str, default: str) -> str:
-    return default if isinstance(model, onnx.ModelProto) else str(model)
+def _run_reference(label: str, run: Callable[[Feed], list[np.ndarray]], model: onnx.ModelProto,
+                   feeds: list[Feed] | None, *, seed: int, samples: int, input_shapes: GivenShapes | None,
+                   alternative: str | None) -> tuple[list[Feed], list[list[np.ndarray]]]:
+    """Model A's outputs and the feeds they came from: the given feeds, or random ones (with the
+    retry sizes when A refuses the first ones and no shape was given)."""
+    if feeds is not None:
+        try:
+            return feeds, _run_feeds(run, feeds)
+        except _RunFailed as exc:
+            raise DataError(f"{label}: onnxruntime failed to run it on the given inputs of shape "
+                            f"{_feed_shapes(feeds[exc.index])}: {exc}") from None
+    tried: list[str] = []
+    failure = ""
+    for attempt in range(ATTEMPTS if input_shapes is None else 1):
+        shapes = resolve_input_shapes(model, input_shapes, attempt)
+        if format_shapes(shapes) in tried:
+            break  # every dim is static or given: nothing else to try
+        tried.append(format_shapes(shapes))
+        log.info("verify: random inputs %s", tried[-1])
+        feeds = [_feeds_for(model, shapes, seed + i) for i in range(samples)]
+        try:
+            return feeds, _run_feeds(run, feeds)
+        except _RunFailed as exc:
+            failure = str(exc)
+            log.info("verify: %s does not run on random inputs %s: %s", label, tried[-1], failure)
+    if input_shapes is not None:
+        raise DataError(f"{label}: onnxruntime failed to run it on inputs of the given shape {tried[-1]}: {failure}")
+    hint = shape_hint(model, alternative)
+    raise CheckNotRunError(f"the check could not run on random inputs of shape {' or '.join(tried)}: {failure}"
+                           + (f"; {hint}" if hint else ""))
 
 
-def _run_all(model: onnx.ModelProto | str, which: str, feeds: list[Feed], err: type[OnnxsqError]
-             ) -> tuple[list[str], list[list[np.ndarray]]]:
-    """Output names and every feed's outputs. An in-memory model runs as a :class:`FedSession`
-    (its weights read in place, no serialized copy); a path is opened by onnxruntime (external data)."""
-    label = _label(model, which)
+def _feed_shapes(feed: Feed) -> str:
+    return format_shapes({k: np.shape(v) for k, v in feed.items()})
+
+
+class _RunFailed(Exception):
+    """onnxruntime refused feed number ``index``; the message is its first line."""
+
+    def __init__(self, index: int, text: str) -> None:
+        super().__init__(text)
+        self.index = index
+
+
+_FED_PREFIX = "run failed"  # what FedSession's DataError starts with, stripped again below
+
+
+def _open(model: onnx.ModelProto | str, which: str) -> tuple[str, list[str], Callable[[Feed], list[np.ndarray]]]:
+    """(label, output names, run). An in-memory model runs as a :class:`FedSession` (its weights read
+    in place, no serialized copy); a path is opened by onnxruntime (external data)."""
+    label = which if isinstance(model, onnx.ModelProto) else str(model)
     try:
-        session = FedSession(model) if isinstance(model, onnx.ModelProto) else make_session(model)
+        session = (FedSession(model, mismatch=_FED_PREFIX) if isinstance(model, onnx.ModelProto)
+                   else make_session(model))
     except OnnxsqError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for models it refuses
         raise UnsupportedModelError(f"{label}: onnxruntime cannot load it: {first_line(exc)}") from None
     if isinstance(session, FedSession):
-        names, run = session.output_names, lambda feed: session.run(None, feed)
-    else:
-        names, run = [o.name for o in session.get_outputs()], lambda feed: session.run(None, dict(feed))
+        return label, session.output_names, lambda feed: session.run(None, feed)
+    return label, [o.name for o in session.get_outputs()], lambda feed: session.run(None, dict(feed))
+
+
+def _run_feeds(run: Callable[[Feed], list[np.ndarray]], feeds: list[Feed]) -> list[list[np.ndarray]]:
+    """Every feed's outputs; :class:`_RunFailed` with onnxruntime's first line for the first one refused."""
     outs = []
-    for feed in feeds:
+    for i, feed in enumerate(feeds):
         try:
             outs.append(run(feed))
-        except Exception as exc:  # noqa: BLE001
-            raise err(f"{label}: onnxruntime failed to run it on the inputs: {first_line(exc)}") from None
-    return names, outs
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad feeds
+            text = first_line(exc)
+            if isinstance(exc, DataError) and text.startswith(f"{_FED_PREFIX}: "):
+                text = text[len(_FED_PREFIX) + 2:]
+            raise _RunFailed(i, text) from None
+    return outs

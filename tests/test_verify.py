@@ -49,10 +49,12 @@ def test_random_feeds_are_seeded_and_typed():
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert not np.array_equal(a["f"], c["f"])
-    assert a["f"].dtype == np.float32 and a["f"].shape == (1, 3, 8)  # batch → 1, other symbols → 8
+    assert a["f"].dtype == np.float32 and a["f"].shape == (1, 3, 32)  # batch → 1, other symbols → 32
     assert a["i"].dtype == np.int64 and a["i"].shape == (2, 2) and a["i"].min() >= 0
     assert a["b"].dtype == np.bool_
-    assert random_feeds(model, batch=5)["f"].shape == (5, 3, 8)
+    assert random_feeds(model, batch=5)["f"].shape == (5, 3, 32)
+    assert random_feeds(model, attempt=1)["f"].shape == (1, 3, 64)
+    assert random_feeds(model, input_shapes={"f": (2, 3, 5)})["f"].shape == (2, 3, 5)
     assert random_feeds(model, dims={"f": (2, 3, 4)})["f"].shape == (2, 3, 4)
 
 
