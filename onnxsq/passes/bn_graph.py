@@ -1,6 +1,7 @@
-"""Graph helpers of the BatchNorm folding pass (:mod:`onnxsq.passes.fold_batchnorm`): constants seen
-through Identity, lazily inferred tensor types, writing a layer's constant inputs without touching
-tensors other nodes share, and fresh names."""
+"""Graph helpers of the folding passes (:mod:`onnxsq.passes.fold_batchnorm`,
+:mod:`onnxsq.passes.fold_affine`): constants seen through Identity, lazily inferred tensor types,
+writing a layer's constant inputs without touching tensors other nodes share, and scaling a layer's
+output channels into its weights and bias."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from ..graph import (
     UniqueNames,
     is_graph_output,
     new_constant,
+    node_label,
     onnx_dtype_to_np,
     producer,
 )
 from ..graph import const_value as _graph_const
+from . import bn_math as bm
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +100,42 @@ def set_const_input(graph: gs.Graph, node: gs.Node, idx: int, values: np.ndarray
         node.inputs[idx] = new
 
 
+
+
+def rewrite_layer(graph: gs.Graph, names: UniqueNames, layer: gs.Node, scale: np.ndarray,
+                  shift: np.ndarray) -> str | None:
+    """Make ``layer`` compute ``scale * layer(x) + shift`` (per output channel) through its weight and
+    bias; None when done, else why not (then nothing changed). A MatMul has no bias: only its weight
+    is scaled, and the caller places ``shift``. Weights other nodes share are cloned."""
+    w = const_value(layer.inputs[1])
+    has_bias = len(layer.inputs) > 2 and layer.inputs[2].name != ""
+    bias = const_value(layer.inputs[2]) if has_bias else None
+    if has_bias and bias is None:
+        return f"the bias/C of {layer.op} {node_label(layer)} is not constant"
+    label, channels = node_label(layer), scale.size
+    if layer.op == "Conv":
+        if w.shape[0] != channels:
+            return f"{label} has {w.shape[0]} output channels, the affine map {channels}"
+        new_w, new_b = bm.scale_conv_weight(w, scale, w.dtype), bm.fold_bias(bias, scale, shift)
+    elif layer.op == "ConvTranspose":
+        group = int(layer.attrs.get("group", 1))
+        if bm.convtranspose_out_channels(w, group) != channels:
+            return f"{label} has {bm.convtranspose_out_channels(w, group)} output channels, the affine map {channels}"
+        new_w, new_b = bm.scale_convtranspose_weight(w, scale, group, w.dtype), bm.fold_bias(bias, scale, shift)
+    elif layer.op == "Gemm":
+        trans = int(layer.attrs.get("transB", 0)) == 1
+        n = w.shape[0] if trans else w.shape[1]
+        if w.ndim != 2 or n != channels:
+            return f"{label} has {n} output features, the affine map {channels}"
+        new_w = bm.scale_matrix_columns(w, scale, trans, w.dtype)
+        new_b = bm.fold_gemm_c(bias, float(layer.attrs.get("beta", 1.0)), scale, shift)
+        layer.attrs["beta"] = 1.0
+    else:  # MatMul
+        if w.ndim != 2 or w.shape[1] != channels:
+            return f"{label} has {w.shape[-1]} output features, the affine map {channels}"
+        new_w, new_b = bm.scale_matrix_columns(w, scale, False, w.dtype), None
+    set_const_input(graph, layer, 1, bm.cast_like(new_w, w), f"{layer.inputs[1].name}", names)
+    if new_b is not None:
+        base = layer.inputs[2].name if has_bias else f"{label}_bias"
+        set_const_input(graph, layer, 2, bm.cast_like(new_b, bias if bias is not None else w), base, names)
+    return None

@@ -26,18 +26,61 @@ def per_channel(value: np.ndarray, rank: int, channels: int) -> np.ndarray | Non
     None when the constant varies along another axis or would grow the other operand's shape (then
     it is not a per-channel affine map and cannot be folded through).
     """
-    value = np.asarray(value, np.float64)
+    if rank < 2:
+        return None
+    vec = channel_vector(value, rank, 1, channels)
+    return None if isinstance(vec, str) else vec
+
+
+def channel_vector(value: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | str:
+    """The float64 length-``channels`` vector a constant broadcasts to along ``axis`` of a rank-``rank``
+    tensor, or why it is not one.
+
+    Numpy/ONNX broadcasting aligns shapes on the right, so a ``[C]`` constant runs along the *last*
+    axis: on a Conv output ``[N, C, H, W]`` that is W, not C. A constant with more dimensions than the
+    tensor would broadcast the tensor up, which no fold into a layer reproduces.
+    """
+    value = np.asarray(value)
     if value.ndim > rank:
-        return None
+        return (f"its constant of shape {list(value.shape)} has more dimensions than the rank-{rank} output "
+                "(it would broadcast the output up)")
+    axis = axis % rank
     shape = (1,) * (rank - value.ndim) + value.shape
-    if rank < 2 or any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
-        return None
-    return np.broadcast_to(value.reshape(-1), (channels,)).copy()
+    if any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
+        return (f"its constant of shape {list(value.shape)} is not per-channel (the rank-{rank} output has "
+                f"{channels} channels on axis {axis})")
+    return np.broadcast_to(np.asarray(value, np.float64).reshape(-1), (channels,)).copy()
+
+
+def affine_step_error(op: str, c: np.ndarray, var_first: bool) -> str | None:
+    """Why ``op`` with the constant ``c`` is not an affine map of its other operand, or None."""
+    if op == "Div" and not var_first:
+        return "c / x is not affine in x"
+    if op == "Div" and np.any(np.asarray(c) == 0):
+        return "divides by zero"
+    return None
+
+
+def compose_affine(a: np.ndarray, b: np.ndarray, op: str, c: np.ndarray,
+                   var_first: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(a', b') with ``a * op(x, c) + b == a' * x + b'`` per channel (``op`` one of Add/Sub/Mul/Div;
+    ``var_first``: x is the first operand). Walking a chain from its last node to its first composes it."""
+    why = affine_step_error(op, c, var_first)
+    if why:
+        raise ValueError(f"{op}: {why}")
+    if op == "Add":
+        return a, b + a * c
+    if op == "Sub":  # x - c, or c - x = -x + c
+        return (a, b - a * c) if var_first else (-a, b + a * c)
+    if op == "Mul":
+        return a * c, b
+    return a / c, b  # Div: x / c
 
 
 def cast_like(values: np.ndarray, like: np.ndarray | np.dtype) -> np.ndarray:
     dtype = like.dtype if isinstance(like, np.ndarray) else np.dtype(like)
-    return np.ascontiguousarray(values.astype(dtype, copy=False))
+    # not np.ascontiguousarray: it turns a 0-d constant into shape [1], which changes broadcasting
+    return np.require(np.asarray(values).astype(dtype, copy=False), requirements="C")
 
 
 def _scaled(w: np.ndarray, factor: np.ndarray, dtype) -> np.ndarray:

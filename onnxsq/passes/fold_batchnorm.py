@@ -59,7 +59,8 @@ from ..model_io import (
 )
 from ..report import Report
 from . import bn_math as bm
-from .bn_graph import TensorTypes, const_value, set_const_input
+from .bn_graph import TensorTypes, const_value, rewrite_layer, set_const_input
+from .fold_affine import fold_affine_graph
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,15 @@ class _Ctx:
 
 def fold_batchnorm(model: ModelLike, *, verify: bool = False, standalone: Literal["affine", "keep"] = "affine",
                    rtol: float | None = None, atol: float | None = None, seed: int = 0,
-                   samples: int = 2, input_shapes: Mapping[str, Sequence[int]] | None = None
+                   samples: int = 2, fold_affine: bool = True, input_shapes: Mapping[str, Sequence[int]] | None = None
                    ) -> tuple[onnx.ModelProto, Report]:
     """Fold every foldable BatchNormalization in ``model`` (a ModelProto or a path); remove the BN nodes.
 
     Returns the new model (same IR version and opsets) and a report with one entry per BN. With
     ``verify``, original and result are run in onnxruntime on ``samples`` seeded random inputs and a
     difference beyond ``rtol``/``atol`` (default: by the model's float type) raises VerificationError.
-    ``input_shapes`` (input name -> shape) fixes the random inputs' shapes (:mod:`onnxsq.shapes`).
+    ``fold_affine``: also fold constant Mul/Add/Sub/Div after layers (:mod:`.fold_affine`; their
+    entries are in the same report). ``input_shapes`` (input name -> shape) fixes the random inputs' shapes (:mod:`onnxsq.shapes`).
     """
     if standalone not in ("affine", "keep"):
         raise InvalidOptionError(f"standalone must be 'affine' or 'keep', not {standalone!r}")
@@ -100,7 +102,8 @@ def fold_batchnorm(model: ModelLike, *, verify: bool = False, standalone: Litera
     else:
         original = load_model(model)
     graph = import_graph(original)
-    report = fold_batchnorm_graph(graph, opset=default_opset(original), types_from=original, standalone=standalone)
+    report = fold_batchnorm_graph(graph, opset=default_opset(original), types_from=original, standalone=standalone,
+                                  fold_affine=fold_affine)
     result = export_like(graph, original)
     if verify:
         verify_folded(original, result, report, rtol=rtol, atol=atol, seed=seed, samples=samples,
@@ -109,13 +112,14 @@ def fold_batchnorm(model: ModelLike, *, verify: bool = False, standalone: Litera
 
 
 def fold_batchnorm_graph(graph: gs.Graph, *, opset: int, types_from: onnx.ModelProto | None = None,
-                         standalone: Literal["affine", "keep"] = "affine") -> Report:
+                         standalone: Literal["affine", "keep"] = "affine", fold_affine: bool = True) -> Report:
     """:func:`fold_batchnorm` on an onnx-graphsurgeon graph of default-domain ``opset``, in place.
 
     For passes that hold a graph already (quantize folds first): no export and re-import, so no
     extra copy of the weights. ``types_from``: the model ``graph`` came from, for onnx shape
     inference where a tensor's rank or type is unknown (None: unknown ranks stay unknown). The graph
-    is cleaned up (removed BN nodes dropped); the report is :func:`fold_batchnorm`'s.
+    is cleaned up (removed BN nodes dropped); the report is :func:`fold_batchnorm`'s. The affine folds
+    run last: BN folds (and BN→Mul/Add replacements, which may then fold into a layer) come first.
     """
     if standalone not in ("affine", "keep"):
         raise InvalidOptionError(f"standalone must be 'affine' or 'keep', not {standalone!r}")
@@ -146,7 +150,12 @@ def fold_batchnorm_graph(graph: gs.Graph, *, opset: int, types_from: onnx.ModelP
     order = {node_label(n): i for i, n in enumerate(bns)}
     ctx.report.candidates.sort(key=lambda c: order.get(c.name, len(order)))  # graph order, not decision order
     _report_subgraphs(ctx, graph)
-    graph.cleanup(remove_unused_graph_inputs=False)
+    if fold_affine:  # cleans the graph up too
+        affine = fold_affine_graph(graph, opset=opset, types=ctx.types, names=ctx.names)
+        ctx.report.candidates.extend(affine.candidates)
+        ctx.report.summary.update(affine.summary)
+    else:
+        graph.cleanup(remove_unused_graph_inputs=False)
     _summarize(ctx.report, sum(n.op == "BatchNormalization" for n in graph.nodes))
     log.info("fold-batchnorm: %(bn_nodes)d BN, %(folded)d folded, %(replaced)d replaced, %(left)d left",
              ctx.report.summary)
@@ -209,24 +218,16 @@ def _fold_backward(ctx: _Ctx, bn: gs.Node, s: np.ndarray, t: np.ndarray) -> str 
     if isinstance(rank, str):
         return rank
     a, b = np.ones(channels), np.zeros(channels)
-    for node in chain:
+    for node in chain:  # BN side first: composes a * node(x) + b back towards the layer
         var_first = const_value(node.inputs[0]) is None
         c = bm.per_channel(const_value(node.inputs[1 if var_first else 0]), rank, channels)
         if c is None:
             return f"the constant of {node.op} {node_label(node)} is not per-channel"
-        if node.op == "Add":
-            b = b + a * c
-        elif node.op == "Sub":
-            b = b - a * c if var_first else b + a * c
-            a = a if var_first else -a
-        elif node.op == "Mul":
-            a = a * c
-        else:  # Div: only x / c is affine in x
-            if not var_first or np.any(c == 0):
-                return f"Div {node_label(node)} is not a division by a non-zero constant"
-            a = a / c
+        if bm.affine_step_error(node.op, c, var_first):
+            return f"Div {node_label(node)} is not a division by a non-zero constant"
+        a, b = bm.compose_affine(a, b, node.op, c, var_first)
     scale, shift = s * a, s * b + t
-    why = _rewrite_layer(ctx, layer, scale, shift)
+    why = rewrite_layer(ctx.graph, ctx.names, layer, scale, shift)
     if why:
         return why
     out = bn.outputs[0]
@@ -272,42 +273,6 @@ def _layer_out_rank(ctx: _Ctx, layer: gs.Node) -> int | str:
         return (f"MatMul {node_label(layer)} is not [N, K] x [K, M] (input rank {a_rank}, weight rank {w.ndim}): "
                 "its channel axis 1 is not the weight's output axis")
     return 2
-
-
-def _rewrite_layer(ctx: _Ctx, layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -> str | None:
-    """Scale the layer's output channels and add ``shift``; None when done, else why not (nothing changed)."""
-    w = const_value(layer.inputs[1])
-    has_bias = len(layer.inputs) > 2 and layer.inputs[2].name != ""
-    bias = const_value(layer.inputs[2]) if has_bias else None
-    if has_bias and bias is None:
-        return f"the bias/C of {layer.op} {node_label(layer)} is not constant"
-    label, channels = node_label(layer), scale.size
-    if layer.op == "Conv":
-        if w.shape[0] != channels:
-            return f"{label} has {w.shape[0]} output channels, the BN {channels}"
-        new_w, new_b = bm.scale_conv_weight(w, scale, w.dtype), bm.fold_bias(bias, scale, shift)
-    elif layer.op == "ConvTranspose":
-        group = int(layer.attrs.get("group", 1))
-        if bm.convtranspose_out_channels(w, group) != channels:
-            return f"{label} has {bm.convtranspose_out_channels(w, group)} output channels, the BN {channels}"
-        new_w, new_b = bm.scale_convtranspose_weight(w, scale, group, w.dtype), bm.fold_bias(bias, scale, shift)
-    elif layer.op == "Gemm":
-        trans = int(layer.attrs.get("transB", 0)) == 1
-        n = w.shape[0] if trans else w.shape[1]
-        if w.ndim != 2 or n != channels:
-            return f"{label} has {n} output features, the BN {channels}"
-        new_w = bm.scale_matrix_columns(w, scale, trans, w.dtype)
-        new_b = bm.fold_gemm_c(bias, float(layer.attrs.get("beta", 1.0)), scale, shift)
-        layer.attrs["beta"] = 1.0
-    else:  # MatMul
-        if w.shape[1] != channels:
-            return f"{label} has {w.shape[1]} output features, the BN {channels}"
-        new_w, new_b = bm.scale_matrix_columns(w, scale, False, w.dtype), None
-    set_const_input(ctx.graph, layer, 1, bm.cast_like(new_w, w), f"{layer.inputs[1].name}", ctx.names)
-    if new_b is not None:
-        base = layer.inputs[2].name if has_bias else f"{label}_bias"
-        set_const_input(ctx.graph, layer, 2, bm.cast_like(new_b, bias if bias is not None else w), base, ctx.names)
-    return None
 
 
 # --- forward: BN → Conv -------------------------------------------------------------------------------
@@ -397,7 +362,7 @@ def _report_subgraphs(ctx: _Ctx, graph: gs.Graph, owner: str = "") -> None:
 
 
 def _summarize(report: Report, bn_left: int) -> None:
-    actions = [c.action for c in report.candidates]
+    actions = [c.action for c in report.candidates if c.op == "BatchNormalization"]
     report.summary.update(
         bn_nodes=len(actions),
         folded=actions.count("folded"),
