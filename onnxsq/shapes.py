@@ -8,6 +8,7 @@ the rest is filled by :func:`resolve_input_shapes` with sizes real models accept
 
 from __future__ import annotations
 
+import logging
 import shlex
 from typing import Mapping, Sequence
 
@@ -16,6 +17,7 @@ import onnx
 from .errors import InvalidOptionError
 from .graph import data_inputs
 
+log = logging.getLogger(__name__)
 Shapes = dict[str, tuple[int, ...]]
 GivenShapes = Mapping[str | None, Sequence[int]]  # a None key: the only data input
 
@@ -191,3 +193,25 @@ def shape_hint(model: onnx.ModelProto, alternative: str | None = "--no-verify") 
         return f"pass {alternative}" if alternative else ""
     what = " ".join(specs) + " (the sizes it takes)"
     return f"pass {what}" + (f" or {alternative}" if alternative else "")
+
+
+def image_size(model: onnx.ModelProto, given: GivenShapes | None = None, layout: str = "nchw"
+               ) -> tuple[int, int] | None:
+    """(H, W) to resize images to for a one-input model whose rank-4 input leaves H or W dynamic:
+    from ``given`` (checked as in :func:`resolve_input_shapes`), else 224 (logged at INFO). None when
+    the model fixes both (images then take its static size) or has no single rank-4 input."""
+    inputs = data_inputs(model)
+    dims = _model_dims(inputs[0]) if len(inputs) == 1 else []
+    if len(dims) != 4:
+        return None
+    hw = (2, 3) if layout == "nchw" else (1, 2)
+    if all(isinstance(dims[a], int) for a in hw):
+        resolve_input_shapes(model, given)  # a given shape is still checked against the model
+        return None
+    shape = resolve_input_shapes(model, given)[inputs[0].name]
+    if given:
+        return shape[hw[0]], shape[hw[1]]
+    size = tuple(d if isinstance(d, int) else IMAGE_SIZES[0] for d in (dims[hw[0]], dims[hw[1]]))
+    log.info("input %r has a dynamic size (%s): images are resized to %dx%d (--input-shape or --size sets it)",
+             inputs[0].name, format_shape(["?" if d is None else d for d in dims]), *size)
+    return size[0], size[1]

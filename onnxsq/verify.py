@@ -26,7 +26,7 @@ from .errors import (
 )
 from .graph import data_inputs, onnx_dtype_to_np
 from .report import Report
-from .runtime import FedSession, make_session
+from .runtime import FedSession, import_ort, make_session
 from .shapes import ATTEMPTS, GivenShapes, format_shapes, resolve_input_shapes, shape_hint
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,9 @@ def _open(model: onnx.ModelProto | str, which: str) -> tuple[str, list[str], Cal
         raise UnsupportedModelError(f"{label}: onnxruntime cannot load it: {first_line(exc)}") from None
     if isinstance(session, FedSession):
         return label, session.output_names, lambda feed: session.run(None, feed)
-    return label, [o.name for o in session.get_outputs()], lambda feed: session.run(None, dict(feed))
+    quiet = import_ort().RunOptions()
+    quiet.log_severity_level = 4  # a refused feed is raised (and maybe retried), not also logged by onnxruntime
+    return label, [o.name for o in session.get_outputs()], lambda feed: session.run(None, dict(feed), quiet)
 
 
 def _run_feeds(run: Callable[[Feed], list[np.ndarray]], feeds: list[Feed]) -> list[list[np.ndarray]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import click
 
@@ -77,3 +77,27 @@ def preprocess_options(f: Callable) -> Callable:
     f = click.option("--size", nargs=2, type=int, default=None,
                      help="Resize images to H W [default: the model's static input size].")(f)
     return f
+
+
+def parse_input_shapes(specs: Sequence[str]) -> dict[str | None, tuple[int, ...]] | None:
+    """``--input-shape`` values → {input name (None: the only input): dims}; None when none given.
+    A name given twice is an error (the model is not known yet: names are checked when it runs)."""
+    from ..shapes import format_shape, parse_input_shape
+
+    out: dict[str | None, tuple[int, ...]] = {}
+    for spec in specs:
+        name, dims = parse_input_shape(spec)
+        if name in out:
+            raise InvalidOptionError(f"--input-shape {name or '(bare, for the only input)'}: given twice "
+                                     f"({format_shape(out[name])} and {format_shape(dims)}); give each input once")
+        out[name] = dims
+    return out or None
+
+
+def input_shape_option(f: Callable) -> Callable:
+    """``--input-shape NAME:1x3x224x224`` (repeatable) → ``input_shapes``: the mapping, or None."""
+    return click.option(
+        "--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
+        callback=lambda _ctx, _param, value: parse_input_shapes(value),
+        help="Shape of a model input, e.g. images:1x3x224x224 (repeatable; a bare 1x3x224x224 for a "
+             "one-input model) [default: static dims; batch 1, image H W 224, other dynamic dims 32].")(f)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..options import model_argument, preprocess_options, quiet, report_option
+from ..options import input_shape_option, model_argument, preprocess_options, quiet, report_option, warn_ignored
 
 
 @click.command("eval")
@@ -19,15 +19,42 @@ from ..options import model_argument, preprocess_options, quiet, report_option
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="cpu", show_default=True)
 @preprocess_options
+@input_shape_option
 def command(model: Path, report_path: Path | None, data: Path, labels: Path | None, task: str | None,
-            batch_size: int, device: str, **pre) -> None:
-    """Evaluate MODEL on --data: top-1/top-5, or pixel accuracy, mean and per-class IoU."""
+            batch_size: int, device: str, input_shapes: dict[str | None, tuple[int, ...]] | None, **pre) -> None:
+    """Evaluate MODEL on --data: top-1/top-5, or pixel accuracy, mean and per-class IoU.
+
+    Images take --size, else the model's static H W, else --input-shape's; an image folder on a model
+    with a dynamic size defaults to 224 (an image list keeps each image's own size).
+    """
     from ... import model_io
     from ...evaluation import evaluate
     from ..render import finish
     from ._train_options import open_data
 
     proto = model_io.load_model(model)
+    pre["size"] = _eval_size(proto, data, labels, pre.get("size") or None, input_shapes, pre["layout"])
     dataset, _ = open_data(proto, {**pre, "data": data, "labels": labels}, task=task)
     report = evaluate(proto, dataset, batch_size=batch_size, device=device)
     finish(report, report_path, quiet=quiet())
+
+
+def _eval_size(proto, data: Path, labels: Path | None, size: tuple[int, int] | None,
+               input_shapes: dict[str | None, tuple[int, ...]] | None, layout: str) -> tuple[int, int] | None:
+    """The image size: --size; else, on a model with a dynamic H or W, --input-shape's; else 224 for
+    an image folder (its images must stack into batches), the decoded size for an image list
+    (segmentation is scored at its labels' resolution). None: the model's static size."""
+    from ...shapes import image_size
+
+    if size is not None:
+        if input_shapes:
+            warn_ignored("--input-shape", "--size sets the image size")
+        return tuple(size)
+    images = labels is not None or data.is_dir()
+    if not images:
+        if input_shapes:
+            warn_ignored("--input-shape", "it sizes images, and --data gives arrays")
+        return None
+    if labels is not None and not input_shapes:
+        return None
+    return image_size(proto, input_shapes, layout)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..options import common_model_command, preprocess_options, quiet, resolve_output
+from ..options import common_model_command, input_shape_option, preprocess_options, quiet, resolve_output, warn_ignored
 
 METHODS = ("minmax", "ema", "percentile", "mse")
 
@@ -32,11 +32,16 @@ METHODS = ("minmax", "ema", "percentile", "mse")
               help="Use these parameters (JSON) instead of calibrating the tensors it names.")
 @click.option("--params-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the parameters (JSON).")
 @preprocess_options
+@input_shape_option
 def command(model: Path, output: Path | None, in_place: bool, report_path: Path | None, calib: str | None,
             calib_count: int | None, batch_size: int, bits: int, weight_bits: int | None, per_channel: bool, exclude: tuple[str, ...], method: str,
             weight_method: str, report_samples: int, no_bias_correction: bool, params_in: Path | None,
-            params_out: Path | None, size, mean, std, channel_order: str, layout: str) -> None:
-    """Quantize MODEL to power-of-two int8 QDQ (scales 2**-shift, zero points 0), calibrating on --calib."""
+            params_out: Path | None, size, mean, std, channel_order: str, layout: str,
+            input_shapes: dict[str | None, tuple[int, ...]] | None) -> None:
+    """Quantize MODEL to power-of-two int8 QDQ (scales 2**-shift, zero points 0), calibrating on --calib.
+
+    Calibration images take --size, else the model's static H W, else --input-shape's, else 224.
+    """
     from rich.progress import Progress
 
     from ...data.images import Preprocess
@@ -45,8 +50,8 @@ def command(model: Path, output: Path | None, in_place: bool, report_path: Path 
     from ..render import err_console, finish
 
     out = resolve_output(model, output, "quant", in_place)
-    pre = Preprocess(size=tuple(size) if size else None, mean=mean, std=std, channel_order=channel_order,
-                     layout=layout)
+    pre = Preprocess(size=_calib_size(model, calib, tuple(size) if size else None, input_shapes, layout),
+                     mean=mean, std=std, channel_order=channel_order, layout=layout)
     cfg = QuantizeConfig(bits=bits, weight_bits=weight_bits, per_channel=per_channel, exclude=exclude, method=method,
                          weight_method=weight_method, calib_count=calib_count, batch_size=batch_size,
                          report_samples=report_samples, bias_correction=not no_bias_correction,
@@ -63,3 +68,37 @@ def command(model: Path, output: Path | None, in_place: bool, report_path: Path 
     report.summary["output"] = str(out)
     finish(report, report_path, quiet=quiet(),
            detail_keys=["bits", "signed", "shift", "w_shift", "range", "clipped", "sqnr_db"])
+
+
+def _calib_size(model: Path, calib: str | None, size: tuple[int, int] | None,
+                input_shapes: dict[str | None, tuple[int, ...]] | None, layout: str) -> tuple[int, int] | None:
+    """The calibration image size: --size; else, for a model with a dynamic H or W, --input-shape's
+    or the default image size (onnxsq.shapes.image_size); None: the model's static size."""
+    import onnx
+
+    from ...shapes import image_size
+
+    if size is not None:
+        if input_shapes:
+            warn_ignored("--input-shape", "--size sets the calibration image size")
+        return size
+    if not _image_folder(calib):
+        if input_shapes:
+            warn_ignored("--input-shape", "it sizes calibration images, and --calib gives none")
+        return None
+    try:  # the graph only (a model with external data leaves it on disk); the pass loads and checks it
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable model is reported by quantize() in one line
+        return None
+    return image_size(proto, input_shapes, layout)
+
+
+def _image_folder(calib: str | None) -> bool:
+    """Whether --calib is a folder of images (open_source reads images only where it finds no tensors)."""
+    from ...data.images import is_image
+
+    path = Path(calib) if calib else None
+    if path is None or not path.is_dir():
+        return False
+    files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    return any(is_image(p) for p in files) and not any(p.suffix.lower() in (".npy", ".npz") for p in files)
