@@ -27,7 +27,9 @@ Conv/ConvTranspose/Gemm output, the last axis of a MatMul's. Numpy broadcasting 
 so ``[C]`` on a Conv output ``[N, C, H, W]`` runs along W: it and ``[1, 1, H, W]`` are refused, as is
 a constant with more dimensions than the output (it would broadcast the output up). Also refused,
 each with its reason in the report: a layer (or chain) output that is a graph output or feeds other
-nodes (they read the unscaled value), ``c / x`` (not affine) and division by zero, non-constant
+nodes (they read the unscaled value), ``c / x`` (not affine) and division by zero, before opset 7
+constants of more than one element (broadcasting then follows the ``broadcast``/``axis``
+attributes, not numpy), non-constant
 weights or biases, a MatMul input of unknown rank and MatMul weights that are not 2-D. Only ops with
 exactly one constant operand that directly follow a layer (or chain after one) are candidates.
 """
@@ -67,6 +69,7 @@ class _Layer:
 class _Step:
     node: gs.Node
     label: str
+    op: str  # as found (the Add a rank-3+ MatMul keeps may have been a Sub)
     c: np.ndarray  # float64, one value per output channel
     var_first: bool  # the layer's side is the first operand
     const: gs.Tensor  # the constant operand as the graph has it
@@ -114,21 +117,24 @@ def _fold_layer(ctx: _Ctx, layer: gs.Node) -> None:
         return
     info = _layer_info(ctx, layer)
     steps: list[_Step] = []
+    refused: list[tuple[gs.Node, str]] = []
     cur, who = layer.outputs[0], f"{layer.op} {node_label(layer)}"
     while True:
         cands = [n for n in cur.outputs if _var_index(n) is not None]
         if not cands:
             break
         why = info if isinstance(info, str) else _shared(ctx.graph, cur, who)
-        step = _check_step(info, cands[0]) if why is None else why
+        step = _check_step(info, cands[0], ctx.opset) if why is None else why
         if isinstance(step, str):
-            for node in cands if why else cands[:1]:
-                ctx.report.add(node_label(node), node.op, "skipped", step, pattern=_pattern(layer, steps + [node]))
+            refused = [(node, step) for node in (cands if why else cands[:1])]
             break
         steps.append(step)
-        cur, who = step.node.outputs[0], f"{step.node.op} {step.label}"
+        cur, who = step.node.outputs[0], f"{step.op} {step.label}"
+    pattern = _pattern(layer, steps + [node for node, _ in refused[:1]])
     if steps:
-        _rewrite(ctx, info, steps)
+        _rewrite(ctx, info, steps, pattern)
+    for node, why in refused:  # after the chain before them: report entries in graph order
+        ctx.report.add(node_label(node), node.op, "skipped", why, pattern=pattern)
 
 
 def _shared(graph: gs.Graph, tensor: gs.Tensor, who: str) -> str | None:
@@ -140,7 +146,7 @@ def _shared(graph: gs.Graph, tensor: gs.Tensor, who: str) -> str | None:
 
 
 def _pattern(layer: gs.Node, nodes: list) -> str:
-    return "→".join([layer.op] + [(n.node if isinstance(n, _Step) else n).op for n in nodes])
+    return "→".join([layer.op] + [n.op for n in nodes])
 
 
 def _layer_info(ctx: _Ctx, layer: gs.Node) -> _Layer | str:
@@ -167,39 +173,41 @@ def _layer_info(ctx: _Ctx, layer: gs.Node) -> _Layer | str:
     return _Layer(layer, rank, rank - 1, w.shape[1])
 
 
-def _check_step(info: _Layer, node: gs.Node) -> _Step | str:
+def _check_step(info: _Layer, node: gs.Node, opset: int) -> _Step | str:
     var = _var_index(node)
     c = const_value(node.inputs[1 - var])
     if not np.issubdtype(c.dtype, np.floating):
         return f"its constant is {c.dtype}, not float"
+    if opset < 7 and c.size != 1:
+        return (f"opset {opset} broadcasting (the broadcast/axis attributes) is not numpy's: only 1-element "
+                "constants are folded before opset 7")
     vec = bm.channel_vector(c, info.rank, info.axis, info.channels)
     if isinstance(vec, str):
         return vec
     why = bm.affine_step_error(node.op, vec, var == 0)
-    return why or _Step(node, node_label(node), vec, var == 0, node.inputs[1 - var])
+    return why or _Step(node, node_label(node), node.op, vec, var == 0, node.inputs[1 - var])
 
 
 def _compose(steps: list[_Step], channels: int) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.ones(channels), np.zeros(channels)
     for step in reversed(steps):  # from the chain's end back to the layer
-        a, b = bm.compose_affine(a, b, step.node.op, step.c, step.var_first)
+        a, b = bm.compose_affine(a, b, step.op, step.c, step.var_first)
     return a, b
 
 
-def _rewrite(ctx: _Ctx, info: _Layer, steps: list[_Step]) -> None:
+def _rewrite(ctx: _Ctx, info: _Layer, steps: list[_Step], pattern: str) -> None:
     layer, label = info.node, node_label(info.node)
     a, b = _compose(steps, info.channels)
-    pattern = _pattern(layer, steps)
     keep = None  # the Add that stays after a rank-3+ MatMul
     if layer.op == "MatMul" and info.rank > 2 and np.any(b != 0):
-        keep = [s for s in steps if s.node.op in ADDITIVE][-1]
-        if len(steps) == 1:  # a lone Add: nothing to fold
-            ctx.report.add(keep.label, keep.node.op, "skipped", GEMM_IS_2D.format(rank=info.rank), pattern=pattern)
+        keep = [s for s in steps if s.op in ADDITIVE][-1]
+        if len(steps) == 1 and keep.op == "Add":  # a lone Add: nothing to fold
+            ctx.report.add(keep.label, keep.op, "skipped", GEMM_IS_2D.format(rank=info.rank), pattern=pattern)
             return
     why = rewrite_layer(ctx.graph, ctx.names, layer, a, b)
     if why:
         for s in steps:
-            ctx.report.add(s.label, s.node.op, "skipped", why, pattern=pattern)
+            ctx.report.add(s.label, s.op, "skipped", why, pattern=pattern)
         return
     out, mid = steps[-1].node.outputs[0], layer.outputs[0]
     for s in steps:
@@ -214,11 +222,11 @@ def _rewrite(ctx: _Ctx, info: _Layer, steps: list[_Step]) -> None:
     into = f"{layer.op} {label}"
     for s in steps:
         if s is keep:
-            ctx.report.add(s.label, s.node.op, "skipped", GEMM_IS_2D.format(rank=info.rank), pattern=pattern,
+            ctx.report.add(s.label, s.op, "skipped", GEMM_IS_2D.format(rank=info.rank), pattern=pattern,
                            into=into)
         else:
-            where = f"Add {keep.label}" if keep is not None and s.node.op in ADDITIVE else into
-            ctx.report.add(s.label, s.node.op, "folded", f"into {where}", into=where, pattern=pattern)
+            where = f"Add {keep.label}" if keep is not None and s.op in ADDITIVE else into
+            ctx.report.add(s.label, s.op, "folded", f"into {where}", into=where, pattern=pattern)
 
 
 def _keep_add(ctx: _Ctx, keep: _Step, mid: gs.Tensor, out: gs.Tensor, b: np.ndarray, w: np.ndarray) -> None:

@@ -52,6 +52,19 @@ class Builder:
                      (("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var))]
         return self.node("BatchNormalization", ins, n_out=n_out, epsilon=eps, **attrs)
 
+    def conv(self, x: str, cin: int, cout: int, *, kernel: int = 3, group: int = 1, bias: bool = True,
+             op: str = "Conv", **attrs) -> str:
+        """A 2-D Conv (or ConvTranspose, weight [cin, cout/group, k, k]) with seeded weights, padding 1."""
+        shape = (cin, cout // group) if op == "ConvTranspose" else (cout, cin // group)
+        w = self.const("w", self.weight(shape + (kernel, kernel), cin // group * kernel**2))
+        ins = [x, w] + ([self.const("b", self.rng.normal(0, 1, cout))] if bias else [])
+        return self.node(op, ins, group=group, kernel_shape=[kernel, kernel], pads=[1] * 4, **attrs)
+
+    def const_op(self, op: str, y: str, value: np.ndarray, *, const_first: bool = False) -> str:
+        """``op(y, c)`` (``op(c, y)`` with ``const_first``) with ``value`` in this builder's dtype."""
+        c = self.const("c", value)
+        return self.node(op, [c, y] if const_first else [y, c])
+
     def model(self, inputs: dict[str, list], outputs: list[str], opset: int = 13,
               out_shapes: dict[str, list] | None = None) -> onnx.ModelProto:
         et = NP_TO_ONNX[self.dtype]
