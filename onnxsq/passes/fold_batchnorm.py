@@ -20,6 +20,9 @@ an eval-mode BN over channel axis 1 is ``y = s * x + t`` with ``s = gamma / sqrt
 3. **Standalone** — what is left becomes its cheapest exact form, ``Mul`` and/or ``Add`` with
    ``[C, 1, ...]`` broadcast constants (an ``Identity`` when the BN is the identity), unless
    ``standalone="keep"``; it then stays, with the reasons it could not be folded.
+4. **Affine folds** (:mod:`onnxsq.passes.fold_affine`, unless ``fold_affine=False``) — constant
+   Mul/Add/Sub/Div chains left after a layer (exporters' decomposed BNs and biases, and step 3's
+   replacements) go into the layer's weights and bias; a 2-D MatMul + Add becomes a Gemm.
 
 Refused, with a reason in the report: training mode (``training_mode=1``, or the statistics outputs,
 which select training mode before opset 14), ``spatial=0`` and pre-opset-7 BN, non-constant parameters, a layer (or intermediate)
@@ -91,7 +94,8 @@ def fold_batchnorm(model: ModelLike, *, verify: bool = False, standalone: Litera
     ``verify``, original and result are run in onnxruntime on ``samples`` seeded random inputs and a
     difference beyond ``rtol``/``atol`` (default: by the model's float type) raises VerificationError.
     ``fold_affine``: also fold constant Mul/Add/Sub/Div after layers (:mod:`.fold_affine`; their
-    entries are in the same report). ``input_shapes`` (input name -> shape) fixes the random inputs' shapes (:mod:`onnxsq.shapes`).
+    entries are in the same report). ``input_shapes`` (input name -> shape) fixes the random inputs'
+    shapes (:mod:`onnxsq.shapes`).
     """
     if standalone not in ("affine", "keep"):
         raise InvalidOptionError(f"standalone must be 'affine' or 'keep', not {standalone!r}")
