@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxsq.errors import DataError, UnsupportedModelError, VerificationError
+from test_shapes import shared_symbol_model, spatial_after, strided_model  # pythonpath = tests
+
+from onnxsq.errors import CheckNotRunError, DataError, UnsupportedModelError, VerificationError
 from onnxsq.verify import compare_models, default_tolerance, input_shape, load_feeds, random_feeds
 
 pytest.importorskip("onnxruntime")
@@ -183,3 +187,72 @@ def test_a_model_onnxruntime_refuses_is_one_line(conv_model):
     with pytest.raises(UnsupportedModelError, match="model B: onnxruntime cannot load it") as info:
         compare_models(a, b)
     assert "\n" not in str(info.value)
+
+
+# --- random inputs of a shape the model takes (dynamic dims) ----------------------------------------
+
+def test_dynamic_model_runs_at_the_image_size():
+    model = strided_model(spatial_after(224))
+    result = compare_models(model, model)
+    assert result.ok and result.samples == 2
+    assert random_feeds(model)["x"].shape == (1, 3, 224, 224)
+
+
+def test_a_refused_first_size_is_retried_once(caplog):
+    model = strided_model(spatial_after(320))  # 224 leaves 27, this one wants 39
+    with caplog.at_level(logging.INFO, logger="onnxsq.verify"):
+        result = compare_models(model, model)
+    assert result.ok
+    assert "x:1x3x224x224" in caplog.text and "random inputs x:1x3x320x320" in caplog.text
+
+
+def test_no_random_shape_runs_is_a_check_not_run_error():
+    model = strided_model(spatial_after(143))
+    with pytest.raises(CheckNotRunError) as info:
+        compare_models(model, model)
+    msg = str(info.value)
+    assert not isinstance(info.value, VerificationError)
+    assert "\n" not in msg and "--input-shape x:Nx3xHxW" in msg and msg.endswith("or --no-verify")
+    assert "x:1x3x224x224 or x:1x3x320x320" in msg and "could not run" in msg
+    assert "differ" not in msg and "mismatch" not in msg
+    with pytest.raises(CheckNotRunError, match="or --data FILE.npz$"):
+        compare_models(model, model, alternative="--data FILE.npz")
+
+
+def test_a_given_shape_runs_and_is_never_retried():
+    model = strided_model(spatial_after(143))
+    assert compare_models(model, model, input_shapes={"x": (1, 3, 143, 143)}).ok
+    assert compare_models(model, model, input_shapes={None: (2, 3, 143, 143)}).ok
+    with pytest.raises(DataError) as info:
+        compare_models(model, model, input_shapes={"x": (1, 3, 224, 224)})
+    msg = str(info.value)
+    assert "given shape x:1x3x224x224" in msg and "320" not in msg and "\n" not in msg
+
+
+def test_given_feeds_that_fail_name_their_shape(conv_model):
+    a = conv_model()
+    with pytest.raises(DataError, match=r"given inputs of shape input:1x5x8x8"):
+        compare_models(a, a, feeds=[{"input": np.zeros((1, 5, 8, 8), np.float32)}])
+
+
+def test_model_b_refusing_what_a_takes_is_a_difference():
+    a, b = strided_model(spatial_after(224)), strided_model(spatial_after(143))
+    with pytest.raises(VerificationError, match="model B: onnxruntime failed to run it on inputs of shape x:1x3x224"):
+        compare_models(a, b)
+
+
+def test_shared_symbols_and_nhwc_feeds():
+    feeds = random_feeds(shared_symbol_model())
+    assert feeds["a"].shape == (1, 3, 224, 224) and feeds["b"].shape == (1, 224)
+    model = shared_symbol_model()
+    assert compare_models(model, model).ok
+    nhwc = strided_model(spatial_after(224), nhwc=True)
+    assert random_feeds(nhwc)["x"].shape == (1, 224, 224, 3)
+    assert compare_models(nhwc, nhwc).ok
+
+
+def test_paths_retry_too(tmp_path):
+    model = strided_model(spatial_after(320))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert compare_models(str(path), str(path)).ok
