@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from test_shapes import spatial_after, strided_model  # pythonpath = tests
 
 pytest.importorskip("onnxruntime")
 
@@ -135,3 +136,66 @@ def test_real_subprocess(tiny_models, tmp_path):
     proc = subprocess.run([str(exe), "optimize", str(tmp_path / "nope.onnx")], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode == 1 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- the self-check on dynamic-shape models (--input-shape) -----------------------------------------
+
+def _write(tmp_path: Path, fixed: int, name: str = "dyn", **kw) -> Path:
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(strided_model(fixed, **kw).SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("size", [224, 320])  # the first fill, and the one retry
+def test_dynamic_model_is_checked_at_a_size_it_takes(size, run_cli, tmp_path, untouched):
+    src = _write(tmp_path, spatial_after(size))
+    untouched(src)
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    res = run_cli("optimize", src, "-o", out, "--report", rep)
+    assert res.code == 0, res.err
+    summary = json.loads(rep.read_text())["summary"]
+    assert summary["verified"] is True and summary["folded"] == 1 and bn_count(out) == 0
+
+
+def test_no_random_shape_runs_is_one_line_naming_input_shape(run_cli, tmp_path):
+    src = _write(tmp_path, spatial_after(143))
+    out = tmp_path / "o.onnx"
+    res = run_cli("optimize", src, "-o", out)
+    one_line_error(res, "could not run on random inputs of shape x:1x3x224x224 or x:1x3x320x320",
+                   "--input-shape x:Nx3xHxW", "--no-verify")
+    assert "differ" not in res.err and "mismatch" not in res.err and not out.exists()
+    res = run_cli("optimize", src, "-o", out, "--input-shape", "x:1x3x143x143", "--report", tmp_path / "r.json")
+    assert res.code == 0, res.err
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["verified"] is True
+    assert run_cli("optimize", src, "-o", out, "--input-shape", "1x3x143x143", "--in-place").code == 0
+    # a given shape that does not run is the user's data problem: named, no retry
+    one_line_error(run_cli("optimize", src, "-o", out, "--input-shape", "x:1x3x224x224"),
+                   "given shape x:1x3x224x224")
+
+
+def test_nhwc_model_is_checked(run_cli, tmp_path):
+    res = run_cli("optimize", _write(tmp_path, spatial_after(224), nhwc=True), "-o", tmp_path / "o.onnx")
+    assert res.code == 0, res.err
+
+
+@pytest.mark.parametrize("value, needle", [
+    ("x:1x3xHx224", "'H' is not a dim"),
+    ("x:", "no dims"),
+    ("x:0x3x224x224", "positive"),
+    ("y:1x3x224x224", "no input 'y' (its inputs: x)"),
+    ("x:1x3x224", "rank 4"),
+    ("x:1x4x224x224", "dim 1 is 4"),
+])
+def test_bad_input_shape_is_one_line(value, needle, run_cli, tmp_path, untouched):
+    src = _write(tmp_path, 27)
+    untouched(src)
+    one_line_error(run_cli("optimize", src, "-o", tmp_path / "o.onnx", "--input-shape", value), needle)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_input_shape_twice_and_with_no_verify(run_cli, tmp_path):
+    src = _write(tmp_path, 27)
+    one_line_error(run_cli("optimize", src, "-o", tmp_path / "o.onnx", "--input-shape", "x:1x3x224x224",
+                           "--input-shape", "x:1x3x320x320"), "given twice")
+    res = run_cli("optimize", src, "-o", tmp_path / "o.onnx", "--no-verify", "--input-shape", "x:1x3x224x224")
+    assert res.code == 0 and "--input-shape is ignored" in res.err
