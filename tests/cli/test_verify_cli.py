@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from test_shapes import shared_symbol_model, spatial_after, strided_model  # pythonpath = tests
 
 pytest.importorskip("onnxruntime")
 
@@ -116,3 +117,55 @@ def test_real_command(pair):
     bad = subprocess.run([str(BIN), "verify", str(a), str(b)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+# --- dynamic-shape models: random inputs of a size they take, --input-shape -------------------------
+
+def _save(path: Path, model: onnx.ModelProto) -> Path:
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_dynamic_models_run_at_image_and_shared_sizes(run_cli, tmp_path):
+    for name, model in (("s", strided_model(spatial_after(224))), ("r", strided_model(spatial_after(320))),
+                        ("shared", shared_symbol_model())):
+        path = _save(tmp_path / f"{name}.onnx", model)
+        result = run_cli("verify", path, path)
+        assert result.code == 0, (name, result.err)
+
+
+def test_no_random_shape_runs_then_input_shape(run_cli, tmp_path):
+    path = _save(tmp_path / "m.onnx", strided_model(spatial_after(143)))
+    result = run_cli("verify", path, path)
+    assert result.code == 1
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxsq: error: the check could not run"), result.err
+    assert "--input-shape x:Nx3xHxW" in lines[0] and "--data" in lines[0] and "--no-verify" not in lines[0]
+    assert "differ" not in lines[0] and "mismatch" not in lines[0]
+    report = tmp_path / "r.json"
+    result = run_cli("verify", path, path, "--input-shape", "x:2x3x143x143", "--report", report)
+    assert result.code == 0, result.err
+    assert json.loads(report.read_text())["summary"]["ok"] is True
+
+
+@pytest.mark.parametrize("value, needle", [("x:1x3x143", "rank 4"), ("nope:1x3x143x143", "its inputs: x"),
+                                           ("x:1x3x1e3x143", "'1e3' is not a dim")])
+def test_bad_input_shape_is_one_line(value, needle, run_cli, tmp_path):
+    path = _save(tmp_path / "m.onnx", strided_model(spatial_after(143)))
+    result = run_cli("verify", path, path, "--input-shape", value)
+    lines = result.err.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1 and needle in lines[0], result.err
+
+
+def test_input_shape_with_data_is_ignored_with_a_warning(pair, run_cli, tmp_path):
+    a, _ = pair
+    np.savez(tmp_path / "x.npz", input=np.zeros((1, 3, 8, 8), np.float32))
+    result = run_cli("verify", a, a, "--data", tmp_path / "x.npz", "--input-shape", "input:1x3x9x9")
+    assert result.code == 0 and "--input-shape is ignored: --data gives the inputs" in result.err
+
+
+def test_real_command_that_cannot_check_is_one_line(tmp_path):
+    path = _save(tmp_path / "m.onnx", strided_model(spatial_after(143)))
+    proc = subprocess.run([str(BIN), "verify", str(path), str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # onnxruntime's own error log stays quiet
