@@ -219,14 +219,12 @@ def _rewrite(ctx: _Ctx, info: _Layer, steps: list[_Step], pattern: str) -> None:
         layer.outputs[0] = out
         if layer.op == "MatMul" and np.any(b != 0):
             _to_gemm(ctx, layer, b)
-    into = f"{layer.op} {label}"
     for s in steps:
         if s is keep:
-            ctx.report.add(s.label, s.op, "skipped", GEMM_IS_2D.format(rank=info.rank), pattern=pattern,
-                           into=into)
+            ctx.report.add(s.label, s.op, "skipped", GEMM_IS_2D.format(rank=info.rank), pattern=pattern)
         else:
-            where = f"Add {keep.label}" if keep is not None and s.op in ADDITIVE else into
-            ctx.report.add(s.label, s.op, "folded", f"into {where}", into=where, pattern=pattern)
+            into, what = (keep.label, "Add") if keep is not None and s.op in ADDITIVE else (label, layer.op)
+            ctx.report.add(s.label, s.op, "folded", f"into {what} {into}", into=into, pattern=pattern)
 
 
 def _keep_add(ctx: _Ctx, keep: _Step, mid: gs.Tensor, out: gs.Tensor, b: np.ndarray, w: np.ndarray) -> None:

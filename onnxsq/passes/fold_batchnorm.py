@@ -154,13 +154,13 @@ def fold_batchnorm_graph(graph: gs.Graph, *, opset: int, types_from: onnx.ModelP
     order = {node_label(n): i for i, n in enumerate(bns)}
     ctx.report.candidates.sort(key=lambda c: order.get(c.name, len(order)))  # graph order, not decision order
     _report_subgraphs(ctx, graph)
-    if fold_affine:  # cleans the graph up too
-        affine = fold_affine_graph(graph, opset=opset, types=ctx.types, names=ctx.names)
+    affine = fold_affine_graph(graph, opset=opset, types=ctx.types, names=ctx.names) if fold_affine else None
+    if affine is None:
+        graph.cleanup(remove_unused_graph_inputs=False)  # fold_affine_graph cleans up itself
+    _summarize(ctx.report, sum(n.op == "BatchNormalization" for n in graph.nodes))
+    if affine is not None:
         ctx.report.candidates.extend(affine.candidates)
         ctx.report.summary.update(affine.summary)
-    else:
-        graph.cleanup(remove_unused_graph_inputs=False)
-    _summarize(ctx.report, sum(n.op == "BatchNormalization" for n in graph.nodes))
     log.info("fold-batchnorm: %(bn_nodes)d BN, %(folded)d folded, %(replaced)d replaced, %(left)d left",
              ctx.report.summary)
     return ctx.report

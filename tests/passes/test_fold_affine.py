@@ -320,3 +320,15 @@ def test_matmul_add_before_opset_7_is_a_gemm_with_broadcast():
     f = feeds_for([3, 4])
     ref, got = ReferenceEvaluator(model).run(None, f)[0], ReferenceEvaluator(folded).run(None, f)[0]
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_optimize_command_folds_affine_unless_told_not_to(run_cli, tmp_path):
+    b = Builder(29)
+    y = b.const_op("Add", b.const_op("Mul", b.conv("x", 2, 3, bias=False), np.array(0.5)), np.array(0.25))
+    src = tmp_path / "m.onnx"
+    onnx.save(b.model({"x": X}, [y]), str(src))
+    for extra, want in (([], ["Conv"]), (["--no-fold-affine"], ["Conv", "Mul", "Add"])):
+        out = tmp_path / f"out{len(extra)}.onnx"
+        res = run_cli("optimize", src, "-o", out, "-q", *extra)
+        assert res.code == 0, res.err
+        assert ops(onnx.load(str(out))) == want
