@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
+from test_shapes import spatial_after, strided_model  # pythonpath = tests
 
 from onnxsq.calibration import pow2
 
@@ -154,3 +155,54 @@ def test_weight_bits_flag(run_cli, model_and_data, tmp_path):
     assert weights and all(-8 <= int(w.min()) and int(w.max()) <= 7 for w in weights)  # 4-bit range in int8
     res = run_cli("quantize", model, "--calib", data, "-o", out, "--weight-bits", "1")
     assert res.code == 1 and "\n" not in res.err.strip()
+
+
+# --- calibration images for models with a dynamic H W: --input-shape, else 224 ----------------------
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    """Four images of different sizes (they only batch once resized to one size)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(20, 30), (41, 25), (64, 64), (33, 17)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _dyn(tmp_path: Path, fixed: int) -> Path:
+    path = tmp_path / f"dyn{fixed}.onnx"
+    path.write_bytes(strided_model(fixed).SerializeToString())
+    return path
+
+
+def test_dynamic_size_defaults_to_224_with_an_info_line(run_cli, tmp_path, images):
+    res = run_cli("-v", "quantize", _dyn(tmp_path, spatial_after(224)), "--calib", images, "-o", tmp_path / "q.onnx",
+                  "--report", tmp_path / "r.json")
+    assert res.code == 0, res.err
+    assert "dynamic size" in res.err and "224x224" in res.err
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["calibration_samples"] == 4
+
+
+def test_input_shape_sets_the_calibration_image_size(run_cli, tmp_path, images, untouched):
+    model = _dyn(tmp_path, spatial_after(143))  # runs at 143x143 only
+    untouched(model)
+    out = tmp_path / "q.onnx"
+    res = run_cli("quantize", model, "--calib", images, "-o", out)
+    assert res.code == 1 and len(res.err.strip().splitlines()) == 1 and not out.exists(), res.err
+    res = run_cli("quantize", model, "--calib", images, "-o", out, "--input-shape", "x:1x3x143x143")
+    assert res.code == 0, res.err
+    assert "ignored" not in res.err and out.exists()
+    res = run_cli("quantize", model, "--calib", images, "-o", out, "--size", "143", "143", "--input-shape", "1x3x9x9")
+    assert res.code == 0 and "--input-shape is ignored: --size sets" in res.err
+
+
+def test_input_shape_with_tensors_or_bad_values(run_cli, model_and_data, tmp_path, images):
+    model, data = model_and_data
+    res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / "q.onnx", "--input-shape", "input:1x3x8x8")
+    assert res.code == 0 and "--input-shape is ignored" in res.err
+    for value, needle in (("input:1x3x9x9", "dim 2 is 9"), ("other:1x3x8x8", "its inputs: input"),
+                          ("input:1x3x8", "rank 4"), ("input:1x3x8x8x", "no dims")):
+        res = run_cli("quantize", model, "--calib", images, "-o", tmp_path / "q.onnx", "--input-shape", value)
+        lines = res.err.strip().splitlines()
+        assert res.code == 1 and len(lines) == 1 and needle in lines[0], (value, res.err)
