@@ -237,3 +237,26 @@ def test_the_builders_run_where_they_say():
     for size in (8, 320):
         with pytest.raises(Exception):
             session.run(None, {"x": np.zeros((1, 3, size, size), np.float32)}, quiet)
+
+
+# --- eval's image size (its CLI tests live elsewhere; this is the shape rule) ------------------------
+
+def test_eval_sizes_images_for_dynamic_models(tmp_path, run_cli):
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, sizes in (("a", [(20, 30), (41, 25)]), ("b", [(64, 64), (33, 17)])):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i, (h, w) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "data" / c / f"{i}.png")
+    default, fixed = tmp_path / "d.onnx", tmp_path / "f.onnx"
+    default.write_bytes(strided_model(spatial_after(224)).SerializeToString())
+    fixed.write_bytes(strided_model(spatial_after(143)).SerializeToString())
+    res = run_cli("-v", "eval", default, "--data", tmp_path / "data")
+    assert res.code == 0 and "224x224" in res.err, res.err
+    assert run_cli("eval", fixed, "--data", tmp_path / "data").code == 1
+    res = run_cli("eval", fixed, "--data", tmp_path / "data", "--input-shape", "x:1x3x143x143")
+    assert res.code == 0, res.err
+    res = run_cli("eval", fixed, "--data", tmp_path / "data", "--size", "143", "143", "--input-shape", "x:1x3x9x9")
+    assert res.code == 0 and "--input-shape is ignored" in res.err
