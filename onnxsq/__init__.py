@@ -23,6 +23,7 @@ _API = {
     "Report": "onnxsq.report",
     "OnnxsqError": "onnxsq.errors",
     "fold_batchnorm": "onnxsq.passes.fold_batchnorm",
+    "fold_constants": "onnxsq.passes.fold_constants",
     "threshold": "onnxsq.passes.threshold",
     "quantize": "onnxsq.passes.quantize",
     "inspect_model": "onnxsq.inspect",

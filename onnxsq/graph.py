@@ -25,7 +25,20 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     graph = gs.import_onnx(model)
     if graph.import_domains is not None:
         graph.import_domains = [onnx.helper.make_opsetid(o.domain, o.version) for o in graph.import_domains]
+    _own_attribute_tensors(graph)
     return graph
+
+
+def _own_attribute_tensors(graph: gs.Graph) -> None:
+    """Give tensor attributes (Constant's ``value``, ConstantOfShape's ``value``) their own arrays.
+
+    gs keeps them as views of ``model``'s TensorProtos and, on export, writes the tensor's name into
+    that proto: the caller's model would change (an unnamed attribute tensor gains ``name: ""``).
+    They are small, so loading them costs nothing worth keeping the view for."""
+    for node in graph.nodes:
+        for key, value in node.attrs.items():
+            if isinstance(value, gs.Constant) and not isinstance(value.values, np.ndarray):
+                node.attrs[key] = gs.Constant(value.name, np.asarray(value.values))
 
 
 def export_like(graph: gs.Graph, original: onnx.ModelProto, *, extra_opsets: dict[str, int] | None = None,
@@ -45,6 +58,8 @@ def export_like(graph: gs.Graph, original: onnx.ModelProto, *, extra_opsets: dic
             model.ClearField(fd.name)
     copy_fields(original, model, skip="graph")
     model.ir_version = max(original.ir_version, min_ir_version)
+    if model.ir_version < 4:
+        _list_initializers_as_inputs(model.graph)
     if extra_opsets:
         have = {o.domain: o for o in model.opset_import}
         for domain, version in extra_opsets.items():
@@ -53,6 +68,15 @@ def export_like(graph: gs.Graph, original: onnx.ModelProto, *, extra_opsets: dic
             else:
                 model.opset_import.append(onnx.helper.make_opsetid(domain, version))
     return model
+
+
+def _list_initializers_as_inputs(graph: onnx.GraphProto) -> None:
+    """IR < 4 requires every initializer to be a graph input too (gs exports new weights as
+    initializers only; onnx's converter and checker then call them undefined)."""
+    listed = {i.name for i in graph.input}
+    for init in graph.initializer:
+        if init.name not in listed:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
 
 
 def copy_without_graph(original: onnx.ModelProto) -> onnx.ModelProto:

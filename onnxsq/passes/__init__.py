@@ -11,6 +11,7 @@ import importlib
 from typing import Callable
 
 PASSES: dict[str, str] = {
+    "fold-constants": "onnxsq.passes.fold_constants:fold_constants",
     "fold-batchnorm": "onnxsq.passes.fold_batchnorm:fold_batchnorm",
     "threshold": "onnxsq.passes.threshold:threshold",
     "quantize": "onnxsq.passes.quantize:quantize",

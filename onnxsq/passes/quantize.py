@@ -62,6 +62,7 @@ from ..memory import release_memory
 from ..model_io import ModelLike, default_opset, load_model, skeleton
 from ..params import TensorQuant, read_params, write_params
 from ..report import Report
+from .fold_constants import fold_constants_graph, merge_into
 from .qdq_insert import insert_qdq_graph
 from .qdq_placement import plan_qdq
 from .quantize_bias import means_wanted
@@ -137,6 +138,8 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     clock.lap("load")
     _infer_shapes(original)  # typed tensors: planning tells float tensors apart, folding needs ranks
     graph = import_graph(original)
+    # weights computed in the graph (ConstantOfShape, Unsqueeze of constants) become weights first
+    merge_into(report, fold_constants_graph(graph))
     if cfg.fold_batchnorm:
         _fold_first(graph, original, report)  # in place: no export/import round trip (a weights copy each)
         clock.lap("fold")
@@ -254,20 +257,27 @@ def _infer_shapes(model: onnx.ModelProto) -> None:
 
 
 def _fold_first(graph: gs.Graph, model: onnx.ModelProto, report: Report) -> None:
-    if not any(n.op == "BatchNormalization" for n in graph.nodes):
-        return
+    """fold-batchnorm on the graph, its affine folds included (a layer's Mul/Add then quantizes with it)."""
     try:
         from .fold_batchnorm import fold_batchnorm_graph
     except ImportError as exc:
-        report.warnings.append(f"BatchNormalization left in place (fold-batchnorm unavailable: {exc})")
+        report.warnings.append(f"BatchNormalization and affine ops left in place (fold-batchnorm unavailable: {exc})")
         return
     frep = fold_batchnorm_graph(graph, opset=default_opset(model), types_from=skeleton(model))
-    n = sum(1 for c in frep.candidates if c.changed)
-    left = [c.name for c in frep.candidates if not c.changed]
-    report.summary["batchnorm_folded_first"] = n
+    bns = [c for c in frep.candidates if c.op == "BatchNormalization"]
+    if bns:
+        report.summary["batchnorm_folded_first"] = sum(1 for c in bns if c.changed)
+    if frep.summary.get("affine_nodes"):
+        report.summary["affine_folded_first"] = frep.summary["affine_folded"]
+    left = [c.name for c in bns if not c.changed]
     if left:
         report.warnings.append(f"{len(left)} BatchNormalization node(s) could not be folded and stay float: "
                                + ", ".join(left[:5]))
+    # a rank-3+ MatMul's Add stays as its bias, which placement quantizes with the layer
+    stay = [c for c in frep.candidates if c.op != "BatchNormalization" and not c.changed and "bias_of" not in c.details]
+    if stay:
+        report.warnings.append(f"{len(stay)} constant Mul/Add/Sub/Div node(s) after layers could not be folded "
+                               "and stay float: " + "; ".join(f"{c.name} ({c.reason})" for c in stay[:3]))
 
 
 def _check_bits(model: onnx.ModelProto, cfg: QuantizeConfig) -> None:

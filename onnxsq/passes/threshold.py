@@ -39,6 +39,7 @@ from ..errors import InvalidOptionError
 from ..model_io import ModelLike, load_model
 from ..report import Report
 from ..sparsity import WEIGHT_OPS, constant_tensors, node_label, standard_totals, weight_stats
+from .fold_constants import fold_constants, merge_into
 from .threshold_search import SEARCHES, ThresholdInfo, caps, pooled_threshold, threshold_array, threshold_rows
 
 __all__ = ["ThresholdConfig", "ThresholdInfo", "layer_class", "threshold", "threshold_array", "weight_layout"]
@@ -308,6 +309,9 @@ def threshold(model: ModelLike, *, config: ThresholdConfig | None = None, **over
     # save_model checks the result anyway; a path is read and checked as usual
     model = load_model(model, check=not isinstance(model, onnx.ModelProto))
     report = Report("threshold")
+    # weights computed in the graph (ConstantOfShape, Unsqueeze of constants) become weights first
+    model, folded = fold_constants(model)
+    merge_into(report, folded)
     before = standard_totals(model, weight_stats(model))
     layers, order, used = _plan(model, cfg)
     bad = {id(layer): reason for layer in layers if layer.klass == "global" for reason in [layer.load()] if reason}
