@@ -64,6 +64,7 @@ from ..report import Report
 from . import bn_math as bm
 from .bn_graph import TensorTypes, const_value, rewrite_layer, set_const_input
 from .fold_affine import fold_affine_graph
+from .fold_constants import fold_constants_graph, merge_into
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,11 @@ def fold_batchnorm(model: ModelLike, *, verify: bool = False, standalone: Litera
     else:
         original = load_model(model)
     graph = import_graph(original)
+    # weights computed in the graph (ConstantOfShape, Unsqueeze of constants) become weights first
+    constants = fold_constants_graph(graph)
     report = fold_batchnorm_graph(graph, opset=default_opset(original), types_from=original, standalone=standalone,
                                   fold_affine=fold_affine)
+    merge_into(report, constants)
     result = export_like(graph, original)
     if verify:
         verify_folded(original, result, report, rtol=rtol, atol=atol, seed=seed, samples=samples,
