@@ -202,7 +202,8 @@ def _rewrite(ctx: _Ctx, info: _Layer, steps: list[_Step], pattern: str) -> None:
     if layer.op == "MatMul" and info.rank > 2 and np.any(b != 0):
         keep = [s for s in steps if s.op in ADDITIVE][-1]
         if len(steps) == 1 and keep.op == "Add":  # a lone Add: nothing to fold
-            ctx.report.add(keep.label, keep.op, "skipped", GEMM_IS_2D.format(rank=info.rank), pattern=pattern)
+            ctx.report.add(keep.label, keep.op, "skipped", GEMM_IS_2D.format(rank=info.rank), pattern=pattern,
+                           bias_of=label)
             return
     why = rewrite_layer(ctx.graph, ctx.names, layer, a, b)
     if why:
@@ -221,7 +222,8 @@ def _rewrite(ctx: _Ctx, info: _Layer, steps: list[_Step], pattern: str) -> None:
             _to_gemm(ctx, layer, b)
     for s in steps:
         if s is keep:
-            ctx.report.add(s.label, s.op, "skipped", GEMM_IS_2D.format(rank=info.rank), pattern=pattern)
+            ctx.report.add(s.label, s.op, "skipped", GEMM_IS_2D.format(rank=info.rank), pattern=pattern,
+                           bias_of=label)
         else:
             into, what = (keep.label, "Add") if keep is not None and s.op in ADDITIVE else (label, layer.op)
             ctx.report.add(s.label, s.op, "folded", f"into {what} {into}", into=into, pattern=pattern)

@@ -7,7 +7,11 @@ Rules (the original's Stage 7, in QDQ form; ``plan_qdq`` applies them to a graph
   axis 1 when group = 1, Gemm axis 0/1 by ``transB``, MatMul the last axis), the bias becomes int32
   at ``scale_in * scale_w``, the activation inputs are quantized, and so is the output — *after* a
   ``Relu``/``Clip`` that is its only consumer (the activation is fused: no quantization point
-  between a layer and its activation).
+  between a layer and its activation). A ``MatMul`` (constant 2-D weight) whose only reader is an
+  ``Add`` of a constant along its output channels (the last axis) has that constant as its bias:
+  fold-batchnorm turns a 2-D MatMul + Add into a Gemm, but Gemm is 2-D, so on rank-3+ inputs the Add
+  stays; no quantization point goes between the two, the Add is fused into the layer and the output
+  is quantized after it (and after its activation).
 - ``Add``: every input quantized (a constant input from its values), output (after a fused
   activation) with its own scale.
 - ``Concat``: inputs and output share one scale, chosen to hold every input (``group``).
@@ -177,7 +181,7 @@ def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, 
     graph.toposort()
     for node in graph.nodes:
         pat = excluded(node, exclude)
-        if node.op in IGNORED:
+        if node.op in IGNORED or id(node) in fused:  # fused: a MatMul's bias Add, planned with it
             continue
         if pat and (node.op in COMPUTE + ADD + CONCAT + SHARE + AVERAGING + ACTIVATIONS):
             plan.layers.append(LayerEntry(node_label(node), node.op, "skipped", f"excluded by --exclude {pat!r}"))
@@ -267,6 +271,10 @@ def _plan_compute(graph: gs.Graph, node: gs.Node, plan: Plan, demand, per_channe
     label = node_label(node)
     x, w = node.inputs[0], node.inputs[1]
     out = node.outputs[0]
+    bias_add = _bias_add(graph, node, exclude) if node.op == "MatMul" else None
+    if bias_add is not None:
+        fused[id(bias_add)] = label
+        out = bias_add.outputs[0]
     act = _fusable_activation(graph, out, exclude)
     if act is not None:
         fused[id(act)] = label
@@ -281,27 +289,75 @@ def _plan_compute(graph: gs.Graph, node: gs.Node, plan: Plan, demand, per_channe
     use = WeightUse(label, node.op, w.name, axis, x.name, out.name, attrs=dict(node.attrs))
     if note:
         use.notes.append(note)
-    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name else None
+    if bias_add is None:
+        owner, idx = node, 2
+        bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name else None
+    else:
+        owner, idx = bias_add, 0 if bias_add.inputs[1] is node.outputs[0] else 1
+        bias = _bias_add_constant(graph, bias_add, idx, wv.shape[-1])
     if bias is not None:
-        why = None
-        if node.op == "Gemm" and (float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0):
-            why = "bias kept float: Gemm alpha/beta != 1"
-        bv = const_value(bias)
-        if why is None and axis is not None and bv.ndim and bv.shape[-1] != wv.shape[axis]:
-            why = "bias kept float: its shape does not follow the weight's channels"
-        if why:
-            use.notes.append(why)
-        else:
-            if len(bias.outputs) > 1 or is_graph_output(graph, bias):
-                clone = new_constant(graph, f"{bias.name}_{node.name or 'layer'}", bv.astype(np.float32))
-                node.inputs[2] = clone
-                bias = clone
-            use.bias = bias.name
-            if axis is not None:
-                if bv.ndim == 0:
-                    clone = new_constant(graph, f"{bias.name}_per_channel", np.full(wv.shape[axis], bv, np.float32))
-                    node.inputs[2] = clone
-                    bias, bv = clone, np.asarray(clone.values)
-                    use.bias = bias.name
-                use.bias_axis = bv.ndim - 1
+        _plan_bias(graph, node, use, wv, bias, owner, idx)
     plan.weights.append(use)
+
+
+def _plan_bias(graph: gs.Graph, node: gs.Node, use: WeightUse, wv: np.ndarray, bias: gs.Tensor, owner: gs.Node,
+               idx: int) -> None:
+    """Make ``bias`` (input ``idx`` of ``owner``: the layer, or a MatMul's bias Add) ``use``'s int32 bias,
+    or note why it stays float. Shared biases are cloned; a scalar one becomes per channel when needed."""
+    axis = use.axis
+    why = None
+    if node.op == "Gemm" and (float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0):
+        why = "bias kept float: Gemm alpha/beta != 1"
+    bv = const_value(bias)
+    if why is None and axis is not None and bv.ndim and bv.shape[-1] != wv.shape[axis]:
+        why = "bias kept float: its shape does not follow the weight's channels"
+    if why:
+        use.notes.append(why)
+    else:
+        if len(bias.outputs) > 1 or is_graph_output(graph, bias):
+            clone = new_constant(graph, f"{bias.name}_{node.name or 'layer'}", bv.astype(np.float32))
+            owner.inputs[idx] = clone
+            bias = clone
+        use.bias = bias.name
+        if axis is not None:
+            if bv.ndim == 0:
+                clone = new_constant(graph, f"{bias.name}_per_channel", np.full(wv.shape[axis], bv, np.float32))
+                owner.inputs[idx] = clone
+                bias, bv = clone, np.asarray(clone.values)
+                use.bias = bias.name
+            use.bias_axis = bv.ndim - 1
+
+
+def _bias_add(graph: gs.Graph, node: gs.Node, patterns: tuple[str, ...]) -> gs.Node | None:
+    """The ``Add`` that is the bias of a MatMul with a constant 2-D weight: the MatMul output's only
+    reader, adding a float32 constant that varies along the last axis only and does not raise the
+    output's rank (known from the input's shape); None otherwise."""
+    w, out = const_value(node.inputs[1]), node.outputs[0]
+    x_shape = node.inputs[0].shape
+    if w is None or w.ndim != 2 or x_shape is None or len(x_shape) < 2 or is_graph_output(graph, out) \
+            or len(out.outputs) != 1:
+        return None
+    add = out.outputs[0]
+    if add.op != "Add" or len(add.inputs) != 2 or excluded(add, patterns) or len(add.outputs) != 1 \
+            or not _is_float(add.outputs[0]):
+        return None
+    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    c = const_value(other) if other is not out else None
+    if c is None or c.dtype != np.float32 or c.ndim > len(x_shape):
+        return None
+    if any(d != 1 for d in c.shape[:-1]) or (c.ndim and c.shape[-1] not in (1, w.shape[1])):
+        return None
+    return add
+
+
+def _bias_add_constant(graph: gs.Graph, add: gs.Node, idx: int, channels: int) -> gs.Tensor:
+    """The bias Add's constant as an initializer with one value per output channel on its last axis
+    (a 1-element or Constant-node constant is replaced by one; the Add computes the same)."""
+    t = add.inputs[idx]
+    c = np.asarray(const_value(t))
+    if isinstance(t, gs.Constant) and c.ndim and c.shape[-1] == channels:
+        return t
+    full = np.broadcast_to(c, (c.shape[:-1] if c.ndim else ()) + (channels,)).astype(np.float32)
+    clone = new_constant(graph, f"{t.name}_bias", full)
+    add.inputs[idx] = clone
+    return clone

@@ -9,7 +9,9 @@ on the calibration data in the calibration pass), the mean error per output chan
 - ``ConvTranspose`` (weight ``C × O/g × k…``): every output pixel receives on average
   ``prod(kernel) / prod(strides)`` taps, so ``e[g O/g + j] = sum_{i in group g} mu[i] sum_k dW[i,j,k]
   / prod(strides)`` (the interior average);
-- ``Gemm`` (``transA = 0``): ``e = mu dB`` (``dB dW`` rows when ``transB = 1``: ``e = dB mu``).
+- ``Gemm`` (``transA = 0``): ``e = mu dB`` (``dB dW`` rows when ``transB = 1``: ``e = dB mu``);
+- ``MatMul`` with a constant ``K × M`` weight and a bias ``Add`` (:mod:`.qdq_placement`): ``e = mu dW``
+  with ``mu`` the input's means over its last axis (every other axis averaged).
 
 The bias becomes ``b - e`` before it is quantized to int32 at ``scale_in * scale_w``, so the
 quantized layer's output mean matches float (Nagel et al., 2019, "Data-Free Quantization", the
@@ -21,8 +23,9 @@ up through the network. Measured (output SQNR, weights alone quantized, per-tens
 jacintonet_seg 27.5 → 30.4 dB, digits_cnn 39.5 → 45.3, small_cls_torch 46.8 → 67.8.
 
 Not corrected, with the reason in the report: weights whose parameters were given (QAT trained the
-bias with them), layers whose bias stays float or that have none (``MatMul``; a bias-free Conv),
-``Gemm`` with ``transA = 1``, inputs of unknown rank (no axis to average over).
+bias with them), layers whose bias stays float or that have none (a MatMul without a bias Add; a
+bias-free Conv), ``Gemm`` with ``transA = 1``, inputs of unknown rank (no axis to average over), an
+input whose mean another layer takes over another axis.
 """
 
 from __future__ import annotations
@@ -43,13 +46,11 @@ def mean_axis(use: WeightUse, rank: int | None) -> tuple[int | None, str | None]
     if use.bias is None:
         why = "it has no bias input" if use.op in ("MatMul", "Conv", "ConvTranspose", "Gemm") else "no bias"
         return None, f"no bias correction: {why}"
-    if use.op == "MatMul":
-        return None, "no bias correction: MatMul has no bias"
     if use.op == "Gemm" and int(use.attrs.get("transA", 0)):
         return None, "no bias correction: Gemm with transA"
     if rank is None or rank < 2:
         return None, "no bias correction: the input's rank is unknown"
-    return 1, None
+    return (rank - 1 if use.op == "MatMul" else 1), None
 
 
 def weight_error(w: np.ndarray, p: TensorQuant, q: np.ndarray | None = None) -> np.ndarray:
@@ -93,6 +94,8 @@ def output_error(use: WeightUse, w: np.ndarray, p: TensorQuant, mu: np.ndarray,
     if use.op == "Gemm":
         dw = dw.astype(np.float64)
         return dw @ mu if int(use.attrs.get("transB", 0)) else mu @ dw
+    if use.op == "MatMul" and dw.ndim == 2:
+        return mu @ dw.astype(np.float64)
     raise ValueError(f"no bias correction for {use.op}")
 
 
@@ -109,6 +112,8 @@ def means_wanted(weights: Iterable[Any], given: Mapping[str, TensorQuant], graph
         axis, why = mean_axis(use, rank)
         if why is None and not have_data:
             why = "no bias correction: no calibration data"
+        if why is None and use.input in means and means[use.input].axis != axis:
+            why = f"no bias correction: another layer takes its input's mean over axis {means[use.input].axis}"
         if why is not None:
             use.notes.append(why)
         elif use.input not in means:
@@ -128,6 +133,8 @@ def correct_bias(use: Any, wp: TensorQuant, consts: dict[str, np.ndarray], given
         e = np.asarray(corr, np.float64)
     else:
         m = means.get(use.input)
+        if m is not None and mean_axis(use, m.rank)[0] != m.axis:
+            m = None  # taken over another layer's axis (means_wanted noted it)
         mu = m.mean if m is not None and use.weight not in given else None
         if mu is None:
             return None

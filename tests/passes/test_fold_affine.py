@@ -332,3 +332,80 @@ def test_optimize_command_folds_affine_unless_told_not_to(run_cli, tmp_path):
         res = run_cli("optimize", src, "-o", out, "-q", *extra)
         assert res.code == 0, res.err
         assert ops(onnx.load(str(out))) == want
+
+
+# --- quantize: folds first; a rank-3 MatMul's Add is its int32 bias ---------------------------------------
+
+def _rank3_matmul_model() -> onnx.ModelProto:
+    """x [2, 6, 8] → MatMul → Mul(scalar) → Add([5]) → Relu → MatMul → Add([1, 1, 3])."""
+    b = Builder(30)
+    y = b.const_op("Mul", b.node("MatMul", ["x", b.const("w", b.weight((8, 5), 8))]), np.array(0.5))
+    y = b.node("Relu", [b.const_op("Add", y, b.rng.normal(0, 0.5, 5))])
+    y = b.const_op("Add", b.node("MatMul", [y, b.const("w", b.weight((5, 3), 5))]), b.rng.normal(0, 0.5, (1, 1, 3)),
+                   const_first=True)
+    return b.model({"x": [2, 6, 8]}, [y])
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_quantize_takes_a_rank3_matmul_add_as_its_int32_bias(per_channel):
+    import onnxruntime as ort
+
+    from onnxsq.passes.quantize import QuantizeConfig, quantize
+
+    model = _rank3_matmul_model()
+    rng = np.random.default_rng(3)
+    calib = [{"x": (rng.standard_normal((2, 6, 8)) + 1.0).astype(np.float32)} for _ in range(16)]
+    q, report = quantize(model, calib, config=QuantizeConfig(per_channel=per_channel))
+    onnx.checker.check_model(q)
+    assert report.summary["affine_folded_first"] == 1 and report.summary["bias_corrected"] == 2
+    assert not [w for w in report.warnings if "could not be folded" in w], report.warnings
+    consts = inits(q)
+    producers = {o: nd for nd in q.graph.node for o in nd.output}
+    dqs = {nd.output[0]: nd for nd in q.graph.node if nd.op_type == "DequantizeLinear"}
+    for nd in q.graph.node:
+        if nd.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            mant, _ = np.frexp(consts[nd.input[1]])
+            assert np.all(mant == 0.5) and np.all(consts[nd.input[2]] == 0)  # powers of two, zero point 0
+    adds = [nd for nd in q.graph.node if nd.op_type == "Add"]
+    assert len(adds) == 2 and [nd.op_type for nd in q.graph.node].count("Mul") == 0
+    for add in adds:
+        mm_out, bias_out = (add.input[1], add.input[0]) if add.input[0] in dqs else (add.input[0], add.input[1])
+        mm = producers[mm_out]
+        assert mm.op_type == "MatMul"  # no QDQ pair between the layer and its bias
+        bias_dq, w_dq = dqs[bias_out], dqs[mm.input[1]]
+        assert consts[bias_dq.input[0]].dtype == np.int32
+        x_dq = producers[mm.input[0]]
+        assert x_dq.op_type == "DequantizeLinear"
+        s_in, s_w = consts[x_dq.input[1]], consts[w_dq.input[1]]
+        np.testing.assert_array_equal(consts[bias_dq.input[1]], (s_in * s_w).astype(np.float32))
+    # the activation is quantized after the (fused) Add → Relu, and again after the last Add
+    q_inputs = [nd.input[0] for nd in q.graph.node if nd.op_type == "QuantizeLinear"]
+    relu = next(nd for nd in q.graph.node if nd.op_type == "Relu")
+    assert relu.output[0] in q_inputs and producers[relu.input[0]].op_type == "Add"
+    assert adds[-1].output[0] in q_inputs
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(q.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = calib[0]
+    ref = run(model, x)[0].astype(np.float64)
+    got = sess.run(None, x)[0].astype(np.float64)
+    assert 10 * np.log10(np.sum(ref**2) / np.sum((got - ref) ** 2)) > 25  # dB
+
+
+def test_quantize_bias_correction_moves_the_matmul_bias():
+    from onnxsq.calibration import pow2
+    from onnxsq.passes.quantize import QuantizeConfig, quantize
+
+    model = _rank3_matmul_model()
+    rng = np.random.default_rng(4)
+    calib = [{"x": (rng.standard_normal((2, 6, 8)) + 2.0).astype(np.float32)} for _ in range(8)]
+    plain, _ = quantize(model, calib, config=QuantizeConfig(bias_correction=False))
+    fixed, _ = quantize(model, calib)
+    b_plain, b_fixed = inits(plain), inits(fixed)
+    bias_name = model.graph.node[2].input[1]  # the first Add's bias: [5], kept as it is by the fold
+    bias, name = inits(model)[bias_name], f"{bias_name}_quantized"
+    assert b_plain[name].dtype == np.int32
+    scale = next(b_plain[nd.input[1]] for nd in plain.graph.node
+                 if nd.op_type == "DequantizeLinear" and nd.input[0] == name)
+    np.testing.assert_array_equal(b_plain[name], np.rint(np.ldexp(bias.astype(np.float64), pow2.shift_of(scale))))
+    assert not np.array_equal(b_plain[name], b_fixed[name])

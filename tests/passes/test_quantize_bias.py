@@ -71,7 +71,8 @@ def test_output_error_matches_onnxruntime(op, attrs, wshape, interior):
 def test_mean_axis_reasons():
     assert mean_axis(WeightUse("c", "Conv", "w", None, "x", "y", bias="b"), 4) == (1, None)
     assert "no bias" in mean_axis(WeightUse("c", "Conv", "w", None, "x", "y"), 4)[1]
-    assert "MatMul" in mean_axis(WeightUse("m", "MatMul", "w", None, "x", "y", bias="b"), 2)[1]
+    assert mean_axis(WeightUse("m", "MatMul", "w", None, "x", "y", bias="b"), 3) == (2, None)  # its bias Add
+    assert "no bias" in mean_axis(WeightUse("m", "MatMul", "w", None, "x", "y"), 3)[1]
     assert "transA" in mean_axis(WeightUse("g", "Gemm", "w", None, "x", "y", bias="b", attrs={"transA": 1}), 2)[1]
     assert "rank" in mean_axis(WeightUse("c", "Conv", "w", None, "x", "y", bias="b"), None)[1]
 
