@@ -193,18 +193,19 @@ CATALOG: tuple[ModelSpec, ...] = (
               "ocr-det", "nchw", {"x": (1, 3, 224, 224)}, Preprocess((224, 224), **PADDLE),
               "PP-OCRv4 text detector (DBNet, MobileNetV3-like backbone with HardSigmoid SE; ConvTranspose head; "
               "sigmoid probability map), paddle2onnx, opset 12, IR 8; all four dims dynamic (H, W multiples of "
-              "32); weights are Constant nodes as well as initializers",
+              "32); no initializers: every weight is a Constant node; HardSwish spelled out as x·Clip(x+3, 0, 6)/6",
               sha256="d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"),
     ModelSpec("ppocrv4_rec", SOURCES["rapidocr"], "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
               "ocr-rec", "nchw", {"x": (1, 3, 48, 320)}, Preprocess((48, 320), **PADDLE),
               "PP-OCRv4 Chinese text recognizer (PP-LCNetV3 + SVTR mixer: MatMul attention, LayerNorm spelled out "
               "as ReduceMean/Pow/Sqrt; CTC over 6625 classes), paddle2onnx, opset 12, IR 8; height is '?', "
-              "batch and width dynamic",
+              "batch and width dynamic; every weight is a Constant node",
               sha256="48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"),
     ModelSpec("ppocr_mobile_v2_cls", SOURCES["rapidocr"], "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
               "classifier", "nchw", {"x": (1, 3, 48, 192)}, Preprocess((48, 192), **PADDLE),
               "PP-OCR mobile v2.0 text-direction classifier (0 / 180 degrees; MobileNetV3 with HardSigmoid SE), "
-              "PaddlePaddle export, opset 11, IR 7; the batch dim is dim_value -1, H and W are '?'",
+              "PaddlePaddle export, opset 11, IR 7; the batch dim is dim_value -1, H and W are '?'; every weight "
+              "is a Constant node",
               sha256="e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"),
     ModelSpec("ddddocr_common", SOURCES["ddddocr"], "ddddocr/common.onnx", "ocr-rec", "nchw",
               {"input1": (1, 1, 64, 160)}, Preprocess((64, 160), channels="GRAY"),
