@@ -277,7 +277,8 @@ def _fold_first(graph: gs.Graph, model: onnx.ModelProto, report: Report) -> None
     stay = [c for c in frep.candidates if c.op != "BatchNormalization" and not c.changed and "bias_of" not in c.details]
     if stay:
         report.warnings.append(f"{len(stay)} constant Mul/Add/Sub/Div node(s) after layers could not be folded "
-                               "and stay float: " + "; ".join(f"{c.name} ({c.reason})" for c in stay[:3]))
+                               "into them (each quantizes on its own, or stays float): "
+                               + "; ".join(f"{c.name} ({c.reason})" for c in stay[:3]))
 
 
 def _check_bits(model: onnx.ModelProto, cfg: QuantizeConfig) -> None:
