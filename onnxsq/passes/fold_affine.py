@@ -236,6 +236,8 @@ def _keep_add(ctx: _Ctx, keep: _Step, mid: gs.Tensor, out: gs.Tensor, b: np.ndar
         const = keep.const
     else:
         const = new_constant(ctx.graph, f"{keep.label}_bias", bm.cast_like(b, w), ctx.names)
+        if ctx.opset < 7:
+            node.attrs["broadcast"] = 1  # [M] against the output: broadcasting needs it before opset 7
     node.op = "Add"
     node.inputs.extend([mid, const])
     node.outputs.append(out)
