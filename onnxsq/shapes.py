@@ -177,18 +177,39 @@ def has_dynamic_dims(model: onnx.ModelProto) -> bool:
     return any(not isinstance(d, int) for vi in data_inputs(model) for d in _model_dims(vi))
 
 
+def shape_template(dims: Sequence[int | str | None]) -> str:
+    """An input's dims as a ``--input-shape`` to fill in: static sizes stay, a dynamic batch is 1,
+    the dynamic axes of an image are ``C``/``H``/``W``, other dynamic dims their symbol when it is a
+    short identifier (exporters write ``p2o.DynamicDimension.1``, ``unk__236``), else ``?``:
+    ``[p2o.DynamicDimension.0, 3, ?, p2o.DynamicDimension.1]`` → ``1x3xHxW``."""
+    roles: dict[int, str] = {}
+    if len(dims) == 4:
+        spatial, channel = ((1, 2), 3) if _is_nhwc(dims) else ((2, 3), 1)
+        roles = {spatial[0]: "H", spatial[1]: "W", channel: "C"}
+    out: list[int | str] = []
+    for axis, d in enumerate(dims):
+        if isinstance(d, int):
+            out.append(d)
+        elif axis == 0:
+            out.append(1)
+        elif axis in roles:
+            out.append(roles[axis])
+        else:
+            out.append(d if d and d.isidentifier() and len(d) <= 12 and "__" not in d else "?")
+    return format_shape(out)
+
+
 def shape_hint(model: onnx.ModelProto, alternative: str | None = "--no-verify") -> str:
     """The one-line fix for a model that does not run on the shapes tried: ``pass --input-shape
-    x:Nx3xHxW (the shape it takes) or --no-verify``, naming the inputs with dynamic dims, each dim
-    shown as the model declares it (static size, symbol, or ``?``). ``alternative``: the other way
-    out the command has (None: none). Empty when there is nothing to suggest."""
+    x:1x3xHxW (the sizes it takes) or --no-verify``, naming the inputs with dynamic dims
+    (:func:`shape_template`). ``alternative``: the other way out the command has (None: none).
+    Empty when there is nothing to suggest."""
     specs = []
     for vi in data_inputs(model):
         dims = _model_dims(vi)
         if all(isinstance(d, int) for d in dims):
             continue
-        text = format_shape(["?" if d is None else d for d in dims])
-        specs.append(f"--input-shape {shlex.quote(f'{vi.name}:{text}')}")
+        specs.append(f"--input-shape {shlex.quote(f'{vi.name}:{shape_template(dims)}')}")
     if not specs:
         return f"pass {alternative}" if alternative else ""
     what = " ".join(specs) + " (the sizes it takes)"

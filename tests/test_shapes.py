@@ -23,6 +23,7 @@ from onnxsq.shapes import (
     parse_input_shape,
     resolve_input_shapes,
     shape_hint,
+    shape_template,
 )
 
 # --- builders ---------------------------------------------------------------------------------------
@@ -215,8 +216,13 @@ def test_image_size_for_dynamic_models(caplog):
 def test_shape_hint_names_the_dynamic_inputs():
     assert "--input-shape NAME:1x3x224x224" in SHAPE_HINT and "--no-verify" in SHAPE_HINT
     hint = shape_hint(strided_model(27))
-    assert hint == "pass --input-shape x:Nx3xHxW (the sizes it takes) or --no-verify"
-    assert "'x y:?x3'" in shape_hint(_one("x y", [None, 3]))  # quoted for a shell
+    assert hint == "pass --input-shape x:1x3xHxW (the sizes it takes) or --no-verify"
+    assert "'x y:1x3'" in shape_hint(_one("x y", [None, 3]))  # quoted for a shell
+    # exporters' symbols (paddle2onnx, tf2onnx) give way to roles, or to '?'
+    assert shape_template(["p2o.DynamicDimension.0", 3, None, "p2o.DynamicDimension.1"]) == "1x3xHxW"
+    assert shape_template(["unk__236", "a", "b", 3]) == "1xHxWx3"
+    assert shape_template(["N", "C", "H", "W"]) == "1xCxHxW"
+    assert shape_template(["batch", "seq_len", "unk__7", None, 5]) == "1xseq_lenx?x?x5"
     assert shape_hint(shared_symbol_model(), "--data FILE.npz").count("--input-shape") == 2
     static = _inputs_model([1, 3])
     assert shape_hint(static) == "pass --no-verify" and shape_hint(static, None) == ""

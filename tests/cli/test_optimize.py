@@ -162,7 +162,7 @@ def test_no_random_shape_runs_is_one_line_naming_input_shape(run_cli, tmp_path):
     out = tmp_path / "o.onnx"
     res = run_cli("optimize", src, "-o", out)
     one_line_error(res, "could not run on random inputs of shape x:1x3x224x224 or x:1x3x320x320",
-                   "--input-shape x:Nx3xHxW", "--no-verify")
+                   "--input-shape x:1x3xHxW", "--no-verify")
     assert "differ" not in res.err and "mismatch" not in res.err and not out.exists()
     res = run_cli("optimize", src, "-o", out, "--input-shape", "x:1x3x143x143", "--report", tmp_path / "r.json")
     assert res.code == 0, res.err

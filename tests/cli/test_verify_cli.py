@@ -140,7 +140,7 @@ def test_no_random_shape_runs_then_input_shape(run_cli, tmp_path):
     assert result.code == 1
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("onnxsq: error: the check could not run"), result.err
-    assert "--input-shape x:Nx3xHxW" in lines[0] and "--data" in lines[0] and "--no-verify" not in lines[0]
+    assert "--input-shape x:1x3xHxW" in lines[0] and "--data" in lines[0] and "--no-verify" not in lines[0]
     assert "differ" not in lines[0] and "mismatch" not in lines[0]
     report = tmp_path / "r.json"
     result = run_cli("verify", path, path, "--input-shape", "x:2x3x143x143", "--report", report)
