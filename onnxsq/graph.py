@@ -26,7 +26,21 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     if graph.import_domains is not None:
         graph.import_domains = [onnx.helper.make_opsetid(o.domain, o.version) for o in graph.import_domains]
     _own_attribute_tensors(graph)
+    _keep_declared_io_shapes(graph, model.graph)
     return graph
+
+
+def _keep_declared_io_shapes(graph: gs.Graph, declared: onnx.GraphProto) -> None:
+    """Graph inputs/outputs keep the shapes the model declares: gs takes a tensor's shape from a
+    shapeless value_info entry of the same name over the output's own, and then exports an output
+    without a shape, which onnx.checker refuses."""
+    for tensors, infos in ((graph.inputs, declared.input), (graph.outputs, declared.output)):
+        by_name = {vi.name: vi for vi in infos}
+        for t in tensors:
+            vi = by_name.get(t.name)
+            if t.shape is None and vi is not None and vi.type.tensor_type.HasField("shape"):
+                t.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                           for d in vi.type.tensor_type.shape.dim]
 
 
 def _own_attribute_tensors(graph: gs.Graph) -> None:
@@ -58,6 +72,7 @@ def export_like(graph: gs.Graph, original: onnx.ModelProto, *, extra_opsets: dic
             model.ClearField(fd.name)
     copy_fields(original, model, skip="graph")
     model.ir_version = max(original.ir_version, min_ir_version)
+    _drop_shapeless_value_info(model.graph)
     if model.ir_version < 4:
         _list_initializers_as_inputs(model.graph)
     if extra_opsets:
@@ -68,6 +83,16 @@ def export_like(graph: gs.Graph, original: onnx.ModelProto, *, extra_opsets: dic
             else:
                 model.opset_import.append(onnx.helper.make_opsetid(domain, version))
     return model
+
+
+def _drop_shapeless_value_info(graph: onnx.GraphProto) -> None:
+    """gs writes a value_info for every tensor of known type, with no ``shape`` field where the shape is
+    unknown, which onnx.checker refuses; such an entry says nothing a runtime needs (it is a hint)."""
+    keep = [vi for vi in graph.value_info
+            if not vi.type.HasField("tensor_type") or vi.type.tensor_type.HasField("shape")]
+    if len(keep) < len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(keep)
 
 
 def _list_initializers_as_inputs(graph: onnx.GraphProto) -> None:
