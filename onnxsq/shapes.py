@@ -18,6 +18,7 @@ from .errors import InvalidOptionError
 from .graph import data_inputs
 
 log = logging.getLogger(__name__)
+
 Shapes = dict[str, tuple[int, ...]]
 GivenShapes = Mapping[str | None, Sequence[int]]  # a None key: the only data input
 
@@ -170,11 +171,6 @@ def resolve_input_shapes(model: onnx.ModelProto, given: GivenShapes | None = Non
             shape.append(size)
         out[vi.name] = tuple(shape)
     return out
-
-
-def has_dynamic_dims(model: onnx.ModelProto) -> bool:
-    """Whether any data input has a dim that is not static (something ``--input-shape`` can set)."""
-    return any(not isinstance(d, int) for vi in data_inputs(model) for d in _model_dims(vi))
 
 
 def shape_template(dims: Sequence[int | str | None]) -> str:
