@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -112,6 +113,27 @@ def fold_constants_graph(graph: gs.Graph) -> Report:
     report.summary.update(candidates=len(first), folded=folded, left=len(first) - folded)
     log.info("fold-constants: %d of %d constant computation(s) folded", folded, len(first))
     return report
+
+
+def lift_constant_nodes(graph: gs.Graph) -> int:
+    """Turn every ``Constant`` node's output into an initializer (gs.Constant), in place; returns how
+    many. Passes that rewrite weights (quantize's bias correction, int8 weights) write a constant's
+    values, which a Constant node's output (a Variable to gs) silently ignores; PaddlePaddle's
+    exports hold every weight in Constant nodes."""
+    lifted = 0
+    for node in graph.nodes:
+        if node.op != "Constant" or len(node.outputs) != 1 or (node.domain or "") not in ("", "ai.onnx"):
+            continue
+        value = const_value(node.outputs[0])
+        if value is None or any(o is node.outputs[0] for o in graph.outputs):
+            continue
+        out = node.outputs[0]
+        node.outputs.clear()
+        out.to_constant(np.require(value, requirements="C"))
+        lifted += 1
+    if lifted:
+        graph.cleanup(remove_unused_graph_inputs=False)
+    return lifted
 
 
 def _done(node: gs.Node) -> bool:

@@ -62,7 +62,7 @@ from ..memory import release_memory
 from ..model_io import ModelLike, default_opset, load_model, skeleton
 from ..params import TensorQuant, read_params, write_params
 from ..report import Report
-from .fold_constants import fold_constants_graph, merge_into
+from .fold_constants import fold_constants_graph, lift_constant_nodes, merge_into
 from .qdq_insert import insert_qdq_graph
 from .qdq_placement import plan_qdq
 from .quantize_bias import means_wanted
@@ -140,6 +140,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     graph = import_graph(original)
     # weights computed in the graph (ConstantOfShape, Unsqueeze of constants) become weights first
     merge_into(report, fold_constants_graph(graph))
+    lift_constant_nodes(graph)  # bias correction and int8 weights write constants: Constant nodes ignore it
     if cfg.fold_batchnorm:
         _fold_first(graph, original, report)  # in place: no export/import round trip (a weights copy each)
         clock.lap("fold")

@@ -49,15 +49,14 @@ log = logging.getLogger(__name__)
 
 
 def fold_first(model: onnx.ModelProto, report: Report) -> onnx.ModelProto:
-    """Fold BatchNormalization as the quantize pass does; record it in ``report``."""
-    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
-        report.summary["batchnorm_folded_first"] = 0
-        return model
+    """Fold as the quantize pass does (BatchNorm, exporters' affine ops, computed weights); record it."""
     from ..passes.fold_batchnorm import fold_batchnorm
 
     folded, frep = fold_batchnorm(model)
-    report.summary["batchnorm_folded_first"] = sum(1 for c in frep.candidates if c.changed)
-    left = [c.name for c in frep.candidates if not c.changed]
+    bn = [c for c in frep.candidates if c.op == "BatchNormalization"]
+    report.summary["batchnorm_folded_first"] = sum(1 for c in bn if c.changed)
+    report.summary["affine_folded_first"] = frep.summary.get("affine_folded", 0)
+    left = [c.name for c in bn if not c.changed]
     if left:
         report.warnings.append(f"{len(left)} BatchNormalization node(s) could not be folded; they train with batch "
                                f"statistics and stay float: {', '.join(left[:5])}")
