@@ -59,7 +59,23 @@ def test_generator_is_deterministic_and_matches_the_committed_file(name):
         made_with = onnx.load_from_string(committed).producer_version
         if made_with != torch.__version__.split("+")[0]:
             pytest.skip(f"committed with torch {made_with}, this is torch {torch.__version__}")
+        if first != committed:
+            # torch's CPU kernels round differently on other processors (AVX2 / AVX-512): the BN
+            # running statistics the generator measures may differ in the last bits, nothing else
+            _assert_same_up_to_float_rounding(onnx.load_from_string(first), onnx.load_from_string(committed), name)
+            return
     assert first == committed, f"{name}.onnx differs from the generator's output: rerun sample_models/generate.py"
+
+
+def _assert_same_up_to_float_rounding(made: onnx.ModelProto, committed: onnx.ModelProto, name: str) -> None:
+    from onnx import numpy_helper
+
+    hint = f"{name}.onnx differs from the generator's output: rerun sample_models/generate.py"
+    assert list(made.graph.node) == list(committed.graph.node), hint
+    assert [i.name for i in made.graph.initializer] == [i.name for i in committed.graph.initializer], hint
+    for a, b in zip(made.graph.initializer, committed.graph.initializer):
+        np.testing.assert_allclose(numpy_helper.to_array(a), numpy_helper.to_array(b), rtol=1e-5, atol=1e-7,
+                                   err_msg=f"{hint} ({a.name})")
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_OUTPUT))
