@@ -113,6 +113,14 @@ def make_session(
     return ort.InferenceSession(src, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
 
 
+def quiet_run_options():
+    """RunOptions under which a refused feed is only raised (the caller's one-line error, maybe a retry
+    with another shape), not also logged in red by onnxruntime."""
+    options = import_ort().RunOptions()
+    options.log_severity_level = 4
+    return options
+
+
 class FedSession:
     """A session over a model's *skeleton* (:func:`onnxsq.model_io.skeleton`) whose large weights are
     fed at every run from numpy arrays, which onnxruntime reads in place: the session holds no copy of
@@ -136,6 +144,7 @@ class FedSession:
                                     memory_pattern=False, in_node_order=in_node_order)
         self._weights = {k: self._ortvalue(np.require(v, requirements="C")) for k, v in (weights or {}).items()}
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._quiet = quiet_run_options()
 
     def run(self, fetch: list[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """``fetch`` (every graph output when None) for the data inputs ``feed``."""
@@ -143,6 +152,7 @@ class FedSession:
         for k, v in feed.items():
             feeds[k] = self._ortvalue(np.require(v, requirements="C"))
         try:
-            return [v.numpy() for v in self.session.run_with_ort_values(fetch or self.output_names, feeds)]
+            return [v.numpy() for v in self.session.run_with_ort_values(fetch or self.output_names, feeds,
+                                                                             self._quiet)]
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad feeds
             raise DataError(f"{self._mismatch}: {first_line(exc)}") from None

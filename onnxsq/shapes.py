@@ -24,8 +24,10 @@ GivenShapes = Mapping[str | None, Sequence[int]]  # a None key: the only data in
 
 SPELLING = "NAME:1x3x224x224"
 SHAPE_HINT = f"pass --input-shape {SPELLING} or --no-verify"
-IMAGE_SIZES = (224, 320)  # spatial dims of a rank-4 input, by attempt (multiples of 32)
-OTHER_SIZES = (32, 64)  # any other dynamic dim (sequence lengths, ...), by attempt
+# (H, W) of a rank-4 input's dynamic spatial dims, by attempt: square images in multiples of 32,
+# then text lines (PP-OCR recognizers take H 48, CRNNs H 32; their Reshapes fix H)
+IMAGE_SIZES = ((224, 224), (320, 320), (48, 320), (32, 320))
+OTHER_SIZES = (32, 64, 16, 128)  # any other dynamic dim (sequence lengths, ...), by attempt
 ATTEMPTS = len(IMAGE_SIZES)
 IMAGE_CHANNELS = 3
 NHWC_CHANNELS = (1, 3, 4)
@@ -113,7 +115,7 @@ def _fill(dims: Sequence[int | str | None], axis: int, attempt: int, batch: int)
     if len(dims) == 4:
         spatial, channel = ((1, 2), 3) if _is_nhwc(dims) else ((2, 3), 1)
         if axis in spatial:
-            return IMAGE_SIZES[attempt]
+            return IMAGE_SIZES[attempt][spatial.index(axis)]
         if axis == channel:
             return IMAGE_CHANNELS
     return OTHER_SIZES[attempt]
@@ -133,15 +135,16 @@ def resolve_input_shapes(model: onnx.ModelProto, given: GivenShapes | None = Non
        that value, so inputs that share a symbol (``batch``, ``seq``) agree, as the model requires;
     4. axis 0 is the batch: ``batch`` (1);
     5. a rank-4 input is an image: NCHW (spatial axes 2, 3), or NHWC when axis 3 is static 1/3/4 and
-       axes 1, 2 are dynamic; spatial dims become 224 (attempt 0) or 320 (attempt 1) — sizes vision
-       models take (multiples of 32 survive the usual 5 stride-2 stages, and detection heads with
-       fixed anchors or fixed-size Add/Reshape constants are exported at such sizes); a dynamic
-       channel axis becomes 3;
-    6. any other dynamic dim (sequence lengths, counts) becomes 32 (attempt 0) or 64 (attempt 1).
+       axes 1, 2 are dynamic; dynamic (H, W) become :data:`IMAGE_SIZES` ``[attempt]``: 224×224, then
+       320×320 — sizes vision models take (multiples of 32 survive the usual 5 stride-2 stages, and
+       detection heads with fixed anchors or fixed-size Add/Reshape constants are exported at such
+       sizes) — then the text-line sizes 48×320 and 32×320 (OCR recognizers whose Reshapes fix the
+       height); a dynamic channel axis becomes 3;
+    6. any other dynamic dim (sequence lengths, counts) becomes :data:`OTHER_SIZES` ``[attempt]``.
 
     Small sizes such as 8 look cheaper but real models refuse them (3 stride-2 convs and a pooling of
-    8×8 leave nothing; an Add with a constant made for 224 cannot broadcast 2 by 8). ``attempt`` 1 is
-    the retry a caller makes when attempt 0 does not run. Pure: the model is only read.
+    8×8 leave nothing; an Add with a constant made for 224 cannot broadcast 2 by 8). ``attempt`` > 0
+    are the retries a caller makes when the previous one does not run. Pure: the model is only read.
     """
     if not 0 <= attempt < ATTEMPTS:
         raise ValueError(f"attempt must be in 0..{ATTEMPTS - 1}, not {attempt}")
@@ -228,7 +231,7 @@ def image_size(model: onnx.ModelProto, given: GivenShapes | None = None, layout:
     shape = resolve_input_shapes(model, given)[inputs[0].name]
     if given:
         return shape[hw[0]], shape[hw[1]]
-    size = tuple(d if isinstance(d, int) else IMAGE_SIZES[0] for d in (dims[hw[0]], dims[hw[1]]))
+    size = tuple(d if isinstance(d, int) else default for d, default in zip((dims[hw[0]], dims[hw[1]]), IMAGE_SIZES[0]))
     log.info("input %r has a dynamic size (%s): images are resized to %dx%d (--input-shape or --size sets it)",
              inputs[0].name, format_shape(["?" if d is None else d for d in dims]), *size)
     return size[0], size[1]

@@ -26,7 +26,7 @@ from .errors import (
 )
 from .graph import data_inputs, onnx_dtype_to_np
 from .report import Report
-from .runtime import FedSession, import_ort, make_session
+from .runtime import FedSession, make_session, quiet_run_options
 from .shapes import ATTEMPTS, GivenShapes, format_shapes, resolve_input_shapes, shape_hint
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def _run_reference(label: str, run: Callable[[Feed], list[np.ndarray]], model: o
     for attempt in range(ATTEMPTS if input_shapes is None else 1):
         shapes = resolve_input_shapes(model, input_shapes, attempt)
         if format_shapes(shapes) in tried:
-            break  # every dim is static or given: nothing else to try
+            continue  # this attempt changes none of the model's dynamic dims
         tried.append(format_shapes(shapes))
         log.info("verify: random inputs %s", tried[-1])
         feeds = [_feeds_for(model, shapes, seed + i) for i in range(samples)]
@@ -275,8 +275,7 @@ def _open(model: onnx.ModelProto | str, which: str) -> tuple[str, list[str], Cal
         raise UnsupportedModelError(f"{label}: onnxruntime cannot load it: {first_line(exc)}") from None
     if isinstance(session, FedSession):
         return label, session.output_names, lambda feed: session.run(None, feed)
-    quiet = import_ort().RunOptions()
-    quiet.log_severity_level = 4  # a refused feed is raised (and maybe retried), not also logged by onnxruntime
+    quiet = quiet_run_options()
     return label, [o.name for o in session.get_outputs()], lambda feed: session.run(None, dict(feed), quiet)
 
 

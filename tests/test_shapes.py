@@ -151,8 +151,11 @@ def test_fill_rules_by_axis_and_attempt():
     again = resolve_input_shapes(model, attempt=1)
     assert again["i0"] == (1, 3, 320, 320) and again["i2"] == (1, 64, 5)
     assert resolve_input_shapes(model, batch=4)["i0"] == (4, 3, 224, 224)
+    text_line = resolve_input_shapes(model, attempt=2)  # OCR recognizers: H 48 fixed by a Reshape
+    assert text_line["i0"] == (1, 3, 48, 320) and text_line["i2"] == (1, 16, 5)
+    assert resolve_input_shapes(model, attempt=3)["i0"] == (1, 3, 32, 320)
     with pytest.raises(ValueError):
-        resolve_input_shapes(model, attempt=2)
+        resolve_input_shapes(model, attempt=4)
 
 
 def test_nhwc_is_recognized_by_its_static_channel_axis():
