@@ -34,6 +34,7 @@ import onnx
 from ..data.images import Preprocess, is_image, load_image
 from ..errors import DataError, InvalidOptionError, first_line
 from ..graph import onnx_dtype_to_np
+from ..shapes import IMAGE_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +144,10 @@ def image_preprocess(model_inputs_: list[InputSpec], pre: Preprocess | None, ori
     size = pre.size
     if size is None:
         h, w = spec.dims[hw[0]], spec.dims[hw[1]]
-        if h is None or w is None:
-            raise InvalidOptionError(f"the model input {spec.name!r} has a dynamic size {_fmt_dims(spec.dims)}: "
-                                     "pass --size H W for the calibration images")
-        size = (h, w)
+        size = (h or IMAGE_SIZES[0][0], w or IMAGE_SIZES[0][1])
+        if h is None or w is None:  # the CLI's default (onnxsq.shapes): a size real vision models take
+            log.info("input %r has a dynamic size %s: images are resized to %dx%d (--size or --input-shape sets it)",
+                     spec.name, _fmt_dims(spec.dims), *size)
     return Preprocess(size=tuple(size), mean=pre.mean, std=pre.std, channel_order=pre.channel_order,
                       layout=pre.layout, channels=channels)
 

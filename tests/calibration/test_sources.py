@@ -36,12 +36,14 @@ def test_grayscale_model_and_nhwc(conv_model, tmp_path):
     assert feeds[0]["input"].shape == (1, 1, 6, 6)
 
 
-def test_dynamic_size_needs_size(conv_model, tmp_path):
+def test_dynamic_size_defaults_to_224_and_size_sets_it(conv_model, tmp_path, caplog):
     model = conv_model(hw=8)
     for d in model.graph.input[0].type.tensor_type.shape.dim[2:]:
         d.dim_param = "H"
-    with pytest.raises(InvalidOptionError, match="--size"):
-        open_source(_images(tmp_path / "imgs"), model)
+    with caplog.at_level("INFO", logger="onnxsq"):
+        feeds = list(open_source(_images(tmp_path / "imgs"), model))
+    assert feeds[0]["input"].shape == (1, 3, 224, 224)  # as the CLI: a size real vision models take
+    assert "dynamic size" in caplog.text and "--size" in caplog.text
     feeds = list(open_source(tmp_path / "imgs", model, preprocess=Preprocess(size=(5, 7))))
     assert feeds[0]["input"].shape == (1, 3, 5, 7)
 
