@@ -8,7 +8,7 @@ VENV_ORT := .venv-ort
 PIP_FLAGS := --quiet --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: venv zoo test test-train test-ort demo bench clean
+.PHONY: venv zoo lint test test-train test-ort demo bench clean
 
 venv: $(VENV)/.stamp $(VENV_ORT)/.stamp
 
@@ -35,7 +35,11 @@ zoo: $(VENV)/.stamp $(VENV_ORT)/.stamp
 	$(VENV)/bin/python -m zoo.fetch || [ $$? -eq 2 ]
 	$(VENV_ORT)/bin/python -m zoo.fetch || [ $$? -eq 2 ]
 
-test: zoo test-ort test-train
+test: zoo lint test-ort test-train
+
+# ruff (configured in pyproject.toml) over the package, the tests, the benchmarks and the zoo.
+lint: $(VENV_ORT)/.stamp
+	$(VENV_ORT)/bin/ruff check onnxsq tests bench zoo
 
 test-ort: $(VENV_ORT)/.stamp
 	$(VENV_ORT)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -5,8 +5,8 @@ Run with the environment that has all three (onnxoptimizer is in .venv-ort only)
     .venv-ort/bin/python bench/bench_optimize.py [--repeats 5]
 
 Each tool runs file → file (load, fold, save) in a fresh subprocess, so the times include reading
-and writing the model and the memory figures are the child's peak resident set size,
-also shown net of what the process held after its imports (VmHWM from /proc/self/status). Outputs are compared in onnxruntime
+and writing the model and the memory figures are the child's peak resident set size, also shown net of
+what the process held after its imports (VmHWM from /proc/self/status). Outputs are compared in onnxruntime
 (graph optimizations off) against the original on the same seeded inputs: the relative error is
 ``max |y - y_ref| / max |y_ref|`` over all outputs and samples.
 """
@@ -103,6 +103,7 @@ def errors(src: Path, dst: Path, samples: int = 2) -> tuple[int, float, float]:
     """(BN nodes left, max relative error, max absolute error) of ``dst`` against ``src``."""
     import numpy as np
     import onnx
+
     from onnxsq.runtime import make_session
     from onnxsq.verify import random_feeds
 
@@ -128,7 +129,6 @@ def main() -> None:
     import onnx
     import onnxruntime
     from resnet50 import build_resnet50, parameter_count
-
     from rich.console import Console
     from rich.table import Table
 

@@ -51,7 +51,13 @@ tool, model, data, out, batch = sys.argv[1:6]
 files = sorted(Path(data).glob("*.npy"))
 import onnx, onnxruntime
 if tool == "ort":
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static, CalibrationMethod
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
     class Reader(CalibrationDataReader):
         def __init__(self): self.it = iter(files)

@@ -109,7 +109,7 @@ def _evaluate(models: dict, feeds: np.ndarray, input_name: str, labels: np.ndarr
                                for i in range(0, len(feeds), 64)]) for k, (m, _) in models.items()}
     ref = outs["dense"]
     rows = []
-    for k, (m, sparsity) in models.items():
+    for k, (_, sparsity) in models.items():
         row = [k, f"{100 * sparsity:.1f}%", f"{_sqnr(ref, outs[k]):.1f}",
                f"{100 * np.mean(outs[k].argmax(1) == ref.argmax(1)):.1f}%"]
         if labels is not None:
@@ -184,8 +184,13 @@ def _train_digits_cnn(seed: int = 0):
     nodes += [helper.make_node("GlobalAveragePool", [cur], ["gap"]),
               helper.make_node("Flatten", ["gap"], ["flat"]),
               helper.make_node("Gemm", ["flat", "9.weight", "9.bias"], ["logits"], name="fc", transB=1)]
-    graph = helper.make_graph(nodes, "digits", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "digits",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     return model, xte, yte
 

@@ -69,15 +69,17 @@ def run_onnxsq(args) -> dict:
     _, report = onnxsq.train(build_onnx(args.size), ArrayDataset(x, y), iters=args.iters, batch_size=args.batch,
                              lr=0.01, momentum=0.9, weight_decay=1e-4, display=0, device=args.device)
     s = report.summary
-    return {"images_per_s": s["iterations"] * s["batch_size"] / s["seconds"], "setup_s": time.perf_counter() - t0 - s["seconds"],
-            "device": s["device"]}
+    return {
+        "images_per_s": s["iterations"] * s["batch_size"] / s["seconds"],
+        "setup_s": time.perf_counter() - t0 - s["seconds"],
+        "device": s["device"],
+    }
 
 
 def run_torch(args) -> dict:
     import torch
-    from torch import nn
-
     from onnx import numpy_helper
+    from torch import nn
 
     model = build_onnx(args.size)
     w = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer}
@@ -96,7 +98,7 @@ def run_torch(args) -> dict:
     loss_fn = nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    for it in range(args.iters):
+    for _ in range(args.iters):
         idx = torch.from_numpy(rng.permutation(len(x))[:args.batch])
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(xt[idx]), yt[idx])

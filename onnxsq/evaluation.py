@@ -8,7 +8,7 @@ per-class IoU from one confusion matrix over the whole set.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx

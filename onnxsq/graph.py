@@ -8,7 +8,7 @@ installed onnx's newest IR version, which older runtimes refuse).
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import onnx

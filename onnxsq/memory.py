@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 
 @lru_cache(maxsize=1)

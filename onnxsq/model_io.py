@@ -11,7 +11,6 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import onnx
@@ -21,7 +20,7 @@ from .proto_stream import copy_fields, read_model, write_model
 
 log = logging.getLogger(__name__)
 
-ModelLike = Union[onnx.ModelProto, str, os.PathLike]
+ModelLike = onnx.ModelProto | str | os.PathLike
 
 # protobuf cannot serialize a message of 2 GiB or more; keep a margin for the graph itself.
 PROTO_LIMIT = 2**31 - 1
@@ -66,7 +65,9 @@ def skeleton(model: onnx.ModelProto, *, min_bytes: int = 4096) -> onnx.ModelProt
 def weight_arrays(model: onnx.ModelProto, *, min_bytes: int = 4096) -> dict[str, np.ndarray]:
     """The initializers :func:`skeleton` (same ``min_bytes``) turns into inputs, as numpy arrays."""
 
-    return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if len(i.raw_data) >= max(min_bytes, 1)}
+    return {
+        i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if len(i.raw_data) >= max(min_bytes, 1)
+    }
 
 
 def _check_raw_sizes(model: onnx.ModelProto) -> None:

@@ -78,7 +78,7 @@ class TensorQuant:
         return d
 
     @classmethod
-    def from_dict(cls, name: str, d: Any, *, where: str = "parameters") -> "TensorQuant":
+    def from_dict(cls, name: str, d: Any, *, where: str = "parameters") -> TensorQuant:
         if not isinstance(d, dict):
             raise DataError(f"{where}: entry {name!r} must be an object")
         try:

@@ -14,7 +14,8 @@ field 5 (``initializer``) entries, in their order. Parsing it gives a message eq
 
 from __future__ import annotations
 
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 import onnx
 

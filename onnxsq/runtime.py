@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Mapping, Sequence
 from types import ModuleType
-from typing import Mapping, Sequence
 
 import numpy as np
 import onnx

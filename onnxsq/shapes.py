@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import shlex
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import onnx
 

@@ -13,8 +13,8 @@ Only the top-level graph is read; a weight tensor shared by several nodes is cou
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -92,7 +92,9 @@ def count_zeros(values: np.ndarray) -> int:
     return int(values.size - np.count_nonzero(values))
 
 
-def _dequantized_zeros(node: onnx.NodeProto, consts: Mapping[str, onnx.TensorProto]) -> tuple[str, np.ndarray, int] | None:
+def _dequantized_zeros(
+    node: onnx.NodeProto, consts: Mapping[str, onnx.TensorProto]
+) -> tuple[str, np.ndarray, int] | None:
     """(name, quantized values, zeros) of a DequantizeLinear with a constant input, else None."""
     q = consts.get(node.input[0])
     if q is None:

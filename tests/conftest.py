@@ -6,9 +6,9 @@ Fixtures rather than importable helpers, because tests directories have no ``__i
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -69,7 +69,9 @@ def build_conv_model(*, opset: int = 13, ir_version: int | None = None, cin: int
     return model
 
 
-def build_gemm_model(*, n_in: int = 6, n_out: int = 3, trans_b: int = 1, seed: int = 0, opset: int = 13) -> onnx.ModelProto:
+def build_gemm_model(
+    *, n_in: int = 6, n_out: int = 3, trans_b: int = 1, seed: int = 0, opset: int = 13
+) -> onnx.ModelProto:
     """Gemm (+ bias) on an N×n_in input."""
     rng = np.random.default_rng(seed)
     shape = (n_out, n_in) if trans_b else (n_in, n_out)

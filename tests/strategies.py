@@ -15,10 +15,13 @@ SHAPES = st.one_of(
     st.just(()), st.just((1,)), st.just((0,)), st.just((1, 1, 1, 1)),
     hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5),
 )
-NONEMPTY_SHAPES = st.one_of(st.just(()), st.just((1,)), hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5))
+NONEMPTY_SHAPES = st.one_of(
+    st.just(()), st.just((1,)), hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5)
+)
+FLOAT_DTYPES = st.sampled_from(FLOATS)
 
 
-def float_arrays(shapes=SHAPES, dtypes=st.sampled_from(FLOATS), magnitude: float = 100.0):
+def float_arrays(shapes=SHAPES, dtypes=FLOAT_DTYPES, magnitude: float = 100.0):
     """Finite float arrays of any real-model shape and float dtype, ties and zeros included."""
     return st.tuples(dtypes, shapes).flatmap(lambda ds: hnp.arrays(
         ds[0], ds[1], elements=st.one_of(

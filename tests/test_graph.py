@@ -9,8 +9,18 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxsq.graph import (
-    const_value, consumers, export_like, import_graph, is_const, is_graph_output, iter_weighted_nodes,
-    new_constant, node_label, onnx_dtype_to_np, producer, sole_consumer,
+    const_value,
+    consumers,
+    export_like,
+    import_graph,
+    is_const,
+    is_graph_output,
+    iter_weighted_nodes,
+    new_constant,
+    node_label,
+    onnx_dtype_to_np,
+    producer,
+    sole_consumer,
 )
 from onnxsq.model_io import check_model, opsets
 

@@ -206,5 +206,9 @@ def test_totals_agree_with_onnxsq_sparsity(name, sample_model):
     s = inspect_model(model).summary
     assert (s["conv_weight_params"], s["conv_weight_zeros"], s["conv_sparsity_denominator"]) == (
         conv.params, conv.zeros, conv.label)
-    assert (s["weight_params"], s["weight_zeros"], s["sparsity_denominator"]) == (every.params, every.zeros, every.label)
+    assert (s["weight_params"], s["weight_zeros"], s["sparsity_denominator"]) == (
+        every.params,
+        every.zeros,
+        every.label,
+    )
     assert s["sparsity"] == pytest.approx(every.zero_fraction) and s["sparsity"] > 0.5

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxsq.metrics import (ClassificationMeter, SegmentationMeter, confusion_matrix, iou_from_confusion,
-                            pixel_accuracy, topk_correct)
+from onnxsq.metrics import (
+    ClassificationMeter,
+    SegmentationMeter,
+    confusion_matrix,
+    iou_from_confusion,
+    pixel_accuracy,
+    topk_correct,
+)
 
 
 def test_iou_against_a_hand_computed_confusion_matrix():

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
 from test_shapes import shared_symbol_model, spatial_after, strided_model  # pythonpath = tests
 
 from onnxsq.errors import CheckNotRunError, DataError, UnsupportedModelError, VerificationError
@@ -23,7 +22,9 @@ def _shift_bias(model: onnx.ModelProto, delta: float) -> onnx.ModelProto:
     out.CopyFrom(model)
     for i, t in enumerate(out.graph.initializer):
         if t.name == "conv.bias":
-            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + np.float32(delta), t.name))
+            out.graph.initializer[i].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(t) + np.float32(delta), t.name)
+            )
     return out
 
 

@@ -26,7 +26,8 @@ reduced case, numpy on the fetched array in the full one.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -219,9 +220,9 @@ def _observe(model: onnx.ModelProto, names: list[str], batches: Iterable[tuple[d
         for feed, values, n in run_observed(model, observed, batches, weights=weights):
             for name, v in zip(observed, values):
                 if name in stats:
-                    _update(name, lambda s, v=v: s.update(v), stats)
+                    _update(stats[name], name, "update", v)
                 if name in means:
-                    _update(name, lambda s, v=v: s.update(v), means)
+                    _update(means[name], name, "update", v)
             yield feed, n
         return
     model, weights = _split(model, weights)
@@ -239,11 +240,11 @@ def _observe(model: onnx.ModelProto, names: list[str], batches: Iterable[tuple[d
         for name in names:
             lo, hi, size = outs[name]
             bmin = float(got[lo]) if lo else 0.0  # a ReLU output: never negative (see add_stat_nodes)
-            _update(name, lambda s: s.update_reduced(int(got[size]), bmin, float(got[hi])), stats)
+            _update(stats[name], name, "update_reduced", int(got[size]), bmin, float(got[hi]))
         for i, name in enumerate(means):
             mean, size = values[len(fetch) + 2 * i: len(fetch) + 2 * i + 2]
             per = int(size) // max(int(np.size(mean)), 1)  # values per channel in this batch
-            _update(name, lambda s: s.update_sum(np.asarray(mean, np.float64) * per, per), means)
+            _update(means[name], name, "update_sum", np.asarray(mean, np.float64) * per, per)
         for o, v in zip(results, values[len(fetch) + len(mean_fetch):]):
             # ReduceMin/Max may skip a nan; a nan inside the network reaches its outputs
             if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
@@ -251,8 +252,9 @@ def _observe(model: onnx.ModelProto, names: list[str], batches: Iterable[tuple[d
         yield feed, n
 
 
-def _update(name: str, fn: Callable, stats: Mapping) -> None:
+def _update(stat: Any, name: str, method: str, *args: Any) -> None:
+    """``stat.method(*args)``; a ValueError (inf/nan, a shape change) becomes a DataError naming the tensor."""
     try:
-        fn(stats[name])
+        getattr(stat, method)(*args)
     except ValueError as exc:
         raise DataError(f"tensor {name!r}: {exc} on calibration data") from None

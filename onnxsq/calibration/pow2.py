@@ -20,11 +20,10 @@ Pure numpy, no ONNX: shared by post-training quantization and quantization-aware
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import numpy as np
 
-ArrayLike = Union[float, np.ndarray]
+ArrayLike = float | np.ndarray
 
 # Shifts stay where 2**-shift is a normal float32, with room for bias scales (sum of two shifts).
 MIN_SHIFT = -60

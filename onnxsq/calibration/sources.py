@@ -24,9 +24,10 @@ import importlib.util
 import logging
 import os
 import sys
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import onnx

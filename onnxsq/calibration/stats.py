@@ -135,7 +135,7 @@ class TensorStats:
         self.hist_neg += both[BINS:]
 
     # -- merging -------------------------------------------------------------------------------
-    def merge(self, later: "TensorStats") -> "TensorStats":
+    def merge(self, later: TensorStats) -> TensorStats:
         """A new TensorStats equal to one pass over ``self``'s batches followed by ``later``'s."""
         if self.histogram != later.histogram:
             raise ValueError("cannot merge statistics with and without a histogram")
@@ -159,7 +159,7 @@ class TensorStats:
                 _fold(later.hist_neg, out.hist_exp - later.hist_exp)
         return out
 
-    def copy(self) -> "TensorStats":
+    def copy(self) -> TensorStats:
         return TensorStats.from_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,7 +171,7 @@ class TensorStats:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TensorStats":
+    def from_dict(cls, d: dict[str, Any]) -> TensorStats:
         s = cls(histogram=bool(d["histogram"]))
         for k in ("count", "zeros", "batches", "hist_exp"):
             setattr(s, k, int(d[k]))
@@ -305,7 +305,7 @@ class ChannelMean:
         self.total = total.copy() if self.total is None else self.total + total
         self.count += int(count)
 
-    def merge(self, other: "ChannelMean") -> "ChannelMean":
+    def merge(self, other: ChannelMean) -> ChannelMean:
         if (self.axis, self.rank) != (other.axis, other.rank):
             raise ValueError("cannot merge means over different axes")
         out = ChannelMean(self.axis, self.rank)

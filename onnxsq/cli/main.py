@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 import sys
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
 import click
 

@@ -6,9 +6,9 @@ order the model expects. Decoding is Pillow's; resizing is bilinear for images a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -8,7 +8,7 @@ importing this package stays cheap.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 PASSES: dict[str, str] = {
     "fold-constants": "onnxsq.passes.fold_constants:fold_constants",

@@ -25,8 +25,8 @@ an eval-mode BN over channel axis 1 is ``y = s * x + t`` with ``s = gamma / sqrt
    replacements) go into the layer's weights and bias; a 2-D MatMul + Add becomes a Gemm.
 
 Refused, with a reason in the report: training mode (``training_mode=1``, or the statistics outputs,
-which select training mode before opset 14), ``spatial=0`` and pre-opset-7 BN, non-constant parameters, a layer (or intermediate)
-output that is also a graph output or feeds other nodes (folding would change what they read),
+which select training mode before opset 14), ``spatial=0`` and pre-opset-7 BN, non-constant parameters, a layer
+(or intermediate) output that is also a graph output or feeds other nodes (folding would change what they read),
 non-per-channel constants, a MatMul whose output channel is not axis 1, and BN inside control-flow
 subgraphs. A weight or bias shared with other nodes is cloned, never changed under them.
 """
@@ -34,8 +34,9 @@ subgraphs. A weight or bias shared with other nodes is cloned, never changed und
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import onnx

@@ -19,7 +19,7 @@ raises the opset when it must; this function only checks.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import onnx

@@ -46,8 +46,28 @@ ADD = ("Add",)
 CONCAT = ("Concat",)
 ACTIVATIONS = ("Relu", "Clip")
 AVERAGING = ("AveragePool", "GlobalAveragePool", "ReduceMean")
-SHARE = ("MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "Resize", "Upsample", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
-         "Identity", "Slice", "Pad", "DepthToSpace", "SpaceToDepth", "Split", "Gather", "Tile", "Expand")
+SHARE = (
+    "MaxPool",
+    "GlobalMaxPool",
+    "ReduceMax",
+    "ReduceMin",
+    "Resize",
+    "Upsample",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "Slice",
+    "Pad",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Split",
+    "Gather",
+    "Tile",
+    "Expand",
+)
 IGNORED = ("Constant", "Shape", "Size", "ConstantOfShape")  # no float data flows through them
 
 

@@ -30,7 +30,8 @@ input whose mean another layer takes over another axis.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs

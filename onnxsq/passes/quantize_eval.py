@@ -5,10 +5,10 @@ For every quantized activation ``t``: ``SQNR = 10 log10(sum x**2 / sum (x - x^)*
 through the network, as they would on the target), and the *clipped* fraction: float values beyond
 the quantized range by more than half a step. The caller may pass clipped fractions it already knows
 (from the calibration statistics, over every calibration sample): those tensors get no counting nodes
-(a min/max range that fits, the usual case, clips nothing — and comparisons, ``Or``, ``Cast`` and a
-sum over every activation cost about a quarter of the report's time on the ResNet-50-sized model). For the graph outputs: SQNR and, for outputs with a
-class axis (axis 1 of size > 1), the fraction of argmax-over-axis-1 positions that agree (top-1
-agreement; per pixel for segmentation). Streaming: sums only, one batch in memory.
+(a min/max range that fits, the usual case, clips nothing, and counting it costs comparisons, ``Or``,
+``Cast`` and a sum over every activation). For the graph outputs: SQNR and, for outputs with a class axis
+(axis 1 of size > 1), the fraction of argmax-over-axis-1 positions that agree (top-1 agreement; per pixel
+for segmentation). Streaming: sums only, one batch in memory.
 
 How: both models go into ONE onnxruntime graph (the quantized one's node outputs renamed with a
 prefix, the shared inputs and weights kept once), with ``ReduceSumSquare(x)``,
@@ -20,8 +20,8 @@ only the graph outputs come back for SQNR and top-1. The weights are fed from nu
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import numpy as np
 import onnx

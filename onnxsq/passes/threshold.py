@@ -28,8 +28,9 @@ import dataclasses
 import fnmatch
 import logging
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -190,7 +191,7 @@ def _plan(model: onnx.ModelProto, cfg: ThresholdConfig) -> tuple[list[_Layer], l
             continue
         label, op, wname = node_label(node), node.op_type, node.input[1]
 
-        def skip(reason: str, **details: Any) -> None:
+        def skip(reason: str, label=label, op=op, wname=wname, **details: Any) -> None:
             order.append((label, op, reason, {"weight": wname, **details}))
 
         excluded = _match(cfg.excludes, label, wname)
@@ -294,7 +295,9 @@ def _write_back(tensor: onnx.TensorProto, values: np.ndarray) -> None:
     tensor.doc_string = doc
 
 
-def threshold(model: ModelLike, *, config: ThresholdConfig | None = None, **overrides: Any) -> tuple[onnx.ModelProto, Report]:
+def threshold(
+    model: ModelLike, *, config: ThresholdConfig | None = None, **overrides: Any
+) -> tuple[onnx.ModelProto, Report]:
     """Threshold the model's layer weights; returns (new model, report). The input is not modified.
 
     ``overrides`` replace fields of ``config`` (e.g. ``threshold(m, channelwise=True)``).

@@ -27,7 +27,6 @@ layer already sparser than ``f`` is left as it is). Bit patterns of untouched we
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,8 +167,14 @@ def threshold_array(w: np.ndarray, fraction: float, *, value_max: float = 0.2, v
         raise TypeError(f"threshold_array needs a float array, got {w.dtype}")
     if channelwise and w.ndim:
         moved = np.moveaxis(w, channel_axis, 0)
-        new, info = threshold_rows(moved.reshape(moved.shape[0], math.prod(moved.shape[1:])), fraction, value_max=value_max,
-                                   value_maxratio=value_maxratio, search=search, step_factor=step_factor)
+        new, info = threshold_rows(
+            moved.reshape(moved.shape[0], math.prod(moved.shape[1:])),
+            fraction,
+            value_max=value_max,
+            value_maxratio=value_maxratio,
+            search=search,
+            step_factor=step_factor,
+        )
         new = np.moveaxis(new.reshape(moved.shape), 0, channel_axis)
         info = ThresholdInfo(**{**info.__dict__, "channelwise": True})
     else:

@@ -7,8 +7,8 @@ the runner turns into a warning (never a silent skip).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .summary import StageRow
 
@@ -69,8 +69,13 @@ def _metric(plt, rows: Sequence[StageRow], path: Path) -> Path:
     values = [100 * r.metric if r.metric is not None else 0.0 for r in rows]
     bars = ax.bar(xs, values, 0.6, color="tab:blue", label="/".join(names))
     for b, r in zip(bars, rows):
-        ax.annotate("n/a" if r.metric is None else f"{100 * r.metric:.1f}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                    ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            "n/a" if r.metric is None else f"{100 * r.metric:.1f}",
+            (b.get_x() + b.get_width() / 2, b.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.set_ylabel(f"{'/'.join(names)} (%)")
     ax.set_ylim(0, 105)
     ax.set_xticks(xs)

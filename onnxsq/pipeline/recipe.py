@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import inspect
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ..errors import InvalidOptionError, OnnxsqError
 from . import sources, stages
@@ -261,7 +262,9 @@ def _stage(index: int, raw: dict[str, Any], base: Path, data: DataSpec, lines: _
     if kind is None:
         raise fail(header, f"{where}: no `kind` (one of {', '.join(stages.KINDS)})")
     if kind not in stages.KINDS:
-        raise fail(lines.stage(index, "kind"), f"{where}: unknown stage kind {kind!r} (known: {', '.join(stages.KINDS)})")
+        raise fail(
+            lines.stage(index, "kind"), f"{where}: unknown stage kind {kind!r} (known: {', '.join(stages.KINDS)})"
+        )
     options = {k: v for k, v in raw.items() if k not in ("kind", "name")}
     if kind == "train":
         stage = options.get("stage")

@@ -15,11 +15,12 @@ every cached stage) stay put. Both sources are seeded and deterministic.
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

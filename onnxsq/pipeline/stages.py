@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import onnx

@@ -9,9 +9,10 @@ also reads quantized weights through their DequantizeLinear); the MAC share is f
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import onnx
 

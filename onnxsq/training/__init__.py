@@ -16,8 +16,9 @@ checkpoints), ``sparsity`` (masks, thresholding, gradual sparsification), ``expo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import onnx
 

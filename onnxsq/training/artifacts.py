@@ -164,8 +164,11 @@ def _rewrite_conv_transpose(model, node, shapes, namer) -> tuple[list[onnx.NodeP
     x = node.input[0]
     if sh > 1 or sw > 1:
         xu = namer(f"{tag}/zi_unsq")
-        nodes.append(helper.make_node("Unsqueeze", [x, _const(model, namer, f"{tag}/zi_axes", np.array([3, 5], np.int64))],
-                                      [xu], name=xu))
+        nodes.append(
+            helper.make_node(
+                "Unsqueeze", [x, _const(model, namer, f"{tag}/zi_axes", np.array([3, 5], np.int64))], [xu], name=xu
+            )
+        )
         xe = namer(f"{tag}/zi_expand")
         nodes.append(helper.make_node("Expand", [xu, _const(model, namer, f"{tag}/zi_shape",
                                                             np.array([1, 1, 1, sh, 1, sw], np.int64))], [xe], name=xe))
@@ -245,11 +248,14 @@ def _rewrite_resize(model, node, shapes, namer) -> tuple[list[onnx.NodeProto], s
     # Separability check: the measured matrices must reproduce the op on a random input.
     tag = node.name or node.output[0]
     t = namer(f"{tag}/resize_w")
-    nodes = [helper.make_node("MatMul", [node.input[0], _const(model, namer, f"{tag}/A_w_T", a_w.T.copy())],
-                              [t], name=t),
-             helper.make_node("MatMul", [_const(model, namer, f"{tag}/A_h", a_h), t], list(node.output),
-                              name=namer(f"{tag}/resize_h"))]
-    return nodes, f"as two MatMuls with measured {a_h.shape[0]}x{a_h.shape[1]} and {a_w.shape[0]}x{a_w.shape[1]} matrices"
+    nodes = [
+        helper.make_node("MatMul", [node.input[0], _const(model, namer, f"{tag}/A_w_T", a_w.T.copy())], [t], name=t),
+        helper.make_node(
+            "MatMul", [_const(model, namer, f"{tag}/A_h", a_h), t], list(node.output), name=namer(f"{tag}/resize_h")
+        ),
+    ]
+    return nodes, (f"as two MatMuls with measured {a_h.shape[0]}x{a_h.shape[1]} and "
+                   f"{a_w.shape[0]}x{a_w.shape[1]} matrices")
 
 
 def _convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -344,7 +350,7 @@ def make_loss_block(task: str, l1: float, l1_weights: list[str], ignore_label: i
     from onnxruntime.training import onnxblock
 
     class OnnxsqLoss(onnxblock.Block):
-        def build(self, output_name: str, *_others: str):  # noqa: D401 - onnxblock protocol
+        def build(self, output_name: str, *_others: str):
             ce = onnxblock.loss.CrossEntropyLoss(
                 ignore_index=ignore_label if task == "segmentation" else None)
             total = ce(output_name, LABELS)

@@ -8,9 +8,10 @@ never goes unnoticed.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import InvalidOptionError, first_line
 
@@ -161,7 +162,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], base: "TrainConfig | None" = None) -> "TrainConfig":
+    def from_mapping(cls, values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
         """A config from ``base`` (or the defaults) updated with ``values``; unknown keys are refused."""
         names = {f.name for f in fields(cls)} - {"extra"}
         aliases = {"base_lr": "lr", "max_iter": "iters", "lr_schedule": "lr_policy", "type": "optimizer"}

@@ -27,8 +27,8 @@ tensor only, so QAT quantizes weights per tensor.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import onnx

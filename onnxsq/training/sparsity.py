@@ -24,8 +24,7 @@ original (which skipped deconvolution) and the threshold pass's default do.
 from __future__ import annotations
 
 import logging
-
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from onnxsq.calibration.sources import batches, open_source
 from onnxsq.data.images import Preprocess
-from onnxsq.errors import DataError, InvalidOptionError
+from onnxsq.errors import DataError
 
 
 def _images(folder, n=3, size=(10, 12), mode="RGB"):

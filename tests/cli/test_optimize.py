@@ -15,7 +15,7 @@ from test_shapes import spatial_after, strided_model  # pythonpath = tests
 
 pytest.importorskip("onnxruntime")
 
-from onnxsq.passes import bn_math  # noqa: E402
+from onnxsq.passes import bn_math
 
 
 def bn_count(path: Path) -> int:
@@ -72,8 +72,8 @@ def test_in_place_replaces_the_input(tiny_models, run_cli):
 
 
 def test_keep_standalone_leaves_the_unfoldable_bn(tmp_path, run_cli):
-    from onnx import TensorProto, helper, numpy_helper
     import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
 
     inits = [numpy_helper.from_array(np.full(2, v, np.float32), n) for n, v in
              (("g", 2.0), ("b", 0.5), ("m", 0.1), ("v", 1.0))]

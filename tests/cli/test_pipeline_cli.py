@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))  # the pipeline tests' helpers
-from pipeline_helpers import setup, write_recipe  # noqa: E402
+from pipeline_helpers import setup, write_recipe
 
 pytest.importorskip("onnxruntime")
 

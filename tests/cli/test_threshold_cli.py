@@ -15,9 +15,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxsq.cli.main import run
 
-ORIGINAL_EXAMPLE = ("threshold --threshold_fraction_low 0.40 --threshold_fraction_mid 0.80 --threshold_fraction_high 0.80 "
-                    "--threshold_value_max 0.2 --threshold_value_maxratio 0.2 --threshold_step_factor 1e-6 "
-                    '--model=deploy.onnx --gpu=0 --weights=trained.onnx --output=thresholded.onnx').split()
+ORIGINAL_EXAMPLE = (
+    "threshold --threshold_fraction_low 0.40 --threshold_fraction_mid 0.80 --threshold_fraction_high 0.80 "
+    "--threshold_value_max 0.2 --threshold_value_maxratio 0.2 --threshold_step_factor 1e-6 "
+    "--model=deploy.onnx --gpu=0 --weights=trained.onnx --output=thresholded.onnx"
+).split()
 
 
 def make_model(path: Path) -> Path:

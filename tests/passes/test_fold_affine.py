@@ -17,9 +17,9 @@ from onnx import helper, numpy_helper
 pytest.importorskip("onnxruntime")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fold_helpers, under any pytest import mode
-from fold_helpers import Builder, feeds_for, ops, run  # noqa: E402
+from fold_helpers import Builder, feeds_for, ops, run
 
-from onnxsq.passes.fold_batchnorm import fold_batchnorm  # noqa: E402
+from onnxsq.passes.fold_batchnorm import fold_batchnorm
 
 TOL = {np.float16: (1e-2, 1e-2), np.float32: (1e-5, 1e-6), np.float64: (1e-12, 1e-13)}  # rtol, atol
 X = [1, 2, 5, 5]

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 pytest.importorskip("onnxruntime")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fold_helpers, under any pytest import mode
-from fold_helpers import Builder, assert_equivalent, feeds_for, ops  # noqa: E402
+from fold_helpers import Builder, assert_equivalent, feeds_for, ops
 
-from onnxsq.errors import VerificationError  # noqa: E402
-from onnxsq.passes import bn_math, get_pass  # noqa: E402
-from onnxsq.passes.fold_batchnorm import fold_batchnorm  # noqa: E402
+from onnxsq.errors import VerificationError
+from onnxsq.passes import bn_math, get_pass
+from onnxsq.passes.fold_batchnorm import fold_batchnorm
 
 DTYPES = st.sampled_from([np.float16, np.float32, np.float64])
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -67,7 +67,9 @@ def _through(b: Builder, y: str, kind: str, channels: int, rank: int) -> str:
 def test_conv_bn_folds_exactly(cfg):
     b = Builder(cfg["seed"], cfg["dtype"], cfg["constant_nodes"])
     k, d = cfg["kernel"], cfg["dims"]
-    w = b.const("w", b.weight((cfg["cout"], cfg["cin"] // cfg["groups"]) + (k,) * d, cfg["cin"] // cfg["groups"] * k**d))
+    w = b.const(
+        "w", b.weight((cfg["cout"], cfg["cin"] // cfg["groups"]) + (k,) * d, cfg["cin"] // cfg["groups"] * k**d)
+    )
     ins = ["x", w] + ([b.const("b", b.rng.normal(0, 1, cfg["cout"]))] if cfg["bias"] else [])
     y = b.node("Conv", ins, group=cfg["groups"], kernel_shape=[k] * d, strides=[cfg["stride"]] * d,
                dilations=[cfg["dilation"]] * d, pads=[cfg["pad"]] * 2 * d)
@@ -128,10 +130,21 @@ def test_matmul_bn_folds_exactly(m, k, n, through, dtype, seed):
 
 
 @PROPS
-@given(dims=st.integers(1, 3), groups=st.integers(1, 3), cin_g=st.integers(1, 3), cout_g=st.integers(1, 2),
-       kernel=st.integers(1, 3), stride=st.integers(1, 2), dilation=st.integers(1, 2), bias=st.booleans(),
-       padded=st.booleans(), dtype=DTYPES, seed=st.integers(0, 2**16))
-def test_bn_conv_folds_forward_where_exact(dims, groups, cin_g, cout_g, kernel, stride, dilation, bias, padded, dtype, seed):
+@given(
+    dims=st.integers(1, 3),
+    groups=st.integers(1, 3),
+    cin_g=st.integers(1, 3),
+    cout_g=st.integers(1, 2),
+    kernel=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    dilation=st.integers(1, 2),
+    bias=st.booleans(),
+    padded=st.booleans(),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+)
+def test_bn_conv_folds_forward_where_exact(dims, groups, cin_g, cout_g, kernel, stride, dilation, bias, padded, dtype,
+                                           seed):
     """Graph input → BN → Conv: forward fold when the Conv has no padding, or with padding when the BN
     shift is zero; never (BN becomes Mul+Add) with padding and a non-zero shift."""
     b = Builder(seed, dtype)

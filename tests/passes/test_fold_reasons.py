@@ -13,10 +13,10 @@ from onnx import TensorProto, helper
 pytest.importorskip("onnxruntime")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fold_helpers, under any pytest import mode
-from fold_helpers import Builder, assert_equivalent, feeds_for, ops  # noqa: E402
+from fold_helpers import Builder, assert_equivalent, feeds_for, ops
 
-from onnxsq.errors import InvalidOptionError, ModelLoadError  # noqa: E402
-from onnxsq.passes.fold_batchnorm import fold_batchnorm  # noqa: E402
+from onnxsq.errors import InvalidOptionError, ModelLoadError
+from onnxsq.passes.fold_batchnorm import fold_batchnorm
 
 
 def fold(model: onnx.ModelProto, **kw):

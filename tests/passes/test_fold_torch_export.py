@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import io
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx

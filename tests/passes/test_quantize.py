@@ -309,4 +309,6 @@ def test_clipped_fraction_from_statistics_or_counted(tmp_path):
     sess = make_session(_with_output(build_net(), "r1"))
     vals = np.concatenate([sess.run(["r1"], x)[0] for x in data[:3]])
     limit = (255 + 0.5) * 2.0 ** -params["r1"].shift
-    assert r1.details["clipped"] == pytest.approx(np.count_nonzero(vals > limit) / vals.size) and r1.details["clipped"] > 0
+    assert (
+        r1.details["clipped"] == pytest.approx(np.count_nonzero(vals > limit) / vals.size) and r1.details["clipped"] > 0
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -271,8 +273,8 @@ def test_bad_options(kw, msg):
 def test_config_normalizes():
     cfg = ThresholdConfig(ops=["Conv", "Gemm"], layers={"x*": 0.5}, excludes="y*")
     assert cfg.ops == frozenset({"Conv", "Gemm"}) and cfg.layers == (("x*", 0.5),) and cfg.excludes == ("y*",)
-    with pytest.raises(Exception):
-        cfg.fraction_low = 0.1  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.fraction_low = 0.1
 
 
 @pytest.mark.parametrize("kw", [{}, {"global_fraction": 0.5}])

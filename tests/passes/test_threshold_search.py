@@ -91,7 +91,9 @@ def test_grid_matches_oracle(w, f, vmax, vratio, step_factor, channelwise):
                                 step_factor=step_factor, channelwise=channelwise)
     ts = [oracle_grid(r, f, vmax, vratio, step_factor) for r in rows_of(w, channelwise)]
     np.testing.assert_allclose(info.threshold_grid, ts, rtol=0, atol=1e-12)
-    assert np.array_equal(new.reshape(len(ts), -1), np.stack([apply(r, t) for r, t in zip(rows_of(w, channelwise), ts)]))
+    assert np.array_equal(
+        new.reshape(len(ts), -1), np.stack([apply(r, t) for r, t in zip(rows_of(w, channelwise), ts)])
+    )
 
 
 def test_grid_with_the_manuals_step_factor():

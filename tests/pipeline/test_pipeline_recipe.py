@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # pipeline_helpers, under any pytest import mode
-from pipeline_helpers import setup, write_recipe  # noqa: E402
+from pipeline_helpers import setup, write_recipe
 
-from onnxsq.errors import InvalidOptionError  # noqa: E402
-from onnxsq.passes.threshold import ThresholdConfig  # noqa: E402
-from onnxsq.pipeline.recipe import load_recipe  # noqa: E402
-from onnxsq.pipeline.stages import build_options  # noqa: E402
+from onnxsq.errors import InvalidOptionError
+from onnxsq.passes.threshold import ThresholdConfig
+from onnxsq.pipeline.recipe import load_recipe
+from onnxsq.pipeline.stages import build_options
 
 GOOD = """\
 description = "all kinds"
@@ -174,4 +174,8 @@ def test_shipped_recipes_parse_and_mirror_the_original():
     assert seg.data.task == "segmentation" and seg.model.name == "jacintonet_seg.onnx"
     l1, sparse = seg.stage("l1").options, seg.stage("sparse").options
     assert l1["l1"] == 1e-5
-    assert (sparse["sparsity_target"], sparse["sparsity_start_factor"], sparse["sparsity_step_factor"]) == (0.8, 0.6, 0.01)
+    assert (sparse["sparsity_target"], sparse["sparsity_start_factor"], sparse["sparsity_step_factor"]) == (
+        0.8,
+        0.6,
+        0.01,
+    )

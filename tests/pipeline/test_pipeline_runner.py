@@ -11,12 +11,12 @@ import onnx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # pipeline_helpers, under any pytest import mode
-from pipeline_helpers import setup, write_npz, write_recipe  # noqa: E402
+from pipeline_helpers import setup, write_npz, write_recipe
 
-from onnxsq import runtime  # noqa: E402
-from onnxsq.errors import InvalidOptionError  # noqa: E402
-from onnxsq.pipeline import charts, run_pipeline  # noqa: E402
-from onnxsq.pipeline.runner import file_sha  # noqa: E402
+from onnxsq import runtime
+from onnxsq.errors import InvalidOptionError
+from onnxsq.pipeline import charts, run_pipeline
+from onnxsq.pipeline.runner import file_sha
 
 pytest.importorskip("onnxruntime")
 

@@ -18,7 +18,6 @@ RECIPES = ROOT / "sample_models" / "recipes"
 sys.path.insert(0, str(ROOT / "tests" / "pipeline"))  # the pipeline tests' helpers
 from pipeline_helpers import setup  # noqa: E402
 
-
 QAT_RECIPE = """\
 model = "model.onnx"
 

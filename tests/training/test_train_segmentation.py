@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from train_helpers import needs_training
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+from train_helpers import needs_training
 
 
 def shapes_dataset(root, n: int, seed: int, size: int = 32):
@@ -63,8 +63,13 @@ def seg_model(seed: int = 0) -> onnx.ModelProto:
     nodes.append(helper.make_node("Conv", [x, w, t("cls.bias", np.zeros(3))], ["cls"], name="cls"))
     nodes.append(helper.make_node("Resize", ["cls", t("roi", np.zeros(0)), t("scales", [1, 1, 2, 2])], ["logits"],
                                   name="upsample", mode="linear"))
-    graph = helper.make_graph(nodes, "tiny_seg", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 32, 32])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "tiny_seg",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        inits,
+    )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
     m.ir_version = 6
     onnx.checker.check_model(m)

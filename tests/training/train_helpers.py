@@ -31,7 +31,10 @@ def cnn(channels: tuple[int, ...] = (8, 16), *, classes: int = 10, in_ch: int = 
                   helper.make_node("Relu", [f"b{i}"], [f"r{i}"], name=f"relu{i}")]
         x, cin = f"r{i}", c
     fc = (rng.standard_normal((classes, cin)) * np.sqrt(1.0 / cin)).astype(np.float32)
-    inits += [numpy_helper.from_array(fc, "fc.weight"), numpy_helper.from_array(np.zeros(classes, np.float32), "fc.bias")]
+    inits += [
+        numpy_helper.from_array(fc, "fc.weight"),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "fc.bias"),
+    ]
     nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
               helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
               helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1)]

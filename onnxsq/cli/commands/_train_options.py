@@ -6,8 +6,9 @@ Solver flags default to None so that only flags actually given override a --conf
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 
@@ -16,18 +17,38 @@ _PATH = click.Path(path_type=Path)
 
 def data_options(f: Callable) -> Callable:
     opts = [
-        click.option("--data", required=True, type=_PATH,
-                     help="Training data: .npz (x, y), an image folder (one sub-folder per class), or an image list."),
+        click.option(
+            "--data",
+            required=True,
+            type=_PATH,
+            help="Training data: .npz (x, y), an image folder (one sub-folder per class), or an image list.",
+        ),
         click.option("--labels", type=_PATH, help="Label list file read in step with an image list (segmentation)."),
         click.option("--val", type=_PATH, help="Validation data (same forms); evaluated after training."),
         click.option("--val-labels", type=_PATH, help="Label list for a --val image list."),
-        click.option("--task", type=click.Choice(["classification", "segmentation"]),
-                     help="Task [default: from the label shape]."),
-        click.option("--scale-prob", type=float, default=0.0, show_default=True,
-                     help="Segmentation: probability of a random scale."),
-        click.option("--scale-range", nargs=2, type=float, default=(1.0, 1.0), show_default=True,
-                     help="Segmentation: random scale MIN MAX."),
-        click.option("--crop", nargs=2, type=int, default=None, help="Segmentation: random crop H W [default: --size]."),
+        click.option(
+            "--task",
+            type=click.Choice(["classification", "segmentation"]),
+            help="Task [default: from the label shape].",
+        ),
+        click.option(
+            "--scale-prob",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="Segmentation: probability of a random scale.",
+        ),
+        click.option(
+            "--scale-range",
+            nargs=2,
+            type=float,
+            default=(1.0, 1.0),
+            show_default=True,
+            help="Segmentation: random scale MIN MAX.",
+        ),
+        click.option(
+            "--crop", nargs=2, type=int, default=None, help="Segmentation: random crop H W [default: --size]."
+        ),
         click.option("--mirror/--no-mirror", default=False, help="Segmentation: random horizontal flips."),
     ]
     for o in reversed(opts):
@@ -39,7 +60,8 @@ def solver_options(f: Callable) -> Callable:
     opts = [
         click.option("--stage", type=click.Choice(["l2", "l1", "sparse", "qat"]),
                      help="Training stage [default: l2]; qat writes a power-of-two QDQ model."),
-        click.option("--config", "config_file", type=_PATH, help="Solver config (JSON or TOML) with the original's keys."),
+        click.option("--config", "config_file", type=_PATH,
+                     help="Solver config (JSON or TOML) with the original's keys."),
         click.option("--iters", type=int, help="Iterations (max_iter)."),
         click.option("--epochs", type=float, help="Epochs (instead of --iters) [default: 1]."),
         click.option("--batch-size", type=int, help="Batch size [default: 32]."),
@@ -50,7 +72,8 @@ def solver_options(f: Callable) -> Callable:
         click.option("--step-size", type=int, help="step: decay every N iterations."),
         click.option("--milestones", type=str, help="multistep: comma-separated iterations."),
         click.option("--power", type=float, help="poly: exponent [default: 1]."),
-        click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help="sgd (momentum) or adamw [default: sgd]."),
+        click.option("--optimizer", type=click.Choice(["sgd", "adamw"]),
+                     help="sgd (momentum) or adamw [default: sgd]."),
         click.option("--momentum", type=float, help="SGD momentum [default: 0.9]."),
         click.option("--weight-decay", type=float, help="L2 weight decay on conv/fc weights."),
         click.option("--l1", type=float, help="L1 strength: loss += l1 * sum|w| over conv/fc weights."),
@@ -90,8 +113,10 @@ def train_config(opts: dict[str, Any]):
         try:
             flags["stepvalue"] = tuple(int(v) for v in str(flags["stepvalue"]).split(",") if v.strip())
         except ValueError:
-            raise InvalidOptionError(f"--milestones must be comma-separated integers, not {opts['milestones']!r}") from None
-    if ("iters" in flags and "epochs" in values) or ("epochs" in flags and any(k in values for k in ("iters", "max_iter"))):
+            raise InvalidOptionError(
+                f"--milestones must be comma-separated integers, not {opts['milestones']!r}") from None
+    iters_given = any(k in values for k in ("iters", "max_iter"))
+    if ("iters" in flags and "epochs" in values) or ("epochs" in flags and iters_given):
         values = {k: v for k, v in values.items() if k not in ("iters", "max_iter", "epochs")}
     return TrainConfig.from_mapping({**values, **flags})
 

@@ -8,7 +8,6 @@ import click
 
 from ..options import quiet, report_option
 
-
 EPILOG = """\b
 A recipe (TOML; paths relative to the recipe file):
   model = "net.onnx"

@@ -20,7 +20,9 @@ METHODS = ("minmax", "ema", "percentile", "mse")
 @click.option("--bits", type=int, default=8, show_default=True, help="Bits of weights and activations (2..16).")
 @click.option("--weight-bits", type=int, help="Bits of the weights only [default: --bits].")
 @click.option("--per-channel", is_flag=True, help="One power-of-two scale per output channel of each weight.")
-@click.option("--exclude", multiple=True, metavar="PATTERN", help="Keep nodes whose name matches in float (repeatable).")
+@click.option(
+    "--exclude", multiple=True, metavar="PATTERN", help="Keep nodes whose name matches in float (repeatable)."
+)
 @click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True,
               help="Activation range estimator.")
 @click.option("--weight-method", type=click.Choice(["minmax", "mse"]), default="mse", show_default=True,
@@ -33,11 +35,31 @@ METHODS = ("minmax", "ema", "percentile", "mse")
 @click.option("--params-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the parameters (JSON).")
 @preprocess_options
 @input_shape_option
-def command(model: Path, output: Path | None, in_place: bool, report_path: Path | None, calib: str | None,
-            calib_count: int | None, batch_size: int, bits: int, weight_bits: int | None, per_channel: bool, exclude: tuple[str, ...], method: str,
-            weight_method: str, report_samples: int, no_bias_correction: bool, params_in: Path | None,
-            params_out: Path | None, size, mean, std, channel_order: str, layout: str,
-            input_shapes: dict[str | None, tuple[int, ...]] | None) -> None:
+def command(
+    model: Path,
+    output: Path | None,
+    in_place: bool,
+    report_path: Path | None,
+    calib: str | None,
+    calib_count: int | None,
+    batch_size: int,
+    bits: int,
+    weight_bits: int | None,
+    per_channel: bool,
+    exclude: tuple[str, ...],
+    method: str,
+    weight_method: str,
+    report_samples: int,
+    no_bias_correction: bool,
+    params_in: Path | None,
+    params_out: Path | None,
+    size,
+    mean,
+    std,
+    channel_order: str,
+    layout: str,
+    input_shapes: dict[str | None, tuple[int, ...]] | None,
+) -> None:
     """Quantize MODEL to power-of-two int8 QDQ (scales 2**-shift, zero points 0), calibrating on --calib.
 
     Calibration images take --size, else the model's static H W, else --input-shape's, else 224.

@@ -25,7 +25,7 @@ weights: --weights, else --model, is the input; --gpu is accepted and ignored):
 """
 
 
-def _option(name: str, dest: str, default: float, help: str):  # noqa: A002 - click's word
+def _option(name: str, dest: str, default: float, help: str):
     return click.option(f"--{name.replace('_', '-')}", f"--{name}", dest, type=float, default=default,
                         show_default=True, help=help)
 
@@ -72,7 +72,9 @@ def _layers(specs: tuple[str, ...]) -> list[tuple[str, float]]:
 @click.option("--channelwise", is_flag=True, help="Apply fraction and cap per output channel.")
 @click.option("--layer", "layers", multiple=True, metavar="PATTERN=FRACTION",
               help="Fraction for layers whose node or weight name matches the glob (repeatable; last wins).")
-@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN", help="Leave matching layers alone (repeatable).")
+@click.option(
+    "--exclude", "excludes", multiple=True, metavar="PATTERN", help="Leave matching layers alone (repeatable)."
+)
 @click.option("--ops", default="Conv", show_default=True, help="Weights to threshold: Conv,ConvTranspose,Gemm,MatMul.")
 @click.option("--global", "global_fraction", type=float, metavar="FRACTION",
               help="One magnitude threshold pooled over all eligible layers instead of per-layer classes.")

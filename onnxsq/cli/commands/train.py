@@ -23,11 +23,10 @@ def command(model: Path, output: Path | None, in_place: bool, report_path: Path 
     model `onnxsq quantize` would, with trained weights and ranges.
     """
     from ... import model_io
+    from ...runtime import import_training
     from ...training import train
     from ..render import finish
     from ._train_options import open_data, progress
-
-    from ...runtime import import_training
 
     import_training()  # fail first, with the extra to install, where training is missing
     out = resolve_output(model, output, "trained", in_place)

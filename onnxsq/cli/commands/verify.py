@@ -48,7 +48,9 @@ def command(ctx: click.Context, model_a: Path, model_b: Path, data: Path | None,
                             atol=atol, input_shapes=None if feeds is not None else input_shapes,
                             alternative="--data FILE.npz")
     report = result.to_report()
-    report.summary.update(model_a=str(model_a), model_b=str(model_b), inputs=str(data) if data else f"random, seed {seed}")
+    report.summary.update(
+        model_a=str(model_a), model_b=str(model_b), inputs=str(data) if data else f"random, seed {seed}"
+    )
     finish(report, report_path, quiet=quiet())
     if not result.ok:
         raise VerificationError(result.failure_message())
