@@ -262,6 +262,15 @@ CATALOG: tuple[ModelSpec, ...] = (
               {"x": (1, 3, 64, 64)}, Preprocess((64, 64), **IMAGENET),
               "encoder-decoder: three stride-2 conv-BN-ReLU, three ConvTranspose (k4 s2 p1 with bias → BN; k3 s2 "
               "output_padding 1 groups 2 → BN; k2 s2), sigmoid; " + _TORCH_NOTE, trained=False),
+    ModelSpec("torch_yolov8_like", "torch", "torch_yolov8_like", "detector", "nchw",
+              {"x": (1, 3, 128, 128)}, Preprocess((128, 128), channels="RGB", scale=1 / 255),
+              "YOLOv8n-like detector at a quarter width: SiLU, C2f (Split/Concat), SPPF max pools, nearest Resize, "
+              "DFL decoding (Reshape, Softmax, ReduceSum), sigmoid scores, output [N, 4 + 3, anchors]; "
+              + _TORCH_NOTE, trained=False),
+    ModelSpec("torch_crnn_unrolled_lstm", "torch", "torch_crnn_unrolled_lstm", "ocr-rec", "nchw",
+              {"x": (1, 1, 16, 32)}, Preprocess((16, 32), channels="GRAY", scale=1 / 255),
+              "captcha-style CRNN: conv-BN-ReLU with max pools, then an LSTM written out over 8 steps (Gemm, "
+              "Sigmoid, Tanh, Mul/Add of two tensors), a Gemm classifier per step; " + _TORCH_NOTE, trained=False),
 )
 
 #: the sample photos taken from scikit-image's wheel (skimage/data), colour and grey

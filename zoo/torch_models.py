@@ -162,6 +162,105 @@ class ConvTransposeDecoder(nn.Module):
         return torch.sigmoid(self.up3(self.up2(self.up1(self.enc(x)))))
 
 
+# --- YOLOv8-style detector -------------------------------------------------------------------------
+
+class C2f(nn.Module):
+    """YOLOv8's C2f: 1×1 conv-BN-SiLU, split in two, bottlenecks (with residual) on the second half, concat of
+    every part, 1×1 conv-BN-SiLU."""
+
+    def __init__(self, cin: int, cout: int, n: int = 1) -> None:
+        super().__init__()
+        self.c = cout // 2
+        self.cv1 = _conv_bn(cin, 2 * self.c, 1, act=nn.SiLU)
+        self.m = nn.ModuleList(nn.Sequential(_conv_bn(self.c, self.c, 3, act=nn.SiLU),
+                                             _conv_bn(self.c, self.c, 3, act=nn.SiLU)) for _ in range(n))
+        self.cv2 = _conv_bn((2 + n) * self.c, cout, 1, act=nn.SiLU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).split((self.c, self.c), 1))
+        for m in self.m:
+            y.append(y[-1] + m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPF(nn.Module):
+    """Spatial pyramid pooling, fast: three chained 5×5 max pools, concat, 1×1 conv."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.cv1 = _conv_bn(c, c // 2, 1, act=nn.SiLU)
+        self.cv2 = _conv_bn(c * 2, c, 1, act=nn.SiLU)
+        self.pool = nn.MaxPool2d(5, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.cv1(x)
+        y1 = self.pool(x)
+        y2 = self.pool(y1)
+        return self.cv2(torch.cat([x, y1, y2, self.pool(y2)], 1))
+
+
+class YoloV8Like(nn.Module):
+    """A YOLOv8n-like detector at a quarter of its width: SiLU everywhere, C2f (Split/Concat), SPPF, nearest
+    up-sampling and concat, two scales (strides 8, 16), DFL box decoding (Reshape, Softmax, a weighted sum)
+    and sigmoid class scores; output ``[N, 4 + classes, anchors]``, as ultralytics exports it."""
+
+    def __init__(self, classes: int = 3, reg_max: int = 8) -> None:
+        super().__init__()
+        self.reg = reg_max
+        self.stem = nn.Sequential(_conv_bn(3, 8, 3, 2, act=nn.SiLU), _conv_bn(8, 16, 3, 2, act=nn.SiLU), C2f(16, 16))
+        self.p3 = nn.Sequential(_conv_bn(16, 32, 3, 2, act=nn.SiLU), C2f(32, 32))
+        self.p4 = nn.Sequential(_conv_bn(32, 64, 3, 2, act=nn.SiLU), C2f(64, 64), SPPF(64))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.fuse = C2f(96, 32)
+        self.box = nn.ModuleList(nn.Sequential(_conv_bn(c, 16, 3, act=nn.SiLU), nn.Conv2d(16, 4 * reg_max, 1))
+                                 for c in (32, 64))
+        self.cls = nn.ModuleList(nn.Sequential(_conv_bn(c, 16, 3, act=nn.SiLU), nn.Conv2d(16, classes, 1))
+                                 for c in (32, 64))
+        self.register_buffer("proj", torch.arange(reg_max, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p3 = self.p3(self.stem(x))
+        p4 = self.p4(p3)
+        p3 = self.fuse(torch.cat([self.up(p4), p3], 1))
+        outs = []
+        for i, p in enumerate((p3, p4)):
+            b = self.box[i](p)
+            n, _, h, w = b.shape
+            b = (b.view(n, 4, self.reg, h * w).softmax(2) * self.proj.view(1, 1, -1, 1)).sum(2)
+            c = self.cls[i](p).view(n, -1, h * w).sigmoid()
+            outs.append(torch.cat([b, c], 1))
+        return torch.cat(outs, 2)
+
+
+# --- CRNN with a written-out LSTM --------------------------------------------------------------------
+
+class UnrolledLSTMCRNN(nn.Module):
+    """A captcha-style CRNN: conv-BN-ReLU and max pools down to one feature vector per column, then an LSTM
+    written out step by step (Gemm, Sigmoid, Tanh, Mul and Add of two tensors, as some exporters unroll
+    it), a linear classifier per step; output ``[N, steps, classes]``."""
+
+    def __init__(self, classes: int = 11, hidden: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(_conv_bn(1, 16, 3), nn.MaxPool2d(2), _conv_bn(16, 32, 3), nn.MaxPool2d(2),
+                                      _conv_bn(32, 32, 3), nn.MaxPool2d((2, 1)))
+        self.hidden = hidden
+        self.ih = nn.Linear(32, 4 * hidden)
+        self.hh = nn.Linear(hidden, 4 * hidden, bias=False)
+        self.out = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = self.features(x).mean(2).permute(0, 2, 1)  # [N, steps, 32]
+        h = torch.zeros(x.shape[0], self.hidden)
+        c = torch.zeros(x.shape[0], self.hidden)
+        outs = []
+        for t in range(seq.shape[1]):
+            i, f, g, o = (self.ih(seq[:, t]) + self.hh(h)).chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outs.append(self.out(h))
+        return torch.stack(outs, 1)
+
+
 # --- export -----------------------------------------------------------------------------------------
 
 #: zoo name → (constructor, input shape with batch 1)
@@ -170,6 +269,8 @@ ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "torch_resnet_basic": (ResNetBasic, (1, 3, 64, 64)),
     "torch_lraspp": (LRASPPNet, (1, 3, 64, 64)),
     "torch_convtranspose_decoder": (ConvTransposeDecoder, (1, 3, 64, 64)),
+    "torch_yolov8_like": (YoloV8Like, (1, 3, 128, 128)),
+    "torch_crnn_unrolled_lstm": (UnrolledLSTMCRNN, (1, 1, 16, 32)),
 }
 
 
