@@ -70,7 +70,7 @@ def test_catalog_holds_what_the_issue_asks_for():
     sources = {s.source.partition("==")[0] for s in zoo_pkg.CATALOG}
     assert {"rapidocr-onnxruntime", "ddddocr", "torch"} <= sources
     torch_models = [s for s in zoo_pkg.CATALOG if s.source == "torch"]
-    assert len(torch_models) == 4
+    assert len(torch_models) == 6
     others = [s for s in zoo_pkg.CATALOG if s.source.partition("==")[0] not in
               {"onnx", "rapidocr-onnxruntime", "ddddocr", "torch"}]
     assert len(others) >= 3 and all(s.trained for s in others)

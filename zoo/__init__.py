@@ -101,7 +101,8 @@ class ZooModel:
 
     @property
     def params(self) -> int:
-        """Weight elements (float or 8-bit): initializers + Constant nodes + ConstantOfShape outputs of constant shape."""
+        """Weight elements (float or 8-bit): initializers + Constant nodes + ConstantOfShape outputs of constant
+        shape."""
         return self.info["params"]
 
     @property
@@ -201,7 +202,8 @@ CATALOG: tuple[ModelSpec, ...] = (
               "as ReduceMean/Pow/Sqrt; CTC over 6625 classes), paddle2onnx, opset 12, IR 8; height is '?', "
               "batch and width dynamic; every weight is a Constant node",
               sha256="48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"),
-    ModelSpec("ppocr_mobile_v2_cls", SOURCES["rapidocr"], "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+    ModelSpec("ppocr_mobile_v2_cls", SOURCES["rapidocr"],
+              "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
               "classifier", "nchw", {"x": (1, 3, 48, 192)}, Preprocess((48, 192), **PADDLE),
               "PP-OCR mobile v2.0 text-direction classifier (0 / 180 degrees; MobileNetV3 with HardSigmoid SE), "
               "PaddlePaddle export, opset 11, IR 7; the batch dim is dim_value -1, H and W are '?'; every weight "

@@ -26,11 +26,24 @@ import tempfile
 import time
 import zipfile
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from . import (CATALOG, IMAGE_MEMBER_DIR, IMAGES, MANIFEST_FORMAT, MANIFEST_NAME, SOURCES, ModelSpec, ZooModel,
-               _model, cache_dir, log, models)
+from . import (
+    CATALOG,
+    IMAGE_MEMBER_DIR,
+    IMAGES,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    SOURCES,
+    ModelSpec,
+    ZooModel,
+    _model,
+    cache_dir,
+    log,
+    models,
+)
 
 PIP_RETRIES = 2
 PIP_TIMEOUT_S = 30
@@ -284,7 +297,7 @@ def _export_torch(s: ModelSpec, path: Path) -> str | None:
             warnings.simplefilter("ignore")
             torch_models.export(s.member, tmp)
         os.replace(tmp, path)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise FetchError(f"exporting {s.name} failed: {type(e).__name__}: {e}") from e
     finally:
         tmp.unlink(missing_ok=True)

@@ -14,8 +14,8 @@ into the convolutions before they reach ONNX).
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -79,7 +79,8 @@ class MobileNetV3Block(nn.Module):
             InvertedResidual(24, 96, 24, 3, 1),
         )
         self.head = _conv_bn(24, 96, 1, act=nn.Hardswish)
-        self.classifier = nn.Sequential(nn.Linear(96, 128), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(128, num_classes))
+        self.classifier = nn.Sequential(nn.Linear(96, 128), nn.Hardswish(), nn.Dropout(0.2),
+                                        nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))
@@ -127,7 +128,8 @@ class LRASPPNet(nn.Module):
     def __init__(self, num_classes: int = 5, inter: int = 32) -> None:
         super().__init__()
         self.stem = _conv_bn(3, 16, 3, 2, act=nn.Hardswish)
-        self.low = nn.Sequential(InvertedResidual(16, 48, 24, 3, 2, se=False), InvertedResidual(24, 72, 24, 3, 1, se=False))
+        self.low = nn.Sequential(InvertedResidual(16, 48, 24, 3, 2, se=False),
+                                 InvertedResidual(24, 72, 24, 3, 1, se=False))
         self.high = nn.Sequential(InvertedResidual(24, 96, 40, 5, 2), InvertedResidual(40, 120, 40, 5, 1))
         self.cbr = _conv_bn(40, inter, 1)
         self.scale = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(40, inter, 1, bias=False), nn.Sigmoid())
