@@ -1,0 +1,260 @@
+"""Running an integer program (:mod:`.program`) on a batch: integer layers in exact fixed point
+(:mod:`.fixed`), float islands in onnxruntime (:mod:`.islands`), every layer output requantized by a
+shift with the chosen rounding and saturated to its integer type.
+
+Accumulators (Conv, ConvTranspose, Gemm, MatMul after the bias add) are checked against
+``acc_bits``: an element past it is counted and wrapped in two's complement, as a MAC unit of that
+width leaves it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from .fixed import KERNELS, Fixed, NotInteger, align
+from . import kernels as K
+from .islands import FloatRunner
+from .program import Layer, Program, Step
+from .rounding import ROUNDINGS, requantize, round_float, saturate, wrap
+
+log = logging.getLogger(__name__)
+
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass
+class LayerStats:
+    """What one layer did over every batch run so far."""
+
+    acc_max: int = 0  # largest |accumulator| observed
+    acc_overflow: int = 0  # accumulator elements past acc_bits
+    saturated: int = 0  # output elements clipped to the integer type
+    elements: int = 0
+    fallback: str = ""  # why an integer layer ran in float after all
+
+
+@dataclass
+class Result:
+    ints: dict[str, np.ndarray]  # every integer tensor of the program
+    outputs: dict[str, np.ndarray]  # graph outputs as the QDQ model gives them (float: q * 2**-shift)
+
+
+@dataclass
+class Simulator:
+    program: Program
+    rounding: str = "half-even"
+    acc_bits: int = 32
+    stats: dict[str, LayerStats] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"rounding {self.rounding!r}")
+        p = self.program
+        self.floats = FloatRunner(p.opsets, p.float_types, p.ir_version)
+        self.stats = {lay.name: LayerStats() for lay in p.layers}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> Result:
+        """Simulate one batch; ``feeds``: the model's float inputs by name."""
+        ints: dict[str, np.ndarray] = {}
+        floats: dict[str, np.ndarray] = {}
+        for layer in self.program.layers:
+            st = self.stats[layer.name]
+            if layer.kind == "int" and not st.fallback:
+                try:
+                    value = self._int_layer(layer, ints, st)
+                except NotInteger as exc:
+                    st.fallback = f"no exact integer form on this data ({exc}): computed in float"
+                    log.info("%s: %s", layer.name, st.fallback)
+                    value = self._float_layer(layer, ints, feeds)
+            else:
+                value = self._float_layer(layer, ints, feeds)
+            if layer.out is None:
+                floats[layer.output] = value
+                continue
+            q = self._requantize(value, layer, st)
+            ints[layer.output] = q
+        return Result(ints, self._outputs(ints, floats, feeds))
+
+    def _requantize(self, value: Any, layer: Layer, st: LayerStats) -> np.ndarray:
+        out = layer.out
+        if isinstance(value, Fixed):
+            q = requantize(value.v, value.shift - out.shift, self.rounding, value.div)
+        else:
+            q = round_float(np.ldexp(np.asarray(value, dtype=np.float64), out.shift), self.rounding)
+        q, n = saturate(q, out.bits, out.signed)
+        st.saturated += n
+        st.elements += q.size
+        return q.astype(np.int32)
+
+    def _outputs(self, ints: dict, floats: dict, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        p = self.program
+        out = {}
+        for name in p.outputs:
+            if name in p.dq:
+                src = p.dq[name]
+                out[name] = (ints[src] * np.float32(np.ldexp(1.0, -p.tensors[src].shift))).astype(np.float32)
+            elif name in ints:
+                out[name] = ints[name]
+            elif name in floats:
+                out[name] = floats[name]
+            elif name in feeds:
+                out[name] = np.asarray(feeds[name])
+            else:
+                out[name] = np.asarray(p.consts[name].values)
+        return out
+
+    # float -----------------------------------------------------------------------------------------
+    def _float_layer(self, layer: Layer, ints: dict, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        p = self.program
+        if not layer.steps:
+            src = layer.source
+            if src in p.dq:
+                return self._dequant(p.dq[src], ints)
+            return np.asarray(feeds[src])
+        fl: dict[str, np.ndarray] = {}
+        for s in layer.steps:
+            for i in s.inputs:
+                if i in p.dq:
+                    fl[i] = self._dequant(p.dq[i], ints)
+                elif i in feeds and i in p.inputs:
+                    fl[i] = np.asarray(feeds[i])
+        return self.floats.run(layer.name, layer.steps, fl, p.consts, [layer.source])[0]
+
+    def _dequant(self, name: str, ints: dict) -> np.ndarray:
+        return (ints[name] * np.float32(np.ldexp(1.0, -self.program.tensors[name].shift))).astype(np.float32)
+
+    # integer ---------------------------------------------------------------------------------------
+    def _value(self, name: str, env: dict, ints: dict) -> Any:
+        if not name:
+            return None
+        if name in env:
+            return env[name]
+        p = self.program
+        if name in p.dq:
+            src = p.dq[name]
+            return Fixed.of(ints[src], p.tensors[src].shift)
+        c = p.consts[name]
+        return Fixed.of(c.values, c.shift) if c.shift is not None else c.values
+
+    def _int_layer(self, layer: Layer, ints: dict, st: LayerStats) -> Any:
+        env: dict[str, Any] = {}
+        for step in layer.steps:
+            args = [self._value(i, env, ints) for i in step.inputs]
+            if not any(isinstance(a, Fixed) for a in args):
+                outs = self.floats.run(f"{layer.name}/{step.name or step.outputs[0]}", [step],
+                                       {i: a for i, a in zip(step.inputs, args) if i and i not in self.program.consts},
+                                       self.program.consts, [o for o in step.outputs if o])
+                env.update(zip([o for o in step.outputs if o], outs))
+                continue
+            result = self._step(step, args)
+            if step.op in MAC_OPS:
+                result = self._check_acc(result, st)
+            env[step.outputs[0]] = result
+        return env[layer.source]
+
+    def _check_acc(self, acc: Fixed, st: LayerStats) -> Fixed:
+        if acc.v.size:
+            st.acc_max = max(st.acc_max, int(np.abs(acc.v).max()))
+        v, n = wrap(acc.v, self.acc_bits)
+        st.acc_overflow += n
+        return Fixed(v, acc.shift, acc.div) if n else acc
+
+    def _step(self, step: Step, args: list) -> Any:
+        op = step.op
+        if op in KERNELS:
+            return KERNELS[op](step, *args)
+        x = args[0]
+        if op in ("Add", "Sum"):
+            vs, common = align(args)
+            return Fixed(sum(vs[1:], vs[0]), common, np.asarray(1))
+        if op == "Relu":
+            return Fixed(np.maximum(x.v, 0), x.shift, x.div)
+        if op in ("MaxPool", "GlobalMaxPool"):
+            if op == "GlobalMaxPool":
+                return Fixed(x.v.max(axis=tuple(range(2, x.v.ndim)), keepdims=True), x.shift, x.div)
+            return Fixed(K.max_pool(x.v, step.attrs), x.shift, x.div)
+        if op in ("Identity", "Dropout"):
+            return x
+        if op == "Shape":
+            shape = np.asarray(x.v.shape, dtype=np.int64)
+            return shape[step.attrs.get("start", 0):step.attrs.get("end", len(shape))]
+        if op == "Concat":
+            if not all(isinstance(a, Fixed) and a.plain for a in args):
+                raise NotInteger("a concat of per-channel or float values")
+            vs, common = align(args)
+            return Fixed.of(np.concatenate(vs, axis=step.attrs["axis"]), common)
+        return x.moved(_shape_op(step, x.v, args[1:]))
+
+
+def _shape_op(step: Step, v: np.ndarray, rest: list) -> np.ndarray:
+    """Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice, Gather, Resize/Upsample (nearest)."""
+    op, a = step.op, step.attrs
+    if op == "Reshape":
+        shape = [int(d) for d in np.asarray(rest[0]).ravel()]
+        if not a.get("allowzero", 0):
+            shape = [v.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+        return v.reshape(shape)
+    if op == "Flatten":
+        axis = a.get("axis", 1) % max(v.ndim, 1) if v.ndim else 0
+        return v.reshape(int(np.prod(v.shape[:axis])), -1)
+    if op == "Transpose":
+        return np.transpose(v, a.get("perm"))
+    if op in ("Squeeze", "Unsqueeze"):
+        axes = a.get("axes")
+        if axes is None and rest and rest[0] is not None:
+            axes = [int(i) for i in np.asarray(rest[0]).ravel()]
+        if op == "Squeeze":
+            return np.squeeze(v, axis=tuple(i % v.ndim for i in axes) if axes is not None else None)
+        out_rank = v.ndim + len(axes)
+        return np.expand_dims(v, tuple(sorted(i % out_rank for i in axes)))
+    if op == "Slice":
+        return _slice(v, a, rest)
+    if op == "Gather":
+        return np.take(v, np.asarray(rest[0]).astype(np.int64), axis=a.get("axis", 0))
+    if op in ("Resize", "Upsample"):
+        return _resize(step, v, rest)
+    raise NotInteger(f"{op} on integers")
+
+
+def _slice(v: np.ndarray, a: dict, rest: list) -> np.ndarray:
+    if rest:
+        starts, ends = (np.asarray(r).ravel().tolist() for r in rest[:2])
+        axes = np.asarray(rest[2]).ravel().tolist() if len(rest) > 2 and rest[2] is not None else None
+        steps = np.asarray(rest[3]).ravel().tolist() if len(rest) > 3 and rest[3] is not None else None
+    else:
+        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    index = [slice(None)] * v.ndim
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        n = v.shape[ax]
+        index[ax] = slice(*slice(int(s), int(max(min(e, 2**62), -2**62)), int(st)).indices(n))
+    return v[tuple(index)]
+
+
+def _resize(step: Step, v: np.ndarray, rest: list) -> np.ndarray:
+    a = step.attrs
+    scales = sizes = None
+    if step.op == "Upsample" or len(rest) == 1:
+        scales = np.asarray(rest[0], dtype=np.float32)
+    else:
+        if len(rest) > 1 and rest[1] is not None and np.asarray(rest[1]).size:
+            scales = np.asarray(rest[1], dtype=np.float32)
+        if len(rest) > 2 and rest[2] is not None and np.asarray(rest[2]).size:
+            sizes = np.asarray(rest[2], dtype=np.int64)
+    if a.get("axes") is not None:
+        raise NotInteger("Resize with axes")
+    if sizes is not None:
+        out_shape = [int(s) for s in sizes]
+        scales = [o / i for o, i in zip(out_shape, v.shape)]
+    else:
+        out_shape = [int(np.floor(i * s)) for i, s in zip(v.shape, scales)]
+    mode = a.get("coordinate_transformation_mode", "half_pixel" if step.op == "Resize" else "asymmetric")
+    if step.op == "Upsample":
+        mode = "asymmetric"
+    nearest = a.get("nearest_mode", "round_prefer_floor")
+    return K.resize_nearest(v, out_shape, [float(s) for s in scales], mode, nearest)

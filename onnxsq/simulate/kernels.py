@@ -1,0 +1,255 @@
+"""Integer kernels on int64 numpy arrays, batch at a time: convolution (N-D, groups, depthwise,
+dilation, strides, pads), transposed convolution, matrix products, max and average pooling, nearest
+resize. Every result is exact: products and sums of integers, never rounded.
+
+Matrix products run in float BLAS where that is provably exact: every partial sum is bounded by
+``K * max|a| * max|b|``, so below ``2**24`` float32 is exact whatever the summation order, below
+``2**53`` float64 is; beyond, numpy's int64 matmul (slow, never met with 8-bit operands).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+F32_EXACT = 1 << 24
+F64_EXACT = 1 << 53
+
+
+def exact_dtype(k: int, amax: int, bmax: int) -> np.dtype:
+    """The cheapest dtype whose matmul of ``k`` products of magnitudes ``amax``, ``bmax`` is exact."""
+    bound = k * amax * bmax
+    if bound < F32_EXACT:
+        return np.dtype(np.float32)
+    if bound < F64_EXACT:
+        return np.dtype(np.float64)
+    return np.dtype(np.int64)
+
+
+def _absmax(a: np.ndarray) -> int:
+    return int(max(abs(int(a.max(initial=0))), abs(int(a.min(initial=0)))))
+
+
+def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` of integer arrays, exactly, as int64."""
+    dtype = exact_dtype(a.shape[-1], _absmax(a), _absmax(b))
+    out = np.matmul(np.ascontiguousarray(a, dtype=dtype), np.ascontiguousarray(b, dtype=dtype))
+    return out if dtype == np.int64 else out.astype(np.int64)
+
+
+def conv_pads(in_shape: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+              pads: Sequence[int] | None, auto_pad: str) -> list[int]:
+    """Explicit pads ``[begin..., end...]`` for Conv/pooling from ``pads`` or ``auto_pad``."""
+    nd = len(kernel)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, k, s, d in zip(in_shape, kernel, strides, dilations):
+            out = -(-size // s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+            small = total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else total - small)
+            end.append(total - begin[-1])
+        return begin + end
+    if auto_pad == "VALID":
+        return [0] * (2 * nd)
+    return list(pads) if pads else [0] * (2 * nd)
+
+
+def _windows(x: np.ndarray, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int]) -> np.ndarray:
+    """Sliding windows over the trailing ``len(kernel)`` axes: shape ``(*lead, *out, *kernel)``."""
+    nd = len(kernel)
+    axes = tuple(range(x.ndim - nd, x.ndim))
+    ext = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    win = sliding_window_view(x, ext, axis=axes)
+    index = (Ellipsis,) + tuple(slice(None, None, s) for s in strides) + tuple(slice(None, None, d) for d in dilations)
+    lead = (slice(None),) * (x.ndim - nd)
+    return win[lead + index[1:]]
+
+
+def conv(x: np.ndarray, w: np.ndarray, *, strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int],
+         group: int = 1) -> np.ndarray:
+    """Integer convolution (zero padding: zero point 0), ``x`` ``(N, C, *S)``, ``w`` ``(M, C/group, *K)``."""
+    nd = w.ndim - 2
+    kernel = w.shape[2:]
+    widths = [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)]
+    xp = np.pad(x, widths) if any(pads) else x
+    n, c = x.shape[:2]
+    m, cg = w.shape[:2]
+    if cg == 1 and group == c and m == c:
+        return _depthwise(xp, w, strides, dilations)
+    kp = int(np.prod(kernel))
+    mg = m // group
+    dtype = exact_dtype(cg * kp, _absmax(x), _absmax(w))
+    win = _windows(xp.astype(dtype, copy=False), kernel, strides, dilations)  # (N, C, *O, *K)
+    out_sp = win.shape[2:2 + nd]
+    p = int(np.prod(out_sp))
+    cols = win.reshape(n, group, cg, p, kp)
+    cols = np.ascontiguousarray(np.transpose(cols, (1, 0, 3, 2, 4))).reshape(group, n * p, cg * kp)
+    wk = w.reshape(group, mg, cg * kp).astype(dtype)
+    out = np.empty((group, n * p, mg), dtype=dtype)
+    for g in range(group):
+        np.matmul(cols[g], wk[g].T, out=out[g])
+    out = out.reshape(group, n, p, mg).transpose(1, 0, 3, 2).reshape(n, m, *out_sp)
+    return out.astype(np.int64)
+
+
+def _depthwise(xp: np.ndarray, w: np.ndarray, strides: Sequence[int], dilations: Sequence[int]) -> np.ndarray:
+    """Depthwise convolution: a multiply-add per kernel tap (exact in int64)."""
+    nd = w.ndim - 2
+    kernel = w.shape[2:]
+    win = _windows(xp, kernel, strides, dilations)
+    out = np.zeros(win.shape[:2 + nd], dtype=np.int64)
+    wc = w.reshape(w.shape[0], *kernel).astype(np.int64)
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        wt = wc[(slice(None),) + tap].reshape((1, -1) + (1,) * nd)
+        out += win[(Ellipsis,) + tap].astype(np.int64) * wt
+    return out
+
+
+def conv_transpose(x: np.ndarray, w: np.ndarray, *, strides: Sequence[int], pads: Sequence[int],
+                   dilations: Sequence[int], group: int = 1, output_padding: Sequence[int] | None = None) -> np.ndarray:
+    """Integer transposed convolution, ``x`` ``(N, C, *S)``, ``w`` ``(C, M/group, *K)``; ``pads`` explicit."""
+    nd = w.ndim - 2
+    kernel = w.shape[2:]
+    n, c = x.shape[:2]
+    sp = x.shape[2:]
+    mg = w.shape[1]
+    cg = c // group
+    kp = int(np.prod(kernel))
+    opad = list(output_padding) if output_padding else [0] * nd
+    full = [(s - 1) * st + (k - 1) * d + 1 + op for s, st, k, d, op in zip(sp, strides, kernel, dilations, opad)]
+    out = np.zeros((n, group * mg, *full), dtype=np.int64)
+    p = int(np.prod(sp))
+    for g in range(group):
+        xg = x[:, g * cg:(g + 1) * cg].reshape(n, cg, p)
+        wg = w[g * cg:(g + 1) * cg].reshape(cg, mg * kp)
+        cols = exact_matmul(np.swapaxes(xg, 1, 2), wg[None]).reshape(n, *sp, mg, kp)
+        cols = np.moveaxis(cols, 1 + nd, 1)  # (N, Mg, *S, Kp)
+        for t, tap in enumerate(itertools.product(*(range(k) for k in kernel))):
+            index = tuple(slice(tp * d, tp * d + (s - 1) * st + 1, st)
+                          for tp, d, s, st in zip(tap, dilations, sp, strides))
+            out[(slice(None), slice(g * mg, (g + 1) * mg)) + index] += cols[..., t]
+    crop = tuple(slice(pads[i], full[i] - pads[i + nd]) for i in range(nd))
+    return out[(slice(None), slice(None)) + crop]
+
+
+def conv_transpose_pads(in_shape: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+                        dilations: Sequence[int], attrs: dict) -> tuple[list[int], list[int]]:
+    """ConvTranspose's explicit pads and output padding from ``pads``/``output_shape``/``auto_pad``."""
+    nd = len(kernel)
+    opad = list(attrs.get("output_padding", [0] * nd))
+    out_shape = attrs.get("output_shape")
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if out_shape is None and auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        return list(attrs.get("pads", [0] * (2 * nd))), opad
+    if out_shape is None:
+        out_shape = [s * st for s, st in zip(in_shape, strides)]
+    out_shape = list(out_shape)[-nd:]
+    begin, end = [], []
+    for i in range(nd):
+        total = strides[i] * (in_shape[i] - 1) + opad[i] + (kernel[i] - 1) * dilations[i] + 1 - out_shape[i]
+        total = max(total, 0)
+        if auto_pad == "SAME_UPPER":
+            begin.append(total // 2)
+        else:
+            begin.append(total - total // 2)
+        end.append(total - begin[-1])
+    return begin + end, opad
+
+
+def pool_geometry(in_shape: Sequence[int], attrs: dict) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """``kernel, strides, dilations, pads, extra`` of a pooling node; ``extra``: end padding that
+    ceil_mode adds beyond ``pads`` (windows there are cut at the padded edge)."""
+    kernel = list(attrs["kernel_shape"])
+    nd = len(kernel)
+    strides = list(attrs.get("strides", [1] * nd))
+    dilations = list(attrs.get("dilations", [1] * nd))
+    pads = conv_pads(in_shape, kernel, strides, dilations, attrs.get("pads"), attrs.get("auto_pad", "NOTSET"))
+    extra = [0] * nd
+    if attrs.get("ceil_mode", 0):
+        for i, size in enumerate(in_shape):
+            span = size + pads[i] + pads[i + nd] - ((kernel[i] - 1) * dilations[i] + 1)
+            out = -(-span // strides[i]) + 1
+            if (out - 1) * strides[i] >= size + pads[i]:
+                out -= 1
+            extra[i] = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - (size + pads[i] + pads[i + nd]))
+    return kernel, strides, dilations, pads, extra
+
+
+def max_pool(x: np.ndarray, attrs: dict) -> np.ndarray:
+    """Integer max pooling (padding never wins)."""
+    nd = len(attrs["kernel_shape"])
+    kernel, strides, dilations, pads, extra = pool_geometry(x.shape[2:], attrs)
+    low = np.iinfo(np.int64).min
+    widths = [(0, 0)] * (x.ndim - nd) + [(pads[i], pads[i + nd] + extra[i]) for i in range(nd)]
+    xp = np.pad(x, widths, constant_values=low) if any(pads) or any(extra) else x
+    win = _windows(xp, kernel, strides, dilations)
+    return win.max(axis=tuple(range(-nd, 0)))
+
+
+def avg_pool_sums(x: np.ndarray, attrs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Window sums (exact) and the count each is divided by (``count_include_pad`` counts pads, never
+    the ceil_mode overhang)."""
+    nd = len(attrs["kernel_shape"])
+    kernel, strides, dilations, pads, extra = pool_geometry(x.shape[2:], attrs)
+    widths = [(pads[i], pads[i + nd] + extra[i]) for i in range(nd)]
+    xp = np.pad(x, [(0, 0)] * (x.ndim - nd) + widths)
+    sums = _windows(xp, kernel, strides, dilations).sum(axis=tuple(range(-nd, 0)), dtype=np.int64)
+    ones = np.ones(x.shape[2:], dtype=np.int64)
+    if attrs.get("count_include_pad", 0):
+        ones = np.pad(ones, [(p, q) for p, q in zip(pads[:nd], pads[nd:])], constant_values=1)
+        ones = np.pad(ones, [(0, e) for e in extra])
+    else:
+        ones = np.pad(ones, widths)
+    counts = _windows(ones, kernel, strides, dilations).sum(axis=tuple(range(-nd, 0)), dtype=np.int64)
+    return sums, counts
+
+
+def nearest_index(in_size: int, out_size: int, scale: float, mode: str, nearest_mode: str) -> np.ndarray:
+    """The source index of every output position of a nearest Resize along one axis (float32 math,
+    as onnxruntime computes coordinates)."""
+    x = np.arange(out_size, dtype=np.float32)
+    s = np.float32(scale)
+    if mode == "half_pixel":
+        src = (x + np.float32(0.5)) / s - np.float32(0.5)
+    elif mode == "pytorch_half_pixel":
+        src = (x + np.float32(0.5)) / s - np.float32(0.5) if out_size > 1 else np.zeros_like(x)
+    elif mode == "align_corners":
+        src = x * np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.zeros_like(x)
+    elif mode == "asymmetric":
+        src = x / s
+    elif mode == "tf_half_pixel_for_nn":
+        src = (x + np.float32(0.5)) / s
+    else:
+        raise ValueError(f"coordinate_transformation_mode {mode!r}")
+    if nearest_mode == "round_prefer_floor":
+        idx = np.where(src == np.floor(src) + np.float32(0.5), np.floor(src), np.round(src))
+    elif nearest_mode == "round_prefer_ceil":
+        idx = np.floor(src + np.float32(0.5))
+    elif nearest_mode == "floor":
+        idx = np.floor(src)
+    elif nearest_mode == "ceil":
+        idx = np.ceil(src)
+    else:
+        raise ValueError(f"nearest_mode {nearest_mode!r}")
+    return np.clip(idx.astype(np.int64), 0, in_size - 1)
+
+
+def resize_nearest(x: np.ndarray, out_shape: Sequence[int], scales: Sequence[float], mode: str,
+                   nearest_mode: str) -> np.ndarray:
+    """Nearest Resize of an integer array: a gather along every axis whose size changes."""
+    out = x
+    for axis, (i, o) in enumerate(zip(x.shape, out_shape)):
+        if i == o and scales[axis] == 1:
+            continue
+        out = np.take(out, nearest_index(i, o, scales[axis], mode, nearest_mode), axis=axis)
+    return out
+
+
+def ceil_log2(value: int) -> int:
+    """Bits of a signed accumulator that holds ``±value``."""
+    return 1 + max(1, math.ceil(math.log2(value + 1))) if value > 0 else 1

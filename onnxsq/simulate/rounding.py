@@ -1,0 +1,97 @@
+"""Requantization: an exact integer ``v`` at ``2**-shift`` (optionally divided by an integer count) to
+another power-of-two scale, with a chosen rounding, then saturation to the output integer type.
+
+A value is ``v * 2**-s / d``. Requantizing it to the output shift ``t`` computes
+``round(v / (2**(s - t) * d))``: a right shift by ``k = s - t`` (a *left* shift when ``k < 0``) and,
+for an average, an exact integer division by the count ``d``. Rounding is decided on the exact
+remainder, never on a float:
+
+- ``half-even``: ties to the even neighbour (ONNX QuantizeLinear; onnxruntime's fused kernels agree
+  wherever their float32 arithmetic is exact, i.e. ``|acc| < 2**24``);
+- ``half-up``: ties toward +inf (``(v + (1 << (k-1))) >> k``, what most DSPs do);
+- ``half-away``: ties away from zero;
+- ``floor``: a bare arithmetic right shift (``v >> k``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ROUNDINGS = ("half-even", "half-up", "half-away", "floor")
+
+
+def int_limits(bits: int, signed: bool) -> tuple[int, int]:
+    """The saturation range of a ``bits``-bit integer type."""
+    if signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def divide_round(num: np.ndarray, den: np.ndarray | int, rounding: str) -> np.ndarray:
+    """``round(num / den)`` for int64 arrays, ``den > 0``, exactly, by ``rounding``."""
+    num = np.asarray(num, dtype=np.int64)
+    den = np.asarray(den, dtype=np.int64)
+    q = np.floor_divide(num, den)
+    if rounding == "floor":
+        return q
+    twice = 2 * (num - q * den)  # 0 <= r < den
+    if rounding == "half-up":
+        return q + (twice >= den)
+    above = twice > den
+    tie = twice == den
+    if rounding == "half-even":
+        return q + (above | (tie & (q % 2 == 1)))
+    if rounding == "half-away":
+        return q + (above | (tie & (q >= 0)))
+    raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, not {rounding!r}")
+
+
+def requantize(v: np.ndarray, k: np.ndarray | int, rounding: str = "half-even",
+               divisor: np.ndarray | int = 1) -> np.ndarray:
+    """``round(v / (2**k * divisor))`` as int64; ``k`` (broadcastable to ``v``) may be negative (a left
+    shift, exact) or zero; ``divisor`` a positive integer (an average's count), broadcastable too."""
+    v = np.asarray(v, dtype=np.int64)
+    k = np.asarray(k, dtype=np.int64)
+    divisor = np.asarray(divisor, dtype=np.int64)
+    if not k.any() and np.all(divisor == 1):
+        return v.copy()
+    left = np.maximum(-k, 0)
+    num = np.left_shift(v, left)
+    den = np.left_shift(np.int64(1), np.maximum(k, 0)) * divisor
+    if np.all(den == 1):
+        return np.broadcast_to(num, np.broadcast_shapes(num.shape, den.shape)).copy()
+    return divide_round(num, den, rounding)
+
+
+def saturate(v: np.ndarray, bits: int, signed: bool) -> tuple[np.ndarray, int]:
+    """``v`` clipped to the integer type, and how many elements were clipped."""
+    lo, hi = int_limits(bits, signed)
+    clipped = int(np.count_nonzero((v < lo) | (v > hi)))
+    return np.clip(v, lo, hi), clipped
+
+
+def round_float(x: np.ndarray, rounding: str) -> np.ndarray:
+    """A float array rounded to integers (float64 result) by ``rounding``: a float island's output, or
+    a float graph input, entering the integer domain."""
+    x = np.asarray(x, dtype=np.float64)
+    if rounding == "half-even":
+        return np.rint(x)
+    if rounding == "half-up":
+        return np.floor(x + 0.5)
+    if rounding == "half-away":
+        return np.sign(x) * np.floor(np.abs(x) + 0.5)
+    if rounding == "floor":
+        return np.floor(x)
+    raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, not {rounding!r}")
+
+
+def wrap(v: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
+    """``v`` wrapped to a ``bits``-bit two's-complement accumulator (what an overflowing int32 MAC
+    unit leaves), and how many elements overflowed."""
+    lo, hi = int_limits(bits, True)
+    over = (v < lo) | (v > hi)
+    n = int(np.count_nonzero(over))
+    if not n or bits >= 64:
+        return v, n
+    span = np.int64(1) << np.int64(bits)
+    return ((v - lo) % span) + lo, n
