@@ -181,11 +181,11 @@ def _summary(program: Program, sim: Simulator, tally: _Tally, cfg: SimulateConfi
     }
     for key, row in tally.outputs.items():
         name, which = key.split("|")
-        s[f"{which}_equal_fraction[{name}]"] = 1.0 - row["differ"] / max(row["elements"], 1)
-        s[f"{which}_worst_step[{name}]"] = row["worst"]
+        s[f"{which}_equal_fraction:{name}"] = 1.0 - row["differ"] / max(row["elements"], 1)
+        s[f"{which}_worst_step:{name}"] = row["worst"]
     for name, (mx, sig, noise) in tally.float_err.items():
-        s[f"float_max_abs_error[{name}]"] = mx
-        s[f"float_sqnr_db[{name}]"] = float(10 * np.log10(sig / noise)) if noise > 0 and sig > 0 else float("inf")
+        s[f"float_max_abs_error:{name}"] = mx
+        s[f"float_sqnr_db:{name}"] = float(10 * np.log10(sig / noise)) if noise > 0 and sig > 0 else float("inf")
     if cfg.rounding != "half-even":
         changed = {k: v for k, v in tally.vs_half_even.items() if v}
         s["vs_half_even_layers"] = len(changed)

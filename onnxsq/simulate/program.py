@@ -158,15 +158,15 @@ def _scale_shift(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> tuple[n
 
 
 def _weight_const(values: np.ndarray, shift: np.ndarray, axis: int | None, name: str) -> Const:
-    if shift.ndim == 0:
-        return Const(values.astype(np.int64), shift.reshape(()), None)
+    if shift.size == 1:
+        return Const(values, shift.reshape(()), None)
     axis = axis if axis is not None else 1
     axis = axis % max(values.ndim, 1)
     if shift.size != values.shape[axis]:
         raise UnsupportedModelError(f"{name}: {shift.size} scales for axis {axis} of size {values.shape[axis]}")
     shape = [1] * values.ndim
     shape[axis] = shift.size
-    return Const(values.astype(np.int64), shift.reshape(shape), axis)
+    return Const(values, shift.reshape(shape), axis)
 
 
 def load_program(model: onnx.ModelProto) -> Program:
