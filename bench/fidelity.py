@@ -1,0 +1,103 @@
+"""Power-of-two quantization fidelity on the trained image models of the real-model zoo, onnxsq's
+estimator choices side by side with onnxruntime's ``quantize_static`` at its best, same data, same run:
+
+    .venv-ort/bin/python bench/fidelity.py [--models NAME ...] [--calib 9] [--eval 5] [--variants ...]
+
+Calibration: the first ``--calib`` photos scikit-image ships (whole, stretched to the model's input size,
+its own preprocessing); evaluation: two seeded crops of each of the next ``--eval`` photos. Measured:
+output SQNR against the float model (every output, samples pooled) and top-1 agreement. Variants are
+``onnxsq.quantize`` configurations (``name=key:value,key:value``; the default set compares activation
+estimators and per-tensor/per-channel weights); ORT best: with/without ``quant_pre_process`` ×
+per-tensor/per-channel weights (QDQ, MinMax), the best of the four. Prints one table, a row per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import zoo  # noqa: E402
+from zoo.cli_args import crops, samples, takes_images  # noqa: E402
+from zoo.measure import fidelity, ort_best  # noqa: E402
+
+DEFAULT_VARIANTS = (
+    "default=",
+    "mse=method:mse",
+    "per-channel=per_channel:true",
+    "pc+mse=per_channel:true,method:mse",
+)
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``name=key:value,...`` → (name, QuantizeConfig overrides); values: true/false, ints, floats, text."""
+    name, _, body = text.partition("=")
+    out: dict = {}
+    for item in filter(None, body.split(",")):
+        key, _, raw = item.partition(":")
+        value: object = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(raw)
+                    break
+                except ValueError:
+                    pass
+        out[key] = value
+    return name, out
+
+
+def run_variant(m, calib: list[dict], feeds: list[dict], overrides: dict, out: Path) -> tuple[float, float, float]:
+    """(SQNR, top-1, seconds) of onnxsq.quantize with ``overrides`` on ``m``."""
+    from onnxsq.model_io import save_model
+    from onnxsq.passes.quantize import QuantizeConfig, quantize
+
+    cfg = QuantizeConfig(report_samples=0, **overrides)
+    t0 = time.perf_counter()
+    q, _ = quantize(m.path, iter(calib), config=cfg)
+    seconds = time.perf_counter() - t0
+    save_model(q, out)
+    return (*fidelity(m.path, out, feeds), seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", help="zoo model names (default: every trained image model)")
+    ap.add_argument("--calib", type=int, default=9)
+    ap.add_argument("--eval", type=int, default=5)
+    ap.add_argument("--variants", nargs="*", default=list(DEFAULT_VARIANTS))
+    ap.add_argument("--no-ort", action="store_true")
+    args = ap.parse_args(argv)
+    models = [m for m in zoo.ensure(check=False) if takes_images(m) and m.trained]
+    if args.models:
+        models = [m for m in models if m.name in set(args.models)]
+    images = zoo.images()
+    variants = [parse_variant(v) for v in args.variants]
+    head = ["model", *(f"{n} dB" for n, _ in variants), "ORT best dB", "ORT variant",
+            *(f"{n} top-1" for n, _ in variants), "ORT top-1"]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="onnxsq-fidelity-") as tmp:
+        for m in models:
+            calib = samples(m, images, args.calib)
+            feeds = crops(m, images[args.calib:args.calib + args.eval], per_image=2)
+            res = [run_variant(m, calib, feeds, o, Path(tmp) / f"{m.name}.{n}.onnx") for n, o in variants]
+            ort = (float("nan"), float("nan"), "skipped") if args.no_ort else ort_best(m, calib, feeds, Path(tmp))
+            rows.append([m.name, *(f"{r[0]:.1f}" for r in res), f"{ort[0]:.1f}", ort[2],
+                         *(f"{r[1]:.1f}" for r in res), f"{ort[1]:.1f}"])
+            print(f"# {m.name}: " + ", ".join(f"{n} {r[2]:.1f}s" for (n, _), r in zip(variants, res)), file=sys.stderr)
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

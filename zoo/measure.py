@@ -1,0 +1,77 @@
+"""Fidelity of a quantized zoo model against its float model, and onnxruntime's ``quantize_static`` at its
+best on the same data: shared by ``bench/zoo.py`` and ``bench/fidelity.py``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+
+from . import ZooModel
+
+
+def fidelity(float_path: Path, q_path: Path, feeds: list[dict]) -> tuple[float, float]:
+    """Output SQNR (dB) and top-1 agreement (%) of ``q_path`` against ``float_path`` over ``feeds``.
+
+    The SQNR pools every sample (signal and noise energy summed over all of them): a detector's output
+    is all zeros on a photo without text or faces, which makes a per-sample SQNR -inf or undefined."""
+    from onnxsq.runtime import make_session
+
+    f_sess, q_sess = make_session(str(float_path), optimize=True), make_session(str(q_path), optimize=True)
+    signal = noise = 0.0
+    agree = total = 0
+    for feed in feeds:
+        fo, qo = f_sess.run(None, feed), q_sess.run(None, feed)
+        ref = np.concatenate([np.asarray(o, np.float64).ravel() for o in fo])
+        got = np.concatenate([np.asarray(o, np.float64).ravel() for o in qo])
+        signal += float(np.sum(ref**2))
+        noise += float(np.sum((ref - got) ** 2))
+        a, b = np.asarray(fo[0]), np.asarray(qo[0])
+        if a.ndim and a.shape[-1] > 1:
+            agree += int(np.sum(a.argmax(-1) == b.argmax(-1)))
+            total += a.argmax(-1).size
+    sqnr = float("inf") if noise == 0 else (-float("inf") if signal == 0 else 10 * np.log10(signal / noise))
+    return sqnr, (100.0 * agree / total if total else float("nan"))
+
+
+def ort_best(m: ZooModel, calib: list[dict], feeds: list[dict], work: Path) -> tuple[float, float, str]:
+    """quantize_static at its best over pre-processing x per-channel: (SQNR, agreement, variant)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calib)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    best = (-float("inf"), float("nan"), "failed")
+    for pre in (False, True):
+        src = m.path
+        if pre:
+            src = work / "ort.pre.onnx"
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    quant_pre_process(str(m.path), str(src), skip_symbolic_shape=False)
+            except Exception:  # noqa: BLE001 - symbolic shape inference refuses some models
+                try:
+                    quant_pre_process(str(m.path), str(src), skip_symbolic_shape=True)
+                except Exception:  # noqa: BLE001
+                    continue
+        for per_channel in (False, True):
+            out = work / f"ort.{int(pre)}{int(per_channel)}.onnx"
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                                    per_channel=per_channel)
+                sq, ag = fidelity(m.path, out, feeds)
+            except Exception:  # noqa: BLE001 - record what runs; a failure is a missing variant
+                continue
+            if sq > best[0]:
+                best = (sq, ag, f"{'pre+' if pre else ''}{'per-channel' if per_channel else 'per-tensor'}")
+    return best
+
+
