@@ -19,8 +19,10 @@ Merging is exact, so calibration can be split across processes or machines:
 
 Estimators (``estimate_range``) give the ``[lo, hi]`` the shift must hold:
 ``minmax`` (all values fit), ``ema`` (the original: moving average × 1.25), ``percentile`` (the
-``percentile`` quantile of |x| from the histogram) and ``mse`` (:func:`mse_shift`, the power-of-two
-shift minimising the expected squared quantization error on the histogram).
+``percentile`` quantile of |x| from the histogram), ``mse`` (:func:`mse_shift`, the power-of-two
+shift minimising the expected squared quantization error on the histogram) and ``auto``
+(:func:`mse_format`: shift *and* signedness of least expected error, so an almost non-negative tensor
+may take an unsigned format and clip its few negatives).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ BINS = 2048
 MIN_EXP = -40  # smallest histogram range 2**-40: below that every value lands in bin 0
 EMA_MOMENTUM = 0.99
 EMA_EXPANSION = 1.25
-METHODS = ("minmax", "ema", "percentile", "mse")
-HIST_METHODS = frozenset({"percentile", "mse"})
+METHODS = ("minmax", "ema", "percentile", "mse", "auto")
+HIST_METHODS = frozenset({"percentile", "mse", "auto"})
 
 
 def _exp_above(m: float) -> int:
@@ -232,36 +234,63 @@ def estimate_range(stats: TensorStats, method: str, *, percentile: float = 99.99
     raise ValueError(f"unknown range estimator {method!r} (choose from {', '.join(METHODS)})")
 
 
-def mse_shift(stats: TensorStats, bits: int, signed: bool, *, candidates: int = 6) -> int:
-    """The shift minimising the expected squared error on the histogram.
+def mse_errors(stats: TensorStats, bits: int, signed: bool, *, candidates: int = 6) -> list[tuple[int, float]]:
+    """``(shift, expected squared error)`` on the histogram for the min/max-fitting shift and up to
+    ``candidates`` finer ones (each halves the range).
 
-    Candidates: the min/max-fitting shift and up to ``candidates`` finer ones (each halves the range).
     Within the range a value costs ``step**2 / 12`` (uniform rounding error; exact zeros cost nothing),
-    beyond it ``(|x| - limit)**2`` at the bin centre.
+    beyond it ``(|x| - limit)**2`` at the bin centre; for an unsigned format every negative value is
+    beyond its limit 0 (it clips to zero).
     """
     if not stats.histogram:
-        raise ValueError("the mse estimator needs statistics collected with histogram=True")
+        raise ValueError("the mse and auto estimators need statistics collected with histogram=True")
     lo, hi = (stats.min, stats.max) if stats.batches else (0.0, 0.0)
     base = pow2.fit_shift(min(lo, 0.0) if signed else max(lo, 0.0), max(hi, 0.0), bits, signed)
     qmin, qmax = pow2.int_range(bits, signed)
     centres = (np.arange(BINS) + 0.5) * stats.bin_width()
     pos, neg = stats.hist_pos.astype(np.float64), stats.hist_neg.astype(np.float64)
     nonzero = pos.sum() + neg.sum() - stats.zeros
-    best, best_err = base, math.inf
-    for shift in range(base, base + candidates + 1):
+    out = []
+    for shift in range(base, min(base + candidates, pow2.MAX_SHIFT) + 1):
         step = math.ldexp(1.0, -shift)
         err = max(nonzero, 0.0) * step * step / 12.0
         for hist, limit in ((pos, qmax * step), (neg, -qmin * step)):
             over = centres > limit
             err += float(np.sum(hist[over] * ((centres[over] - limit) ** 2 - step * step / 12.0)))
-        if err < best_err * (1 - 1e-12):
+        out.append((shift, err))
+    return out
+
+
+def _best(errors: list[tuple[int, float]]) -> tuple[int, float]:
+    best, best_err = errors[0]
+    for shift, err in errors[1:]:
+        if err < best_err * (1 - 1e-12):  # ties keep the coarser shift (nothing clipped more)
             best, best_err = shift, err
-    return int(best)
+    return int(best), best_err
+
+
+def mse_shift(stats: TensorStats, bits: int, signed: bool, *, candidates: int = 6) -> int:
+    """The shift minimising the expected squared error on the histogram (:func:`mse_errors`)."""
+    return _best(mse_errors(stats, bits, signed, candidates=candidates))[0]
+
+
+def mse_format(stats: TensorStats, bits: int, *, candidates: int = 6) -> tuple[int, bool]:
+    """``(shift, signed)`` of least expected squared error: a tensor that is almost never negative
+    (HardSwish's minimum is -3/8, SiLU's -0.28) loses less by clipping its few negatives to zero in an
+    unsigned format than by spending one bit of every value on a sign. Never-negative tensors are
+    unsigned; a tie keeps the signed format (it clips nothing)."""
+    if stats.nonnegative:
+        return mse_shift(stats, bits, False, candidates=candidates), False
+    s_shift, s_err = _best(mse_errors(stats, bits, True, candidates=candidates))
+    u_shift, u_err = _best(mse_errors(stats, bits, False, candidates=candidates))
+    return (u_shift, False) if u_err < s_err * (1 - 1e-12) else (s_shift, True)
 
 
 def choose_shift(stats: TensorStats, method: str, bits: int, *, percentile: float = 99.99,
                  signed: bool | None = None) -> tuple[int, bool]:
     """``(shift, signed)`` for an activation: unsigned when never negative, shift by ``method``."""
+    if method == "auto":
+        return mse_format(stats, bits) if signed is None else (mse_shift(stats, bits, signed), signed)
     signed = (not stats.nonnegative) if signed is None else signed
     if method == "mse":
         return mse_shift(stats, bits, signed), signed
