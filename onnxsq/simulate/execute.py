@@ -56,6 +56,7 @@ class Simulator:
         p = self.program
         self.floats = FloatRunner(p.opsets, p.float_types, p.ir_version)
         self.stats = {lay.name: LayerStats() for lay in p.layers}
+        self._weights: dict[str, Fixed] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Result:
         """Simulate one batch; ``feeds``: the model's float inputs by name."""
@@ -138,7 +139,13 @@ class Simulator:
             src = p.dq[name]
             return Fixed.of(ints[src], p.tensors[src].shift)
         c = p.consts[name]
-        return Fixed.of(c.values, c.shift) if c.shift is not None else c.values
+        if c.shift is None:
+            return c.values
+        fixed = self._weights.get(name)
+        if fixed is None:  # weights keep their stored dtype (int8, int32); kernels widen what they compute
+            fixed = Fixed(c.values, np.asarray(c.shift, dtype=np.int64), np.asarray(1, dtype=np.int64), const=True)
+            self._weights[name] = fixed
+        return fixed
 
     def _int_layer(self, layer: Layer, ints: dict, st: LayerStats) -> Any:
         env: dict[str, Any] = {}

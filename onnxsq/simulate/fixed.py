@@ -29,6 +29,7 @@ class Fixed:
     v: np.ndarray
     shift: np.ndarray
     div: np.ndarray
+    const: bool = False  # a weight: the same array every batch (kernels cache its conversions)
 
     @classmethod
     def of(cls, v: np.ndarray, shift: Any, div: Any = 1) -> "Fixed":
@@ -56,7 +57,7 @@ def align(values: list[Fixed]) -> tuple[list[np.ndarray], np.ndarray]:
     common = values[0].shift
     for f in values[1:]:
         common = np.maximum(common, f.shift)
-    out = [np.left_shift(f.v, common - f.shift) for f in values]
+    out = [np.left_shift(f.v.astype(np.int64, copy=False), common - f.shift) for f in values]
     return out, common
 
 
@@ -112,10 +113,11 @@ def k_gemm(step, a_: Fixed, b_: Fixed, c: Fixed | None = None) -> Fixed:
     if at.get("transA", 0):
         av, ash = av.T, (ash.T if ash.size > 1 else ash)
     if at.get("transB", 0):
-        bv, bsh = bv.T, (bsh.T if bsh.size > 1 else bsh)
+        bv = K.weight_cached(bv, "T", lambda: np.ascontiguousarray(bv.T)) if b_.const else bv.T
+        bsh = bsh.T if bsh.size > 1 else bsh
     if ash.size > 1 or (bsh.size > 1 and bsh.shape[0] != 1):
         raise NotInteger("Gemm scales along the reduced axis")
-    acc = Fixed.of(K.exact_matmul(av, bv), ash.reshape(()) + bsh)
+    acc = Fixed.of(K.exact_matmul(av, bv, b_const=b_.const), ash.reshape(()) + bsh)
     return _bias(acc, c, 1)
 
 
@@ -123,7 +125,7 @@ def k_matmul(step, a_: Fixed, b_: Fixed) -> Fixed:
     b_reduced = b_.shift.shape[-2] if b_.shift.ndim >= 2 else 1
     if a_.shift.size > 1 or (b_.shift.size > 1 and (b_reduced != 1 or b_.shift.ndim < 2)):
         raise NotInteger("MatMul scales along the reduced axis")
-    return Fixed.of(K.exact_matmul(a_.v, b_.v), a_.shift.reshape(()) + b_.shift)
+    return Fixed.of(K.exact_matmul(a_.v, b_.v, b_const=b_.const), a_.shift.reshape(()) + b_.shift)
 
 
 def _add(values: list[Fixed]) -> Fixed:
@@ -140,7 +142,7 @@ def k_sub(step, a_: Fixed, b_: Fixed) -> Fixed:
 
 
 def k_mul(step, a_: Fixed, b_: Fixed) -> Fixed:
-    return Fixed(a_.v * b_.v, a_.shift + b_.shift, a_.div * b_.div)
+    return Fixed(a_.v.astype(np.int64) * b_.v, a_.shift + b_.shift, a_.div * b_.div)
 
 
 def k_clip(step, x: Fixed, lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> Fixed:

@@ -30,15 +30,53 @@ def exact_dtype(k: int, amax: int, bmax: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
+_CACHE: dict[tuple, tuple[np.ndarray, object]] = {}
+_CACHE_BYTES = [0]
+CACHE_LIMIT = 1 << 30
+
+
+def weight_cached(w: np.ndarray, tag: object, make) -> object:
+    """``make()`` for a weight array, computed once per (array, tag): converted and transposed
+    weights are reused across batches. Keyed by identity, the array kept alive beside its entry."""
+    key = (id(w), tag)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is w:
+        return hit[1]
+    value = make()
+    size = getattr(value, "nbytes", 0)
+    if _CACHE_BYTES[0] + size > CACHE_LIMIT:
+        _CACHE.clear()
+        _CACHE_BYTES[0] = 0
+    _CACHE[key] = (w, value)
+    _CACHE_BYTES[0] += size
+    return value
+
+
 def _absmax(a: np.ndarray) -> int:
-    return int(max(abs(int(a.max(initial=0))), abs(int(a.min(initial=0)))))
+    return int(max(abs(int(a.max(initial=0))), abs(int(a.min(initial=0))))) if a.size else 0
 
 
-def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` of integer arrays, exactly, as int64."""
-    dtype = exact_dtype(a.shape[-1], _absmax(a), _absmax(b))
-    out = np.matmul(np.ascontiguousarray(a, dtype=dtype), np.ascontiguousarray(b, dtype=dtype))
-    return out if dtype == np.int64 else out.astype(np.int64)
+def exact_matmul(a: np.ndarray, b: np.ndarray, *, b_const: bool = False) -> np.ndarray:
+    """``a @ b`` of integer arrays, exactly, as int64; ``b_const``: ``b`` is a weight (its float32
+    copy is cached). Where a float32 product of the whole ``K`` could round, ``K`` is cut into chunks
+    that cannot, each chunk's exact result summed in int64."""
+    amax = _absmax(a)
+    bmax = weight_cached(b, "absmax", lambda: _absmax(b)) if b_const else _absmax(b)
+    k = a.shape[-1]
+    per = max(amax * bmax, 1)
+    if per >= F32_EXACT:
+        return np.matmul(a.astype(np.int64), b.astype(np.int64))
+    bf = (weight_cached(b, np.float32, lambda: np.ascontiguousarray(b, dtype=np.float32)) if b_const
+          else np.ascontiguousarray(b, dtype=np.float32))
+    af = np.ascontiguousarray(a, dtype=np.float32)
+    chunk = max(1, (F32_EXACT - 1) // per)
+    if k <= chunk:
+        return np.matmul(af, bf).astype(np.int64)
+    out = None
+    for start in range(0, k, chunk):
+        part = np.matmul(af[..., start:start + chunk], bf[..., start:start + chunk, :]).astype(np.int64)
+        out = part if out is None else out + part
+    return out
 
 
 def conv_pads(in_shape: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
@@ -72,29 +110,42 @@ def _windows(x: np.ndarray, kernel: Sequence[int], strides: Sequence[int], dilat
 
 def conv(x: np.ndarray, w: np.ndarray, *, strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int],
          group: int = 1) -> np.ndarray:
-    """Integer convolution (zero padding: zero point 0), ``x`` ``(N, C, *S)``, ``w`` ``(M, C/group, *K)``."""
+    """Integer convolution (zero padding: zero point 0), ``x`` ``(N, C, *S)``, ``w`` ``(M, C/group, *K)``.
+
+    im2col in channels-last order (each window's taps hold ``C/group`` contiguous channels, so the
+    copy runs over contiguous memory), then one exact BLAS product per group."""
     nd = w.ndim - 2
     kernel = w.shape[2:]
-    widths = [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)]
-    xp = np.pad(x, widths) if any(pads) else x
     n, c = x.shape[:2]
     m, cg = w.shape[:2]
     if cg == 1 and group == c and m == c:
-        return _depthwise(xp, w, strides, dilations)
+        widths = [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)]
+        return _depthwise(np.pad(x, widths) if any(pads) else x, w, strides, dilations)
     kp = int(np.prod(kernel))
     mg = m // group
-    dtype = exact_dtype(cg * kp, _absmax(x), _absmax(w))
-    win = _windows(xp.astype(dtype, copy=False), kernel, strides, dilations)  # (N, C, *O, *K)
-    out_sp = win.shape[2:2 + nd]
+    xh = np.moveaxis(x, 1, -1).astype(np.float32)  # (N, *S, C), contiguous
+    if any(pads):
+        xh = np.pad(xh, [(0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)] + [(0, 0)])
+    ext = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    win = sliding_window_view(xh, ext, axis=tuple(range(1, nd + 1)))  # (N, *O_full, C, *ext)
+    index = ((slice(None),) + tuple(slice(None, None, s) for s in strides) + (slice(None),)
+             + tuple(slice(None, None, d) for d in dilations))
+    win = win[index]
+    out_sp = win.shape[1:1 + nd]
     p = int(np.prod(out_sp))
-    cols = win.reshape(n, group, cg, p, kp)
-    cols = np.ascontiguousarray(np.transpose(cols, (1, 0, 3, 2, 4))).reshape(group, n * p, cg * kp)
-    wk = w.reshape(group, mg, cg * kp).astype(dtype)
-    out = np.empty((group, n * p, mg), dtype=dtype)
-    for g in range(group):
-        np.matmul(cols[g], wk[g].T, out=out[g])
-    out = out.reshape(group, n, p, mg).transpose(1, 0, 3, 2).reshape(n, m, *out_sp)
-    return out.astype(np.int64)
+    order = (0, *range(1, nd + 1), *range(nd + 2, 2 * nd + 2), nd + 1)  # (N, *O, *K, C)
+    win = np.transpose(win, order)
+    wk = weight_cached(w, ("conv", group), lambda: np.ascontiguousarray(np.transpose(
+        w.reshape(group, mg, cg, kp), (0, 3, 2, 1)).reshape(group, kp * cg, mg)))  # (g, K*cg, Mg)
+    if group == 1:
+        out = exact_matmul(win.reshape(n * p, kp * c), wk[0], b_const=True).reshape(n, *out_sp, m)
+    else:
+        out = np.empty((n * p, group, mg), dtype=np.int64)
+        grouped = win.reshape(n * p, kp, group, cg)
+        for g in range(group):
+            out[:, g] = exact_matmul(grouped[:, :, g].reshape(n * p, kp * cg), wk[g], b_const=True)
+        out = out.reshape(n, *out_sp, m)
+    return np.moveaxis(out, -1, 1)
 
 
 def _depthwise(xp: np.ndarray, w: np.ndarray, strides: Sequence[int], dilations: Sequence[int]) -> np.ndarray:
