@@ -36,7 +36,8 @@ def is_package(path: str | os.PathLike) -> bool:
 def _shift_json(shift: np.ndarray | None) -> Any:
     if shift is None:
         return None
-    return int(shift) if shift.size == 1 else [int(s) for s in shift.ravel()]
+    shift = np.asarray(shift)
+    return int(shift.ravel()[0]) if shift.size == 1 else [int(s) for s in shift.ravel()]
 
 
 def requant_shift(program: Program, layer: Layer) -> Any:
