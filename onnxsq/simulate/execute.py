@@ -158,6 +158,8 @@ class Simulator:
                 env.update(zip([o for o in step.outputs if o], outs))
                 continue
             result = self._step(step, args)
+            if step.op == "Dropout" and len(step.outputs) > 1 and step.outputs[1]:
+                env[step.outputs[1]] = np.ones(result.v.shape, dtype=bool)  # inference: keep everything
             if step.op in MAC_OPS:
                 result = self._check_acc(result, st)
             env[step.outputs[0]] = result

@@ -40,11 +40,16 @@ class Fixed:
         """Per-tensor shift and no divisor: shape ops may move elements freely."""
         return self.shift.size == 1 and np.all(self.div == 1)
 
+    @property
+    def uniform(self) -> bool:
+        """One shift and one divisor for every element (shape ops may move them)."""
+        return bool(np.all(self.shift == self.shift.flat[0]) and np.all(self.div == self.div.flat[0]))
+
     def moved(self, v: np.ndarray) -> "Fixed":
         """The same scale on rearranged elements (shape ops)."""
-        if not self.plain:
-            raise NotInteger("a shape op on a per-channel or averaged value")
-        return Fixed(np.asarray(v, dtype=np.int64), self.shift.reshape(()), self.div.reshape(()))
+        if not self.uniform:
+            raise NotInteger("a shape op on a per-channel or position-dependent average")
+        return Fixed(np.asarray(v, dtype=np.int64), self.shift.flat[0].reshape(()), self.div.flat[0].reshape(()))
 
     def to_float(self) -> np.ndarray:
         return (self.v * np.ldexp(1.0, -self.shift) / self.div).astype(np.float32)

@@ -266,10 +266,11 @@ def classify(layer: Layer, dq: dict[str, str], consts: dict[str, Const], inputs:
     fixed = set(dq) | {k for k, c in consts.items() if c.shift is not None}
     main = ""
     for step in layer.steps:
-        if step.domain not in ("", "ai.onnx") or not any(i in fixed for i in step.inputs):
+        if not any(i in fixed for i in step.inputs):
             continue
         main = main or step.op
-        why = _not_integer(step, fixed, consts)
+        why = _not_integer(step, fixed, consts) if step.domain in ("", "ai.onnx") else \
+            f"{step.domain}.{step.op} has no integer kernel: computed in float"
         if why:
             layer.kind, layer.op, layer.reason = "float", step.op, why
             return
@@ -288,7 +289,7 @@ def _not_integer(step: Step, fixed: set[str], consts: dict[str, Const]) -> str:
         return f"{step.op} with a float operand: computed in float"
     if step.op in ("Resize", "Upsample") and step.attrs.get("mode", "nearest") != "nearest":
         return f"{step.op} mode {step.attrs.get('mode')!r}: computed in float"
-    if step.op in ("MaxPool", "Dropout") and len([o for o in step.outputs if o]) > 1:
+    if step.op == "MaxPool" and len([o for o in step.outputs if o]) > 1:
         return f"{step.op} with a second output: computed in float"
     if step.op == "Clip":
         bounds = [i for i in step.inputs[1:] if i]
