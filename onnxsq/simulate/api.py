@@ -162,6 +162,8 @@ def _report(program: Program, sim: Simulator, tally: _Tally, cfg: SimulateConfig
             d["vs_half_even"] = tally.vs_half_even[layer.output]
         rep.add(layer.name, layer.op, kind, st.fallback or layer.reason, **d)
     rep.summary.update(_summary(program, sim, tally, cfg, worst_over, seen_over))
+    if ref is not None:
+        rep.summary["reference"] = ref.kind
     if ref is not None and tally.outputs:
         for key, row in tally.outputs.items():
             if key.endswith("|ort") and row["worst"] > 1:

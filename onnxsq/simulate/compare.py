@@ -79,8 +79,15 @@ class Reference:
     _layers: dict[str, LayerRef | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.precise = ort_session(self.model, precise=True)
         self.default = ort_session(self.model, precise=False)
+        self.kind = "onnxruntime, all optimizations, precise u8u8 kernels (session.x64quantprecision=1)"
+        try:
+            self.precise = ort_session(self.model, precise=True)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's u8u8 rewrite fails on some graphs
+            log.warning("onnxruntime's precise kernels fail on this model (%s); comparing with its default "
+                        "kernels", first_line(exc)[:120])
+            self.precise = self.default
+            self.kind = "onnxruntime, all optimizations, default kernels (the precise ones fail on this model)"
         self._options = quiet_run_options()
         self._extractor = None
 
@@ -142,8 +149,11 @@ class Reference:
         g.output.append(helper.make_tensor_value_info(fetch, self.program.float_types.get(layer.output, 1)
                                                       if layer.out is None else onnx.TensorProto.FLOAT, None))
         sub.ir_version = self.model.ir_version
-        return LayerRef(ort_session(sub, precise=True), [i.name for i in g.input if i.name not in
-                                                         {t.name for t in g.initializer}], fetch)
+        try:
+            session = ort_session(sub, precise=True)
+        except Exception:  # noqa: BLE001 - as for the whole model
+            session = ort_session(sub, precise=False)
+        return LayerRef(session, [i.name for i in g.input if i.name not in {t.name for t in g.initializer}], fetch)
 
 
 def _np_type(qt) -> np.dtype:

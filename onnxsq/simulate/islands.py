@@ -78,7 +78,7 @@ class FloatRunner:
                 raise DataError(f"{key}: its float steps do not run in onnxruntime: {first_line(exc)}") from None
             self._sessions[sig] = session
         names = {i.name for i in session.get_inputs()}
-        feed = {k: np.ascontiguousarray(v) for k, v in feeds.items() if k in names}
+        feed = {k: np.asarray(v, order="C") for k, v in feeds.items() if k in names}  # ascontiguousarray makes 0-d 1-d
         try:
             return session.run(list(outputs), feed)
         except Exception as exc:  # noqa: BLE001

@@ -55,12 +55,33 @@ def requantize(v: np.ndarray, k: np.ndarray | int, rounding: str = "half-even",
     divisor = np.asarray(divisor, dtype=np.int64)
     if not k.any() and np.all(divisor == 1):
         return v.copy()
+    if np.all(divisor == 1) and np.all(k >= 0):
+        return shift_round(v, k, rounding)
     left = np.maximum(-k, 0)
     num = np.left_shift(v, left)
     den = np.left_shift(np.int64(1), np.maximum(k, 0)) * divisor
     if np.all(den == 1):
         return np.broadcast_to(num, np.broadcast_shapes(num.shape, den.shape)).copy()
     return divide_round(num, den, rounding)
+
+
+def shift_round(v: np.ndarray, k: np.ndarray, rounding: str) -> np.ndarray:
+    """``round(v / 2**k)`` for ``k >= 0`` by shifts and masks (what a DSP does; no division)."""
+    q = np.right_shift(v, k)  # floor
+    if rounding == "floor":
+        return q
+    rem = v - np.left_shift(q, k)  # 0 <= rem < 2**k
+    half = np.left_shift(np.int64(1), k) >> 1  # 0 where k == 0: no fraction, nothing rounds
+    nonzero = k > 0
+    if rounding == "half-up":
+        return q + ((rem >= half) & nonzero)
+    above = rem > half
+    tie = (rem == half) & nonzero
+    if rounding == "half-even":
+        return q + (above | (tie & ((q & 1) == 1)))
+    if rounding == "half-away":
+        return q + (above | (tie & (q >= 0)))
+    raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, not {rounding!r}")
 
 
 def saturate(v: np.ndarray, bits: int, signed: bool) -> tuple[np.ndarray, int]:
