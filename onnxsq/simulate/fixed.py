@@ -33,7 +33,11 @@ class Fixed:
 
     @classmethod
     def of(cls, v: np.ndarray, shift: Any, div: Any = 1) -> "Fixed":
-        return cls(np.asarray(v, dtype=np.int64), np.asarray(shift, dtype=np.int64), np.asarray(div, dtype=np.int64))
+        """Integer ``v`` as it is (int8..int64: kernels widen what they compute), shift and divisor as int64."""
+        v = np.asarray(v)
+        if v.dtype.kind not in "iu":
+            v = v.astype(np.int64)
+        return cls(v, np.asarray(shift, dtype=np.int64), np.asarray(div, dtype=np.int64))
 
     @property
     def plain(self) -> bool:
@@ -177,7 +181,7 @@ def k_avgpool(step, x: Fixed) -> Fixed:
     if x.shift.size > 1 and any(x.shift.shape[a] > 1 for a in axes if a < x.shift.ndim):
         raise NotInteger("an average across differently scaled channels")
     shift = x.shift if keep or x.shift.size == 1 else np.squeeze(x.shift, axis=axes)
-    return Fixed(x.v.sum(axis=axes, keepdims=keep), shift, x.div * count)
+    return Fixed(x.v.sum(axis=axes, keepdims=keep, dtype=np.int64), shift, x.div * count)
 
 
 KERNELS: dict[str, Callable[..., Any]] = {

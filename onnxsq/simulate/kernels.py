@@ -235,7 +235,7 @@ def max_pool(x: np.ndarray, attrs: dict) -> np.ndarray:
     """Integer max pooling (padding never wins)."""
     nd = len(attrs["kernel_shape"])
     kernel, strides, dilations, pads, extra = pool_geometry(x.shape[2:], attrs)
-    low = np.iinfo(np.int64).min
+    low = np.iinfo(x.dtype).min if x.dtype.kind in "iu" else -np.inf
     widths = [(0, 0)] * (x.ndim - nd) + [(pads[i], pads[i + nd] + extra[i]) for i in range(nd)]
     xp = np.pad(x, widths, constant_values=low) if any(pads) or any(extra) else x
     win = _windows(xp, kernel, strides, dilations)

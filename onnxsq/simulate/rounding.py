@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 ROUNDINGS = ("half-even", "half-up", "half-away", "floor")
+FLOAT_EXACT = 1 << 51  # below it, v * 2**-k, v * 2**-k + 0.5 and their floor/rint are exact in float64
 
 
 def int_limits(bits: int, signed: bool) -> tuple[int, int]:
@@ -56,6 +57,8 @@ def requantize(v: np.ndarray, k: np.ndarray | int, rounding: str = "half-even",
     if not k.any() and np.all(divisor == 1):
         return v.copy()
     if np.all(divisor == 1) and np.all(k >= 0):
+        if np.abs(v).max(initial=0) < FLOAT_EXACT:  # x * 2**-k and its rounding are exact in float64
+            return round_float(v * np.ldexp(1.0, -k), rounding).astype(np.int64)
         return shift_round(v, k, rounding)
     left = np.maximum(-k, 0)
     num = np.left_shift(v, left)

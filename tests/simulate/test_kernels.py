@@ -194,3 +194,18 @@ def test_exact_matmul_switches_precision():
     assert (K.exact_matmul(a, b) == 3000 * 255 * 127).all()
     big = np.full((1, 4), 2**40, dtype=np.int64)
     assert K.exact_matmul(big, np.full((4, 1), 2**12, dtype=np.int64))[0, 0] == 4 * 2**52
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_requantize_huge_values_take_the_shift_path(rounding):
+    base = np.int64(1) << 52  # past float64's exact range: shifts and masks, no float
+    v = np.array([base + 5, -base - 5, base + 4, -base - 3], dtype=np.int64)
+    got = requantize(v, 1, rounding)
+    want = [_round_oracle(Fraction(int(x), 2), rounding) for x in v]
+    assert got.tolist() == want
+
+
+def test_max_pool_keeps_small_integer_types():
+    x = np.array([[[[-128, -5], [3, 7]]]], dtype=np.int8)
+    attrs = dict(kernel_shape=[2, 2], pads=[1, 1, 1, 1], strides=[2, 2])
+    assert K.max_pool(x, attrs).tolist() == [[[[-128, -5], [3, 7]]]]
