@@ -59,9 +59,17 @@ def run_variant(m, calib: list[dict], feeds: list[dict], overrides: dict, out: P
     from onnxsq.model_io import save_model
     from onnxsq.passes.quantize import QuantizeConfig, quantize
 
-    cfg = QuantizeConfig(report_samples=0, **overrides)
+    overrides = dict(overrides)
+    pre = overrides.pop("equalize", False)  # the equalize pass first (exact: same float model)
     t0 = time.perf_counter()
-    q, _ = quantize(m.path, iter(calib), config=cfg)
+    src = m.path
+    if pre:
+        from onnxsq.passes.equalize import equalize
+
+        src = out.with_suffix(".eq.onnx")
+        save_model(equalize(m.path)[0], src)
+    cfg = QuantizeConfig(report_samples=0, **overrides)
+    q, _ = quantize(src, iter(calib), config=cfg)
     seconds = time.perf_counter() - t0
     save_model(q, out)
     return (*fidelity(m.path, out, feeds), seconds)

@@ -110,3 +110,19 @@ def test_quantize_on_real_images_then_inspect(zoo, run_cli, workdir, name):
     res = run_cli("inspect", out)
     _ok(res, f"inspect {name}")
     assert "DequantizeLinear" in res.out or "shift" in res.out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_equalize_keeps_every_output(zoo, name):
+    """Power-of-two cross-layer equalization changes no value the model computes."""
+    from onnxsq.passes.equalize import equalize
+
+    m = _model(zoo, name)
+    result, report = equalize(m.path)
+    onnx.checker.check_model(result)
+    feeds = m.feeds(3)
+    ref = make_session(str(m.path)).run(None, feeds)
+    got = make_session(result).run(None, feeds)
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert all(c.reason for c in report.candidates if not c.changed)
