@@ -56,27 +56,44 @@ def _absmax(a: np.ndarray) -> int:
     return int(max(abs(int(a.max(initial=0))), abs(int(a.min(initial=0))))) if a.size else 0
 
 
+def _colsum_max(b: np.ndarray) -> int:
+    """The largest sum of |b| along the reduced axis (-2) of a weight."""
+    return int(np.abs(b.astype(np.int64)).sum(axis=-2).max(initial=0)) if b.size else 0
+
+
 def exact_matmul(a: np.ndarray, b: np.ndarray, *, b_const: bool = False) -> np.ndarray:
-    """``a @ b`` of integer arrays, exactly, as int64; ``b_const``: ``b`` is a weight (its float32
-    copy is cached). Where a float32 product of the whole ``K`` could round, ``K`` is cut into chunks
-    that cannot, each chunk's exact result summed in int64."""
-    amax = _absmax(a)
-    bmax = weight_cached(b, "absmax", lambda: _absmax(b)) if b_const else _absmax(b)
+    """``a @ b`` of integer arrays, exactly, as int64; ``b_const``: ``b`` is a weight (its float copies
+    and bounds are cached).
+
+    Every partial sum of a row-by-column product is bounded by ``min(sum|a_row| * max|b|,
+    max|a| * sum|b_col|)``: below ``2**24`` one float32 product is exact. Otherwise ``K`` is cut into
+    chunks that cannot round (at most two), or the product runs in float64 (exact below ``2**53``)."""
     k = a.shape[-1]
+    if b_const:
+        bmax = weight_cached(b, "absmax", lambda: _absmax(b))
+        bcol = weight_cached(b, "colsum", lambda: _colsum_max(b))
+    else:
+        bmax = _absmax(b)
+        bcol = k * bmax
+    amax = _absmax(a)
+    bound = min(k * amax * bmax, amax * bcol)
+    if bound >= F32_EXACT and a.size:
+        bound = min(bound, int(np.abs(a).sum(axis=-1, dtype=np.int64).max()) * bmax)
     per = max(amax * bmax, 1)
-    if per >= F32_EXACT:
-        return np.matmul(a.astype(np.int64), b.astype(np.int64))
-    bf = (weight_cached(b, np.float32, lambda: np.ascontiguousarray(b, dtype=np.float32)) if b_const
-          else np.ascontiguousarray(b, dtype=np.float32))
-    af = np.ascontiguousarray(a, dtype=np.float32)
     chunk = max(1, (F32_EXACT - 1) // per)
-    if k <= chunk:
-        return np.matmul(af, bf).astype(np.int64)
-    out = None
-    for start in range(0, k, chunk):
-        part = np.matmul(af[..., start:start + chunk], bf[..., start:start + chunk, :]).astype(np.int64)
-        out = part if out is None else out + part
-    return out
+    if bound < F32_EXACT or (per < F32_EXACT and k <= 2 * chunk):
+        bf = (weight_cached(b, np.float32, lambda: np.ascontiguousarray(b, dtype=np.float32)) if b_const
+              else np.ascontiguousarray(b, dtype=np.float32))
+        af = np.ascontiguousarray(a, dtype=np.float32)
+        if bound < F32_EXACT:
+            return np.matmul(af, bf).astype(np.int64)
+        head = np.matmul(af[..., :chunk], bf[..., :chunk, :]).astype(np.int64)
+        return head + np.matmul(af[..., chunk:], bf[..., chunk:, :]).astype(np.int64)
+    if bound < F64_EXACT:
+        bf = (weight_cached(b, np.float64, lambda: np.ascontiguousarray(b, dtype=np.float64)) if b_const
+              else np.ascontiguousarray(b, dtype=np.float64))
+        return np.matmul(np.asarray(a, dtype=np.float64), bf).astype(np.int64)
+    return np.matmul(a.astype(np.int64), b.astype(np.int64))
 
 
 def conv_pads(in_shape: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
