@@ -71,6 +71,10 @@ class Simulator:
                     st.fallback = f"no exact integer form on this data ({exc}): computed in float"
                     log.info("%s: %s", layer.name, st.fallback)
                     value = self._float_layer(layer, ints, feeds)
+                except (ValueError, IndexError, TypeError) as exc:  # a case the integer kernels do not cover
+                    st.fallback = f"integer kernel failed ({type(exc).__name__}: {exc}): computed in float"
+                    log.warning("%s: %s", layer.name, st.fallback)
+                    value = self._float_layer(layer, ints, feeds)
             else:
                 value = self._float_layer(layer, ints, feeds)
             if layer.out is None:

@@ -205,6 +205,9 @@ def load_program(model: onnx.ModelProto) -> Program:
                 dq[node.output[0]] = src
             else:
                 raise UnsupportedModelError(f"{src}: DequantizeLinear of a tensor that no QuantizeLinear writes")
+    if not quantizers:
+        raise UnsupportedModelError("the model has no QuantizeLinear: not a quantized model (make one with "
+                                    "onnxsq quantize)")
     producers = {o: i for i, n in enumerate(graph.node) for o in n.output}
     nodes = list(graph.node)
     layers = []

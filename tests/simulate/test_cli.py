@@ -85,6 +85,8 @@ def test_export_int_round_trip_is_exact(run_cli, data):
     (["simulate", "{model}", "--data", "{bad_npz}"], ""),
     (["export-int", "{float}", "-o", "{pkg}"], "not a power of two"),
     (["simulate", "{bad_pkg}", "--data", "{npz}"], "package"),
+    (["simulate", "{float_model}", "--data", "{npz}"], "not a quantized model"),
+    (["simulate", "{model}", "--data", "{npz}", "--float", "{missing}"], "no such file"),
 ])
 def test_errors_are_one_line_exit_1(run_cli, data, tmp_path, sample_model, args, needle):
     root, path, npz = data
@@ -94,7 +96,8 @@ def test_errors_are_one_line_exit_1(run_cli, data, tmp_path, sample_model, args,
     bad_pkg.mkdir()
     (bad_pkg / "model.json").write_text('{"format": "something-else"}')
     fill = {"missing": tmp_path / "missing.onnx", "npz": npz, "model": path, "bad_npz": bad_npz,
-            "pkg": tmp_path / "p", "bad_pkg": bad_pkg, "float": _float_qdq(tmp_path)}
+            "pkg": tmp_path / "p", "bad_pkg": bad_pkg, "float": _float_qdq(tmp_path),
+            "float_model": sample_model("small_cls_torch")}
     res = run_cli(*[a.format(**fill) for a in args])
     assert res.code == 1, (res.code, res.err)
     lines = [line for line in res.err.strip().splitlines() if line.strip()]
