@@ -8,12 +8,18 @@ For every zoo model that ``onnxsq quantize`` handles: quantize it (``--calib`` t
 same QDQ model (precise u8u8 kernels; ``default`` = its default kernels, which saturate u8s8 pairs on
 x86 without VNNI). Printed per model: output elements bit-equal (the worst output), the largest
 difference in steps, the float islands (count and ops), and simulate's time against onnxruntime's
-optimized QDQ run (default kernels, same batches, same process).
+optimized QDQ run (default kernels, its default threads, same batches, same process).
+
+``--blas-threads 1`` (default; needs threadpoolctl, which scikit-learn brings): numpy's OpenBLAS runs
+one thread. On an oversubscribed machine (this one: load 15-25 on 2 cores while others work) its
+threads spin against each other: a (1024 x 144) @ (144 x 16) product took 70-480 ms with two threads
+and 0.13 ms with one. ``--blas-threads 0`` leaves OpenBLAS as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -78,7 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "simulate")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    ap.add_argument("--blas-threads", type=int, default=1, help="numpy's BLAS threads (0: as it is)")
     args = ap.parse_args(argv)
+    with _blas_threads(args.blas_threads):
+        return _run(args)
+
+
+def _blas_threads(n: int):
+    if not n:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("threadpoolctl is not installed: numpy's BLAS threads are left as they are", file=sys.stderr)
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def _run(args) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for m in zoo.models():

@@ -152,8 +152,10 @@ def conv(x: np.ndarray, w: np.ndarray, *, strides: Sequence[int], pads: Sequence
     p = int(np.prod(out_sp))
     order = (0, *range(1, nd + 1), *range(nd + 2, 2 * nd + 2), nd + 1)  # (N, *O, *K, C)
     win = np.transpose(win, order)
-    wk = weight_cached(w, ("conv", group), lambda: np.ascontiguousarray(np.transpose(
-        w.reshape(group, mg, cg, kp), (0, 3, 2, 1)).reshape(group, kp * cg, mg)))  # (g, K*cg, Mg)
+    # per group (K*cg, Mg), one list kept per weight: the same array objects every batch, so the
+    # products' own caches (float copies, bounds) hit
+    wk = weight_cached(w, ("conv", group), lambda: [np.ascontiguousarray(g) for g in np.transpose(
+        w.reshape(group, mg, cg, kp), (0, 3, 2, 1)).reshape(group, kp * cg, mg)])
     if group == 1:
         out = exact_matmul(win.reshape(n * p, kp * c), wk[0], b_const=True).reshape(n, *out_sp, m)
     else:
