@@ -100,10 +100,9 @@ def _tally_reference(program: Program, ref: Reference, feed, result, tally: _Tal
     t0 = time.perf_counter()
     ref.default.run(None, feed)
     tally.t_ort += time.perf_counter() - t0
-    precise, default = ref.run(feed)
-    for o in program.outputs:
-        tally.add_output("ort", o, output_steps(program, o, result.outputs[o], precise[o]))
-        tally.add_output("ort_default", o, output_steps(program, o, result.outputs[o], default[o]))
+    for key, outs in ref.run(feed).items():
+        for o in program.outputs:
+            tally.add_output(key, o, output_steps(program, o, result.outputs[o], outs[o]))
     if not ref.per_layer:
         return
     for layer in program.layers:

@@ -26,7 +26,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import DataError, first_line
-from ..runtime import import_ort, quiet_run_options
+from ..runtime import import_ort, make_session, quiet_run_options
 from .program import Layer, Program
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class Reference:
 
     def __post_init__(self) -> None:
         self.default = ort_session(self.model, precise=False)
+        self.unoptimized = make_session(self.model.SerializeToString())  # DQ -> float op -> Q, node by node
         self.kind = "onnxruntime, all optimizations, precise u8u8 kernels (session.x64quantprecision=1)"
         try:
             self.precise = ort_session(self.model, precise=True)
@@ -91,14 +92,17 @@ class Reference:
         self._options = quiet_run_options()
         self._extractor = None
 
-    def run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """``(precise outputs, default outputs)`` of the whole model."""
-        try:
-            a = self.precise.run(None, feeds, self._options)
-            b = self.default.run(None, feeds, self._options)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad feeds
-            raise DataError(f"onnxruntime rejects the data: {first_line(exc)}") from None
-        return dict(zip(self.program.outputs, a)), dict(zip(self.program.outputs, b))
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        """The whole model's outputs: ``{"ort": precise, "ort_default": default kernels,
+        "ort_unoptimized": graph optimizations off}``."""
+        out = {}
+        for key, session in (("ort", self.precise), ("ort_default", self.default),
+                             ("ort_unoptimized", self.unoptimized)):
+            try:
+                out[key] = dict(zip(self.program.outputs, session.run(None, feeds, self._options)))
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad feeds
+                raise DataError(f"onnxruntime rejects the data: {first_line(exc)}") from None
+        return out
 
     def layer(self, layer: Layer, ints: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> np.ndarray | None:
         """onnxruntime's result for ``layer`` alone on the simulation's inputs ``ints`` (None: the layer
