@@ -15,6 +15,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from .passes import PASSES
+
+# name -> module; the passes come from their registry (onnxsq.passes.PASSES), under their function's name
 _API = {
     "load_model": "onnxsq.model_io",
     "save_model": "onnxsq.model_io",
@@ -22,10 +25,7 @@ _API = {
     "random_feeds": "onnxsq.verify",
     "Report": "onnxsq.report",
     "OnnxsqError": "onnxsq.errors",
-    "fold_batchnorm": "onnxsq.passes.fold_batchnorm",
-    "fold_constants": "onnxsq.passes.fold_constants",
-    "threshold": "onnxsq.passes.threshold",
-    "quantize": "onnxsq.passes.quantize",
+    **{p.api_name: p.module for p in PASSES.values()},
     "inspect_model": "onnxsq.inspect",
     "train": "onnxsq.training",
     "evaluate": "onnxsq.evaluation",

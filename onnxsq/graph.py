@@ -1,14 +1,22 @@
-"""Small helpers over onnx-graphsurgeon shared by the passes.
+"""The graph helpers every pass shares: one home for reading constants, labels and attributes.
 
 Passes edit graphs with onnx-graphsurgeon; :func:`export_like` turns the edited graph back into a
 model that keeps the input's IR version, opset imports and metadata (gs would otherwise stamp the
 installed onnx's newest IR version, which older runtimes refuse).
+
+Contract of the readers: :func:`const_value` is *the* answer to "is this tensor a constant, and what
+is it" for every pass (initializers, ``Constant`` outputs, both also behind ``Identity`` chains), so
+that folding, thresholding and quantization agree on which layers have constant weights;
+:func:`constant_tensors` is the same question on a ModelProto (no graph import); :func:`node_label`
+names a node in reports the same way for a gs node and a NodeProto; :func:`attr` reads a NodeProto
+attribute as a Python value.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -150,8 +158,22 @@ def data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [vi for vi in model.graph.input if vi.name not in inits]
 
 
+MAX_IDENTITY_CHAIN = 16  # Identity nodes looked through before a tensor counts as computed
+
+
 def const_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of a constant tensor: an initializer or the output of a ``Constant`` node."""
+    """The value of a constant tensor: an initializer or the output of a ``Constant`` node, also
+    behind up to 16 ``Identity`` nodes (the PyTorch exporter shares equal initializers, e.g. BN
+    statistics, through Identity); None for anything computed."""
+    for _ in range(MAX_IDENTITY_CHAIN):
+        node = producer(tensor) if not isinstance(tensor, gs.Constant) else None
+        if node is None or node.op != "Identity" or not node.inputs:
+            break
+        tensor = node.inputs[0]
+    return _own_value(tensor)
+
+
+def _own_value(tensor: gs.Tensor) -> np.ndarray | None:
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
     if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
@@ -192,11 +214,38 @@ def sole_consumer(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:
     return tensor.outputs[0]
 
 
-def node_label(node: gs.Node) -> str:
-    """A readable name for reports: the node name, or op + first output when unnamed."""
+def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Top-level constants of a ModelProto by name: initializers and ``Constant(value=...)`` outputs.
+
+    The TensorProtos are the model's own (not copies): a pass working on its copy of the model may
+    rewrite them in place.
+    """
+    out: dict[str, onnx.TensorProto] = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    out[node.output[0]] = a.t
+    return out
+
+
+def node_label(node: gs.Node | onnx.NodeProto) -> str:
+    """A readable name for reports: the node name, or ``op(first output)`` when unnamed; the same for
+    a graphsurgeon node and a NodeProto."""
     if node.name:
         return node.name
+    if isinstance(node, onnx.NodeProto):
+        return f"{node.op_type}({node.output[0] if node.output else '?'})"
     return f"{node.op}({node.outputs[0].name if node.outputs else '?'})"
+
+
+def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """Attribute ``name`` of a NodeProto as a Python value (int, float, bytes, list, TensorProto...),
+    else ``default``. (A graphsurgeon node has them in ``node.attrs``.)"""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
 
 
 def new_constant(graph: gs.Graph, base: str, values: np.ndarray, names: UniqueNames | None = None) -> gs.Constant:

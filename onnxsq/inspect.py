@@ -187,6 +187,40 @@ def _model_params(graph: gs.Graph) -> int:
     return total
 
 
+def _layer(node: gs.Node) -> tuple[gs.Tensor | None, np.ndarray | None, _Quant | None, str]:
+    """(weight tensor, its values as the runtime sees them, their QDQ or None, why not listed or "")."""
+    wi = _weight_index(node)
+    w_t = node.inputs[wi] if wi is not None else None
+    values = const_value(w_t) if w_t is not None else None
+    q = _dequant_source(w_t) if w_t is not None and values is None else None
+    if q is not None:
+        values = q.values
+    if values is None:
+        why = ("no constant operand (activation × activation)" if node.op == "MatMul"
+               else "weight is computed at run time, not a constant")
+        return w_t, None, q, why
+    return w_t, values, q, ""
+
+
+def _details(node: gs.Node, values: np.ndarray, q: _Quant | None) -> dict[str, Any]:
+    """The candidate's details: shape, params, zeros, and the QDQ bits/shifts of a quantized layer."""
+    count, zeros = zero_stats(values, q.zero_point if q is not None else None)
+    details: dict[str, Any] = {
+        "weight_shape": [int(d) for d in values.shape],
+        "params": count + _bias_size(node),
+        "zeros": zeros,
+        "zero_fraction": zeros / count if count else 0.0,
+    }
+    q_in, q_out = _activation_quant(node)
+    if q is not None:
+        details.update(bits=q.bits, shift=_shift(q.scale))
+    if q_in is not None:
+        details["in_shift"] = _shift(q_in.scale)
+    if q_out is not None:
+        details["out_shift"] = _shift(q_out.scale)
+    return details
+
+
 def inspect_model(model: ModelLike) -> Report:
     """Per-layer weight shapes, parameter counts and zero fractions, QDQ bits/shifts, and totals."""
     graph = import_graph(load_model(model))
@@ -198,43 +232,27 @@ def inspect_model(model: ModelLike) -> Report:
         if node.op not in LAYER_OPS:
             continue
         label = node_label(node)
-        wi = _weight_index(node)
-        w_t = node.inputs[wi] if wi is not None else None
-        values = const_value(w_t) if w_t is not None else None
-        q = _dequant_source(w_t) if w_t is not None and values is None else None
-        zero_point = None
-        if q is not None:
-            values, zero_point = q.values, q.zero_point
+        w_t, values, q, why = _layer(node)
         if values is None:
-            why = ("no constant operand (activation × activation)" if node.op == "MatMul"
-                   else "weight is computed at run time, not a constant")
             report.add(label, node.op, "skipped", why)
             continue
-        count, zeros = zero_stats(values, zero_point)
-        details: dict[str, Any] = {
-            "weight_shape": [int(d) for d in values.shape],
-            "params": count + _bias_size(node),
-            "zeros": zeros,
-            "zero_fraction": zeros / count if count else 0.0,
-        }
-        q_in, q_out = _activation_quant(node)
-        if q is not None:
-            quantized += 1
-            details.update(bits=q.bits, shift=_shift(q.scale))
-        if q_in is not None:
-            details["in_shift"] = _shift(q_in.scale)
-        if q_out is not None:
-            details["out_shift"] = _shift(q_out.scale)
-        reason = ""
-        if q is not None and details["shift"] is None:
-            reason = "weight scale is not a power of two"
+        details = _details(node, values, q)
+        quantized += q is not None
+        reason = "weight scale is not a power of two" if q is not None and details["shift"] is None else ""
         if w_t.name in seen:
             reason = f"weight shared with {seen[w_t.name]} (counted once in the totals)"
         else:
             seen[w_t.name] = label
             layer_params += details["params"]
-            stats.append(sparsity.LayerStats(label, node.op, w_t.name, tuple(values.shape), count, zeros))
+            stats.append(sparsity.LayerStats(label, node.op, w_t.name, tuple(values.shape),
+                                             int(values.size), details["zeros"]))
         report.add(label, node.op, "listed", reason, **details)
+    _totals(report, graph, stats, layer_params, quantized)
+    return report
+
+
+def _totals(report: Report, graph: gs.Graph, stats: list[sparsity.LayerStats], layer_params: int,
+            quantized: int) -> None:
     every = sparsity.totals(stats, label=ALL_LABEL)
     conv = sparsity.totals(stats, ops=sparsity.CONV_OPS, label=CONV_LABEL)
     report.summary.update({
@@ -253,4 +271,3 @@ def inspect_model(model: ModelLike) -> Report:
     if quantized:
         report.summary["quantized_layers"] = quantized
     log.info("inspect: %d layers; %s", report.summary["layers"], every.describe())
-    return report

@@ -26,6 +26,10 @@ ModelLike = onnx.ModelProto | str | os.PathLike
 PROTO_LIMIT = 2**31 - 1
 EXTERNAL_THRESHOLD = PROTO_LIMIT - 64 * 2**20
 SKELETON_LOCATION = "onnxsq-skeleton-no-data"
+# The oldest IR version that carries each default-domain opset (what that ONNX release wrote), and the
+# newest IR onnxruntime(-training) 1.19 loads: a pass that raises the opset raises the IR only this far.
+IR_FOR_OPSET = {10: 5, 11: 6, 12: 7, 13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
+MAX_IR = 10
 STREAM_READ_BYTES = 16 << 20  # larger files are parsed piece by piece (peak memory: the model, not twice it)
 
 

@@ -31,6 +31,7 @@ from onnx import numpy_helper
 
 from .calibration import pow2
 from .errors import DataError
+from .graph import constant_tensors
 from .report import write_json
 
 FORMAT = "onnxsq-quant-params"
@@ -155,10 +156,7 @@ def params_from_model(model: onnx.ModelProto) -> dict[str, TensorQuant]:
     right before QuantizeLinear narrows the bit width (how onnxsq writes fewer than 8 bits).
     """
     g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    consts = {n.output[0]: n.attribute[0].t for n in g.node if n.op_type == "Constant" and n.attribute
-              and n.attribute[0].name == "value"}
-    consts.update(inits)
+    consts = constant_tensors(model)
     producers = {o: n for n in g.node for o in n.output}
     graph_inputs = {i.name for i in g.input}
     out: dict[str, TensorQuant] = {}

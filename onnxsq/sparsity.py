@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .graph import constant_tensors, node_label
+
 WEIGHT_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CONV_OPS: tuple[str, ...] = ("Conv", "ConvTranspose")
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
@@ -62,28 +64,6 @@ class Totals:
     def as_dict(self) -> dict[str, object]:
         return {"denominator": self.label, "zeros": self.zeros, "params": self.params,
                 "tensors": self.tensors, "zero_fraction": self.zero_fraction}
-
-
-def node_label(node: onnx.NodeProto) -> str:
-    """A readable node name, matching :func:`onnxsq.graph.node_label` for graphsurgeon nodes."""
-    if node.name:
-        return node.name
-    return f"{node.op_type}({node.output[0] if node.output else '?'})"
-
-
-def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    """Top-level constants by name: initializers and ``Constant(value=...)`` outputs.
-
-    The TensorProtos are the model's own (not copies): a pass working on its copy of the model may
-    rewrite them in place.
-    """
-    out: dict[str, onnx.TensorProto] = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                    out[node.output[0]] = attr.t
-    return out
 
 
 def count_zeros(values: np.ndarray) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from .errors import (
     first_line,
 )
 from .graph import data_inputs, onnx_dtype_to_np
+from .model_io import EXTERNAL_THRESHOLD, model_nbytes
 from .report import Report
 from .runtime import FedSession, make_session, quiet_run_options
 from .shapes import ATTEMPTS, GivenShapes, format_shapes, resolve_input_shapes, shape_hint
@@ -291,3 +292,23 @@ def _run_feeds(run: Callable[[Feed], list[np.ndarray]], feeds: list[Feed]) -> li
                 text = text[len(_FED_PREFIX) + 2:]
             raise _RunFailed(i, text) from None
     return outs
+
+
+def verify_folded(original: onnx.ModelProto, result: onnx.ModelProto, report: Report, *,
+                  rtol: float | None = None, atol: float | None = None, seed: int = 0, samples: int = 2,
+                  input_shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+    """Run both models in onnxruntime (graph optimizations off); put the errors in ``report.summary``;
+    raise VerificationError beyond tolerance."""
+    if max(model_nbytes(original), model_nbytes(result)) > EXTERNAL_THRESHOLD:
+        report.warnings.append("verification skipped: the model is over 2 GB (save it and run `onnxsq verify`)")
+        report.summary["verified"] = False
+        return
+    res = compare_models(original, result, seed=seed, samples=samples, rtol=rtol, atol=atol,
+                         input_shapes=input_shapes)
+    report.summary.update(verified=res.ok, verify_max_abs=res.max_abs, verify_max_rel=res.max_rel,
+                          verify_rtol=res.rtol, verify_atol=res.atol, verify_samples=res.samples)
+    if not res.ok:
+        worst = max(res.outputs, key=lambda o: o.max_abs)
+        raise VerificationError(
+            f"the folded model differs from the original: output {worst.name} max abs error {worst.max_abs:.3g}, "
+            f"max rel {worst.max_rel:.3g} (rtol {res.rtol:g}, atol {res.atol:g}); pass --no-verify to keep it anyway")

@@ -1,5 +1,5 @@
 """Graph helpers of the folding passes (:mod:`onnxsq.passes.fold_batchnorm`,
-:mod:`onnxsq.passes.fold_affine`): constants seen through Identity, lazily inferred tensor types,
+:mod:`onnxsq.passes.fold_affine`): lazily inferred tensor types,
 writing a layer's constant inputs without touching tensors other nodes share, and scaling a layer's
 output channels into its weights and bias."""
 
@@ -13,13 +13,12 @@ import onnx_graphsurgeon as gs
 
 from ..graph import (
     UniqueNames,
+    const_value,
     is_graph_output,
     new_constant,
     node_label,
     onnx_dtype_to_np,
-    producer,
 )
-from ..graph import const_value as _graph_const
 from . import bn_math as bm
 
 log = logging.getLogger(__name__)
@@ -56,18 +55,6 @@ class TensorTypes:
                 tt = vi.type.tensor_type
                 self._types[vi.name] = (len(tt.shape.dim) if tt.HasField("shape") else None, tt.elem_type)
         return self._types
-
-
-def const_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """A constant's value, also behind ``Identity`` nodes (the PyTorch exporter shares equal
-    initializers, e.g. BN statistics, through Identity)."""
-    seen = 0
-    while not isinstance(tensor, gs.Constant) and seen < 16:
-        node = producer(tensor)
-        if node is None or node.op != "Identity" or not node.inputs:
-            break
-        tensor, seen = node.inputs[0], seen + 1
-    return _graph_const(tensor)
 
 
 def _np_dtype(dtype) -> np.dtype | None:

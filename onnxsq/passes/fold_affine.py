@@ -43,10 +43,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..graph import UniqueNames, is_graph_output, new_constant, node_label
+from ..graph import UniqueNames, const_value, is_graph_output, new_constant, node_label
 from ..report import Report
 from . import bn_math as bm
-from .bn_graph import TensorTypes, const_value, rewrite_layer
+from .bn_graph import TensorTypes, rewrite_layer
 
 log = logging.getLogger(__name__)
 

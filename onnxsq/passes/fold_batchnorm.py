@@ -42,9 +42,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import InvalidOptionError, VerificationError
+from ..errors import InvalidOptionError
 from ..graph import (
     UniqueNames,
+    const_value,
     export_like,
     import_graph,
     is_graph_output,
@@ -54,16 +55,14 @@ from ..graph import (
     sole_consumer,
 )
 from ..model_io import (
-    EXTERNAL_THRESHOLD,
     ModelLike,
     check_model,
     default_opset,
     load_model,
-    model_nbytes,
 )
 from ..report import Report
 from . import bn_math as bm
-from .bn_graph import TensorTypes, const_value, rewrite_layer, set_const_input
+from .bn_graph import TensorTypes, rewrite_layer, set_const_input
 from .fold_affine import fold_affine_graph
 from .fold_constants import fold_constants_graph, merge_into
 
@@ -115,6 +114,8 @@ def fold_batchnorm(model: ModelLike, *, verify: bool = False, standalone: Litera
     merge_into(report, constants)
     result = export_like(graph, original)
     if verify:
+        from ..verify import verify_folded
+
         verify_folded(original, result, report, rtol=rtol, atol=atol, seed=seed, samples=samples,
                       input_shapes=input_shapes)
     return result, report
@@ -379,25 +380,3 @@ def _summarize(report: Report, bn_left: int) -> None:
         left=actions.count("skipped"),
         bn_left=bn_left,
     )
-
-
-def verify_folded(original: onnx.ModelProto, result: onnx.ModelProto, report: Report, *,
-                  rtol: float | None = None, atol: float | None = None, seed: int = 0, samples: int = 2,
-                  input_shapes: Mapping[str, Sequence[int]] | None = None) -> None:
-    """Run both models in onnxruntime (graph optimizations off); put the errors in ``report.summary``;
-    raise VerificationError beyond tolerance."""
-    from ..verify import compare_models
-
-    if max(model_nbytes(original), model_nbytes(result)) > EXTERNAL_THRESHOLD:
-        report.warnings.append("verification skipped: the model is over 2 GB (save it and run `onnxsq verify`)")
-        report.summary["verified"] = False
-        return
-    res = compare_models(original, result, seed=seed, samples=samples, rtol=rtol, atol=atol,
-                         input_shapes=input_shapes)
-    report.summary.update(verified=res.ok, verify_max_abs=res.max_abs, verify_max_rel=res.max_rel,
-                          verify_rtol=res.rtol, verify_atol=res.atol, verify_samples=res.samples)
-    if not res.ok:
-        worst = max(res.outputs, key=lambda o: o.max_abs)
-        raise VerificationError(
-            f"the folded model differs from the original: output {worst.name} max abs error {worst.max_abs:.3g}, "
-            f"max rel {worst.max_rel:.3g} (rtol {res.rtol:g}, atol {res.atol:g}); pass --no-verify to keep it anyway")

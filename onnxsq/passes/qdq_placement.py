@@ -183,98 +183,115 @@ def _compute_reason(node: gs.Node) -> str | None:
     return None
 
 
+@dataclass
+class _Walk:
+    """What :func:`plan_qdq`'s two walks over the graph share."""
+
+    plan: Plan = field(default_factory=Plan)
+    groups: _Union = field(default_factory=lambda: _Union())
+    demanded: dict[str, None] = field(default_factory=dict)  # activations quantized nodes read (ordered)
+    const_demanded: dict[str, None] = field(default_factory=dict)  # constants they read
+    quantized_nodes: dict[int, str] = field(default_factory=dict)  # id(node) → output quantization point
+    fused: dict[int, str] = field(default_factory=dict)  # id(node) → the layer it is fused into
+
+    def demand(self, t: gs.Tensor) -> None:
+        (self.const_demanded if is_const(t) else self.demanded).setdefault(t.name, None)
+
+    def entry(self, node: gs.Node, action: str, reason: str, tensor: str | None = None) -> None:
+        self.plan.layers.append(LayerEntry(node_label(node), node.op, action, reason, tensor))
+
+    def listed(self, node: gs.Node) -> bool:
+        label = node_label(node)
+        return any(e.node == label for e in self.plan.layers)
+
+
 def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, ...] = ()) -> Plan:
     """Decide the quantization points of ``graph`` (shape-inferred, so tensors carry dtypes).
 
-    Mutates ``graph`` only to clone biases shared between layers.
+    First walk: which nodes quantize (layers, Add, Concat) and what they read. Second walk, in
+    topological order: the quantization points, the ops that share a scale or take their own, and why
+    everything else stays float. Mutates ``graph`` only to clone biases shared between layers.
     """
-    plan = Plan()
-    groups = _Union()
-    demanded: dict[str, None] = {}
-    const_demanded: dict[str, None] = {}
-    quantized_nodes: dict[int, str] = {}  # id(node) → output quantization point
-    fused: dict[int, str] = {}
-
-    def demand(t: gs.Tensor) -> None:
-        (const_demanded if is_const(t) else demanded).setdefault(t.name, None)
-
+    walk = _Walk()
     graph.toposort()
     for node in graph.nodes:
-        pat = excluded(node, exclude)
-        if node.op in IGNORED or id(node) in fused:  # fused: a MatMul's bias Add, planned with it
-            continue
-        if pat and (node.op in COMPUTE + ADD + CONCAT + SHARE + AVERAGING + ACTIVATIONS):
-            plan.layers.append(LayerEntry(node_label(node), node.op, "skipped", f"excluded by --exclude {pat!r}"))
-            continue
-        if node.op in COMPUTE:
-            why = _compute_reason(node)
-            if why:
-                plan.layers.append(LayerEntry(node_label(node), node.op, "skipped", f"stays float: {why}"))
-                continue
-            _plan_compute(graph, node, plan, demand, per_channel, exclude, quantized_nodes, fused)
-        elif node.op in ADD + CONCAT:
-            if not all(_is_float(i) for i in node.inputs) or not _is_float(node.outputs[0]):
-                plan.layers.append(LayerEntry(node_label(node), node.op, "skipped", "stays float: not float32"))
-                continue
-            for i in node.inputs:
-                demand(i)
-            out = node.outputs[0]
-            act = _fusable_activation(graph, out, exclude) if node.op in ADD else None
-            if act is not None:
-                fused[id(act)] = node_label(node)
-                out = act.outputs[0]
-            quantized_nodes[id(node)] = out.name
-            if node.op in CONCAT:
-                for i in node.inputs:
-                    groups.union(out.name, i.name)
-
-    # Second walk, in topological order: quantization points, shared-scale ops, what stays float.
-    quantized: dict[str, None] = dict.fromkeys(demanded)
+        _plan_node(graph, node, walk, per_channel, exclude)
+    quantized: dict[str, None] = dict.fromkeys(walk.demanded)
     for node in graph.nodes:
-        label = node_label(node)
-        if node.op in IGNORED or excluded(node, exclude):
-            continue
-        if id(node) in quantized_nodes:
-            qp = quantized_nodes[id(node)]
-            quantized.setdefault(qp, None)
-            groups.add(qp)
-            if not any(e.node == label for e in plan.layers):
-                plan.layers.append(LayerEntry(label, node.op, "quantized", "", qp))
-        elif id(node) in fused:
-            plan.layers.append(LayerEntry(label, node.op, "fused", f"fused into {fused[id(node)]}"))
-        elif node.op in SHARE + AVERAGING + ACTIVATIONS and node.inputs and node.inputs[0].name in quantized \
-                and all(_is_float(o) for o in node.outputs):
-            if node.op == "Pad" and not _pad_keeps_zero(node):
-                plan.layers.append(LayerEntry(label, node.op, "skipped", "stays float: pads with a non-zero value"))
-                continue
-            for o in node.outputs:
-                quantized.setdefault(o.name, None)
-                if node.op in SHARE:
-                    groups.union(node.inputs[0].name, o.name)
-                else:
-                    groups.add(o.name)
-            how = "shares its input's scale" if node.op in SHARE else \
-                "own scale (an average is narrower than its input)" if node.op in AVERAGING else \
-                "own scale (standalone activation)"
-            plan.layers.append(LayerEntry(label, node.op, "shared" if node.op in SHARE else "quantized", how,
-                                          node.outputs[0].name))
-        elif not any(e.node == label for e in plan.layers):
-            floats = [i for i in node.inputs if _is_float(i) and not is_const(i)]
-            if node.op in SHARE + AVERAGING + ACTIVATIONS:
-                why = "its input is not quantized"
-            elif not floats:
-                continue  # integer / shape computation: nothing to quantize
+        if node.op not in IGNORED and not excluded(node, exclude):
+            _place_node(node, walk, quantized)
+    for name in (*quantized, *walk.const_demanded):
+        walk.groups.add(name)
+    walk.plan.activations, walk.plan.constants = list(quantized), list(walk.const_demanded)
+    walk.plan.groups = {t: walk.groups.find(t) for t in walk.groups.parent}
+    return walk.plan
+
+
+def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, exclude: tuple[str, ...]) -> None:
+    """First walk: a layer, Add or Concat that quantizes, and the tensors it reads."""
+    pat = excluded(node, exclude)
+    if node.op in IGNORED or id(node) in walk.fused:  # fused: a MatMul's bias Add, planned with it
+        return
+    if pat and (node.op in COMPUTE + ADD + CONCAT + SHARE + AVERAGING + ACTIVATIONS):
+        walk.entry(node, "skipped", f"excluded by --exclude {pat!r}")
+        return
+    if node.op in COMPUTE:
+        why = _compute_reason(node)
+        if why:
+            walk.entry(node, "skipped", f"stays float: {why}")
+            return
+        _plan_compute(graph, node, walk.plan, walk.demand, per_channel, exclude, walk.quantized_nodes, walk.fused)
+    elif node.op in ADD + CONCAT:
+        if not all(_is_float(i) for i in node.inputs) or not _is_float(node.outputs[0]):
+            walk.entry(node, "skipped", "stays float: not float32")
+            return
+        for i in node.inputs:
+            walk.demand(i)
+        out = node.outputs[0]
+        act = _fusable_activation(graph, out, exclude) if node.op in ADD else None
+        if act is not None:
+            walk.fused[id(act)] = node_label(node)
+            out = act.outputs[0]
+        walk.quantized_nodes[id(node)] = out.name
+        if node.op in CONCAT:
+            for i in node.inputs:
+                walk.groups.union(out.name, i.name)
+
+
+def _place_node(node: gs.Node, walk: _Walk, quantized: dict[str, None]) -> None:
+    """Second walk: the node's quantization point, its shared or own scale, or why it stays float."""
+    if id(node) in walk.quantized_nodes:
+        qp = walk.quantized_nodes[id(node)]
+        quantized.setdefault(qp, None)
+        walk.groups.add(qp)
+        if not walk.listed(node):
+            walk.entry(node, "quantized", "", qp)
+    elif id(node) in walk.fused:
+        walk.entry(node, "fused", f"fused into {walk.fused[id(node)]}")
+    elif node.op in SHARE + AVERAGING + ACTIVATIONS and node.inputs and node.inputs[0].name in quantized \
+            and all(_is_float(o) for o in node.outputs):
+        if node.op == "Pad" and not _pad_keeps_zero(node):
+            walk.entry(node, "skipped", "stays float: pads with a non-zero value")
+            return
+        for o in node.outputs:
+            quantized.setdefault(o.name, None)
+            if node.op in SHARE:
+                walk.groups.union(node.inputs[0].name, o.name)
             else:
-                why = f"no integer kernel for {node.op} in the QDQ scheme"
-            plan.layers.append(LayerEntry(label, node.op, "skipped", f"stays float: {why}"))
-    for name in quantized:
-        groups.add(name)
-    for name in const_demanded:
-        groups.add(name)
-    plan.activations = list(quantized)
-    plan.constants = list(const_demanded)
-    plan.groups = {t: groups.find(t) for t in groups.parent}
-    return plan
+                walk.groups.add(o.name)
+        how = "shares its input's scale" if node.op in SHARE else \
+            "own scale (an average is narrower than its input)" if node.op in AVERAGING else \
+            "own scale (standalone activation)"
+        walk.entry(node, "shared" if node.op in SHARE else "quantized", how, node.outputs[0].name)
+    elif not walk.listed(node):
+        floats = [i for i in node.inputs if _is_float(i) and not is_const(i)]
+        if node.op in SHARE + AVERAGING + ACTIVATIONS:
+            why = "its input is not quantized"
+        elif not floats:
+            return  # integer / shape computation: nothing to quantize
+        else:
+            why = f"no integer kernel for {node.op} in the QDQ scheme"
+        walk.entry(node, "skipped", f"stays float: {why}")
 
 
 def _pad_keeps_zero(node: gs.Node) -> bool:

@@ -46,7 +46,6 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,68 +54,25 @@ import onnx_graphsurgeon as gs
 
 from ..calibration import pow2, sources
 from ..calibration.collect import Progress, collect_stats, runnable
-from ..calibration.stats import HIST_METHODS, METHODS
-from ..data.images import Preprocess
+from ..calibration.stats import HIST_METHODS
 from ..errors import InvalidOptionError, UnsupportedModelError, first_line
 from ..graph import const_value, copy_without_graph, export_like, import_graph
 from ..memory import release_memory
-from ..model_io import ModelLike, default_opset, load_model, skeleton
+from ..model_io import IR_FOR_OPSET, MAX_IR, ModelLike, default_opset, load_model, skeleton
 from ..params import TensorQuant, read_params, write_params
 from ..report import Report
 from .fold_constants import fold_constants_graph, lift_constant_nodes, merge_into
 from .qdq_insert import insert_qdq_graph
 from .qdq_placement import plan_qdq
 from .quantize_bias import means_wanted
+from .quantize_config import QuantizeConfig
 from .quantize_eval import evaluate
 from .quantize_params import QuantizeContext, known_clipped, resolve_params
 
 log = logging.getLogger(__name__)
 
 PASS_NAME = "quantize"
-DEFAULT_METHOD = "minmax"  # activations; see the module docstring for the measurement
-IR_FOR_OPSET = {10: 5, 11: 6, 12: 7, 13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
-MAX_IR = 10  # what onnxruntime 1.19 loads
 RELEASE_BYTES = 32 << 20  # weights from this size on: return freed memory to the OS between phases
-
-
-@dataclass
-class QuantizeConfig:
-    """Options of :func:`quantize` (the CLI flags of ``onnxsq quantize``)."""
-
-    bits: int = 8  # weights and activations
-    weight_bits: int | None = None  # overrides ``bits`` for weights (CLI --weight-bits)
-    per_channel: bool = False
-    exclude: tuple[str, ...] = ()
-    method: str = DEFAULT_METHOD  # minmax | ema | percentile | mse
-    weight_method: str = "mse"  # minmax | mse (exact error on the weights)
-    percentile: float = 99.99
-    calib_count: int | None = None
-    batch_size: int = 1  # per run; larger batches cost activation memory (8: ~6x the peak) for no speed on CPU
-    preprocess: Preprocess | None = None
-    report_samples: int = 4  # per-layer SQNR report; each sample costs ~2 float inferences (see the docstring)
-    fold_batchnorm: bool = True
-    bias_correction: bool = True  # fold each layer's mean weight-quantization error into its bias
-
-    def validate(self) -> None:
-        for name, b in (("--bits", self.bits), ("weight bits", self.weight_bits or self.bits)):
-            if not 2 <= b <= 16:
-                raise InvalidOptionError(f"{name} must be in 2..16, not {b}")
-        if self.weight_method not in ("minmax", "mse"):
-            raise InvalidOptionError(f"weight method must be minmax or mse, not {self.weight_method!r}")
-        if self.method not in METHODS:
-            raise InvalidOptionError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if not 50.0 < self.percentile <= 100.0:
-            raise InvalidOptionError(f"percentile must be in (50, 100], not {self.percentile}")
-        if self.calib_count is not None and self.calib_count < 1:
-            raise InvalidOptionError(f"--calib-count must be at least 1, not {self.calib_count}")
-        if self.report_samples < 0:
-            raise InvalidOptionError(f"report samples must be 0 or more, not {self.report_samples}")
-        if self.batch_size < 1:
-            raise InvalidOptionError(f"batch size must be at least 1, not {self.batch_size}")
-
-    @property
-    def wbits(self) -> int:
-        return self.weight_bits or self.bits
 
 
 def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | None = None,
@@ -129,12 +85,56 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     or an iterable of ``{input_name: array}`` feeds. ``params``: a parameters file (or dict) whose
     tensors skip calibration. ``params_out``: write every quantized tensor's parameters there.
     ``progress(samples_done, total, stage)`` is called per batch.
+
+    Phases, each a function of what the last returned: load and fold, plan, calibrate, resolve the
+    shifts (and correct the biases), insert the QDQ pairs, measure the error, export.
     """
     cfg = config or QuantizeConfig()
     cfg.validate()
-    clock = _Clock()
+    clock, report = _Clock(), Report(PASS_NAME)
+    graph, meta, opset = _load_and_fold(model, cfg, report, clock)
+    plan = plan_qdq(graph, per_channel=cfg.per_channel, exclude=tuple(cfg.exclude))
+    clock.lap("plan")
+    # From here on the weights live once, as the numpy arrays of ``graph`` (loading them here ends
+    # its references into the proto, which then goes); onnxruntime sessions run skeletons fed with them.
+    ctx = QuantizeContext(cfg, report, plan, _constants(graph), given=_given(params, report))
+    large = sum(v.nbytes for v in ctx.consts.values()) >= RELEASE_BYTES
+    if large:  # a full garbage collection costs ~15 ms: only worth it when there is much to hand back
+        release_memory()  # the parsed model is garbage now; return it before calibration allocates
+    float_model, float_weights = runnable(graph, meta)
+    clock.lap("split weights")
+    kept, samples = _calibrate(ctx, graph, calib, float_model, float_weights, progress, clock)
+    tparams = _resolve(ctx, graph)
+    clock.lap("resolve")
+    insert_qdq_graph(graph, tparams, opset, ctx.qweights)
+    ctx.qweights = {}
+    quantized_runnable = runnable(graph, meta) if kept else None
+    clock.lap("insert qdq")
+    if params_out is not None:
+        write_params(tparams, params_out)
+        report.summary["params_file"] = str(params_out)
+    calib_s = clock.total()
+    evaluation = _measure(ctx, float_model, float_weights, quantized_runnable, kept, tparams, progress, clock)
+    # Exported last, after the float weights are gone: the peak is then the quantized model, not
+    # float weights + quantized model + the report's onnxruntime session together.
+    del float_model, float_weights, kept, quantized_runnable
+    if large:
+        release_memory()
+    t0 = clock.last
+    quantized = export_like(graph, meta)
+    del graph
+    clock.lap("export")
+    _fill_report(ctx, tparams, evaluation, samples, calib_s + clock.last - t0)
+    report.summary["seconds"] = round(clock.total(), 3)
+    log.debug("quantize phases (s): %s", clock.laps)
+    return quantized, report
+
+
+def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
+                   clock: _Clock) -> tuple[gs.Graph, onnx.ModelProto, int]:
+    """Load ``model``, fold its constant computations and (``fold_batchnorm``) its BNs and affine ops in
+    place, raise its opset where the bit widths need it: (graph, the model without its graph, opset)."""
     original = load_model(model)
-    report = Report(PASS_NAME)
     _check_bits(original, cfg)
     clock.lap("load")
     _infer_shapes(original)  # typed tensors: planning tells float tensors apart, folding needs ranks
@@ -149,86 +149,75 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
         original = _ensure_opset(export_like(graph, original), report, cfg)
         _infer_shapes(original)
         graph = import_graph(original)
-    plan = plan_qdq(graph, per_channel=cfg.per_channel, exclude=tuple(cfg.exclude))
-    clock.lap("plan")
-    # From here on the weights live once, as the numpy arrays of ``graph`` (loading them here ends
-    # its references into the proto, which then goes); onnxruntime sessions run skeletons fed with them.
-    consts = {t.name: const_value(t) for t in graph.tensors().values() if const_value(t) is not None}
-    opset, meta = default_opset(original), copy_without_graph(original)
-    del original
-    large = sum(v.nbytes for v in consts.values()) >= RELEASE_BYTES
-    if large:  # a full garbage collection costs ~15 ms: only worth it when there is much to hand back
-        release_memory()  # the parsed model is garbage now; return it before calibration allocates
-    float_model, float_weights = runnable(graph, meta)
-    clock.lap("split weights")
-    ctx = QuantizeContext(cfg, report, plan, consts, given=_given(params, report))
+    return graph, copy_without_graph(original), default_opset(original)
+
+
+def _constants(graph: gs.Graph) -> dict[str, np.ndarray]:
+    """Every constant of ``graph`` by name, loaded (which ends the graph's references into the proto)."""
+    return {t.name: v for t in graph.tensors().values() for v in [const_value(t)] if v is not None}
+
+
+def _calibrate(ctx: QuantizeContext, graph: gs.Graph, calib: Any, float_model: onnx.ModelProto,
+               float_weights: dict[str, np.ndarray], progress: Progress | None,
+               clock: _Clock) -> tuple[list[dict], int]:
+    """Statistics (``ctx.stats``, ``ctx.means``) of the tensors without given parameters, on ``calib``;
+    returns the samples kept for the report and how many samples were read. Every sample when anything
+    is calibrated (ranges, or bias correction's input means); else only the report's samples, and none
+    at all without a report."""
+    cfg, report, plan = ctx.cfg, ctx.report, ctx.plan
     if not plan.activations and not plan.weights:
         report.warnings.append("nothing to quantize: no Conv, ConvTranspose, Gemm, MatMul, Add or Concat "
                                "with float32 data")
     todo = [t for t in plan.activations if t not in ctx.given]
-    ctx.means = (means_wanted(ctx.plan.weights, ctx.given, graph, calib is not None)
-                 if cfg.bias_correction else {})
-    kept: list[dict] = []
-    samples = 0
-    # Every sample when anything is calibrated (ranges, or bias correction's input means); else only
-    # the report's samples, and none at all without a report.
+    ctx.means = (means_wanted(plan.weights, ctx.given, graph, calib is not None) if cfg.bias_correction else {})
     full = bool(todo or ctx.means)
     if calib is not None and not full and cfg.report_samples == 0:
         report.summary["calibration_data"] = "not read: every tensor has given parameters and the report is off"
-    elif todo or calib is not None:
-        if calib is None:
-            raise InvalidOptionError(f"--calib is required: {len(todo)} tensor(s) have no given parameters "
-                                     f"(e.g. {todo[0]!r})")
-        source = calib if isinstance(calib, sources.CalibrationSource) else \
-            sources.open_source(calib, float_model, preprocess=cfg.preprocess, exclude=float_weights.keys())
-        count = cfg.calib_count if full else min(cfg.calib_count or cfg.report_samples, cfg.report_samples)
-        total = source.total if count is None else min(count, source.total or count)
-        batches = sources.batches(source, source.inputs, batch_size=cfg.batch_size, count=count)
-        ctx.stats, kept, samples = collect_stats(float_model, todo, batches, histogram=cfg.method in HIST_METHODS,
-                                                 progress=progress, total=total, keep=cfg.report_samples,
-                                                 weights=float_weights, means=ctx.means)
-        report.warnings.extend(source.warnings)
-        clock.lap("calibrate")
+        return [], 0
+    if not todo and calib is None:
+        return [], 0
+    if calib is None:
+        raise InvalidOptionError(f"--calib is required: {len(todo)} tensor(s) have no given parameters "
+                                 f"(e.g. {todo[0]!r})")
+    source = calib if isinstance(calib, sources.CalibrationSource) else \
+        sources.open_source(calib, float_model, preprocess=cfg.preprocess, exclude=float_weights.keys())
+    count = cfg.calib_count if full else min(cfg.calib_count or cfg.report_samples, cfg.report_samples)
+    total = source.total if count is None else min(count, source.total or count)
+    batches = sources.batches(source, source.inputs, batch_size=cfg.batch_size, count=count)
+    ctx.stats, kept, samples = collect_stats(float_model, todo, batches, histogram=cfg.method in HIST_METHODS,
+                                             progress=progress, total=total, keep=cfg.report_samples,
+                                             weights=float_weights, means=ctx.means)
+    report.warnings.extend(source.warnings)
+    clock.lap("calibrate")
+    return kept, samples
+
+
+def _resolve(ctx: QuantizeContext, graph: gs.Graph) -> dict[str, TensorQuant]:
+    """Every tensor's parameters; the corrected biases are written into ``graph`` (new arrays: the float
+    model keeps its own), and the float constants are let go."""
     tparams = resolve_params(ctx)
     if ctx.corrected:
         tensors = graph.tensors()
         for name, values in ctx.corrected.items():
-            tensors[name].values = values  # a new array: the float model's bias is untouched
-        report.summary["bias_corrected"] = len(ctx.corrected)
-    ctx.consts = consts = {}
-    ctx.corrected = {}
-    clock.lap("resolve")
-    insert_qdq_graph(graph, tparams, opset, ctx.qweights)
-    ctx.qweights = {}
-    if kept:
-        q_model, q_weights = runnable(graph, meta)
-    clock.lap("insert qdq")
-    if params_out is not None:
-        write_params(tparams, params_out)
-        report.summary["params_file"] = str(params_out)
-    calib_s = clock.total()
-    evaluation = None
-    if kept:
-        evaluation = evaluate(float_model, q_model, plan.activations, tparams, kept, progress=progress,
-                              float_weights=float_weights, q_weights=q_weights, clipped=known_clipped(ctx, tparams))
-        del q_model, q_weights
-        clock.lap("report")
-    elif cfg.report_samples > 0:
-        report.warnings.append("no calibration data: per-layer SQNR not measured")
-    # Exported last, after the float weights are gone: the peak is then the quantized model, not
-    # float weights + quantized model + the report's onnxruntime session together.
-    del float_model, float_weights, kept
-    if large:
-        release_memory()
-    t0 = clock.last
-    quantized = export_like(graph, meta)
-    del graph
-    clock.lap("export")
-    calib_s += clock.last - t0
-    _fill_report(ctx, tparams, evaluation, samples, calib_s)
-    report.summary["seconds"] = round(clock.total(), 3)
-    log.debug("quantize phases (s): %s", clock.laps)
-    return quantized, report
+            tensors[name].values = values
+        ctx.report.summary["bias_corrected"] = len(ctx.corrected)
+    ctx.consts, ctx.corrected = {}, {}
+    return tparams
+
+
+def _measure(ctx: QuantizeContext, float_model: onnx.ModelProto, float_weights: dict[str, np.ndarray],
+             quantized: tuple[onnx.ModelProto, dict[str, np.ndarray]] | None, kept: list[dict],
+             tparams: dict[str, TensorQuant], progress: Progress | None, clock: _Clock) -> Any:
+    """The per-layer and per-output error on the kept samples (None without them)."""
+    if not kept:
+        if ctx.cfg.report_samples > 0:
+            ctx.report.warnings.append("no calibration data: per-layer SQNR not measured")
+        return None
+    q_model, q_weights = quantized
+    evaluation = evaluate(float_model, q_model, ctx.plan.activations, tparams, kept, progress=progress,
+                          float_weights=float_weights, q_weights=q_weights, clipped=known_clipped(ctx, tparams))
+    clock.lap("report")
+    return evaluation
 
 
 class _Clock:

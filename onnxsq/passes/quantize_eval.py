@@ -201,15 +201,7 @@ def evaluate(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: lis
     for feed in feeds:
         values = session.run(fetch, feed)
         for j, t in enumerate(tensors):
-            got = values[where[j]: where[j] + len(err_outs[j])]
-            err = ev.layers[t]
-            err.signal += float(got[0])
-            err.noise += float(got[1])
-            if len(got) == 4:
-                err.clipped_n += int(got[2])
-                err.count += int(got[3])
-            if not math.isfinite(err.noise):
-                err.noise = math.inf
+            _add_scalars(ev.layers[t], values[where[j]: where[j] + len(err_outs[j])])
         for o, x, xq in zip(outs, values[:k], values[k:2 * k]):
             _accumulate(out_err[o], x, xq)
             if x.ndim >= 2 and x.shape[1] > 1 and x.shape == xq.shape:
@@ -224,6 +216,17 @@ def evaluate(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: lis
     ev.outputs = {o: e.sqnr_db for o, e in out_err.items()}
     ev.top1 = {o: a / b for o, (a, b) in agree.items() if b}
     return ev
+
+
+def _add_scalars(err: LayerError, got: list[np.ndarray]) -> None:
+    """One batch's error scalars of a tensor: sum x**2, sum (x - x^)**2 and, when counted, clipped and size."""
+    err.signal += float(got[0])
+    err.noise += float(got[1])
+    if len(got) == 4:
+        err.clipped_n += int(got[2])
+        err.count += int(got[3])
+    if not math.isfinite(err.noise):
+        err.noise = math.inf
 
 
 def _accumulate(err: LayerError, x: np.ndarray, xq: np.ndarray) -> None:

@@ -7,21 +7,18 @@ take precedence; a given shift that a shared-scale group must change is warned a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..calibration import pow2
-from ..calibration.stats import ChannelMean, TensorStats, choose_shift
+from ..calibration.stats import ChannelMean, TensorStats, choose_shift, mse_format
 from ..errors import InvalidOptionError
 from ..params import TensorQuant
 from ..report import Report
 from .qdq_insert import carrier_dtype
 from .qdq_placement import Plan
 from .quantize_bias import correct_bias
-
-if TYPE_CHECKING:
-    from .quantize import QuantizeConfig
+from .quantize_config import QuantizeConfig
 
 
 @dataclass
@@ -60,9 +57,19 @@ def _group_signed(ctx: QuantizeContext, members: list[str]) -> bool:
         elif m in ctx.consts:
             if float(np.min(ctx.consts[m])) < 0:
                 return True
-        elif m in ctx.stats and not ctx.stats[m].nonnegative:
+        elif m in ctx.stats and _wants_signed(ctx, ctx.stats[m]):
             return True
     return False
+
+
+def _wants_signed(ctx: QuantizeContext, st: TensorStats) -> bool:
+    """Signed when the tensor has negatives; with ``auto``, only when a signed format's expected error
+    is the lower one (an unsigned format may clip a few small negatives: HardSwish, SiLU)."""
+    if st.nonnegative:
+        return False
+    if ctx.cfg.method == "auto" and st.histogram:
+        return mse_format(st, ctx.cfg.bits)[1]
+    return True
 
 
 def _member_shift(ctx: QuantizeContext, m: str, signed: bool) -> tuple[int, tuple[float, float] | None, str]:

@@ -27,9 +27,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
-import numbers
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,71 +36,19 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import InvalidOptionError
+from ..graph import attr, constant_tensors, node_label
 from ..model_io import ModelLike, load_model
 from ..report import Report
-from ..sparsity import WEIGHT_OPS, constant_tensors, node_label, standard_totals, weight_stats
+from ..sparsity import WEIGHT_OPS, standard_totals, weight_stats
 from .fold_constants import fold_constants, merge_into
-from .threshold_search import SEARCHES, ThresholdInfo, caps, pooled_threshold, threshold_array, threshold_rows
+from .threshold_config import ThresholdConfig
+from .threshold_search import ThresholdInfo, caps, pooled_threshold, threshold_array, threshold_rows
 
 __all__ = ["ThresholdConfig", "ThresholdInfo", "layer_class", "threshold", "threshold_array", "weight_layout"]
 
 log = logging.getLogger(__name__)
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
-
-
-@dataclass(frozen=True)
-class ThresholdConfig:
-    """Options of :func:`threshold`. Defaults: the original's fractions and its manual's caps/step."""
-
-    fraction_low: float = 0.40
-    fraction_mid: float = 0.80
-    fraction_high: float = 0.90
-    value_max: float = 0.2
-    value_maxratio: float = 0.2
-    step_factor: float = 1e-6
-    search: str = "exact"
-    channelwise: bool = False
-    layers: tuple[tuple[str, float], ...] = ()  # (glob on node or weight name, fraction); last match wins
-    excludes: tuple[str, ...] = ()
-    ops: frozenset[str] = field(default_factory=lambda: frozenset({"Conv"}))
-    global_fraction: float | None = None
-
-    def __post_init__(self) -> None:
-        layers = self.layers.items() if isinstance(self.layers, dict) else self.layers
-        object.__setattr__(self, "layers", tuple((str(p), float(f)) for p, f in layers))
-        excludes = (self.excludes,) if isinstance(self.excludes, str) else self.excludes
-        object.__setattr__(self, "excludes", tuple(str(p) for p in excludes))
-        ops = self.ops.split(",") if isinstance(self.ops, str) else self.ops
-        object.__setattr__(self, "ops", frozenset(o.strip() for o in ops if o.strip()))
-        for name in ("fraction_low", "fraction_mid", "fraction_high"):
-            _check_fraction(name, getattr(self, name))
-        for pattern, fraction in self.layers:
-            _check_fraction(f"layer override {pattern!r}", fraction)
-        if self.global_fraction is not None:
-            _check_fraction("global_fraction", self.global_fraction)
-        for name in ("value_max", "value_maxratio"):
-            value = getattr(self, name)
-            if not (isinstance(value, numbers.Real) and np.isfinite(value) and value >= 0):
-                raise InvalidOptionError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not (isinstance(self.step_factor, numbers.Real) and np.isfinite(self.step_factor) and self.step_factor > 0):
-            raise InvalidOptionError(f"step_factor must be a finite number > 0, got {self.step_factor!r}")
-        if self.search not in SEARCHES:
-            raise InvalidOptionError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
-        unknown = sorted(self.ops - set(WEIGHT_OPS))
-        if unknown or not self.ops:
-            raise InvalidOptionError(f"ops must be a non-empty subset of {','.join(WEIGHT_OPS)}, got "
-                                     f"{','.join(sorted(self.ops)) or 'nothing'}")
-        if self.global_fraction is not None and self.channelwise:
-            raise InvalidOptionError("global_fraction and channelwise cannot be combined "
-                                     "(one pooled threshold has no per-channel form)")
-        if self.global_fraction is not None and self.search == "grid":
-            raise InvalidOptionError("global_fraction needs search='exact' (the original's grid is per layer)")
-
-
-def _check_fraction(name: str, value: Any) -> None:
-    if not (isinstance(value, numbers.Real) and 0.0 <= value <= 1.0):
-        raise InvalidOptionError(f"{name} must be a fraction within [0, 1], got {value!r}")
 
 
 def layer_class(ni: int, no: int) -> str | None:
@@ -151,10 +98,6 @@ def weight_layout(op: str, shape: tuple[int, ...], group: int = 1, trans_b: int 
     return WeightLayout(n, 1, False, lambda w: w.reshape(1, -1), lambda r: r.reshape(shape))
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((int(a.i) for a in node.attribute if a.name == name), default)
-
-
 @dataclass
 class _Layer:
     node: onnx.NodeProto
@@ -184,63 +127,62 @@ def _plan(model: onnx.ModelProto, cfg: ThresholdConfig) -> tuple[list[_Layer], l
     """Decide per weighted node: a layer to threshold, or a skip reason (in graph order)."""
     consts = constant_tensors(model)
     order: list = []  # _Layer or (label, op, reason, details)
-    owner: dict[str, str] = {}
-    used: set[str] = set()
+    owner: dict[str, str] = {}  # weight name -> the layer that thresholds it
+    used: set[str] = set()  # "layer:PATTERN" / "exclude:PATTERN" that matched something
     for node in model.graph.node:
         if node.op_type not in WEIGHT_OPS or len(node.input) < 2:
             continue
-        label, op, wname = node_label(node), node.op_type, node.input[1]
-
-        def skip(reason: str, label=label, op=op, wname=wname, **details: Any) -> None:
-            order.append((label, op, reason, {"weight": wname, **details}))
-
-        excluded = _match(cfg.excludes, label, wname)
-        if excluded:
-            used.add(f"exclude:{excluded}")
-        if op not in cfg.ops:
-            skip(f"{op} weights are not thresholded unless opted in (ops={','.join(sorted(cfg.ops))})"
-                 + ("; the original never thresholded fully connected layers" if op in ("Gemm", "MatMul") else ""))
-            continue
-        if excluded:
-            skip(f"excluded by pattern {excluded!r}")
-            continue
-        tensor = consts.get(wname)
-        if tensor is None:
-            skip("weight is not a constant (a graph input or computed, e.g. by DequantizeLinear)")
-            continue
-        if wname in owner:
-            skip(f"weight shared with {owner[wname]}, thresholded there once")
-            continue
-        owner[wname] = label
-        if tensor.data_type not in FLOAT_TYPES:
-            skip(f"weight dtype {onnx.TensorProto.DataType.Name(tensor.data_type)} is not float (already quantized?)")
-            continue
-        shape = tuple(int(d) for d in tensor.dims)
-        if len(shape) < (3 if op in ("Conv", "ConvTranspose") else 1) or (op == "Gemm" and len(shape) != 2):
-            skip(f"unexpected weight rank {len(shape)} for {op}")
-            continue
-        layout = weight_layout(op, shape, _attr(node, "group", 1), _attr(node, "transB", 0))
-        dims = {"ni": layout.ni, "no": layout.no}
-        hits = [(p, f) for p, f in cfg.layers if any(fnmatch.fnmatchcase(n, p) for n in (label, wname))]
-        used.update(f"layer:{p}" for p, _ in hits)
-        if hits:
-            override = hits[-1]  # the last matching pattern wins
-            order.append(_Layer(node, label, tensor, shape, layout, "override", override[1],
-                                f"fraction from layer pattern {override[0]!r}"))
-            continue
-        if layout.depthwise:
-            skip("depthwise conv: each output channel has only a few weights, all of them significant "
-                 "(the original skipped these too; a layer override still applies)", **dims)
-            continue
-        klass = layer_class(layout.ni, layout.no)
-        if klass is None:
-            skip("too small: needs ni >= 32 or no >= 32 (the original's rule)", **dims)
-            continue
-        if cfg.global_fraction is not None:
-            order.append(_Layer(node, label, tensor, shape, layout, "global", cfg.global_fraction))
+        label, wname = node_label(node), node.input[1]
+        decided = _decide(node, label, cfg, consts, owner, used)
+        if isinstance(decided, _Layer):
+            order.append(decided)
         else:
-            order.append(_Layer(node, label, tensor, shape, layout, klass, getattr(cfg, f"fraction_{klass}")))
+            reason, details = decided
+            order.append((label, node.op_type, reason, {"weight": wname, **details}))
     return [x for x in order if isinstance(x, _Layer)], order, used
+
+
+def _decide(node: onnx.NodeProto, label: str, cfg: ThresholdConfig, consts: dict[str, onnx.TensorProto],
+            owner: dict[str, str], used: set[str]) -> _Layer | tuple[str, dict[str, Any]]:
+    """One weighted node: the layer to threshold, or (why not, details)."""
+    op, wname = node.op_type, node.input[1]
+    excluded = _match(cfg.excludes, label, wname)
+    if excluded:
+        used.add(f"exclude:{excluded}")
+    if op not in cfg.ops:
+        return (f"{op} weights are not thresholded unless opted in (ops={','.join(sorted(cfg.ops))})"
+                + ("; the original never thresholded fully connected layers" if op in ("Gemm", "MatMul") else ""),
+                {})
+    if excluded:
+        return f"excluded by pattern {excluded!r}", {}
+    tensor = consts.get(wname)
+    if tensor is None:
+        return "weight is not a constant (a graph input or computed, e.g. by DequantizeLinear)", {}
+    if wname in owner:
+        return f"weight shared with {owner[wname]}, thresholded there once", {}
+    owner[wname] = label
+    if tensor.data_type not in FLOAT_TYPES:
+        return f"weight dtype {onnx.TensorProto.DataType.Name(tensor.data_type)} is not float (already quantized?)", {}
+    shape = tuple(int(d) for d in tensor.dims)
+    if len(shape) < (3 if op in ("Conv", "ConvTranspose") else 1) or (op == "Gemm" and len(shape) != 2):
+        return f"unexpected weight rank {len(shape)} for {op}", {}
+    layout = weight_layout(op, shape, int(attr(node, "group", 1)), int(attr(node, "transB", 0)))
+    dims = {"ni": layout.ni, "no": layout.no}
+    hits = [(p, f) for p, f in cfg.layers if any(fnmatch.fnmatchcase(n, p) for n in (label, wname))]
+    used.update(f"layer:{p}" for p, _ in hits)
+    if hits:
+        pattern, fraction = hits[-1]  # the last matching pattern wins
+        return _Layer(node, label, tensor, shape, layout, "override", fraction,
+                      f"fraction from layer pattern {pattern!r}")
+    if layout.depthwise:
+        return ("depthwise conv: each output channel has only a few weights, all of them significant "
+                "(the original skipped these too; a layer override still applies)", dims)
+    klass = layer_class(layout.ni, layout.no)
+    if klass is None:
+        return "too small: needs ni >= 32 or no >= 32 (the original's rule)", dims
+    if cfg.global_fraction is not None:
+        return _Layer(node, label, tensor, shape, layout, "global", cfg.global_fraction)
+    return _Layer(node, label, tensor, shape, layout, klass, getattr(cfg, f"fraction_{klass}"))
 
 
 def _threshold_layer(layer: _Layer, cfg: ThresholdConfig) -> None:
@@ -347,15 +289,19 @@ def threshold(
         report.add(item.label, item.node.op_type, "thresholded", note, **_details(item, cfg.channelwise))
         log.debug("%s: %.4f -> %.4f zero", item.label, info.fraction_before, info.fraction_after)
         item.values = item.new = None  # the tensor proto now holds the result
-    for kind, patterns in (("layer", [p for p, _ in cfg.layers]), ("exclude", list(cfg.excludes))):
-        for p in patterns:
-            if f"{kind}:{p}" not in used:
-                report.warnings.append(f"{kind} pattern {p!r} matched no {'/'.join(sorted(cfg.ops))} layer")
+    report.warnings.extend(_unused_patterns(cfg, used))
     done = [layer for layer in layers if layer.info is not None]
     if not done:
         report.warnings.append("no layer was thresholded (see the reasons per layer)")
     _summarize(report, cfg, done, before, standard_totals(model))
     return model, report
+
+
+def _unused_patterns(cfg: ThresholdConfig, used: set[str]) -> list[str]:
+    """A warning per ``layer``/``exclude`` pattern that matched no layer (a typo leaves a layer unchanged)."""
+    return [f"{kind} pattern {p!r} matched no {'/'.join(sorted(cfg.ops))} layer"
+            for kind, patterns in (("layer", [p for p, _ in cfg.layers]), ("exclude", list(cfg.excludes)))
+            for p in patterns if f"{kind}:{p}" not in used]
 
 
 def _summarize(report: Report, cfg: ThresholdConfig, layers: list[_Layer], before: list, after: list) -> None:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto
 
+from ..graph import attr, node_label
+
 log = logging.getLogger(__name__)
 
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -65,10 +67,6 @@ class MacTotals:
         return [layer.name for layer in self.layers if layer.macs is None]
 
 
-def _label(node: onnx.NodeProto) -> str:
-    return node.name or f"{node.op_type}({node.output[0] if node.output else '?'})"
-
-
 def _shapes_and_types(model: onnx.ModelProto) -> tuple[dict[str, list[int | None]], dict[str, int]]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
@@ -104,10 +102,6 @@ def _prod(dims: list[int | None]) -> int | None:
     return out
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((int(a.i) for a in node.attribute if a.name == name), default)
-
-
 def layer_macs(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> int | None:
     """MACs of one sample through ``node`` (None when a needed shape is unknown)."""
     def shape(i: int) -> list[int | None] | None:
@@ -126,7 +120,7 @@ def layer_macs(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> int
     elif node.op_type == "Gemm":
         if y is None or w is None or len(w) != 2:
             return None
-        a, b = _prod(y[1:]), w[1] if _attr(node, "transB", 0) else w[0]
+        a, b = _prod(y[1:]), w[1] if int(attr(node, "transB", 0)) else w[0]
     elif node.op_type == "MatMul":
         if y is None or x is None or not x:
             return None
@@ -164,5 +158,5 @@ def count_macs(model: onnx.ModelProto) -> MacTotals:
         why = [r for r in (_through_dq(node.input[0], producers, types),
                            _through_dq(node.input[1], producers, types)) if r]
         reason = "shapes unknown" if macs is None else "; ".join(why)
-        layers.append(LayerMacs(_label(node), node.op_type, macs, not why, reason))
+        layers.append(LayerMacs(node_label(node), node.op_type, macs, not why, reason))
     return MacTotals(tuple(layers))

@@ -26,6 +26,7 @@ from typing import Any
 import tomllib
 
 from ..errors import InvalidOptionError, OnnxsqError
+from ..training.config import STAGES
 from . import sources, stages
 
 TOP_KEYS = {"model", "data", "stage", "description"}
@@ -34,6 +35,7 @@ PRE_KEYS = ("size", "mean", "std", "channel_order", "layout", "channels")
 AUGMENT_KEYS = ("scale_prob", "scale_min", "scale_max", "crop", "mirror")
 DATA_KEYS = {*PATH_DATA_KEYS, *PRE_KEYS, *AUGMENT_KEYS, "task", "source", "ignore_label", "eval_batch_size"}
 TASKS = ("classification", "segmentation")
+_STAGE_WORDS = ", ".join(STAGES[:-1]) + f" or {STAGES[-1]}"  # "l2, l1, sparse or qat"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -269,10 +271,10 @@ def _stage(index: int, raw: dict[str, Any], base: Path, data: DataSpec, lines: _
     if kind == "train":
         stage = options.get("stage")
         if stage is None:
-            raise fail(header, f"{where}: a train stage needs `stage` (l2, l1, sparse or qat)")
-        if not isinstance(stage, str) or stage not in stages.ORDER or stage in ("threshold", "optimize", "quantize"):
+            raise fail(header, f"{where}: a train stage needs `stage` ({_STAGE_WORDS})")
+        if not isinstance(stage, str) or stage not in STAGES:
             raise fail(lines.stage(index, "stage"), f"{where}: unknown training stage {stage!r} "
-                                                    "(l2, l1, sparse or qat)")
+                                                    f"({_STAGE_WORDS})")
         if not data.has_train:
             raise fail(header, f"{where}: a train stage needs training data ([data] train or source)")
         name = stage

@@ -13,7 +13,6 @@ with its line before anything runs); :func:`run_stage` builds it again and calls
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 import onnx
 
 from ..errors import InvalidOptionError, OnnxsqError
+from ..passes import PASSES, load
 from ..report import Report
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,12 @@ log = logging.getLogger(__name__)
 ORDER = {"l2": 0, "l1": 1, "threshold": 2, "sparse": 3, "optimize": 4, "quantize": 5, "qat": 5}
 
 
-class OptionProblem(Exception):
-    """A stage option is wrong; ``key`` (when known) locates it in the recipe."""
+class OptionProblem(InvalidOptionError):
+    """A stage option is wrong; ``key`` (when known) lets the recipe reader name its line.
+
+    An :class:`InvalidOptionError` like any other bad option: the CLI prints it as one line (exit 1)
+    wherever it escapes; only :func:`onnxsq.pipeline.recipe.parse_recipe` catches it, to add the line.
+    """
 
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)
@@ -42,18 +46,12 @@ class OptionProblem(Exception):
 
 def _layers(value: Any) -> Any:
     """threshold ``layer``: a table ``{pattern = fraction}`` or the command's ``["PATTERN=FRACTION"]``."""
-    if isinstance(value, dict):
-        return tuple(value.items())
-    if isinstance(value, str):
-        value = [value]
-    out = []
-    for spec in value:
-        pattern, _, frac = str(spec).rpartition("=")
-        try:
-            out.append((pattern, float(frac)))
-        except ValueError:
-            raise OptionProblem(f"layer {spec!r}: expected PATTERN=FRACTION, e.g. 'conv1*=0.5'", "layer") from None
-    return tuple(out)
+    from ..passes.threshold_config import parse_layers
+
+    try:
+        return parse_layers(value, where="layer")
+    except InvalidOptionError as exc:
+        raise OptionProblem(str(exc), "layer") from None
 
 
 def _strings(value: Any) -> Any:
@@ -77,22 +75,71 @@ def _standalone(value: Any) -> Any:
     return "keep" if value else "affine"
 
 
+def _train_call(built: Any, options: Mapping[str, Any], inputs: StageInputs,
+                on_step: Callable[[dict[str, Any]], None] | None) -> tuple[tuple, dict[str, Any]]:
+    if not built.checkpoint_every:
+        built = dataclasses.replace(built, checkpoint_every=100)
+    extra = {"params_out": inputs.params_out} if built.stage == "qat" and inputs.params_out is not None else {}
+    return (inputs.train, built), {"resume": inputs.resume, "checkpoint": inputs.checkpoint, "on_step": on_step,
+                                   **extra}
+
+
+def _quantize_call(built: Any, options: Mapping[str, Any], inputs: StageInputs,
+                   on_step: Callable[[dict[str, Any]], None] | None) -> tuple[tuple, dict[str, Any]]:
+    kwargs: dict[str, Any] = {"calib": inputs.calib, "config": built}
+    if options.get("params"):
+        kwargs["params"] = options["params"]
+    if inputs.params_out is not None:
+        kwargs["params_out"] = inputs.params_out
+    return (), kwargs
+
+
+def _config_call(built: Any, options: Mapping[str, Any], inputs: StageInputs,
+                 on_step: Callable[[dict[str, Any]], None] | None) -> tuple[tuple, dict[str, Any]]:
+    return (), {"config": built}
+
+
+def _keywords_call(built: Any, options: Mapping[str, Any], inputs: StageInputs,
+                   on_step: Callable[[dict[str, Any]], None] | None) -> tuple[tuple, dict[str, Any]]:
+    return (), {"verify": True, **built}
+
+
+def _threshold_spellings() -> dict[str, str]:
+    """The original's ``threshold_*`` spellings, from ThresholdConfig's field metadata."""
+    from ..passes.threshold_config import ThresholdConfig, options_with_original_spelling
+
+    return options_with_original_spelling(ThresholdConfig)
+
+
 @dataclass(frozen=True)
 class Kind:
-    """One stage kind. ``aliases``: recipe key → (config field or keyword, converter or None)."""
+    """One stage kind. ``pass_name``: the pass in :data:`onnxsq.passes.PASSES` it runs (its function and
+    config dataclass come from there); a kind that is no graph pass (train) names ``function`` and
+    ``config`` itself. ``aliases``: recipe key → (config field or keyword, converter or None). ``call``:
+    the arguments after the model, from the built config, the recipe keys and the runner's inputs."""
 
-    function: str  # "module:function" (the public API's name: modules may move, onnxsq.<name> stays)
-    config: str | None  # "module:Class" (a dataclass) or None: keywords of the function
+    pass_name: str | None = None
+    function_spec: str | None = None  # "module:function", for a kind with no pass_name
+    config_spec: str | None = None  # "module:Class" (a dataclass), for a kind with no pass_name
+    call: Callable[..., tuple[tuple, dict[str, Any]]] = _config_call
     aliases: Mapping[str, tuple[str, Callable[[Any], Any] | None]] = field(default_factory=dict)
     runner_keys: frozenset[str] = frozenset()  # handled by the pipeline itself
     path_keys: frozenset[str] = frozenset()  # resolved against the recipe's folder, must exist
     forbidden: Mapping[str, str] = field(default_factory=dict)  # key → why the recipe cannot set it
     keywords: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)  # config=None: accepted types
 
+    @property
+    def function(self) -> str:
+        return PASSES[self.pass_name].function if self.pass_name else self.function_spec
+
+    @property
+    def config(self) -> str | None:
+        return PASSES[self.pass_name].config if self.pass_name else self.config_spec
+
 
 KINDS: dict[str, Kind] = {
     "train": Kind(
-        function="onnxsq:train", config="onnxsq.training.config:TrainConfig",
+        function_spec="onnxsq:train", config_spec="onnxsq.training.config:TrainConfig", call=_train_call,
         # the solver-file spellings TrainConfig.from_mapping also takes
         aliases={"lr_schedule": ("lr_policy", None), "base_lr": ("lr", None), "max_iter": ("iters", None),
                  "type": ("optimizer", lambda v: v.lower() if isinstance(v, str) else v)},
@@ -102,20 +149,19 @@ KINDS: dict[str, Kind] = {
                    "extra": "not an option", "resume": "the pipeline resumes an interrupted stage by itself"},
     ),
     "threshold": Kind(
-        function="onnxsq:threshold", config="onnxsq.passes.threshold:ThresholdConfig",
-        aliases={**{f"threshold_{k}": (k, None) for k in (
-                    "fraction_low", "fraction_mid", "fraction_high", "value_max", "value_maxratio", "step_factor")},
+        pass_name="threshold",
+        aliases={**{original: (name, None) for original, name in _threshold_spellings().items()},
                  "layer": ("layers", _layers), "layers": ("layers", _layers), "exclude": ("excludes", None),
                  "global": ("global_fraction", None)},
     ),
     "optimize": Kind(
-        function="onnxsq:fold_batchnorm", config=None,
+        pass_name="fold-batchnorm", call=_keywords_call,
         aliases={"no_verify": ("verify", _not), "keep_standalone": ("standalone", _standalone)},
         keywords={"verify": bool, "standalone": str, "rtol": (int, float), "atol": (int, float), "seed": int,
                   "samples": int},
     ),
     "quantize": Kind(
-        function="onnxsq:quantize", config="onnxsq.passes.quantize:QuantizeConfig",
+        pass_name="quantize", call=_quantize_call,
         aliases={"exclude": ("exclude", _strings)},
         runner_keys=frozenset({"calib", "params"}),
         path_keys=frozenset({"calib", "params"}),
@@ -125,10 +171,7 @@ KINDS: dict[str, Kind] = {
 }
 
 
-def _import(spec: str) -> Any:
-    module, name = spec.split(":")
-    return getattr(importlib.import_module(module), name)
-
+_import = load  # recipe.py's name for it
 
 def config_class(kind: Kind) -> type | None:
     """The kind's config dataclass (None for a kind configured by keywords)."""
@@ -254,25 +297,6 @@ def run_stage(kind_name: str, model: onnx.ModelProto, options: Mapping[str, Any]
     """Run one stage on ``model``; returns the library's (model, report)."""
     kind = KINDS[kind_name]
     own = {k: v for k, v in options.items() if k not in kind.runner_keys}
-    try:
-        built = build_options(kind_name, own, defaults)
-    except OptionProblem as exc:
-        raise InvalidOptionError(str(exc)) from None
-    if kind_name == "train":
-        if not built.checkpoint_every:
-            built = dataclasses.replace(built, checkpoint_every=100)
-        extra = {"params_out": inputs.params_out} if built.stage == "qat" and inputs.params_out is not None else {}
-        return _call(kind.function, model, inputs.train, built, resume=inputs.resume, checkpoint=inputs.checkpoint,
-                     on_step=on_step, **extra)
-    if kind_name == "threshold":
-        return _call(kind.function, model, config=built)
-    if kind_name == "optimize":
-        return _call(kind.function, model, **{"verify": True, **built})
-    if kind_name == "quantize":
-        kwargs: dict[str, Any] = {"calib": inputs.calib, "config": built}
-        if options.get("params"):
-            kwargs["params"] = options["params"]
-        if inputs.params_out is not None:
-            kwargs["params_out"] = inputs.params_out
-        return _call(kind.function, model, **kwargs)
-    raise AssertionError(kind_name)
+    built = build_options(kind_name, own, defaults)
+    args, kwargs = kind.call(built, options, inputs, on_step)
+    return _call(kind.function, model, *args, **kwargs)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidOptionError, first_line
+from ..passes.quantize_config import QuantizeConfig
 
 STAGES = ("l2", "l1", "sparse", "qat")
 SCHEDULES = ("fixed", "step", "multistep", "poly", "cosine")
@@ -21,10 +22,12 @@ OPTIMIZERS = ("sgd", "adamw")
 CONNECT_MODES = ("WEIGHT_CONNECTED", "WEIGHT_DISCONNECTED_ELTWISE")
 
 
-# Defaults of the QAT options (the same as quantize's, so QAT and PTQ compare like for like).
-QAT_DEFAULTS: dict[str, Any] = {"quantization_start_iter": None, "bits": 8, "weight_bits": None,
-                                "quant_method": "minmax", "weight_method": "mse", "percentile": 99.99,
-                                "quant_update_every": 1}
+# Defaults of the QAT options: quantize's own (QuantizeConfig), so QAT and PTQ compare like for like, plus
+# the two QAT alone has.
+_PTQ = QuantizeConfig()
+QAT_DEFAULTS: dict[str, Any] = {"quantization_start_iter": None, "bits": _PTQ.bits, "weight_bits": _PTQ.weight_bits,
+                                "quant_method": _PTQ.method, "weight_method": _PTQ.weight_method,
+                                "percentile": _PTQ.percentile, "quant_update_every": 1}
 
 
 @dataclass

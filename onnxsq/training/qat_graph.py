@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -105,6 +106,33 @@ def float_graph(graph: TrainingGraph) -> TrainingGraph:
     return dataclasses.replace(graph, model=with_value_info(graph.model))
 
 
+class _FakeQuants:
+    """The FakeQuant nodes added to a training model: their scale parameters, the nodes that run first
+    (on weights, biases, constants and graph inputs), the inputs they redirect and their value_info."""
+
+    def __init__(self, tm: onnx.ModelProto) -> None:
+        self.namer = UniqueNames(tm)
+        self.inits = {i.name for i in tm.graph.initializer}
+        self.scales: dict[str, None] = {}
+        self.head: list[onnx.NodeProto] = []
+        self.redirect: dict[str, str] = {}
+        self.infos: list[onnx.ValueInfoProto] = []
+
+    def node(self, src: str, out: str, key: str, qrange: tuple[int, int]) -> onnx.NodeProto:
+        """``out = FakeQuant(src)`` with the scale parameter of ``key`` (one per group or tensor)."""
+        self.scales.setdefault(scale_name(key), None)
+        return helper.make_node("FakeQuant", [src, scale_name(key), ZERO_POINT],
+                                [out, self.namer(f"{out}/qat_mask")], name=self.namer(f"{out}/FakeQuant"),
+                                domain=MS_DOMAIN, quant_min=int(qrange[0]), quant_max=int(qrange[1]))
+
+    def before(self, name: str, key: str, qrange: tuple[int, int], info: Any) -> None:
+        """Quantize ``name`` before anything reads it (its readers read the quantized copy)."""
+        out = self.namer(f"{name}/qat")
+        self.head.append(self.node(name, out, key, qrange))
+        self.redirect[name] = out
+        self.infos.append(info(out))
+
+
 def qat_graph(graph: TrainingGraph, qp: QATPlan, signed: Mapping[str, bool], bits: int,
               weight_bits: int) -> tuple[TrainingGraph, dict[str, str], list[str]]:
     """The training graph with fake quantizers.
@@ -116,72 +144,58 @@ def qat_graph(graph: TrainingGraph, qp: QATPlan, signed: Mapping[str, bool], bit
     plan = qp.plan
     tm = with_value_info(graph.model)
     vi = {v.name: v for v in (*tm.graph.value_info, *tm.graph.input, *tm.graph.output)}
-    namer = UniqueNames(tm)
-    init_names = {i.name for i in tm.graph.initializer}
-    scales: dict[str, None] = {}
-    head: list[onnx.NodeProto] = []
-    redirect: dict[str, str] = {}
-    infos: list[onnx.ValueInfoProto] = []
-
-    def fake_quant(src: str, out: str, key: str, qrange: tuple[int, int]) -> onnx.NodeProto:
-        scales.setdefault(scale_name(key), None)
-        return helper.make_node("FakeQuant", [src, scale_name(key), ZERO_POINT], [out, namer(f"{out}/qat_mask")],
-                                name=namer(f"{out}/FakeQuant"), domain=MS_DOMAIN,
-                                quant_min=int(qrange[0]), quant_max=int(qrange[1]))
+    fq = _FakeQuants(tm)
 
     def act_range(t: str) -> tuple[int, int]:
         return pow2.int_range(bits, signed[plan.groups[t]])
 
+    def const_info(name: str) -> Any:
+        return lambda out: helper.make_tensor_value_info(out, TensorProto.FLOAT, list(qp.consts[name].shape))
+
     for w in qp.weights:
-        if w not in init_names:  # a Constant-node weight: trained as it is, quantized at export
-            continue
-        out = namer(f"{w}/qat")
-        head.append(fake_quant(w, out, w, pow2.int_range(weight_bits, True, symmetric=True)))
-        redirect[w] = out
-        infos.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, list(qp.consts[w].shape)))
+        if w in fq.inits:  # else a Constant-node weight: trained as it is, quantized at export
+            fq.before(w, w, pow2.int_range(weight_bits, True, symmetric=True), const_info(w))
     for use in plan.weights:
         b = use.bias
-        if b is not None and b in init_names and b not in redirect:  # a cloned shared bias is not in this graph
-            out = namer(f"{b}/qat")
-            head.append(fake_quant(b, out, bias_key(b), pow2.int_range(pow2.BIAS_BITS, True)))
-            redirect[b] = out
-            infos.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, list(qp.consts[b].shape)))
+        if b is not None and b in fq.inits and b not in fq.redirect:  # a cloned shared bias is not in this graph
+            fq.before(b, bias_key(b), pow2.int_range(pow2.BIAS_BITS, True), const_info(b))
     for c in plan.constants:
-        if c in init_names and c not in redirect:
-            out = namer(f"{c}/qat")
-            head.append(fake_quant(c, out, plan.groups[c], act_range(c)))
-            redirect[c] = out
-            infos.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, list(qp.consts[c].shape)))
+        if c in fq.inits and c not in fq.redirect:
+            fq.before(c, plan.groups[c], act_range(c), const_info(c))
     for a in plan.activations:
         if a in qp.graph_inputs:
-            out = namer(f"{a}/qat")
-            head.append(fake_quant(a, out, plan.groups[a], act_range(a)))
-            redirect[a] = out
-            infos.append(_value_info(vi, a, out))
-    produced = set(qp.produced)
+            fq.before(a, plan.groups[a], act_range(a), lambda out, a=a: _value_info(vi, a, out))
+    observed = _quantize_outputs(tm, fq, set(qp.produced), vi, lambda name: (plan.groups[name], act_range(name)))
+    tm.graph.value_info.extend(fq.infos)
+    tm.graph.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), ZERO_POINT))
+    for s in fq.scales:
+        tm.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), s))
+    if not any(o.domain == MS_DOMAIN for o in tm.opset_import):
+        tm.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    frozen = list(graph.frozen) + [ZERO_POINT, *fq.scales]
+    return dataclasses.replace(graph, model=tm, frozen=frozen), observed, list(fq.scales)
+
+
+def _quantize_outputs(tm: onnx.ModelProto, fq: _FakeQuants, produced: set[str], vi: Mapping[str, Any],
+                      key_range: Any) -> dict[str, str]:
+    """Rewrite the node list: the head first, inputs redirected, and every produced activation computed
+    under a ``/qat_float`` name then fake-quantized under its own; returns activation → float tensor."""
     observed: dict[str, str] = {}
-    nodes: list[onnx.NodeProto] = list(head)
+    nodes: list[onnx.NodeProto] = list(fq.head)
     for node in tm.graph.node:
         for i, name in enumerate(node.input):
-            if name in redirect:
-                node.input[i] = redirect[name]
+            if name in fq.redirect:
+                node.input[i] = fq.redirect[name]
         after = []
         for i, name in enumerate(node.output):
             if name in produced and name not in observed:
-                src = namer(f"{name}/qat_float")
+                src = fq.namer(f"{name}/qat_float")
                 node.output[i] = src
-                infos.append(_value_info(vi, name, src))
+                fq.infos.append(_value_info(vi, name, src))
                 observed[name] = src
-                after.append(fake_quant(src, name, plan.groups[name], act_range(name)))
+                after.append(fq.node(src, name, *key_range(name)))
         nodes.append(node)
         nodes.extend(after)
     del tm.graph.node[:]
     tm.graph.node.extend(nodes)
-    tm.graph.value_info.extend(infos)
-    tm.graph.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), ZERO_POINT))
-    for s in scales:
-        tm.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), s))
-    if not any(o.domain == MS_DOMAIN for o in tm.opset_import):
-        tm.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    frozen = list(graph.frozen) + [ZERO_POINT, *scales]
-    return dataclasses.replace(graph, model=tm, frozen=frozen), observed, list(scales)
+    return observed

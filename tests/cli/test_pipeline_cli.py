@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))  # the pipeline tests' helpers
 from pipeline_helpers import setup, write_recipe
 
 pytest.importorskip("onnxruntime")

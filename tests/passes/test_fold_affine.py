@@ -6,9 +6,6 @@ Each test checks which nodes remain, onnx.checker, the report, and numerics agai
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
@@ -16,8 +13,7 @@ from onnx import helper, numpy_helper
 
 pytest.importorskip("onnxruntime")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # fold_helpers, under any pytest import mode
-from fold_helpers import Builder, feeds_for, ops, run
+from builders import Builder, feeds_for, ops, run
 
 from onnxsq.passes.fold_batchnorm import fold_batchnorm
 

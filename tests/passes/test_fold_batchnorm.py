@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
@@ -14,8 +11,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("onnxruntime")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # fold_helpers, under any pytest import mode
-from fold_helpers import Builder, assert_equivalent, feeds_for, ops
+from builders import Builder, assert_equivalent, feeds_for, ops
 
 from onnxsq.errors import VerificationError
 from onnxsq.passes import bn_math, get_pass

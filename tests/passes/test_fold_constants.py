@@ -97,7 +97,7 @@ def test_quantize_dequantize_weights_stay_integers():
 
 
 def test_nothing_to_fold_returns_the_model_untouched():
-    from conftest import build_conv_model
+    from builders import build_conv_model
 
     model = build_conv_model()
     result, report = fold_constants(model)

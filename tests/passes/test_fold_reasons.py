@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
@@ -12,8 +9,7 @@ from onnx import TensorProto, helper
 
 pytest.importorskip("onnxruntime")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # fold_helpers, under any pytest import mode
-from fold_helpers import Builder, assert_equivalent, feeds_for, ops
+from builders import Builder, assert_equivalent, feeds_for, ops
 
 from onnxsq.errors import InvalidOptionError, ModelLoadError
 from onnxsq.passes.fold_batchnorm import fold_batchnorm

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import io
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from builders import assert_equivalent, ops, run
+
+from onnxsq.passes.fold_batchnorm import fold_batchnorm
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # fold_helpers, under any pytest import mode
-from fold_helpers import assert_equivalent, ops, run  # noqa: E402
-
-from onnxsq.passes.fold_batchnorm import fold_batchnorm  # noqa: E402
 
 
 class ConvBnRelu(torch.nn.Module):

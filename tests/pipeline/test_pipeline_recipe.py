@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # pipeline_helpers, under any pytest import mode
 from pipeline_helpers import setup, write_recipe
 
 from onnxsq.errors import InvalidOptionError
@@ -179,3 +176,14 @@ def test_shipped_recipes_parse_and_mirror_the_original():
         0.6,
         0.01,
     )
+
+
+def test_a_bad_stage_option_is_a_user_error_wherever_it_escapes():
+    """OptionProblem is an InvalidOptionError: the CLI prints it as one line (exit 1), never as a bug."""
+    from onnxsq.errors import OnnxsqError
+    from onnxsq.pipeline.stages import OptionProblem
+
+    assert issubclass(OptionProblem, InvalidOptionError) and issubclass(OptionProblem, OnnxsqError)
+    with pytest.raises(InvalidOptionError, match="unknown key 'nope'") as info:
+        build_options("threshold", {"nope": 1})
+    assert info.value.key == "nope"

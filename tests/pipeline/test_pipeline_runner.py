@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # pipeline_helpers, under any pytest import mode
 from pipeline_helpers import setup, write_npz, write_recipe
 
 from onnxsq import runtime

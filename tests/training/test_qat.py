@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from builders import cnn
 from onnx import numpy_helper
-from train_helpers import cnn, interrupted_then_resumed, needs_training
+from train_helpers import interrupted_then_resumed, needs_training
 
 from onnxsq.calibration import pow2
 from onnxsq.errors import InvalidOptionError

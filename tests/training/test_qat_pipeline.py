@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
+from pipeline_helpers import setup
 from train_helpers import needs_training
 
 from onnxsq.errors import InvalidOptionError
@@ -15,8 +15,6 @@ from onnxsq.pipeline.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "sample_models" / "recipes"
-sys.path.insert(0, str(ROOT / "tests" / "pipeline"))  # the pipeline tests' helpers
-from pipeline_helpers import setup  # noqa: E402
 
 QAT_RECIPE = """\
 model = "model.onnx"

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from builders import cnn
 from onnx import TensorProto, helper, numpy_helper
-from train_helpers import cnn, needs_training, values
+from train_helpers import needs_training, values
 
 from onnxsq.errors import UnsupportedModelError
 from onnxsq.runtime import make_session

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import onnx
 import pytest
+from builders import cnn
 from onnx import helper, numpy_helper
-from train_helpers import cnn, interrupted_then_resumed, needs_training, values
+from train_helpers import interrupted_then_resumed, needs_training, values
 
 from onnxsq.errors import InvalidOptionError
 from onnxsq.training.config import TrainConfig, load_config_file

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from train_helpers import cnn, needs_training, values
+from builders import cnn
+from train_helpers import needs_training, values
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_models" / "digits_cnn.onnx"
 SPARSE = dict(sparsity_target=0.82, sparsity_start_iter=0, sparsity_step_iter=20, sparsity_start_factor=0.5,

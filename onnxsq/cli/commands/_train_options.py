@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from ...training.config import STAGES
+
 _PATH = click.Path(path_type=Path)
 
 
@@ -58,7 +60,7 @@ def data_options(f: Callable) -> Callable:
 
 def solver_options(f: Callable) -> Callable:
     opts = [
-        click.option("--stage", type=click.Choice(["l2", "l1", "sparse", "qat"]),
+        click.option("--stage", type=click.Choice(STAGES),
                      help="Training stage [default: l2]; qat writes a power-of-two QDQ model."),
         click.option("--config", "config_file", type=_PATH,
                      help="Solver config (JSON or TOML) with the original's keys."),

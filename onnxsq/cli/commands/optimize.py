@@ -28,7 +28,9 @@ def command(model: Path, output: Path | None, in_place: bool, report_path: Path 
     where the model's dims are dynamic); a mismatch is an error.
     """
     from ...model_io import save_model
-    from ...passes.fold_batchnorm import fold_batchnorm
+    from ...passes import get_pass
+
+    fold_batchnorm = get_pass("fold-batchnorm")
     from ..render import finish
 
     out = resolve_output(model, output, "opt", in_place)

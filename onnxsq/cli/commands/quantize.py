@@ -6,28 +6,32 @@ from pathlib import Path
 
 import click
 
+from ...calibration.stats import METHODS
+from ...passes.quantize_config import WEIGHT_METHODS, QuantizeConfig
 from ..options import common_model_command, input_shape_option, preprocess_options, quiet, resolve_output, warn_ignored
 
-METHODS = ("minmax", "ema", "percentile", "mse")
+DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show them
 
 
 @click.command("quantize")
 @common_model_command("quant")
 @click.option("--calib", help="Calibration data: image or .npy/.npz folder, a .npz file, or module.py:function.")
 @click.option("--calib-count", type=int, help="Use at most N calibration samples [default: all].")
-@click.option("--batch-size", type=int, default=1, show_default=True,
+@click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True,
               help="Calibration samples per onnxruntime run (models with a dynamic batch axis).")
-@click.option("--bits", type=int, default=8, show_default=True, help="Bits of weights and activations (2..16).")
+@click.option("--bits", type=int, default=DEFAULTS.bits, show_default=True,
+              help="Bits of weights and activations (2..16).")
 @click.option("--weight-bits", type=int, help="Bits of the weights only [default: --bits].")
 @click.option("--per-channel", is_flag=True, help="One power-of-two scale per output channel of each weight.")
 @click.option(
     "--exclude", multiple=True, metavar="PATTERN", help="Keep nodes whose name matches in float (repeatable)."
 )
-@click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default=DEFAULTS.method, show_default=True,
               help="Activation range estimator.")
-@click.option("--weight-method", type=click.Choice(["minmax", "mse"]), default="mse", show_default=True,
+@click.option("--weight-method", type=click.Choice(WEIGHT_METHODS), default=DEFAULTS.weight_method,
+              show_default=True,
               help="Weight shift: fit every weight, or the smallest squared error.")
-@click.option("--report-samples", type=int, default=4, show_default=True,
+@click.option("--report-samples", type=int, default=DEFAULTS.report_samples, show_default=True,
               help="Calibration samples the per-layer SQNR report runs on (0: no report).")
 @click.option("--no-bias-correction", is_flag=True, help="Keep the float biases (no mean weight-error correction).")
 @click.option("--params", "params_in", type=click.Path(dir_okay=False, path_type=Path),
@@ -68,16 +72,18 @@ def command(
 
     from ...data.images import Preprocess
     from ...model_io import save_model
-    from ...passes.quantize import QuantizeConfig, quantize
+    from ...passes import PASSES
     from ..render import err_console, finish
+
+    config_class, quantize = PASSES["quantize"].config_class(), PASSES["quantize"].load()
 
     out = resolve_output(model, output, "quant", in_place)
     pre = Preprocess(size=_calib_size(model, calib, tuple(size) if size else None, input_shapes, layout),
                      mean=mean, std=std, channel_order=channel_order, layout=layout)
-    cfg = QuantizeConfig(bits=bits, weight_bits=weight_bits, per_channel=per_channel, exclude=exclude, method=method,
-                         weight_method=weight_method, calib_count=calib_count, batch_size=batch_size,
-                         report_samples=report_samples, bias_correction=not no_bias_correction,
-                         preprocess=None if pre == Preprocess() else pre)
+    cfg = config_class(bits=bits, weight_bits=weight_bits, per_channel=per_channel, exclude=exclude, method=method,
+                       weight_method=weight_method, calib_count=calib_count, batch_size=batch_size,
+                       report_samples=report_samples, bias_correction=not no_bias_correction,
+                       preprocess=None if pre == Preprocess() else pre)
     with Progress(console=err_console(), transient=True, disable=quiet()) as bar:
         tasks: dict[str, int] = {}
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
 from ...errors import InvalidOptionError
+from ...passes.threshold_config import ThresholdConfig, parse_layers
 from ..options import output_options, quiet, report_option, resolve_output, warn_ignored
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ThresholdConfig)}  # the defaults and help of the options
 
 EPILOG = """\b
 Defaults: the fractions of the original tool's code (0.40 / 0.80 / 0.90) with the caps and
@@ -25,9 +29,13 @@ weights: --weights, else --model, is the input; --gpu is accepted and ignored):
 """
 
 
-def _option(name: str, dest: str, default: float, help: str):
-    return click.option(f"--{name.replace('_', '-')}", f"--{name}", dest, type=float, default=default,
-                        show_default=True, help=help)
+def _option(dest: str):
+    """A ThresholdConfig field as an option: its default and help from the dataclass, spelled both the
+    kebab-case way and the original's way (``--threshold-fraction-low``, ``--threshold_fraction_low``)."""
+    f = _FIELDS[dest]
+    name = f.metadata["original"]
+    return click.option(f"--{name.replace('_', '-')}", f"--{name}", dest, type=float, default=f.default,
+                        show_default=True, help=f.metadata["help"])
 
 
 def _input(model: Path | None, model_opt: Path | None, weights: Path | None) -> Path:
@@ -44,38 +52,26 @@ def _input(model: Path | None, model_opt: Path | None, weights: Path | None) -> 
     return src
 
 
-def _layers(specs: tuple[str, ...]) -> list[tuple[str, float]]:
-    out = []
-    for spec in specs:
-        pattern, _, value = spec.rpartition("=")
-        try:
-            out.append((pattern, float(value)))
-        except ValueError:
-            raise InvalidOptionError(f"--layer {spec!r}: expected PATTERN=FRACTION, e.g. 'conv1*=0.5'") from None
-        if not pattern:
-            raise InvalidOptionError(f"--layer {spec!r}: expected PATTERN=FRACTION, e.g. 'conv1*=0.5'")
-    return out
-
-
 @click.command("threshold", epilog=EPILOG)
 @click.argument("model", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @output_options("thresholded")
 @report_option
-@_option("threshold_fraction_low", "fraction_low", 0.40, "Fraction to zero when only one of ni, no is >= 32.")
-@_option("threshold_fraction_mid", "fraction_mid", 0.80, "Fraction to zero when ni >= 32 and no >= 32.")
-@_option("threshold_fraction_high", "fraction_high", 0.90, "Fraction to zero when ni >= 256 and no >= 512.")
-@_option("threshold_value_max", "value_max", 0.2, "Weights with |w| at or above this are never zeroed.")
-@_option("threshold_value_maxratio", "value_maxratio", 0.2, "... nor those at or above this × max|W| of the layer.")
-@_option("threshold_step_factor", "step_factor", 1e-6, "Grid step as a fraction of max|W| (--search grid).")
-@click.option("--search", type=click.Choice(["exact", "grid"]), default="exact", show_default=True,
-              help="exact: partial sort; grid: the original's coarse/fine grid. Both are reported.")
+@_option("fraction_low")
+@_option("fraction_mid")
+@_option("fraction_high")
+@_option("value_max")
+@_option("value_maxratio")
+@_option("step_factor")
+@click.option("--search", type=click.Choice(_FIELDS["search"].metadata["choices"]),
+              default=_FIELDS["search"].default, show_default=True, help=_FIELDS["search"].metadata["help"])
 @click.option("--channelwise", is_flag=True, help="Apply fraction and cap per output channel.")
 @click.option("--layer", "layers", multiple=True, metavar="PATTERN=FRACTION",
               help="Fraction for layers whose node or weight name matches the glob (repeatable; last wins).")
 @click.option(
     "--exclude", "excludes", multiple=True, metavar="PATTERN", help="Leave matching layers alone (repeatable)."
 )
-@click.option("--ops", default="Conv", show_default=True, help="Weights to threshold: Conv,ConvTranspose,Gemm,MatMul.")
+@click.option("--ops", default=",".join(sorted(_FIELDS["ops"].default_factory())), show_default=True,
+              help="Weights to threshold: Conv,ConvTranspose,Gemm,MatMul.")
 @click.option("--global", "global_fraction", type=float, metavar="FRACTION",
               help="One magnitude threshold pooled over all eligible layers instead of per-layer classes.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), help="Input model (original spelling).")
@@ -85,9 +81,10 @@ def _layers(specs: tuple[str, ...]) -> list[tuple[str, float]]:
 def command(model, output, in_place, report_path, layers, excludes, ops, weights, model_opt, gpu, **options) -> None:
     """Zero the smallest weights of each conv layer up to a per-class fraction."""
     from ...model_io import save_model
-    from ...passes.threshold import ThresholdConfig, threshold
+    from ...passes import PASSES
 
-    config = ThresholdConfig(layers=_layers(layers), excludes=excludes, ops=ops, **options)
+    config_class, threshold = PASSES["threshold"].config_class(), PASSES["threshold"].load()
+    config = config_class(layers=parse_layers(layers), excludes=excludes, ops=ops, **options)
     if gpu is not None:
         warn_ignored("--gpu", "thresholding runs on the CPU in numpy")
     src = _input(model, model_opt, weights)

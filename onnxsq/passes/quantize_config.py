@@ -1,0 +1,57 @@
+"""The options of :func:`onnxsq.passes.quantize.quantize`: the one place their defaults live.
+
+Kept apart from the pass (and light: numpy only) so that the CLI builds its options from these
+defaults without importing graph code, and QAT (:data:`onnxsq.training.config.QAT_DEFAULTS`) takes the
+same defaults, so QAT and PTQ compare like for like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..calibration.stats import METHODS
+from ..data.images import Preprocess
+from ..errors import InvalidOptionError
+
+DEFAULT_METHOD = "minmax"  # activations; see onnxsq.passes.quantize's docstring for why
+WEIGHT_METHODS = ("minmax", "mse")
+
+
+@dataclass
+class QuantizeConfig:
+    """Options of :func:`quantize` (the CLI flags of ``onnxsq quantize``)."""
+
+    bits: int = 8  # weights and activations
+    weight_bits: int | None = None  # overrides ``bits`` for weights (CLI --weight-bits)
+    per_channel: bool = False
+    exclude: tuple[str, ...] = ()
+    method: str = DEFAULT_METHOD  # minmax | ema | percentile | mse
+    weight_method: str = "mse"  # minmax | mse (exact error on the weights)
+    percentile: float = 99.99
+    calib_count: int | None = None
+    batch_size: int = 1  # per run; larger batches cost activation memory (8: ~6x the peak) for no speed on CPU
+    preprocess: Preprocess | None = None
+    report_samples: int = 4  # per-layer SQNR report; each sample costs ~2 float inferences (see the docstring)
+    fold_batchnorm: bool = True
+    bias_correction: bool = True  # fold each layer's mean weight-quantization error into its bias
+
+    def validate(self) -> None:
+        for name, b in (("--bits", self.bits), ("weight bits", self.weight_bits or self.bits)):
+            if not 2 <= b <= 16:
+                raise InvalidOptionError(f"{name} must be in 2..16, not {b}")
+        if self.weight_method not in WEIGHT_METHODS:
+            raise InvalidOptionError(f"weight method must be minmax or mse, not {self.weight_method!r}")
+        if self.method not in METHODS:
+            raise InvalidOptionError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise InvalidOptionError(f"percentile must be in (50, 100], not {self.percentile}")
+        if self.calib_count is not None and self.calib_count < 1:
+            raise InvalidOptionError(f"--calib-count must be at least 1, not {self.calib_count}")
+        if self.report_samples < 0:
+            raise InvalidOptionError(f"report samples must be 0 or more, not {self.report_samples}")
+        if self.batch_size < 1:
+            raise InvalidOptionError(f"batch size must be at least 1, not {self.batch_size}")
+
+    @property
+    def wbits(self) -> int:
+        return self.weight_bits or self.bits

@@ -1,0 +1,302 @@
+"""Tiny seeded models, and the checks that run them, for every test directory (one module, imported
+by name through pytest's ``pythonpath = ["tests"]``; not a test module itself).
+
+Builders: :func:`build_conv_model` (Conv → BN → Relu), :func:`build_gemm_model`, the Conv-BN-Relu-GAP-Gemm
+classifiers :func:`build_small_cnn` (train CLI tests), :func:`classifier` (pipeline tests) and :func:`cnn`
+(training tests: any number of blocks), and :class:`Builder` for graphs written node by node (the fold
+tests). Each draws its weights from its own seed in a fixed order, so a test's numbers never move.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxsq.model_io import IR_FOR_OPSET
+
+
+def build_conv_model(*, opset: int = 13, ir_version: int | None = None, cin: int = 3, cout: int = 4, k: int = 3,
+                     hw: int = 8, group: int = 1, bias: bool = True, bn: bool = True, relu: bool = True,
+                     dynamic_batch: bool = True, seed: int = 0, dtype=np.float32) -> onnx.ModelProto:
+    """Conv (→ BN) (→ Relu) on an N×cin×hw×hw input, named nodes, explicit IR version."""
+    rng = np.random.default_rng(seed)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    w = (rng.standard_normal((cout, cin // group, k, k)) * 0.5).astype(dtype)
+    inits = [numpy_helper.from_array(w, "conv.weight")]
+    ins = ["input", "conv.weight"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.1, cout).astype(dtype), "conv.bias"))
+        ins.append("conv.bias")
+    nodes = [helper.make_node("Conv", ins, ["conv_out"], name="conv", kernel_shape=[k, k],
+                              pads=[k // 2] * 4, group=group)]
+    last = "conv_out"
+    if bn:
+        params = {
+            "bn.scale": rng.uniform(0.5, 1.5, cout), "bn.bias": rng.normal(0, 0.2, cout),
+            "bn.mean": rng.normal(0, 0.3, cout), "bn.var": rng.uniform(0.5, 2.0, cout),
+        }
+        inits += [numpy_helper.from_array(v.astype(dtype), n) for n, v in params.items()]
+        nodes.append(helper.make_node("BatchNormalization", [last, *params], ["bn_out"], name="bn", epsilon=1e-5))
+        last = "bn_out"
+    if relu:
+        nodes.append(helper.make_node("Relu", [last], ["output"], name="relu"))
+    else:
+        nodes[-1].output[0] = "output"
+    batch = "N" if dynamic_batch else 1
+    graph = helper.make_graph(
+        nodes, "conv_model",
+        [helper.make_tensor_value_info("input", elem, [batch, cin, hw, hw])],
+        [helper.make_tensor_value_info("output", elem, [batch, cout, hw, hw])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxsq-tests")
+    model.ir_version = ir_version if ir_version is not None else IR_FOR_OPSET[opset]
+    return model
+
+
+def build_gemm_model(
+    *, n_in: int = 6, n_out: int = 3, trans_b: int = 1, seed: int = 0, opset: int = 13
+) -> onnx.ModelProto:
+    """Gemm (+ bias) on an N×n_in input."""
+    rng = np.random.default_rng(seed)
+    shape = (n_out, n_in) if trans_b else (n_in, n_out)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), "fc.weight"),
+             numpy_helper.from_array(rng.standard_normal(n_out).astype(np.float32), "fc.bias")]
+    node = helper.make_node("Gemm", ["input", "fc.weight", "fc.bias"], ["output"], name="fc", transB=trans_b)
+    graph = helper.make_graph([node], "gemm_model",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", n_in])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", n_out])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxsq-tests")
+    model.ir_version = IR_FOR_OPSET[opset]
+    return model
+
+
+def build_small_cnn(rng: np.random.Generator, *, bn: bool = False) -> onnx.ModelProto:
+    """x N×1×6×6 → Conv(8, 3×3, pad 1, no bias) (→ BN at identity) → Relu → GlobalAveragePool → Flatten →
+    Gemm → y N×4; opset 13, IR 7. Draws the conv then the fc weight from ``rng`` (callers may go on
+    drawing their data from it)."""
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 1, 3, 3)) * 0.5).astype(np.float32), "conv.weight")]
+    if bn:
+        inits += [numpy_helper.from_array(v.astype(np.float32), f"bn.{k}") for k, v in
+                  (("scale", np.ones(8)), ("bias", np.zeros(8)), ("mean", np.zeros(8)), ("var", np.ones(8)))]
+    inits += [numpy_helper.from_array((rng.standard_normal((4, 8)) * 0.3).astype(np.float32), "fc.weight"),
+              numpy_helper.from_array(np.zeros(4, np.float32), "fc.bias")]
+    nodes = [helper.make_node("Conv", ["x", "conv.weight"], ["c"], name="conv", pads=[1, 1, 1, 1])]
+    if bn:
+        nodes.append(helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["b"],
+                                      name="bn"))
+    nodes += [helper.make_node("Relu", [nodes[-1].output[0]], ["r"], name="relu"),
+              helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+              helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+              helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["y"], name="fc", transB=1)]
+    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    return m
+
+
+CLASSES = 3
+
+
+def classifier(seed: int = 0, cin: int = 4, hw: int = 6, cout: int = 32) -> onnx.ModelProto:
+    """input N×cin×hw×hw → Conv(cout, 3×3, pad 1) → BN → Relu → GlobalAveragePool → Flatten → Gemm → 3 logits.
+
+    cout = 32 makes the conv eligible for the original's threshold rule (no >= 32).
+    """
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((cout, cin, 3, 3)) * 0.3).astype(np.float32), "conv.weight"),
+        numpy_helper.from_array(rng.normal(0, 0.1, cout).astype(np.float32), "conv.bias"),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, cout).astype(np.float32), "bn.scale"),
+        numpy_helper.from_array(rng.normal(0, 0.2, cout).astype(np.float32), "bn.bias"),
+        numpy_helper.from_array(rng.normal(0, 0.3, cout).astype(np.float32), "bn.mean"),
+        numpy_helper.from_array(rng.uniform(0.5, 2.0, cout).astype(np.float32), "bn.var"),
+        numpy_helper.from_array((rng.standard_normal((CLASSES, cout)) * 0.3).astype(np.float32), "fc.weight"),
+        numpy_helper.from_array(np.zeros(CLASSES, np.float32), "fc.bias"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv.weight", "conv.bias"], ["c"], name="conv", kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["b"], name="bn"),
+        helper.make_node("Relu", ["b"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten", axis=1),
+        helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "tiny_classifier",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", cin, hw, hw])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="onnxsq-tests")
+    model.ir_version = 7
+    return model
+
+
+def cnn(channels: tuple[int, ...] = (8, 16), *, classes: int = 10, in_ch: int = 1, size: int = 8, seed: int = 0,
+        opset: int = 13, ir: int = 7, batch: int | str = "N") -> onnx.ModelProto:
+    """conv-BN-ReLU blocks → GlobalAveragePool → Flatten → Gemm, He-initialised, BN at identity."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    x, cin = "input", in_ch
+    for i, c in enumerate(channels):
+        w = (rng.standard_normal((c, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"conv{i}.weight"))
+        bn = [numpy_helper.from_array(v.astype(np.float32), f"bn{i}.{k}") for k, v in
+              (("scale", np.ones(c)), ("bias", np.zeros(c)), ("mean", np.zeros(c)), ("var", np.ones(c)))]
+        inits += bn
+        nodes += [helper.make_node("Conv", [x, f"conv{i}.weight"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1],
+                                   kernel_shape=[3, 3]),
+                  helper.make_node("BatchNormalization", [f"c{i}", *[t.name for t in bn]], [f"b{i}"], name=f"bn{i}"),
+                  helper.make_node("Relu", [f"b{i}"], [f"r{i}"], name=f"relu{i}")]
+        x, cin = f"r{i}", c
+    fc = (rng.standard_normal((classes, cin)) * np.sqrt(1.0 / cin)).astype(np.float32)
+    inits += [
+        numpy_helper.from_array(fc, "fc.weight"),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "fc.bias"),
+    ]
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "tiny_cnn",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, in_ch, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="test")
+    model.ir_version = ir
+    onnx.checker.check_model(model)
+    return model
+
+
+NP_TO_ONNX = {np.float16: TensorProto.FLOAT16, np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}
+
+
+class Builder:
+    """Collects nodes and initializers; ``const`` puts a value in an initializer or a Constant node."""
+
+    def __init__(self, seed: int = 0, dtype=np.float32, constant_nodes: bool = False) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.dtype = dtype
+        self.constant_nodes = constant_nodes
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.n = 0
+
+    def name(self, prefix: str) -> str:
+        self.n += 1
+        return f"{prefix}{self.n}"
+
+    def const(self, prefix: str, value: np.ndarray, dtype=None) -> str:
+        name = self.name(prefix)
+        arr = np.asarray(value, dtype=dtype or self.dtype)
+        if self.constant_nodes:
+            self.nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(arr, name)))
+        else:
+            self.inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def weight(self, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+        return self.rng.standard_normal(shape) / np.sqrt(max(fan_in, 1))
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs) -> str | list[str]:
+        outs = [self.name(f"{op.lower()}_out") for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=self.name(op.lower()), **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def bn(self, x: str, channels: int, *, eps: float = 1e-5, param_dtype=None, n_out: int = 1,
+           zero_shift: bool = False, **attrs) -> str | list[str]:
+        gamma = self.rng.uniform(0.5, 1.5, channels)
+        var = self.rng.uniform(0.5, 2.0, channels)
+        # zero_shift: beta = mean = 0 makes the BN shift exactly zero in any float type
+        mean = np.zeros(channels) if zero_shift else self.rng.normal(0, 0.5, channels)
+        beta = np.zeros(channels) if zero_shift else self.rng.normal(0, 0.5, channels)
+        ins = [x] + [self.const(p, v, param_dtype) for p, v in
+                     (("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var))]
+        return self.node("BatchNormalization", ins, n_out=n_out, epsilon=eps, **attrs)
+
+    def conv(self, x: str, cin: int, cout: int, *, kernel: int = 3, group: int = 1, bias: bool = True,
+             op: str = "Conv", **attrs) -> str:
+        """A 2-D Conv (or ConvTranspose, weight [cin, cout/group, k, k]) with seeded weights, padding 1."""
+        shape = (cin, cout // group) if op == "ConvTranspose" else (cout, cin // group)
+        w = self.const("w", self.weight(shape + (kernel, kernel), cin // group * kernel**2))
+        ins = [x, w] + ([self.const("b", self.rng.normal(0, 1, cout))] if bias else [])
+        return self.node(op, ins, group=group, kernel_shape=[kernel, kernel], pads=[1] * 4, **attrs)
+
+    def const_op(self, op: str, y: str, value: np.ndarray, *, const_first: bool = False) -> str:
+        """``op(y, c)`` (``op(c, y)`` with ``const_first``) with ``value`` in this builder's dtype."""
+        c = self.const("c", value)
+        return self.node(op, [c, y] if const_first else [y, c])
+
+    def model(self, inputs: dict[str, list], outputs: list[str], opset: int = 13,
+              out_shapes: dict[str, list] | None = None) -> onnx.ModelProto:
+        et = NP_TO_ONNX[self.dtype]
+        graph = helper.make_graph(
+            self.nodes, "test",
+            [helper.make_tensor_value_info(k, et, v) for k, v in inputs.items()],
+            [helper.make_tensor_value_info(o, et, (out_shapes or {}).get(o)) for o in outputs],
+            initializer=self.inits)
+        ir = 7 if opset <= 12 else 8 if opset <= 18 else 9
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir)
+        # newer onnx checkers want output shapes: take them from shape inference
+        inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.output}
+        for out in model.graph.output:
+            if not out.type.tensor_type.HasField("shape") and inferred[out.name].type.tensor_type.HasField("shape"):
+                out.type.CopyFrom(inferred[out.name].type)
+        onnx.checker.check_model(model)
+        return model
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs from onnxruntime with graph optimizations off, or from onnx's reference evaluator for
+    float64 Conv/ConvTranspose, which onnxruntime's CPU provider does not implement."""
+    ops = {n.op_type for n in model.graph.node}
+    if any(v.dtype == np.float64 for v in feeds.values()) and ops & {"Conv", "ConvTranspose"}:
+        from onnx.reference import ReferenceEvaluator
+
+        return [np.asarray(o) for o in ReferenceEvaluator(model, new_ops=[_eval_bn()]).run(None, feeds)]
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _eval_bn():
+    """An eval-mode BatchNormalization for onnx's reference evaluator, whose own kernel normalizes
+    with batch statistics for a one-output BN (checked against onnxruntime and numpy)."""
+    from onnx.reference.op_run import OpRun
+
+    class BatchNormalization(OpRun):
+        op_domain = ""
+
+        def _run(self, x, scale, bias, mean, var, epsilon=1e-5, momentum=None, training_mode=None, spatial=None):
+            shape = (-1,) + (1,) * (x.ndim - 2)
+            s = scale.reshape(shape) / np.sqrt(var.reshape(shape) + (1e-5 if epsilon is None else epsilon))
+            return ((x - mean.reshape(shape)) * s + bias.reshape(shape)).astype(x.dtype),
+
+    return BatchNormalization
+
+
+def tolerances(dtype) -> tuple[float, float]:
+    return {np.float16: (1e-2, 1e-2), np.float32: (1e-4, 1e-5), np.float64: (1e-9, 1e-10)}[dtype]
+
+
+def assert_equivalent(original: onnx.ModelProto, folded: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                      dtype=np.float32) -> None:
+    rtol, atol = tolerances(dtype)
+    ref, got = run(original, feeds), run(folded, feeds)
+    for r, g in zip(ref, got):
+        assert r.shape == g.shape and g.dtype == r.dtype
+        # float16 rounds at ~1e-3 of the output's scale, so its atol is relative to that scale
+        scale = float(np.abs(r.astype(np.float64)).max()) if dtype == np.float16 else 1.0
+        np.testing.assert_allclose(g.astype(np.float64), r.astype(np.float64), rtol=rtol, atol=atol * max(scale, 1.0))
+
+
+def ops(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+def feeds_for(shape: list[int], dtype=np.float32, seed: int = 1, name: str = "x") -> dict[str, np.ndarray]:
+    return {name: np.random.default_rng(seed).standard_normal(shape).astype(dtype)}
