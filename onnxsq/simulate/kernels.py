@@ -67,7 +67,8 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, *, b_const: bool = False) -> np.n
 
     Every partial sum of a row-by-column product is bounded by ``min(sum|a_row| * max|b|,
     max|a| * sum|b_col|)``: below ``2**24`` one float32 product is exact. Otherwise ``K`` is cut into
-    chunks that cannot round (at most two), or the product runs in float64 (exact below ``2**53``)."""
+    chunks that cannot round (when the chunks' partial results are cheap to sum), or the product runs
+    in float64 (exact below ``2**53``)."""
     k = a.shape[-1]
     if b_const:
         bmax = weight_cached(b, "absmax", lambda: _absmax(b))
@@ -81,14 +82,21 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, *, b_const: bool = False) -> np.n
         bound = min(bound, int(np.abs(a).sum(axis=-1, dtype=np.int64).max()) * bmax)
     per = max(amax * bmax, 1)
     chunk = max(1, (F32_EXACT - 1) // per)
-    if bound < F32_EXACT or (per < F32_EXACT and k <= 2 * chunk):
+    rows = a.size // max(k, 1)
+    chunks = -(-k // chunk)
+    # float32 chunks cost a conversion and an add of the (rows x N) result each: worth it while that is
+    # small next to the product itself (few rows: fully connected layers at a small batch)
+    if bound < F32_EXACT or (per < F32_EXACT and (chunks <= 2 or rows * chunks <= 4 * k)):
         bf = (weight_cached(b, np.float32, lambda: np.ascontiguousarray(b, dtype=np.float32)) if b_const
               else np.ascontiguousarray(b, dtype=np.float32))
         af = np.ascontiguousarray(a, dtype=np.float32)
         if bound < F32_EXACT:
             return np.matmul(af, bf).astype(np.int64)
-        head = np.matmul(af[..., :chunk], bf[..., :chunk, :]).astype(np.int64)
-        return head + np.matmul(af[..., chunk:], bf[..., chunk:, :]).astype(np.int64)
+        out = None
+        for start in range(0, k, chunk):
+            part = np.matmul(af[..., start:start + chunk], bf[..., start:start + chunk, :]).astype(np.int64)
+            out = part if out is None else out + part
+        return out
     if bound < F64_EXACT:
         bf = (weight_cached(b, np.float64, lambda: np.ascontiguousarray(b, dtype=np.float64)) if b_const
               else np.ascontiguousarray(b, dtype=np.float64))

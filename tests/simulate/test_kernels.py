@@ -209,3 +209,10 @@ def test_max_pool_keeps_small_integer_types():
     x = np.array([[[[-128, -5], [3, 7]]]], dtype=np.int8)
     attrs = dict(kernel_shape=[2, 2], pads=[1, 1, 1, 1], strides=[2, 2])
     assert K.max_pool(x, attrs).tolist() == [[[[-128, -5], [3, 7]]]]
+
+
+def test_exact_matmul_float64_path_for_many_rows():
+    rng = np.random.default_rng(5)
+    a = rng.integers(200, 256, (2000, 1600))  # 4 float32 chunks over 2000 rows: the float64 product instead
+    b = rng.integers(100, 128, (1600, 3))
+    assert np.array_equal(K.exact_matmul(a, b), a.astype(np.int64) @ b.astype(np.int64))
