@@ -23,15 +23,18 @@ output may be quantized after a fused Relu).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 
 from . import sparsity
-from .graph import const_value, import_graph, is_const, node_label, producer
+from .graph import const_value, import_graph, is_const, node_label
 from .model_io import ModelLike, load_model
+from .qdq import Dequantized, per_axis, read_qdq
 from .report import Report
 
 log = logging.getLogger(__name__)
@@ -76,51 +79,18 @@ def _opt_input(node: gs.Node, i: int) -> gs.Tensor | None:
     return node.inputs[i]
 
 
-def _per_axis(arr: np.ndarray | None, node: gs.Node, ndim: int) -> np.ndarray | None:
-    """Reshape a per-axis scale/zero point so it broadcasts against an ``ndim`` tensor."""
-    if arr is None or arr.ndim == 0 or arr.size == 1:
-        return None if arr is None else arr.reshape(())
-    axis = int(node.attrs.get("axis", 1)) % ndim
-    shape = [1] * ndim
-    shape[axis] = arr.size
-    return arr.reshape(shape)
-
-
-def _quantize(w: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, q_node: gs.Node) -> np.ndarray:
-    """QuantizeLinear of a constant, as onnxruntime computes it (round half to even, saturate)."""
-    dtype = zp.dtype if zp is not None else np.dtype(np.uint8)
-    info = np.iinfo(dtype)
-    s = _per_axis(scale, q_node, w.ndim)
-    z = _per_axis(zp, q_node, w.ndim)
-    with np.errstate(divide="ignore", invalid="ignore"):  # a zero scale saturates, as in the runtime
-        q = np.rint(w.astype(np.float64) / s.astype(np.float64)) + (0 if z is None else z.astype(np.float64))
-    return np.clip(np.nan_to_num(q), info.min, info.max).astype(dtype)
-
-
-def _dequant_source(tensor: gs.Tensor) -> _Quant | None:
-    """The QDQ details of ``tensor`` when it is the output of a DequantizeLinear, else None."""
-    dq = producer(tensor)
-    if dq is None or dq.op != "DequantizeLinear":
+def _dequant_source(qdq: Mapping[str, Dequantized], tensor: gs.Tensor) -> _Quant | None:
+    """The QDQ details of ``tensor`` when it is the output of a DequantizeLinear (as :mod:`onnxsq.qdq`
+    reads it), else None."""
+    dq = qdq.get(tensor.name) if tensor.name else None
+    if dq is None:
         return None
-    scale = const_value(dq.inputs[1]) if len(dq.inputs) > 1 else None
-    if scale is None:
-        return None
-    zp_t = _opt_input(dq, 2)
-    zp = const_value(zp_t) if zp_t is not None else None
-    src = dq.inputs[0]
-    values = const_value(src)
-    if values is None:
-        q = producer(src)
-        if q is not None and q.op == "QuantizeLinear" and is_const(q.inputs[0]):
-            q_zp_t = _opt_input(q, 2)
-            q_zp = const_value(q_zp_t) if q_zp_t is not None else None
-            q_scale = const_value(q.inputs[1])
-            if q_scale is not None:
-                values = _quantize(const_value(q.inputs[0]), q_scale, q_zp, q)
-                zp = q_zp if zp is None else zp
-    z = _per_axis(zp, dq, values.ndim) if values is not None and zp is not None else zp
+    values, zp = dq.values(), dq.zero_point
+    if dq.integers is None and values is not None and zp is None and dq.q_zero_point is not None:
+        zp = numpy_helper.to_array(dq.q_zero_point)  # QuantizeLinear of a constant: its zero point
+    z = per_axis(zp, dq.node, values.ndim) if values is not None and zp is not None else zp
     dtype = zp.dtype if zp is not None else (values.dtype if values is not None else None)
-    return _Quant(values, z, scale, _bits(dtype))
+    return _Quant(values, z, dq.scale, _bits(dtype))
 
 
 def _shift(scale: np.ndarray) -> int | str | None:
@@ -135,9 +105,9 @@ def _shift(scale: np.ndarray) -> int | str | None:
     return lo if lo == hi else f"{lo}..{hi}"
 
 
-def _activation_quant(node: gs.Node) -> tuple[_Quant | None, _Quant | None]:
+def _activation_quant(qdq: Mapping[str, Dequantized], node: gs.Node) -> tuple[_Quant | None, _Quant | None]:
     """QDQ of the layer's input and of its output (directly or after a Relu)."""
-    q_in = _dequant_source(node.inputs[0]) if node.inputs else None
+    q_in = _dequant_source(qdq, node.inputs[0]) if node.inputs else None
     q_out = None
     out = node.outputs[0] if node.outputs else None
     readers = list(out.outputs) if out is not None else []
@@ -152,23 +122,23 @@ def _activation_quant(node: gs.Node) -> tuple[_Quant | None, _Quant | None]:
     return q_in, q_out
 
 
-def _weight_index(node: gs.Node) -> int | None:
+def _weight_index(qdq: Mapping[str, Dequantized], node: gs.Node) -> int | None:
     """Which input holds the layer's weight (MatMul: the constant operand)."""
     if node.op == "MatMul":
         for i in (1, 0):
-            if len(node.inputs) > i and (is_const(node.inputs[i]) or _dequant_source(node.inputs[i])):
+            if len(node.inputs) > i and (is_const(node.inputs[i]) or _dequant_source(qdq, node.inputs[i])):
                 return i
         return None
     return 1 if len(node.inputs) > 1 else None
 
 
-def _bias_size(node: gs.Node) -> int:
+def _bias_size(qdq: Mapping[str, Dequantized], node: gs.Node) -> int:
     if node.op in ("Conv", "ConvTranspose", "Gemm"):
         b = _opt_input(node, 2)
         if b is not None:
             v = const_value(b)
             if v is None:
-                dq = _dequant_source(b)
+                dq = _dequant_source(qdq, b)
                 v = dq.values if dq is not None else None
             return int(v.size) if v is not None else 0
     return 0
@@ -187,12 +157,13 @@ def _model_params(graph: gs.Graph) -> int:
     return total
 
 
-def _layer(node: gs.Node) -> tuple[gs.Tensor | None, np.ndarray | None, _Quant | None, str]:
+def _layer(qdq: Mapping[str, Dequantized],
+           node: gs.Node) -> tuple[gs.Tensor | None, np.ndarray | None, _Quant | None, str]:
     """(weight tensor, its values as the runtime sees them, their QDQ or None, why not listed or "")."""
-    wi = _weight_index(node)
+    wi = _weight_index(qdq, node)
     w_t = node.inputs[wi] if wi is not None else None
     values = const_value(w_t) if w_t is not None else None
-    q = _dequant_source(w_t) if w_t is not None and values is None else None
+    q = _dequant_source(qdq, w_t) if w_t is not None and values is None else None
     if q is not None:
         values = q.values
     if values is None:
@@ -202,16 +173,16 @@ def _layer(node: gs.Node) -> tuple[gs.Tensor | None, np.ndarray | None, _Quant |
     return w_t, values, q, ""
 
 
-def _details(node: gs.Node, values: np.ndarray, q: _Quant | None) -> dict[str, Any]:
+def _details(qdq: Mapping[str, Dequantized], node: gs.Node, values: np.ndarray, q: _Quant | None) -> dict[str, Any]:
     """The candidate's details: shape, params, zeros, and the QDQ bits/shifts of a quantized layer."""
     count, zeros = zero_stats(values, q.zero_point if q is not None else None)
     details: dict[str, Any] = {
         "weight_shape": [int(d) for d in values.shape],
-        "params": count + _bias_size(node),
+        "params": count + _bias_size(qdq, node),
         "zeros": zeros,
         "zero_fraction": zeros / count if count else 0.0,
     }
-    q_in, q_out = _activation_quant(node)
+    q_in, q_out = _activation_quant(qdq, node)
     if q is not None:
         details.update(bits=q.bits, shift=_shift(q.scale))
     if q_in is not None:
@@ -223,7 +194,10 @@ def _details(node: gs.Node, values: np.ndarray, q: _Quant | None) -> dict[str, A
 
 def inspect_model(model: ModelLike) -> Report:
     """Per-layer weight shapes, parameter counts and zero fractions, QDQ bits/shifts, and totals."""
-    graph = import_graph(load_model(model))
+    original = load_model(model)
+    qdq = read_qdq(original)
+    graph = import_graph(original)
+    del original  # the graph holds the weights now
     report = Report("inspect")
     seen: dict[str, str] = {}  # weight tensor name -> first layer using it
     stats: list[sparsity.LayerStats] = []  # one per distinct weight tensor, for the totals
@@ -232,11 +206,11 @@ def inspect_model(model: ModelLike) -> Report:
         if node.op not in LAYER_OPS:
             continue
         label = node_label(node)
-        w_t, values, q, why = _layer(node)
+        w_t, values, q, why = _layer(qdq, node)
         if values is None:
             report.add(label, node.op, "skipped", why)
             continue
-        details = _details(node, values, q)
+        details = _details(qdq, node, values, q)
         quantized += q is not None
         reason = "weight scale is not a power of two" if q is not None and details["shift"] is None else ""
         if w_t.name in seen:

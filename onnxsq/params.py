@@ -31,7 +31,7 @@ from onnx import numpy_helper
 
 from .calibration import pow2
 from .errors import DataError
-from .graph import constant_tensors
+from .qdq import Dequantized, read_qdq
 from .report import write_json
 
 FORMAT = "onnxsq-quant-params"
@@ -148,57 +148,53 @@ def _bits_signed(elem_type: int, qmin: int | None = None, qmax: int | None = Non
 
 
 def params_from_model(model: onnx.ModelProto) -> dict[str, TensorQuant]:
-    """Bits, signedness and shift of every DequantizeLinear in a QDQ model, keyed by the float tensor.
+    """Bits, signedness and shift of every DequantizeLinear in a QDQ model, keyed by the float tensor
+    (read by :func:`onnxsq.qdq.read_qdq`, the reader :mod:`onnxsq.inspect` uses too).
 
     The key is the dequantized tensor's name for activations (the graph input's for an input), the
-    integer initializer's name
-    (without its ``_quantized`` suffix) for constants. Non-power-of-two scales are skipped. A Clip
-    right before QuantizeLinear narrows the bit width (how onnxsq writes fewer than 8 bits).
+    integer initializer's name (without its ``_quantized`` suffix) for constants. Non-power-of-two
+    scales are skipped. A Clip right before QuantizeLinear narrows the bit width (how onnxsq writes
+    fewer than 8 bits).
     """
-    g = model.graph
-    consts = constant_tensors(model)
-    producers = {o: n for n in g.node for o in n.output}
-    graph_inputs = {i.name for i in g.input}
+    graph_inputs = {i.name for i in model.graph.input}
     out: dict[str, TensorQuant] = {}
-    for node in g.node:
-        if node.op_type != "DequantizeLinear" or node.input[1] not in consts:
+    for dq in read_qdq(model).values():
+        if not pow2.is_power_of_two(dq.scale):
             continue
-        scale = numpy_helper.to_array(consts[node.input[1]])
-        if not pow2.is_power_of_two(scale):
+        shift = pow2.shift_of(dq.scale)
+        shift_value = shift.tolist() if np.ndim(shift) else int(shift)
+        if dq.integers is not None:
+            p = _constant_params(dq, shift_value)
+        elif dq.quantize is not None:
+            p = _activation_params(dq, shift_value, graph_inputs)
+        else:
             continue
-        shift = pow2.shift_of(scale)
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) if np.ndim(scale) else None
-        src = node.input[0]
-        if src in consts:
-            t = consts[src]
-            bits, signed = _bits_signed(t.data_type)
-            q = numpy_helper.to_array(t)
-            kind = "bias" if t.data_type == onnx.TensorProto.INT32 else "weight"
-            name = src[: -len("_quantized")] if src.endswith("_quantized") else src
-            if kind == "weight" and q.size:
-                # a symmetric weight of fewer bits is stored in an 8-bit carrier: report what it uses
-                need = int(np.max(np.abs(q.astype(np.int64))))
-                bits = max(2, min(bits, int(need).bit_length() + 1)) if need else bits
-            rng = (float(q.min()) * float(np.max(scale)), float(q.max()) * float(np.max(scale))) if q.size else None
-            out[name] = TensorQuant(name, kind, bits, signed, shift.tolist() if np.ndim(shift) else int(shift),
-                                    axis, None if kind == "bias" else rng)
-            continue
-        qnode = producers.get(src)
-        if qnode is None or qnode.op_type != "QuantizeLinear":
-            continue
-        elem = onnx.TensorProto.UINT8
-        if len(qnode.input) > 2 and qnode.input[2] in consts:
-            elem = consts[qnode.input[2]].data_type
-        bits, signed = _bits_signed(elem)
-        fsrc = qnode.input[0]
-        clip = producers.get(fsrc)
-        if clip is not None and clip.op_type == "Clip" and len(clip.input) >= 3 and clip.input[2] in consts:
-            hi = float(numpy_helper.to_array(consts[clip.input[2]]))
-            levels = int(round(hi / float(scale))) + 1
-            bits = max(2, int(levels - 1).bit_length() + (1 if signed else 0))
-            fsrc = clip.input[0]
-        # insert_qdq keeps a produced tensor's name on the DequantizeLinear output; a graph input keeps its own
-        key = fsrc if fsrc in graph_inputs else node.output[0]
-        out[key] = TensorQuant(key, "activation", bits, signed, int(shift) if np.ndim(shift) == 0
-                               else shift.tolist(), axis)
+        out[p.name] = p
     return out
+
+
+def _constant_params(dq: Dequantized, shift: int | list[int]) -> TensorQuant:
+    t = dq.integers
+    bits, signed = _bits_signed(t.data_type)
+    q = numpy_helper.to_array(t)
+    kind = "bias" if t.data_type == onnx.TensorProto.INT32 else "weight"
+    src = dq.node.input[0]
+    name = src[: -len("_quantized")] if src.endswith("_quantized") else src
+    if kind == "weight" and q.size:
+        # a symmetric weight of fewer bits is stored in an 8-bit carrier: report what it uses
+        need = int(np.max(np.abs(q.astype(np.int64))))
+        bits = max(2, min(bits, int(need).bit_length() + 1)) if need else bits
+    top = float(np.max(dq.scale))
+    rng = (float(q.min()) * top, float(q.max()) * top) if q.size else None
+    return TensorQuant(name, kind, bits, signed, shift, dq.axis, None if kind == "bias" else rng)
+
+
+def _activation_params(dq: Dequantized, shift: int | list[int], graph_inputs: set[str]) -> TensorQuant:
+    elem = dq.q_zero_point.data_type if dq.q_zero_point is not None else onnx.TensorProto.UINT8
+    bits, signed = _bits_signed(elem)
+    if dq.clip_max is not None:
+        levels = int(round(dq.clip_max / float(dq.scale))) + 1
+        bits = max(2, int(levels - 1).bit_length() + (1 if signed else 0))
+    # insert_qdq keeps a produced tensor's name on the DequantizeLinear output; a graph input keeps its own
+    key = dq.float_input if dq.float_input in graph_inputs else dq.output
+    return TensorQuant(key, "activation", bits, signed, shift, dq.axis)

@@ -77,95 +77,92 @@ def build_small_cnn(rng: np.random.Generator, *, bn: bool = False) -> onnx.Model
     """x N×1×6×6 → Conv(8, 3×3, pad 1, no bias) (→ BN at identity) → Relu → GlobalAveragePool → Flatten →
     Gemm → y N×4; opset 13, IR 7. Draws the conv then the fc weight from ``rng`` (callers may go on
     drawing their data from it)."""
-    inits = [numpy_helper.from_array((rng.standard_normal((8, 1, 3, 3)) * 0.5).astype(np.float32), "conv.weight")]
-    if bn:
-        inits += [numpy_helper.from_array(v.astype(np.float32), f"bn.{k}") for k, v in
-                  (("scale", np.ones(8)), ("bias", np.zeros(8)), ("mean", np.zeros(8)), ("var", np.ones(8)))]
-    inits += [numpy_helper.from_array((rng.standard_normal((4, 8)) * 0.3).astype(np.float32), "fc.weight"),
-              numpy_helper.from_array(np.zeros(4, np.float32), "fc.bias")]
-    nodes = [helper.make_node("Conv", ["x", "conv.weight"], ["c"], name="conv", pads=[1, 1, 1, 1])]
-    if bn:
-        nodes.append(helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["b"],
-                                      name="bn"))
-    nodes += [helper.make_node("Relu", [nodes[-1].output[0]], ["r"], name="relu"),
-              helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
-              helper.make_node("Flatten", ["g"], ["f"], name="flat"),
-              helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["y"], name="fc", transB=1)]
-    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 7
-    return m
+    return conv_classifier((8,), classes=4, size=6, seed=rng, conv_scale=0.5, fc_scale=0.3,
+                           bn="identity" if bn else None, names="plain", io=("x", "y"), graph_name="m",
+                           producer="", check=False)
 
 
 CLASSES = 3
 
 
 def classifier(seed: int = 0, cin: int = 4, hw: int = 6, cout: int = 32) -> onnx.ModelProto:
-    """input N×cin×hw×hw → Conv(cout, 3×3, pad 1) → BN → Relu → GlobalAveragePool → Flatten → Gemm → 3 logits.
-
-    cout = 32 makes the conv eligible for the original's threshold rule (no >= 32).
-    """
-    rng = np.random.default_rng(seed)
-    inits = [
-        numpy_helper.from_array((rng.standard_normal((cout, cin, 3, 3)) * 0.3).astype(np.float32), "conv.weight"),
-        numpy_helper.from_array(rng.normal(0, 0.1, cout).astype(np.float32), "conv.bias"),
-        numpy_helper.from_array(rng.uniform(0.5, 1.5, cout).astype(np.float32), "bn.scale"),
-        numpy_helper.from_array(rng.normal(0, 0.2, cout).astype(np.float32), "bn.bias"),
-        numpy_helper.from_array(rng.normal(0, 0.3, cout).astype(np.float32), "bn.mean"),
-        numpy_helper.from_array(rng.uniform(0.5, 2.0, cout).astype(np.float32), "bn.var"),
-        numpy_helper.from_array((rng.standard_normal((CLASSES, cout)) * 0.3).astype(np.float32), "fc.weight"),
-        numpy_helper.from_array(np.zeros(CLASSES, np.float32), "fc.bias"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["input", "conv.weight", "conv.bias"], ["c"], name="conv", kernel_shape=[3, 3],
-                         pads=[1, 1, 1, 1]),
-        helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["b"], name="bn"),
-        helper.make_node("Relu", ["b"], ["r"], name="relu"),
-        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
-        helper.make_node("Flatten", ["g"], ["f"], name="flatten", axis=1),
-        helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1),
-    ]
-    graph = helper.make_graph(nodes, "tiny_classifier",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", cin, hw, hw])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
-                              initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="onnxsq-tests")
-    model.ir_version = 7
-    return model
+    """input N×cin×hw×hw → Conv(cout, 3×3, pad 1, bias) → BN (random statistics) → Relu → GlobalAveragePool
+    → Flatten → Gemm → 3 logits (the pipeline tests). cout = 32 makes the conv eligible for the original's
+    threshold rule (no >= 32)."""
+    return conv_classifier((cout,), classes=CLASSES, in_ch=cin, size=hw, seed=seed, conv_scale=0.3,
+                           conv_bias=True, bn="random", fc_scale=0.3, names="plain", graph_name="tiny_classifier",
+                           producer="onnxsq-tests", check=False)
 
 
 def cnn(channels: tuple[int, ...] = (8, 16), *, classes: int = 10, in_ch: int = 1, size: int = 8, seed: int = 0,
         opset: int = 13, ir: int = 7, batch: int | str = "N") -> onnx.ModelProto:
-    """conv-BN-ReLU blocks → GlobalAveragePool → Flatten → Gemm, He-initialised, BN at identity."""
-    rng = np.random.default_rng(seed)
+    """conv-BN-ReLU blocks → GlobalAveragePool → Flatten → Gemm, He-initialised, BN at identity (the
+    training tests)."""
+    return conv_classifier(channels, classes=classes, in_ch=in_ch, size=size, seed=seed, opset=opset, ir=ir,
+                           batch=batch)
+
+
+def conv_classifier(channels: tuple[int, ...] = (8, 16), *, classes: int = 10, in_ch: int = 1, size: int = 8,
+                    seed: int | np.random.Generator = 0, opset: int = 13, ir: int = 7, batch: int | str = "N",
+                    conv_scale: float | None = None, conv_bias: bool = False, bn: str | None = "identity",
+                    fc_scale: float | None = None, strides: tuple[int, ...] | None = None,
+                    names: str = "indexed", io: tuple[str, str] = ("input", "logits"), graph_name: str = "tiny_cnn",
+                    producer: str = "test", check: bool = True) -> onnx.ModelProto:
+    """The one Conv-BN-Relu-GAP-Gemm classifier: ``channels`` conv blocks (3×3, pad 1) → GlobalAveragePool
+    → Flatten → Gemm(``classes``).
+
+    Weights are drawn from ``seed`` (or a Generator, which callers may go on drawing from) in a fixed
+    order: per block the conv weight (``conv_scale`` × N(0, 1), He by default), its bias (``conv_bias``,
+    N(0, 0.1)), the BN parameters when ``bn="random"`` (scale U(0.5, 1.5), bias N(0, 0.2), mean N(0, 0.3),
+    var U(0.5, 2)); then the fc weight (``fc_scale`` × N(0, 1), 1/sqrt(fan-in) by default); biases of fc
+    are zero, ``bn="identity"`` is BN at identity, ``bn=None`` no BN. ``names="indexed"`` names block i's
+    tensors conv{i}.weight, bn{i}.*, c{i}/b{i}/r{i}; ``"plain"`` (one block) conv.weight, bn.*, c/b/r/g/f.
+    """
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    plain = names == "plain"
+    x_name, y_name = io
     nodes, inits = [], []
-    x, cin = "input", in_ch
+    x, cin = x_name, in_ch
     for i, c in enumerate(channels):
-        w = (rng.standard_normal((c, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"conv{i}.weight"))
-        bn = [numpy_helper.from_array(v.astype(np.float32), f"bn{i}.{k}") for k, v in
-              (("scale", np.ones(c)), ("bias", np.zeros(c)), ("mean", np.zeros(c)), ("var", np.ones(c)))]
-        inits += bn
-        nodes += [helper.make_node("Conv", [x, f"conv{i}.weight"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1],
-                                   kernel_shape=[3, 3]),
-                  helper.make_node("BatchNormalization", [f"c{i}", *[t.name for t in bn]], [f"b{i}"], name=f"bn{i}"),
-                  helper.make_node("Relu", [f"b{i}"], [f"r{i}"], name=f"relu{i}")]
-        x, cin = f"r{i}", c
-    fc = (rng.standard_normal((classes, cin)) * np.sqrt(1.0 / cin)).astype(np.float32)
-    inits += [
-        numpy_helper.from_array(fc, "fc.weight"),
-        numpy_helper.from_array(np.zeros(classes, np.float32), "fc.bias"),
-    ]
-    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
-              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
-              helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1)]
-    graph = helper.make_graph(nodes, "tiny_cnn",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, in_ch, size, size])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="test")
+        tag = "" if plain else str(i)
+        scale = np.sqrt(2.0 / (cin * 9)) if conv_scale is None else conv_scale
+        inits.append(numpy_helper.from_array((rng.standard_normal((c, cin, 3, 3)) * scale).astype(np.float32),
+                                             f"conv{tag}.weight"))
+        conv_in = [x, f"conv{tag}.weight"]
+        if conv_bias:
+            inits.append(numpy_helper.from_array(rng.normal(0, 0.1, c).astype(np.float32), f"conv{tag}.bias"))
+            conv_in.append(f"conv{tag}.bias")
+        attrs = {"pads": [1, 1, 1, 1], "kernel_shape": [3, 3]}
+        if strides is not None:
+            attrs["strides"] = [strides[i]] * 2
+        nodes.append(helper.make_node("Conv", conv_in, [f"c{tag}"], name=f"conv{tag}", **attrs))
+        last = f"c{tag}"
+        if bn is not None:
+            params = ((("scale", np.ones(c)), ("bias", np.zeros(c)), ("mean", np.zeros(c)), ("var", np.ones(c)))
+                      if bn == "identity" else
+                      (("scale", rng.uniform(0.5, 1.5, c)), ("bias", rng.normal(0, 0.2, c)),
+                       ("mean", rng.normal(0, 0.3, c)), ("var", rng.uniform(0.5, 2.0, c))))
+            bn_t = [numpy_helper.from_array(v.astype(np.float32), f"bn{tag}.{k}") for k, v in params]
+            inits += bn_t
+            nodes.append(helper.make_node("BatchNormalization", [last, *[t.name for t in bn_t]], [f"b{tag}"],
+                                          name=f"bn{tag}"))
+            last = f"b{tag}"
+        nodes.append(helper.make_node("Relu", [last], [f"r{tag}"], name=f"relu{tag}"))
+        x, cin = f"r{tag}", c
+    fc = rng.standard_normal((classes, cin)) * (np.sqrt(1.0 / cin) if fc_scale is None else fc_scale)
+    inits += [numpy_helper.from_array(fc.astype(np.float32), "fc.weight"),
+              numpy_helper.from_array(np.zeros(classes, np.float32), "fc.bias")]
+    gap, flat = ("g", "f") if plain else ("gap", "flat")
+    nodes += [helper.make_node("GlobalAveragePool", [x], [gap], name="gap"),
+              helper.make_node("Flatten", [gap], [flat], name="flatten"),
+              helper.make_node("Gemm", [flat, "fc.weight", "fc.bias"], [y_name], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, graph_name,
+                              [helper.make_tensor_value_info(x_name, TensorProto.FLOAT, [batch, in_ch, size, size])],
+                              [helper.make_tensor_value_info(y_name, TensorProto.FLOAT, [batch, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=producer)
     model.ir_version = ir
-    onnx.checker.check_model(model)
+    if check:
+        onnx.checker.check_model(model)
     return model
 
 

@@ -51,7 +51,7 @@ PASSES: dict[str, PassSpec] = {p.name: p for p in (
     PassSpec("fold-constants", "onnxsq.passes.fold_constants:fold_constants"),
     PassSpec("fold-batchnorm", "onnxsq.passes.fold_batchnorm:fold_batchnorm"),
     PassSpec("threshold", "onnxsq.passes.threshold:threshold", "onnxsq.passes.threshold_config:ThresholdConfig"),
-    PassSpec("quantize", "onnxsq.passes.quantize:quantize", "onnxsq.passes.quantize_config:QuantizeConfig"),
+    PassSpec("quantize", "onnxsq.passes.quantize:quantize", "onnxsq.passes.quantize.config:QuantizeConfig"),
 )}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidOptionError, first_line
-from ..passes.quantize_config import QuantizeConfig
+from ..passes.quantize.config import QuantizeConfig
 
 STAGES = ("l2", "l1", "sparse", "qat")
 SCHEDULES = ("fixed", "step", "multistep", "poly", "cosine")

@@ -41,6 +41,7 @@ from ..data.loader import Dataset, Loader
 from ..errors import InvalidOptionError
 from ..model_io import default_opset
 from ..params import TensorQuant
+from ..passes.quantize.params import constant_shift
 from ..report import Report
 from .config import TrainConfig
 from .loop import Trainer
@@ -139,9 +140,7 @@ class QATTrainer(Trainer):
         signed, shifts = self.signed[root], []
         for m in self.qp.plan.members(root):
             if m in self.qp.consts:
-                v = self._value(m).astype(np.float64)
-                lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
-                shifts.append(int(pow2.fit_shift(min(lo, 0.0) if signed else 0.0, max(hi, 0.0), self.bits, signed)))
+                shifts.append(constant_shift(self._value(m), self.bits, signed)[0])
             elif self.stats[m].batches:
                 shifts.append(choose_shift(self.stats[m], self.cfg.qat("quant_method"), self.bits, signed=signed,
                                            percentile=self.cfg.qat("percentile"))[0])

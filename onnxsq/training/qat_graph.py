@@ -1,6 +1,6 @@
 """The quantization-aware training graph: fake quantizers where ``onnxsq quantize`` puts QDQ pairs.
 
-Placement is the quantize pass's own (:func:`onnxsq.passes.qdq_placement.plan_qdq`, run on the same
+Placement is the quantize pass's own (:func:`onnxsq.passes.quantize.placement.plan_qdq`, run on the same
 BN-folded model), so the trained forward pass and the exported QDQ model quantize the same tensors:
 
 * every planned activation ``t`` (after a fused Relu/Clip; Add outputs; the inputs of compute layers;
@@ -37,7 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..calibration import pow2
 from ..graph import UniqueNames, const_value, data_inputs, import_graph
-from ..passes.qdq_placement import Plan, plan_qdq
+from ..passes.quantize.placement import Plan, plan_qdq
 from .artifacts import TrainingGraph
 
 ZERO_POINT = "qat/zero_point"

@@ -20,8 +20,8 @@ from onnxsq.errors import DataError
 from onnxsq.graph import copy_without_graph, import_graph
 from onnxsq.model_io import skeleton, weight_arrays
 from onnxsq.params import TensorQuant
-from onnxsq.passes.qdq_insert import insert_qdq
-from onnxsq.passes.quantize_eval import evaluate
+from onnxsq.passes.quantize.eval import evaluate
+from onnxsq.passes.quantize.insert import insert_qdq
 from onnxsq.runtime import make_session
 
 NAMES = ["c1", "r1", "c2", "a", "ra", "p", "r3", "logits"]

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxsq.calibration import pow2
 from onnxsq.params import TensorQuant
-from onnxsq.passes.qdq_insert import insert_qdq
+from onnxsq.passes.quantize.insert import insert_qdq
 from onnxsq.runtime import make_session
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ...calibration.stats import METHODS
-from ...passes.quantize_config import WEIGHT_METHODS, QuantizeConfig
+from ...passes.quantize.config import WEIGHT_METHODS, QuantizeConfig
 from ..options import common_model_command, input_shape_option, preprocess_options, quiet, resolve_output, warn_ignored
 
 DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show them

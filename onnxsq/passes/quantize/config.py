@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..calibration.stats import METHODS
-from ..data.images import Preprocess
-from ..errors import InvalidOptionError
+from ...calibration.stats import METHODS
+from ...data.images import Preprocess
+from ...errors import InvalidOptionError
 
 DEFAULT_METHOD = "minmax"  # activations; see onnxsq.passes.quantize's docstring for why
 WEIGHT_METHODS = ("minmax", "mse")

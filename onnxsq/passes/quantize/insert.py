@@ -25,11 +25,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..calibration import pow2
-from ..errors import UnsupportedModelError
-from ..graph import UniqueNames, const_value, export_like, import_graph, is_const
-from ..model_io import default_opset
-from ..params import TensorQuant
+from ...calibration import pow2
+from ...errors import UnsupportedModelError
+from ...graph import UniqueNames, const_value, export_like, import_graph, is_const
+from ...model_io import default_opset
+from ...params import TensorQuant
 
 
 def carrier_dtype(bits: int, signed: bool) -> np.dtype:

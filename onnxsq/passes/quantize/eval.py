@@ -27,11 +27,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..calibration import pow2
-from ..calibration.collect import MISMATCH, execution_order
-from ..model_io import skeleton, weight_arrays
-from ..params import TensorQuant
-from ..runtime import WEIGHT_BYTES, FedSession
+from ...calibration import pow2
+from ...calibration.collect import MISMATCH, execution_order
+from ...model_io import skeleton, weight_arrays
+from ...params import TensorQuant
+from ...runtime import WEIGHT_BYTES, FedSession
 
 Q_PREFIX = "onnxsq_q/"
 

@@ -10,15 +10,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..calibration import pow2
-from ..calibration.stats import ChannelMean, TensorStats, choose_shift, mse_format
-from ..errors import InvalidOptionError
-from ..params import TensorQuant
-from ..report import Report
-from .qdq_insert import carrier_dtype
-from .qdq_placement import Plan
-from .quantize_bias import correct_bias
-from .quantize_config import QuantizeConfig
+from ...calibration import pow2
+from ...calibration.stats import ChannelMean, TensorStats, choose_shift, mse_format
+from ...errors import InvalidOptionError
+from ...params import TensorQuant
+from ...report import Report
+from .bias import correct_bias
+from .config import QuantizeConfig
+from .insert import carrier_dtype
+from .placement import Plan
 
 
 @dataclass
@@ -72,15 +72,22 @@ def _wants_signed(ctx: QuantizeContext, st: TensorStats) -> bool:
     return True
 
 
+def constant_shift(values: np.ndarray, bits: int, signed: bool) -> tuple[int, tuple[float, float]]:
+    """The shift at which a constant member of a shared-scale group fits (its range stretched to hold 0),
+    and that range: the one rule quantize and QAT (:mod:`onnxsq.training.qat`) both apply."""
+    v = values.astype(np.float64)
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+    return int(pow2.fit_shift(min(lo, 0.0) if signed else 0.0, max(hi, 0.0), bits, signed)), (lo, hi)
+
+
 def _member_shift(ctx: QuantizeContext, m: str, signed: bool) -> tuple[int, tuple[float, float] | None, str]:
     bits = ctx.cfg.bits
     if m in ctx.given:
         g = ctx.given[m]
         return int(np.min(g.shift_array)), g.observed_range, g.estimator or "params file"
     if m in ctx.consts:
-        v = ctx.consts[m].astype(np.float64)
-        lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
-        return int(pow2.fit_shift(min(lo, 0.0) if signed else 0.0, max(hi, 0.0), bits, signed)), (lo, hi), "values"
+        shift, rng = constant_shift(ctx.consts[m], bits, signed)
+        return shift, rng, "values"
     st = ctx.stats.get(m)
     if st is None or st.batches == 0:
         return bits - 1, None, "no data"

@@ -6,8 +6,8 @@ zeros stay zero. Weights are symmetric signed (per tensor, or per output channel
 ``per_channel``, each channel's scale a power of two), activations unsigned when calibration never
 saw a negative value (after ReLU) and signed otherwise; biases are int32 at ``scale_in * scale_w``
 (itself a power of two), so requantizing an accumulator is a right shift by
-``shift_in + shift_w - shift_out``. Placement: :mod:`onnxsq.passes.qdq_placement`; writing the
-nodes: :mod:`onnxsq.passes.qdq_insert`; statistics and estimators: :mod:`onnxsq.calibration`.
+``shift_in + shift_w - shift_out``. Placement: :mod:`onnxsq.passes.quantize.placement`; writing the
+nodes: :mod:`onnxsq.passes.quantize.insert`; statistics and estimators: :mod:`onnxsq.calibration`.
 
 Steps: fold BatchNormalization (if any is foldable) → raise the opset only if QDQ needs it (10, 13 for
 per-channel) → plan → calibrate the planned activations in one streaming pass (parameters given in
@@ -19,7 +19,7 @@ agreement; clipped fractions come from the statistics of every calibration sampl
 Defaults, by measurement (output SQNR against float, per-tensor, 32 random-input samples; bench/):
 weights use the MSE shift (of the fitting shift and two finer ones, the smallest exact squared error
 on the weights): +3.4 dB on the ResNet-50-sized model, +1.0 dB on jacintonet_seg. Bias correction
-(:mod:`.quantize_bias`) is on: the weights' rounding error has a per-channel mean that, times the
+(:mod:`.bias`) is on: the weights' rounding error has a per-channel mean that, times the
 input's mean, offsets every output pixel; correcting it took ResNet-50-sized 29.5 → 36.3 dB,
 jacintonet_seg 26.2 → 29.0, small_cls_torch 41.0 → 43.6, and the trained digits model 28.5 → 31.5 dB
 on held-out data (accuracy = float), for one ReduceMean per layer input in the calibration pass.
@@ -52,22 +52,23 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..calibration import pow2, sources
-from ..calibration.collect import Progress, collect_stats, runnable
-from ..calibration.stats import HIST_METHODS
-from ..errors import InvalidOptionError, UnsupportedModelError, first_line
-from ..graph import const_value, copy_without_graph, export_like, import_graph
-from ..memory import release_memory
-from ..model_io import IR_FOR_OPSET, MAX_IR, ModelLike, default_opset, load_model, skeleton
-from ..params import TensorQuant, read_params, write_params
-from ..report import Report
-from .fold_constants import fold_constants_graph, lift_constant_nodes, merge_into
-from .qdq_insert import insert_qdq_graph
-from .qdq_placement import plan_qdq
-from .quantize_bias import means_wanted
-from .quantize_config import QuantizeConfig
-from .quantize_eval import evaluate
-from .quantize_params import QuantizeContext, known_clipped, resolve_params
+from ...calibration import sources
+from ...calibration.collect import Progress, collect_stats, runnable
+from ...calibration.stats import HIST_METHODS
+from ...errors import InvalidOptionError, UnsupportedModelError, first_line
+from ...graph import const_value, copy_without_graph, export_like, import_graph
+from ...memory import release_memory
+from ...model_io import IR_FOR_OPSET, MAX_IR, ModelLike, default_opset, load_model, skeleton
+from ...params import TensorQuant, read_params, write_params
+from ...report import Report
+from ..fold_constants import fold_constants_graph, lift_constant_nodes, merge_into
+from .bias import means_wanted
+from .config import QuantizeConfig
+from .eval import evaluate
+from .insert import insert_qdq_graph
+from .params import QuantizeContext, known_clipped, resolve_params
+from .placement import plan_qdq
+from .report import fill_report
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     quantized = export_like(graph, meta)
     del graph
     clock.lap("export")
-    _fill_report(ctx, tparams, evaluation, samples, calib_s + clock.last - t0)
+    fill_report(ctx, tparams, evaluation, samples, calib_s + clock.last - t0)
     report.summary["seconds"] = round(clock.total(), 3)
     log.debug("quantize phases (s): %s", clock.laps)
     return quantized, report
@@ -250,7 +251,7 @@ def _infer_shapes(model: onnx.ModelProto) -> None:
 def _fold_first(graph: gs.Graph, model: onnx.ModelProto, report: Report) -> None:
     """fold-batchnorm on the graph, its affine folds included (a layer's Mul/Add then quantizes with it)."""
     try:
-        from .fold_batchnorm import fold_batchnorm_graph
+        from ..fold_batchnorm import fold_batchnorm_graph
     except ImportError as exc:
         report.warnings.append(f"BatchNormalization and affine ops left in place (fold-batchnorm unavailable: {exc})")
         return
@@ -309,54 +310,3 @@ def _given(params: Any, report: Report) -> dict[str, TensorQuant]:
     given = read_params(params) if isinstance(params, (str, os.PathLike)) else dict(params)
     report.summary["params_given"] = len(given)
     return given
-
-
-def _shift_text(p: TensorQuant) -> Any:
-    if not p.per_channel:
-        return int(p.shift)
-    return f"{min(p.shift)}..{max(p.shift)}"
-
-
-def _fill_report(ctx: QuantizeContext, tparams: dict[str, TensorQuant], ev: Any, samples: int, seconds: float) -> None:
-    report, plan, cfg = ctx.report, ctx.plan, ctx.cfg
-    weights = {u.node: u for u in plan.weights}
-    for entry in plan.layers:
-        if entry.action in ("skipped", "fused") or entry.output is None:
-            report.add(entry.node, entry.op, entry.action, entry.reason)
-            continue
-        p = tparams[entry.output]
-        d: dict[str, Any] = {"tensor": entry.output, "bits": p.bits, "signed": p.signed, "shift": p.shift,
-                             "range": [float(f"{v:.4g}") for v in p.observed_range] if p.observed_range else None}
-        use = weights.get(entry.node)
-        if use is not None:
-            wp = tparams[use.weight]
-            d["w_bits"], d["w_shift"] = wp.bits, _shift_text(wp)
-            rs = np.asarray(pow2.requant_shift(int(tparams[use.input].shift), wp.shift_array, int(p.shift)))
-            d["requant_shift"] = int(rs) if rs.ndim == 0 else f"{int(rs.min())}..{int(rs.max())}"
-        if ev is not None and entry.output in ev.layers:
-            d["clipped"] = ev.layers[entry.output].clipped
-            d["sqnr_db"] = ev.layers[entry.output].sqnr_db
-        notes = "; ".join(([entry.reason] if entry.reason else []) + (use.notes if use else []))
-        report.add(entry.node, entry.op, "quantized", notes, **d)
-    covered = {e.output for e in plan.layers if e.output}
-    for t in plan.activations + plan.constants:
-        if t not in covered:  # graph inputs, outputs of float ops, constant operands
-            p = tparams[t]
-            d = {"tensor": t, "bits": p.bits, "signed": p.signed, "shift": p.shift,
-                 "range": [float(f"{v:.4g}") for v in p.observed_range] if p.observed_range else None}
-            if ev is not None and t in ev.layers:
-                d["clipped"], d["sqnr_db"] = ev.layers[t].clipped, ev.layers[t].sqnr_db
-            report.add(t, "tensor", "quantized", "input of a quantized layer", **d)
-    s = report.summary
-    s.update({"method": cfg.method, "bits": cfg.bits, "weight_bits": cfg.wbits, "per_channel": cfg.per_channel,
-              "activations_quantized": len(plan.activations) + len(plan.constants), "weights_quantized":
-              len({u.weight for u in plan.weights}), "layers_kept_float": sum(
-                  1 for e in plan.layers if e.action == "skipped"), "calibration_samples": samples,
-              "calibration_seconds": round(seconds, 3)})
-    if ev is not None:
-        s["report_samples"] = ev.samples
-        one = len(ev.outputs) == 1
-        for name, v in ev.outputs.items():
-            s["output_sqnr_db" if one else f"output_sqnr_db ({name})"] = round(v, 2)
-        for name, v in ev.top1.items():
-            s["top1_agreement" if one else f"top1_agreement ({name})"] = round(v, 4)

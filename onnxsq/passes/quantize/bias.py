@@ -10,7 +10,7 @@ on the calibration data in the calibration pass), the mean error per output chan
   ``prod(kernel) / prod(strides)`` taps, so ``e[g O/g + j] = sum_{i in group g} mu[i] sum_k dW[i,j,k]
   / prod(strides)`` (the interior average);
 - ``Gemm`` (``transA = 0``): ``e = mu dB`` (``dB dW`` rows when ``transB = 1``: ``e = dB mu``);
-- ``MatMul`` with a constant ``K × M`` weight and a bias ``Add`` (:mod:`.qdq_placement`): ``e = mu dW``
+- ``MatMul`` with a constant ``K × M`` weight and a bias ``Add`` (:mod:`.placement`): ``e = mu dW``
   with ``mu`` the input's means over its last axis (every other axis averaged).
 
 The bias becomes ``b - e`` before it is quantized to int32 at ``scale_in * scale_w``, so the
@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..calibration import pow2
-from ..calibration.stats import ChannelMean
-from ..params import TensorQuant
-from .qdq_placement import WeightUse
+from ...calibration import pow2
+from ...calibration.stats import ChannelMean
+from ...params import TensorQuant
+from .placement import WeightUse
 
 
 def mean_axis(use: WeightUse, rank: int | None) -> tuple[int | None, str | None]:

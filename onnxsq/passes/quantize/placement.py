@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import const_value, is_const, is_graph_output, new_constant, node_label
+from ...graph import const_value, is_const, is_graph_output, new_constant, node_label
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ADD = ("Add",)

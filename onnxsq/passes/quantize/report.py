@@ -1,0 +1,66 @@
+"""The quantize pass's report: per layer what was quantized and how (bits, shift, requantization shift,
+range; clipped fraction and SQNR where measured), or why it stays float; the summary totals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...calibration import pow2
+from ...params import TensorQuant
+from .params import QuantizeContext
+
+
+def _shift_text(p: TensorQuant) -> Any:
+    if not p.per_channel:
+        return int(p.shift)
+    return f"{min(p.shift)}..{max(p.shift)}"
+
+
+def fill_report(ctx: QuantizeContext, tparams: dict[str, TensorQuant], ev: Any, samples: int, seconds: float) -> None:
+    """One candidate per planned layer (quantized with its bits, shifts, range, clipped fraction and SQNR;
+    fused; or skipped with the reason), one per other quantized tensor, and the summary."""
+    report, plan, cfg = ctx.report, ctx.plan, ctx.cfg
+    weights = {u.node: u for u in plan.weights}
+    for entry in plan.layers:
+        if entry.action in ("skipped", "fused") or entry.output is None:
+            report.add(entry.node, entry.op, entry.action, entry.reason)
+            continue
+        p = tparams[entry.output]
+        d: dict[str, Any] = {"tensor": entry.output, "bits": p.bits, "signed": p.signed, "shift": p.shift,
+                             "range": [float(f"{v:.4g}") for v in p.observed_range] if p.observed_range else None}
+        use = weights.get(entry.node)
+        if use is not None:
+            wp = tparams[use.weight]
+            d["w_bits"], d["w_shift"] = wp.bits, _shift_text(wp)
+            rs = np.asarray(pow2.requant_shift(int(tparams[use.input].shift), wp.shift_array, int(p.shift)))
+            d["requant_shift"] = int(rs) if rs.ndim == 0 else f"{int(rs.min())}..{int(rs.max())}"
+        if ev is not None and entry.output in ev.layers:
+            d["clipped"] = ev.layers[entry.output].clipped
+            d["sqnr_db"] = ev.layers[entry.output].sqnr_db
+        notes = "; ".join(([entry.reason] if entry.reason else []) + (use.notes if use else []))
+        report.add(entry.node, entry.op, "quantized", notes, **d)
+    covered = {e.output for e in plan.layers if e.output}
+    for t in plan.activations + plan.constants:
+        if t not in covered:  # graph inputs, outputs of float ops, constant operands
+            p = tparams[t]
+            d = {"tensor": t, "bits": p.bits, "signed": p.signed, "shift": p.shift,
+                 "range": [float(f"{v:.4g}") for v in p.observed_range] if p.observed_range else None}
+            if ev is not None and t in ev.layers:
+                d["clipped"], d["sqnr_db"] = ev.layers[t].clipped, ev.layers[t].sqnr_db
+            report.add(t, "tensor", "quantized", "input of a quantized layer", **d)
+    s = report.summary
+    s.update({"method": cfg.method, "bits": cfg.bits, "weight_bits": cfg.wbits, "per_channel": cfg.per_channel,
+              "activations_quantized": len(plan.activations) + len(plan.constants), "weights_quantized":
+              len({u.weight for u in plan.weights}), "layers_kept_float": sum(
+                  1 for e in plan.layers if e.action == "skipped"), "calibration_samples": samples,
+              "calibration_seconds": round(seconds, 3)})
+    if ev is not None:
+        s["report_samples"] = ev.samples
+        one = len(ev.outputs) == 1
+        for name, v in ev.outputs.items():
+            s["output_sqnr_db" if one else f"output_sqnr_db ({name})"] = round(v, 2)
+        for name, v in ev.top1.items():
+            s["top1_agreement" if one else f"top1_agreement ({name})"] = round(v, 4)
