@@ -125,7 +125,7 @@ def load_model(src: ModelLike, *, check: bool = True) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not a valid ONNX model (no graph, IR version or opset; truncated?)")
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - onnx raises OSError, ValueError or its own types here
         raise ModelLoadError(f"{path}: cannot read its external data ({first_line(exc)})") from None
     if check:
         check_model(model, where=str(path))

@@ -87,7 +87,7 @@ def load_feeds(path: str | os.PathLike, model: onnx.ModelProto) -> list[dict[str
         try:
             with np.load(f) as npz:
                 arrays = {k: npz[k] for k in npz.files}
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - numpy and zipfile raise several types for bad files
             raise DataError(f"{f}: cannot read as .npz ({exc})") from None
         if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
             arrays = {names[0]: next(iter(arrays.values()))}

@@ -179,7 +179,7 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
 def _npy_array(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - numpy raises several types for bad files
         raise DataError(f"{path}: cannot read as .npy ({first_line(exc)})") from None
 
 
@@ -250,7 +250,7 @@ def _function_source(spec: str, inputs: list[InputSpec]):
                 item = next(iterator)
             except StopIteration:
                 return
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - the user's generator
                 raise DataError(f"{spec}: sample {i} failed: {type(exc).__name__}: {first_line(exc)}") from None
             yield f"{spec} sample {i}", item
             i += 1

@@ -65,7 +65,7 @@ def _np_dtype(dtype) -> np.dtype | None:
     except TypeError:
         try:
             return onnx_dtype_to_np(int(dtype))
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - an unknown dtype is simply unknown (None)
             return None
 
 

@@ -105,7 +105,7 @@ def _convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
 
     try:
         converted = version_converter.convert_version(model, TRAIN_OPSET)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - onnx's version converter raises assorted C++ errors
         raise UnsupportedModelError(
             f"training needs opset >= 14 for BatchNormalization's training mode and converting this "
             f"opset-{opsets(model).get('')} model failed ({first_line(exc)})") from None

@@ -219,7 +219,7 @@ class Trainer:
             with np.load(path) as z:
                 arrays = {k: z[k] for k in z.files}
             meta = json.loads(arrays.pop("meta").tobytes().decode())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - numpy, zipfile and json raise several types
             raise InvalidOptionError(f"{path}: not an onnxsq training checkpoint ({exc})") from None
         if meta["optimizer"] != self.cfg.optimizer or meta["task"] != self.task:
             raise InvalidOptionError(f"{path}: checkpoint of a {meta['optimizer']}/{meta['task']} run cannot resume "
