@@ -121,3 +121,23 @@ def _float_qdq(tmp_path):
         m.ir_version = 7
         onnx.save(m, str(path))
     return path
+
+
+def test_simulate_reads_an_image_folder_with_preprocessing(run_cli, data, tmp_path):
+    from PIL import Image
+
+    root, path, _ = data
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out, rep = tmp_path / "o.npz", tmp_path / "r.json"
+    res = run_cli("simulate", path, "--data", folder, "--size", "32", "32", "--mean", "127", "127", "127",
+                  "--std", "64", "64", "64", "--outputs", out, "--report", rep, "-q")
+    assert res.code == 0, res.err
+    assert np.load(out)["logits"].shape == (3, 10)
+    assert json.loads(rep.read_text())["summary"]["ort_equal_fraction:logits"] == 1.0
+    res = run_cli("simulate", path, "--data", folder, "--input-shape", "1x3x32x32", "--outputs", out, "-q",
+                  "--no-compare")
+    assert res.code == 0, res.err
