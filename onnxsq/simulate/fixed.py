@@ -66,7 +66,10 @@ def align(values: list[Fixed]) -> tuple[list[np.ndarray], np.ndarray]:
     common = values[0].shift
     for f in values[1:]:
         common = np.maximum(common, f.shift)
-    out = [np.left_shift(f.v.astype(np.int64, copy=False), common - f.shift) for f in values]
+    out = []
+    for f in values:  # only what needs a shift is shifted (a bias at the accumulator's shift is added as is)
+        diff = common - f.shift
+        out.append(np.left_shift(f.v.astype(np.int64, copy=False), diff) if diff.any() else f.v.astype(np.int64, copy=False))
     return out, common
 
 
