@@ -65,9 +65,10 @@ def run_variant(m, calib: list[dict], feeds: list[dict], overrides: dict, out: P
     src = m.path
     if pre:
         from onnxsq.passes.equalize import equalize
+        from onnxsq.passes.fold_batchnorm import fold_batchnorm
 
-        src = out.with_suffix(".eq.onnx")
-        save_model(equalize(m.path)[0], src)
+        src = out.with_suffix(".eq.onnx")  # folded first, as quantize does: BN no longer splits the pairs
+        save_model(equalize(fold_batchnorm(m.path)[0])[0], src)
     cfg = QuantizeConfig(report_samples=0, **overrides)
     q, _ = quantize(src, iter(calib), config=cfg)
     seconds = time.perf_counter() - t0
