@@ -8,7 +8,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import SAMPLES, random_feeds
+from simulate_helpers import SAMPLES, random_feeds
 
 from onnxsq.simulate.execute import Simulator
 from onnxsq.simulate.package import read_package

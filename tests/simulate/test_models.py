@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import SAMPLES, random_feeds
+from simulate_helpers import SAMPLES, random_feeds
 
 from onnxsq.errors import UnsupportedModelError
 from onnxsq.simulate.compare import ort_session
