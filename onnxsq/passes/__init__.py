@@ -50,6 +50,7 @@ class PassSpec:
 PASSES: dict[str, PassSpec] = {p.name: p for p in (
     PassSpec("fold-constants", "onnxsq.passes.fold_constants:fold_constants"),
     PassSpec("fold-batchnorm", "onnxsq.passes.fold_batchnorm:fold_batchnorm"),
+    PassSpec("equalize", "onnxsq.passes.equalize:equalize"),
     PassSpec("threshold", "onnxsq.passes.threshold:threshold", "onnxsq.passes.threshold_config:ThresholdConfig"),
     PassSpec("quantize", "onnxsq.passes.quantize:quantize", "onnxsq.passes.quantize.config:QuantizeConfig"),
 )}

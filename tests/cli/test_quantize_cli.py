@@ -206,3 +206,18 @@ def test_input_shape_with_tensors_or_bad_values(run_cli, model_and_data, tmp_pat
         res = run_cli("quantize", model, "--calib", images, "-o", tmp_path / "q.onnx", "--input-shape", value)
         lines = res.err.strip().splitlines()
         assert res.code == 1 and len(lines) == 1 and needle in lines[0], (value, res.err)
+
+
+def test_per_tensor_and_no_equalize_flags(run_cli, model_and_data, tmp_path):
+    model, data = model_and_data
+    default, per_tensor = tmp_path / "d.onnx", tmp_path / "t.onnx"
+    assert run_cli("quantize", model, "--calib", data, "-o", default, "-q").code == 0
+    res = run_cli("quantize", model, "--calib", data, "-o", per_tensor, "--per-tensor", "--no-equalize",
+                  "--report", tmp_path / "r.json", "-q")
+    assert res.code == 0, res.err
+    weight_dq = [n for n in onnx.load(str(default)).graph.node if n.op_type == "DequantizeLinear"
+                 and any(a.name == "axis" for a in n.attribute)]
+    assert weight_dq, "per-channel weights by default"
+    assert not [n for n in onnx.load(str(per_tensor)).graph.node if n.op_type == "DequantizeLinear"
+                and any(a.name == "axis" for a in n.attribute)]
+    assert "equalized_pairs" not in json.loads((tmp_path / "r.json").read_text())["summary"]

@@ -92,13 +92,15 @@ def test_weights_bias_and_activation_types():
     assert inits["w1_quantized"].dtype == np.int8 and inits["b1_quantized"].dtype == np.int32
     # bias scale == input scale * weight scale exactly, so requantization is a shift
     for w, b, x in (("w1", "b1", "input"), ("w2", "b2", "r1"), ("w3", "b3", "p"), ("wf", "bf", "f")):
-        sw = inits[dq_of(q, w).input[1]]
+        dq_w = dq_of(q, w)
+        sw = inits[dq_w.input[1]]
         sb = inits[dq_of(q, b).input[1]]
         qx = next(nd for nd in q.graph.node if nd.op_type == "QuantizeLinear" and nd.input[0] in (x, f"{x}_prequant"))
-        assert sb == inits[qx.input[1]] * sw
+        assert np.array_equal(sb, inits[qx.input[1]] * sw)  # per output channel (the default) or per tensor
         w_float = numpy_helper.to_array(next(i for i in build_net().graph.initializer if i.name == w))
+        axis = next((a.i for a in dq_w.attribute if a.name == "axis"), 1) if sw.ndim else None
         assert np.array_equal(inits[f"{w}_quantized"],
-                              pow2.quantize(w_float, pow2.shift_of(sw), 8, True, symmetric=True))
+                              pow2.quantize(w_float, pow2.shift_of(sw), 8, True, symmetric=True, axis=axis))
     # after ReLU: unsigned; the signed conv2 output feeds Add: its Q is int8
     zp = {nd.input[0]: inits[nd.input[2]].dtype for nd in q.graph.node if nd.op_type == "QuantizeLinear"}
     assert zp["r1_prequant"] == np.uint8 and zp["c2_prequant"] == np.int8
@@ -184,9 +186,9 @@ def test_per_channel_weights_and_biases():
 
 
 def test_opset_raised_only_when_needed():
-    q, report = quantize(build_net(opset=11), feeds())
+    q, report = quantize(build_net(opset=11), feeds(), config=QuantizeConfig(per_channel=False))
     assert q.opset_import[0].version == 11 and "opset_raised" not in report.summary
-    q, report = quantize(build_net(opset=11), feeds(), config=QuantizeConfig(per_channel=True))
+    q, report = quantize(build_net(opset=11), feeds())  # per-channel weights (the default) need opset 13
     assert q.opset_import[0].version == 13 and report.summary["opset_raised"].startswith("11 -> 13")
     assert q.ir_version <= 10
     make_session(q).run(None, feeds(1)[0])
@@ -290,7 +292,8 @@ def test_sample_models_keep_accuracy(sample_model):
     q, report = quantize(path, data, config=QuantizeConfig(report_samples=8))
     assert report.summary["output_sqnr_db"] > 20.0
     assert report.summary["top1_agreement"] > 0.95
-    assert q.ir_version == model.ir_version
+    # opset 11 → 13 for per-channel weights (the default), with the IR version that opset needs
+    assert report.summary["opset_raised"].startswith("11 -> 13") and q.ir_version == max(model.ir_version, 7)
 
 
 def test_clipped_fraction_from_statistics_or_counted(tmp_path):
@@ -312,3 +315,36 @@ def test_clipped_fraction_from_statistics_or_counted(tmp_path):
     assert (
         r1.details["clipped"] == pytest.approx(np.count_nonzero(vals > limit) / vals.size) and r1.details["clipped"] > 0
     )
+
+
+def test_defaults_are_per_channel_auto_and_equalized():
+    cfg = QuantizeConfig()
+    assert cfg.per_channel and cfg.method == "auto" and cfg.equalize
+    q, report = quantize(build_net(), feeds())
+    w1 = dq_of(q, "w1")
+    assert any(a.name == "axis" for a in w1.attribute)  # one shift per output channel
+    assert "equalized_pairs" in report.summary
+    onnx.checker.check_model(q)
+
+
+def test_per_channel_falls_back_to_per_tensor_when_the_opset_cannot_be_raised(monkeypatch):
+    from onnx import version_converter
+
+    def refuse(model, target):
+        if target >= 13:
+            raise RuntimeError("no adapter for this op")
+        return model
+
+    monkeypatch.setattr(version_converter, "convert_version", refuse)
+    q, report = quantize(build_net(opset=11), feeds())
+    assert q.opset_import[0].version == 11 and report.summary.get("per_channel_fallback") is True
+    assert any("per tensor" in w and "no adapter" in w for w in report.warnings)
+    assert not any(a.name == "axis" for a in dq_of(q, "w1").attribute)
+    make_session(q, optimize=True).run(None, feeds(1)[0])
+
+
+def test_a_parameters_file_reproduces_the_equalized_run(tmp_path):
+    """Equalization is deterministic: a --params-out file made with it gives the same model again."""
+    first, _ = quantize(build_net(), feeds(), params_out=tmp_path / "p.json")
+    again, _ = quantize(build_net(), feeds(), params=tmp_path / "p.json")
+    assert first.SerializeToString() == again.SerializeToString()

@@ -22,7 +22,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--bits", type=int, default=DEFAULTS.bits, show_default=True,
               help="Bits of weights and activations (2..16).")
 @click.option("--weight-bits", type=int, help="Bits of the weights only [default: --bits].")
-@click.option("--per-channel", is_flag=True, help="One power-of-two scale per output channel of each weight.")
+@click.option("--per-channel/--per-tensor", default=DEFAULTS.per_channel, show_default=True,
+              help="One power-of-two scale per output channel of each weight, or one per weight tensor (targets "
+                   "with one shift per tensor).")
 @click.option(
     "--exclude", multiple=True, metavar="PATTERN", help="Keep nodes whose name matches in float (repeatable)."
 )
@@ -34,6 +36,8 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--report-samples", type=int, default=DEFAULTS.report_samples, show_default=True,
               help="Calibration samples the per-layer SQNR report runs on (0: no report).")
 @click.option("--no-bias-correction", is_flag=True, help="Keep the float biases (no mean weight-error correction).")
+@click.option("--no-equalize", is_flag=True,
+              help="No cross-layer equalization (power-of-two factors between Conv pairs through ReLU-like ops).")
 @click.option("--params", "params_in", type=click.Path(dir_okay=False, path_type=Path),
               help="Use these parameters (JSON) instead of calibrating the tensors it names.")
 @click.option("--params-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the parameters (JSON).")
@@ -55,6 +59,7 @@ def command(
     weight_method: str,
     report_samples: int,
     no_bias_correction: bool,
+    no_equalize: bool,
     params_in: Path | None,
     params_out: Path | None,
     size,
@@ -83,6 +88,7 @@ def command(
     cfg = config_class(bits=bits, weight_bits=weight_bits, per_channel=per_channel, exclude=exclude, method=method,
                        weight_method=weight_method, calib_count=calib_count, batch_size=batch_size,
                        report_samples=report_samples, bias_correction=not no_bias_correction,
+                       equalize=not no_equalize,
                        preprocess=None if pre == Preprocess() else pre)
     with Progress(console=err_console(), transient=True, disable=quiet()) as bar:
         tasks: dict[str, int] = {}

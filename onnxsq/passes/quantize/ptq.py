@@ -42,6 +42,7 @@ batches, two single-thread sessions side by side, and weight shifts in a thread 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -61,6 +62,7 @@ from ...memory import release_memory
 from ...model_io import IR_FOR_OPSET, MAX_IR, ModelLike, default_opset, load_model, skeleton
 from ...params import TensorQuant, read_params, write_params
 from ...report import Report
+from ..equalize import equalize_graph
 from ..fold_constants import fold_constants_graph, lift_constant_nodes, merge_into
 from .bias import means_wanted
 from .config import QuantizeConfig
@@ -94,6 +96,8 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     cfg.validate()
     clock, report = _Clock(), Report(PASS_NAME)
     graph, meta, opset = _load_and_fold(model, cfg, report, clock)
+    if report.summary.get("per_channel_fallback"):
+        cfg = dataclasses.replace(cfg, per_channel=False)
     plan = plan_qdq(graph, per_channel=cfg.per_channel, exclude=tuple(cfg.exclude))
     clock.lap("plan")
     # From here on the weights live once, as the numpy arrays of ``graph`` (loading them here ends
@@ -146,6 +150,9 @@ def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
     if cfg.fold_batchnorm:
         _fold_first(graph, original, report)  # in place: no export/import round trip (a weights copy each)
         clock.lap("fold")
+    if cfg.equalize:  # after folding: a BN between two convs no longer hides the pair
+        report.summary["equalized_pairs"] = equalize_graph(graph).summary["equalized"]
+        clock.lap("equalize")
     if default_opset(original) < _needed_opset(cfg):
         original = _ensure_opset(export_like(graph, original), report, cfg)
         _infer_shapes(original)
@@ -297,6 +304,11 @@ def _ensure_opset(model: onnx.ModelProto, report: Report, cfg: QuantizeConfig) -
     try:
         converted = version_converter.convert_version(model, need)
     except Exception as exc:  # noqa: BLE001 - the converter raises assorted errors
+        if cfg.per_channel:  # per-tensor QDQ needs less: quantize per tensor rather than not at all
+            report.warnings.append(f"per-channel weights need opset {need}; converting the model from opset {opset} "
+                                   f"failed ({first_line(exc)}): weights are quantized per tensor")
+            report.summary["per_channel_fallback"] = True
+            return _ensure_opset(model, report, dataclasses.replace(cfg, per_channel=False))
         raise UnsupportedModelError(f"{why} needs opset {need}; converting the model from opset {opset} "
                                     f"failed: {first_line(exc)}") from None
     converted.ir_version = min(MAX_IR, max(model.ir_version, IR_FOR_OPSET.get(need, model.ir_version)))
