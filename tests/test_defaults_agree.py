@@ -58,3 +58,17 @@ def test_original_spellings_come_from_the_field_metadata():
     assert spellings["threshold_fraction_low"] == "fraction_low" and len(spellings) == 6
     assert set(spellings) <= set(KINDS["threshold"].aliases)  # the recipe takes them
     assert build_options("threshold", {"threshold_fraction_low": 0.3}).fraction_low == 0.3
+
+
+def test_training_takes_threshold_caps_and_shows_its_own_defaults():
+    from onnxsq.training.config import TrainConfig
+
+    train, threshold = TrainConfig(), ThresholdConfig()
+    assert (train.threshold_value_max, train.threshold_value_maxratio) == (threshold.value_max,
+                                                                           threshold.value_maxratio)
+    from onnxsq.cli.main import cli
+
+    command = cli.get_command(click.Context(cli), "train")
+    helps = {p.name: p.help for p in command.params if isinstance(p, click.Option)}
+    assert f"[default: {train.batch_size}]" in helps["batch_size"] and f"[default: {train.lr}]" in helps["lr"]
+    assert f"[default: {QAT_DEFAULTS['bits']}]" in helps["bits"]

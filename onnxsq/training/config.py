@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import InvalidOptionError, first_line
 from ..passes.quantize.config import QuantizeConfig
+from ..passes.threshold_config import ThresholdConfig
 
 STAGES = ("l2", "l1", "sparse", "qat")
 SCHEDULES = ("fixed", "step", "multistep", "poly", "cosine")
@@ -25,6 +26,7 @@ CONNECT_MODES = ("WEIGHT_CONNECTED", "WEIGHT_DISCONNECTED_ELTWISE")
 # Defaults of the QAT options: quantize's own (QuantizeConfig), so QAT and PTQ compare like for like, plus
 # the two QAT alone has.
 _PTQ = QuantizeConfig()
+_THRESHOLD = {f.name: f.default for f in fields(ThresholdConfig)}  # (no instance: its checks import graph code)
 QAT_DEFAULTS: dict[str, Any] = {"quantization_start_iter": None, "bits": _PTQ.bits, "weight_bits": _PTQ.weight_bits,
                                 "quant_method": _PTQ.method, "weight_method": _PTQ.weight_method,
                                 "percentile": _PTQ.percentile, "quant_update_every": 1}
@@ -66,8 +68,9 @@ class TrainConfig:
     sparsity_start_factor: float = 0.6
     sparsity_step_iter: int = 1000
     sparsity_step_factor: float = 0.01
-    threshold_value_max: float = 0.2  # caps of the gradual channelwise thresholding (threshold's names)
-    threshold_value_maxratio: float = 0.2
+    # caps of the gradual channelwise thresholding: threshold's own defaults (ThresholdConfig)
+    threshold_value_max: float = _THRESHOLD["value_max"]
+    threshold_value_maxratio: float = _THRESHOLD["value_maxratio"]
     # onnxsq extensions of the gradual thresholding (the original used 0.5 and its eligibility rule).
     sparsity_low_ratio: float = 0.5  # the "low" layer class thresholds factor * this
     sparsity_all_layers: bool = False  # also threshold layers the original found too small

@@ -6,13 +6,17 @@ Solver flags default to None so that only flags actually given override a --conf
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ...training.config import STAGES
+from ...training.config import QAT_DEFAULTS, STAGES, TrainConfig
+
+# TrainConfig's defaults, shown in the help (the flags default to None: only those given override --config)
+_D = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 _PATH = click.Path(path_type=Path)
 
@@ -61,27 +65,28 @@ def data_options(f: Callable) -> Callable:
 def solver_options(f: Callable) -> Callable:
     opts = [
         click.option("--stage", type=click.Choice(STAGES),
-                     help="Training stage [default: l2]; qat writes a power-of-two QDQ model."),
+                     help=f"Training stage [default: {_D['stage']}]; qat writes a power-of-two QDQ model."),
         click.option("--config", "config_file", type=_PATH,
                      help="Solver config (JSON or TOML) with the original's keys."),
         click.option("--iters", type=int, help="Iterations (max_iter)."),
         click.option("--epochs", type=float, help="Epochs (instead of --iters) [default: 1]."),
-        click.option("--batch-size", type=int, help="Batch size [default: 32]."),
-        click.option("--lr", type=float, help="Base learning rate [default: 0.01]."),
+        click.option("--batch-size", type=int, help=f"Batch size [default: {_D['batch_size']}]."),
+        click.option("--lr", type=float, help=f"Base learning rate [default: {_D['lr']}]."),
         click.option("--lr-schedule", type=click.Choice(["fixed", "step", "multistep", "poly", "cosine"]),
-                     help="Learning-rate policy [default: fixed]."),
-        click.option("--gamma", type=float, help="step/multistep: decay factor [default: 0.1]."),
+                     help=f"Learning-rate policy [default: {_D['lr_policy']}]."),
+        click.option("--gamma", type=float, help=f"step/multistep: decay factor [default: {_D['gamma']}]."),
         click.option("--step-size", type=int, help="step: decay every N iterations."),
         click.option("--milestones", type=str, help="multistep: comma-separated iterations."),
-        click.option("--power", type=float, help="poly: exponent [default: 1]."),
+        click.option("--power", type=float, help=f"poly: exponent [default: {_D['power']:g}]."),
         click.option("--optimizer", type=click.Choice(["sgd", "adamw"]),
-                     help="sgd (momentum) or adamw [default: sgd]."),
-        click.option("--momentum", type=float, help="SGD momentum [default: 0.9]."),
+                     help=f"sgd (momentum) or adamw [default: {_D['optimizer']}]."),
+        click.option("--momentum", type=float, help=f"SGD momentum [default: {_D['momentum']}]."),
         click.option("--weight-decay", type=float, help="L2 weight decay on conv/fc weights."),
         click.option("--l1", type=float, help="L1 strength: loss += l1 * sum|w| over conv/fc weights."),
-        click.option("--seed", type=int, help="Seed of shuffling and augmentation [default: 0]."),
-        click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Execution device [default: auto]."),
-        click.option("--display", type=int, help="A log line every N iterations [default: 50]."),
+        click.option("--seed", type=int, help=f"Seed of shuffling and augmentation [default: {_D['seed']}]."),
+        click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]),
+                     help=f"Execution device [default: {_D['device']}]."),
+        click.option("--display", type=int, help=f"A log line every N iterations [default: {_D['display']}]."),
         click.option("--checkpoint-every", type=int, help="Write a checkpoint every N iterations."),
         click.option("--checkpoint", type=_PATH, help="Checkpoint file [default: OUTPUT.ckpt.npz]."),
         click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -89,7 +94,8 @@ def solver_options(f: Callable) -> Callable:
         click.option("--quantization-start-iter", type=int,
                      help="qat: float iterations collecting activation ranges before fake quantization "
                           "[default: 10% of the iterations]."),
-        click.option("--bits", type=int, help="qat: bits of weights and activations [default: 8]."),
+        click.option("--bits", type=int,
+                     help=f"qat: bits of weights and activations [default: {QAT_DEFAULTS['bits']}]."),
         click.option("--weight-bits", type=int, help="qat: bits of the weights [default: --bits]."),
         click.option("--params-out", type=_PATH, help="qat: write the quantization parameters (JSON)."),
     ]
