@@ -94,7 +94,7 @@ class TensorStats:
             raise ValueError("tensor holds inf or nan")
         self._add(int(x.size), int(x.size - np.count_nonzero(x)) if self.histogram else 0, bmin, bmax)
         if self.histogram:
-            self._hist_update(x, max(abs(bmin), abs(bmax)))
+            self._hist_update(x, max(abs(bmin), abs(bmax)), negatives=bmin < 0)
 
     def update_reduced(self, count: int, bmin: float, bmax: float) -> None:
         """Add one batch given by its size, min and max (computed elsewhere, e.g. inside the model);
@@ -118,7 +118,7 @@ class TensorStats:
             self.ema_max = EMA_MOMENTUM * self.ema_max + (1 - EMA_MOMENTUM) * bmax
         self.batches += 1
 
-    def _hist_update(self, x: np.ndarray, mag: float) -> None:
+    def _hist_update(self, x: np.ndarray, mag: float, *, negatives: bool = True) -> None:
         exp = _exp_above(mag)
         if exp > self.hist_exp:
             self.hist_pos = _fold(self.hist_pos, exp - self.hist_exp)
@@ -126,12 +126,16 @@ class TensorStats:
             self.hist_exp = exp
         # |x| * 2**(log2(BINS) - exp) in float32 is exact (a power-of-two factor, no overflow since
         # |x| < 2**exp), and truncation of a non-negative value is floor: the bin index is exact.
+        # Every |x| < 2**exp <= 2**hist_exp, so the index is below BINS without clamping.
         flat = x.ravel()
         if flat.dtype != np.float32:
             flat = flat.astype(np.float64)
-        scaled = np.abs(flat) * flat.dtype.type(math.ldexp(1.0, int(math.log2(BINS)) - self.hist_exp))
-        idx = np.minimum(scaled.astype(np.int32), BINS - 1)
-        idx[np.signbit(flat) & (flat != 0)] += BINS  # negatives in the upper half
+        scaled = np.abs(flat)
+        np.multiply(scaled, flat.dtype.type(math.ldexp(1.0, int(math.log2(BINS)) - self.hist_exp)), out=scaled)
+        idx = scaled.astype(np.int32)
+        del scaled
+        if negatives:  # (a ReLU output has none: two passes saved)
+            idx[np.signbit(flat) & (flat != 0)] += BINS  # negatives in the upper half
         both = np.bincount(idx, minlength=2 * BINS)
         self.hist_pos += both[:BINS]
         self.hist_neg += both[BINS:]

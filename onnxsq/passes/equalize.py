@@ -135,7 +135,7 @@ def _homogeneous(act: gs.Node) -> str:
 def _factors(first: gs.Node, second: gs.Node) -> np.ndarray | None:
     """Per channel ``k`` with ``s = 2**k`` (0 where a range is zero: a dead channel stays as it is)."""
     w1, w2 = const_value(first.inputs[1]), const_value(second.inputs[1])
-    r1 = np.abs(w1.reshape(w1.shape[0], -1).astype(np.float64)).max(axis=1)
+    r1 = np.abs(w1.reshape(w1.shape[0], -1)).max(axis=1).astype(np.float64)  # a max is exact in any dtype
     r2 = _input_channel_ranges(w2, int(second.attrs.get("group", 1)))
     with np.errstate(divide="ignore", invalid="ignore"):
         k = np.round(0.5 * np.log2(r1 / r2))
@@ -147,7 +147,7 @@ def _input_channel_ranges(w2: np.ndarray, group: int) -> np.ndarray:
     """``max |W2[o, i]|`` over the outputs that read input channel ``c = g * C/g + i``."""
     m, cg = w2.shape[0], w2.shape[1]
     mg = m // group
-    a = np.abs(w2.reshape(group, mg, cg, -1).astype(np.float64)).max(axis=(1, 3))  # [group, C/g]
+    a = np.abs(w2.reshape(group, mg, cg, -1)).max(axis=(1, 3)).astype(np.float64)  # [group, C/g]
     return a.reshape(-1)
 
 
