@@ -116,8 +116,8 @@ def _run(args) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
-    print("| model | layers | bit-equal outputs | worst step | default-kernel equal | unoptimized equal | float islands "
-          "| simulate s | ort s | ratio |")
+    print("| model | layers | bit-equal outputs | worst step | default-kernel equal | unoptimized equal "
+          "| float islands | simulate s | ort s | ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
@@ -125,8 +125,8 @@ def _run(args) -> int:
             continue
         ops = ", ".join(f"{k}×{v}" for k, v in sorted(r["island_ops"].items()))
         mark = " (vs default kernels: the precise ones fail)" if "default kernels" in r["reference"] else ""
-        print(f"| {r['model']} | {r['layers']} | {r['equal']:.5f}{mark} | {r['worst_step']:g} | {r['default_equal']:.4f} | "
-              f"{r['unoptimized_equal']:.5f} | "
+        print(f"| {r['model']} | {r['layers']} | {r['equal']:.5f}{mark} | {r['worst_step']:g} | "
+              f"{r['default_equal']:.4f} | {r['unoptimized_equal']:.5f} | "
               f"{r['islands']}{' (' + ops + ')' if ops else ''} | {r['t_sim']:.3f} | {r['t_ort']:.4f} | {r['ratio']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -87,7 +88,8 @@ def simulate(program: Program, source: Iterable[Mapping[str, np.ndarray]], *, mo
             _tally_reference(program, ref, feed, result, tally)
         if flt is not None:
             _tally_float(program, flt, feed, result, tally)
-    outputs = {o: np.concatenate(v) if v and np.ndim(v[0]) else (v[0] if v else np.zeros(0)) for o, v in collected.items()}
+    outputs = {o: np.concatenate(v) if v and np.ndim(v[0]) else (v[0] if v else np.zeros(0))
+               for o, v in collected.items()}
     return outputs, _report(program, sim, tally, cfg, ref)
 
 
@@ -111,7 +113,8 @@ def _tally_reference(program: Program, ref: Reference, feed, result, tally: _Tal
             continue
         if layer.out is None:
             mine = np.asarray(result.outputs.get(layer.output), dtype=np.float64)
-            tally.add_layer(layer.name, (int(np.abs(mine - theirs).max(initial=0) > 0), int(np.count_nonzero(mine != theirs))), mine.size)
+            diff = (int(np.abs(mine - theirs).max(initial=0) > 0), int(np.count_nonzero(mine != theirs)))
+            tally.add_layer(layer.name, diff, mine.size)
         else:
             tally.add_layer(layer.name, step_diff(result.ints[layer.output], theirs), result.ints[layer.output].size)
 

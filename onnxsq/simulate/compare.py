@@ -145,7 +145,8 @@ class Reference:
         fetch = layer.output + FETCH
         if layer.out is not None:
             scale = fetch + "_scale"
-            g.initializer.append(numpy_helper.from_array(np.asarray(np.ldexp(1.0, -layer.out.shift), np.float32), scale))
+            step = np.asarray(np.ldexp(1.0, -layer.out.shift), np.float32)
+            g.initializer.append(numpy_helper.from_array(step, scale))
             g.node.append(helper.make_node("DequantizeLinear", [layer.output, scale], [fetch], name=fetch))
         else:
             g.node.append(helper.make_node("Identity", [layer.output], [fetch], name=fetch))

@@ -10,13 +10,14 @@ width leaves it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from .fixed import KERNELS, Fixed, NotInteger, align
 from . import kernels as K
+from .fixed import KERNELS, Fixed, NotInteger, align
 from .islands import FloatRunner
 from .program import Layer, Program, Step
 from .rounding import ROUNDINGS, requantize, round_float, saturate, wrap

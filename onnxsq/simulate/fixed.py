@@ -12,8 +12,9 @@ A kernel that meets a value it cannot keep exact (e.g. a reshape of a per-channe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class Fixed:
     const: bool = False  # a weight: the same array every batch (kernels cache its conversions)
 
     @classmethod
-    def of(cls, v: np.ndarray, shift: Any, div: Any = 1) -> "Fixed":
+    def of(cls, v: np.ndarray, shift: Any, div: Any = 1) -> Fixed:
         """Integer ``v`` as it is (int8..int64: kernels widen what they compute), shift and divisor as int64."""
         v = np.asarray(v)
         if v.dtype.kind not in "iu":
@@ -49,7 +50,7 @@ class Fixed:
         """One shift and one divisor for every element (shape ops may move them)."""
         return bool(np.all(self.shift == self.shift.flat[0]) and np.all(self.div == self.div.flat[0]))
 
-    def moved(self, v: np.ndarray) -> "Fixed":
+    def moved(self, v: np.ndarray) -> Fixed:
         """The same scale on rearranged elements (shape ops)."""
         if not self.uniform:
             raise NotInteger("a shape op on a per-channel or position-dependent average")
@@ -69,7 +70,8 @@ def align(values: list[Fixed]) -> tuple[list[np.ndarray], np.ndarray]:
     out = []
     for f in values:  # only what needs a shift is shifted (a bias at the accumulator's shift is added as is)
         diff = common - f.shift
-        out.append(np.left_shift(f.v.astype(np.int64, copy=False), diff) if diff.any() else f.v.astype(np.int64, copy=False))
+        v = f.v.astype(np.int64, copy=False)
+        out.append(np.left_shift(v, diff) if diff.any() else v)
     return out, common
 
 

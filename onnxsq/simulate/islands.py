@@ -8,7 +8,7 @@ the model's (dequantized weights as float32, exactly); its output is quantized b
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx

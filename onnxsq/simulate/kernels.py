@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -254,7 +254,8 @@ def pool_geometry(in_shape: Sequence[int], attrs: dict) -> tuple[list[int], list
             out = -(-span // strides[i]) + 1
             if (out - 1) * strides[i] >= size + pads[i]:
                 out -= 1
-            extra[i] = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - (size + pads[i] + pads[i + nd]))
+            reach = (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+            extra[i] = max(0, reach - (size + pads[i] + pads[i + nd]))
     return kernel, strides, dilations, pads, extra
 
 

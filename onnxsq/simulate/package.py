@@ -135,7 +135,8 @@ def write_package(program: Program, out_dir: str | os.PathLike, source: str = ""
 
 
 def _attrs_from(attrs: dict[str, Any], arrays) -> dict[str, Any]:
-    return {k: (np.asarray(arrays[v["tensor"]]) if isinstance(v, dict) and "tensor" in v else v) for k, v in attrs.items()}
+    return {k: (np.asarray(arrays[v["tensor"]]) if isinstance(v, dict) and "tensor" in v else v)
+            for k, v in attrs.items()}
 
 
 def read_package(path: str | os.PathLike) -> Program:

@@ -141,7 +141,8 @@ def _scale_shift(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> tuple[n
         shift = np.asarray(shift_of(scale), dtype=np.int64)
     except ValueError:
         raise UnsupportedModelError(f"{tensor}: {node.op_type} scale {scale.ravel()[:3].tolist()} is not a "
-                                    "power of two (2**-shift); only onnxsq's power-of-two QDQ models simulate") from None
+                                    "power of two (2**-shift); only onnxsq's power-of-two QDQ models "
+                                    "simulate") from None
     dtype = np.dtype(np.uint8)
     if len(node.input) > 2 and node.input[2]:
         if node.input[2] not in consts:

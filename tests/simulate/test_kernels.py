@@ -125,7 +125,8 @@ def _conv_transpose_oracle(x, w, strides, pads, dil, group, opad):
     for b, ci, i, j, o, a, e in itertools.product(range(n), range(c), range(h), range(wd), range(mg), range(kh),
                                                   range(kw)):
         g = ci // cg
-        full[b, g * mg + o, i * strides[0] + a * dil[0], j * strides[1] + e * dil[1]] += int(x[b, ci, i, j]) * int(w[ci, o, a, e])
+        yi, yj = i * strides[0] + a * dil[0], j * strides[1] + e * dil[1]
+        full[b, g * mg + o, yi, yj] += int(x[b, ci, i, j]) * int(w[ci, o, a, e])
     return full[:, :, pads[0]:fh - pads[2], pads[1]:fw - pads[3]].astype(np.int64)
 
 
