@@ -68,7 +68,7 @@ def equalize_graph(graph: gs.Graph) -> Report:
     for _ in range(ROUNDS):
         for first, _act, second in pairs:
             k = _factors(first, second)
-            if k is not None and np.any(k):
+            if np.any(k):
                 _apply(graph, names, first, second, k)
                 moved[id(first)] = moved.get(id(first), 0) + int(np.count_nonzero(k))
     for first, act, second in pairs:
@@ -132,7 +132,7 @@ def _homogeneous(act: gs.Node) -> str:
     return f"{act.op} {node_label(act)} is not positively homogeneous (f(z / s) != f(z) / s)"
 
 
-def _factors(first: gs.Node, second: gs.Node) -> np.ndarray | None:
+def _factors(first: gs.Node, second: gs.Node) -> np.ndarray:
     """Per channel ``k`` with ``s = 2**k`` (0 where a range is zero: a dead channel stays as it is)."""
     w1, w2 = const_value(first.inputs[1]), const_value(second.inputs[1])
     r1 = np.abs(w1.reshape(w1.shape[0], -1)).max(axis=1).astype(np.float64)  # a max is exact in any dtype
