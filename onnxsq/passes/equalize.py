@@ -30,7 +30,7 @@ import onnx_graphsurgeon as gs
 from ..graph import UniqueNames, const_value, export_like, import_graph, node_label, sole_consumer
 from ..model_io import ModelLike, load_model
 from ..report import Report
-from .bn_graph import set_const_input
+from .fold_batchnorm.edit import set_const_input
 
 log = logging.getLogger(__name__)
 

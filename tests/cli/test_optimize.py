@@ -15,7 +15,7 @@ from test_shapes import spatial_after, strided_model  # pythonpath = tests
 
 pytest.importorskip("onnxruntime")
 
-from onnxsq.passes import bn_math
+from onnxsq.passes.fold_batchnorm import bn_math
 
 
 def bn_count(path: Path) -> int:

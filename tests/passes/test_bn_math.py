@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxsq.passes import bn_math as bm
+from onnxsq.passes.fold_batchnorm import bn_math as bm
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])

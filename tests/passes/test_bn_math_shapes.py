@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import FLOATS, SHAPES, float_arrays, int_arrays
 
-from onnxsq.passes import bn_math as bm
+from onnxsq.passes.fold_batchnorm import bn_math as bm
 
 
 def oracle_per_channel(value: np.ndarray, rank: int, channels: int):

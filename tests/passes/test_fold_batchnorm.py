@@ -14,8 +14,8 @@ pytest.importorskip("onnxruntime")
 from builders import Builder, assert_equivalent, feeds_for, ops
 
 from onnxsq.errors import VerificationError
-from onnxsq.passes import bn_math, get_pass
-from onnxsq.passes.fold_batchnorm import fold_batchnorm
+from onnxsq.passes import get_pass
+from onnxsq.passes.fold_batchnorm import bn_math, fold_batchnorm
 
 DTYPES = st.sampled_from([np.float16, np.float32, np.float64])
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

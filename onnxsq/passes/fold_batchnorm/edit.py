@@ -1,7 +1,6 @@
-"""Graph helpers of the folding passes (:mod:`onnxsq.passes.fold_batchnorm`,
-:mod:`onnxsq.passes.fold_affine`): lazily inferred tensor types,
-writing a layer's constant inputs without touching tensors other nodes share, and scaling a layer's
-output channels into its weights and bias."""
+"""Graph edits of the folds (:mod:`.rules`, :mod:`.affine`, :mod:`onnxsq.passes.equalize`): lazily
+inferred tensor types, writing a layer's constant inputs without touching tensors other nodes share, and
+scaling a layer's output channels into its weights and bias (a check, then a rewrite that cannot fail)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..graph import (
+from ...graph import (
     UniqueNames,
     const_value,
     is_graph_output,
@@ -87,42 +86,51 @@ def set_const_input(graph: gs.Graph, node: gs.Node, idx: int, values: np.ndarray
         node.inputs[idx] = new
 
 
+def layer_channel_error(layer: gs.Node, channels: int) -> str | None:
+    """Why ``layer`` cannot absorb a per-output-channel affine map of ``channels`` values (None: it can).
+
+    The check half of :func:`rewrite_layer`: a constant weight of the right shape and a constant bias/C."""
+    w = const_value(layer.inputs[1]) if len(layer.inputs) > 1 else None
+    if w is None:
+        return f"the weight of {layer.op} {node_label(layer)} is not constant"
+    if len(layer.inputs) > 2 and layer.inputs[2].name != "" and const_value(layer.inputs[2]) is None:
+        return f"the bias/C of {layer.op} {node_label(layer)} is not constant"
+    label = node_label(layer)
+    if layer.op == "Conv":
+        n = w.shape[0]
+    elif layer.op == "ConvTranspose":
+        n = bm.convtranspose_out_channels(w, int(layer.attrs.get("group", 1)))
+    elif w.ndim != 2:
+        return f"{label} has a rank-{w.ndim} weight, not a 2-D matrix"
+    else:
+        n = w.shape[0] if layer.op == "Gemm" and int(layer.attrs.get("transB", 0)) == 1 else w.shape[1]
+    if n != channels:
+        what = "channels" if layer.op in ("Conv", "ConvTranspose") else "features"
+        return f"{label} has {n} output {what}, the affine map {channels}"
+    return None
 
 
 def rewrite_layer(graph: gs.Graph, names: UniqueNames, layer: gs.Node, scale: np.ndarray,
-                  shift: np.ndarray) -> str | None:
+                  shift: np.ndarray) -> None:
     """Make ``layer`` compute ``scale * layer(x) + shift`` (per output channel) through its weight and
-    bias; None when done, else why not (then nothing changed). A MatMul has no bias: only its weight
-    is scaled, and the caller places ``shift``. Weights other nodes share are cloned."""
+    bias; :func:`layer_channel_error` must have passed. A MatMul has no bias: only its weight is scaled,
+    and the caller places ``shift``. Weights other nodes share are cloned."""
     w = const_value(layer.inputs[1])
     has_bias = len(layer.inputs) > 2 and layer.inputs[2].name != ""
     bias = const_value(layer.inputs[2]) if has_bias else None
-    if has_bias and bias is None:
-        return f"the bias/C of {layer.op} {node_label(layer)} is not constant"
-    label, channels = node_label(layer), scale.size
     if layer.op == "Conv":
-        if w.shape[0] != channels:
-            return f"{label} has {w.shape[0]} output channels, the affine map {channels}"
         new_w, new_b = bm.scale_conv_weight(w, scale, w.dtype), bm.fold_bias(bias, scale, shift)
     elif layer.op == "ConvTranspose":
         group = int(layer.attrs.get("group", 1))
-        if bm.convtranspose_out_channels(w, group) != channels:
-            return f"{label} has {bm.convtranspose_out_channels(w, group)} output channels, the affine map {channels}"
         new_w, new_b = bm.scale_convtranspose_weight(w, scale, group, w.dtype), bm.fold_bias(bias, scale, shift)
     elif layer.op == "Gemm":
         trans = int(layer.attrs.get("transB", 0)) == 1
-        n = w.shape[0] if trans else w.shape[1]
-        if w.ndim != 2 or n != channels:
-            return f"{label} has {n} output features, the affine map {channels}"
         new_w = bm.scale_matrix_columns(w, scale, trans, w.dtype)
         new_b = bm.fold_gemm_c(bias, float(layer.attrs.get("beta", 1.0)), scale, shift)
         layer.attrs["beta"] = 1.0
     else:  # MatMul
-        if w.ndim != 2 or w.shape[1] != channels:
-            return f"{label} has {w.shape[-1]} output features, the affine map {channels}"
         new_w, new_b = bm.scale_matrix_columns(w, scale, False, w.dtype), None
     set_const_input(graph, layer, 1, bm.cast_like(new_w, w), f"{layer.inputs[1].name}", names)
     if new_b is not None:
-        base = layer.inputs[2].name if has_bias else f"{label}_bias"
+        base = layer.inputs[2].name if has_bias else f"{node_label(layer)}_bias"
         set_const_input(graph, layer, 2, bm.cast_like(new_b, bias if bias is not None else w), base, names)
-    return None

@@ -1,7 +1,7 @@
-"""Affine folds (run by fold-batchnorm after its BN folds): constant Mul/Add/Sub/Div after a layer go
+"""Affine folds (run by fold-batchnorm after its BN rules): constant Mul/Add/Sub/Div after a layer go
 into the layer's weights and bias.
 
-Math (float64, stored back in each tensor's own dtype; :mod:`onnxsq.passes.bn_math`): a chain of
+Math (float64, stored back in each tensor's own dtype; :mod:`.bn_math`): a chain of
 constant elementwise ops on a layer's output is one per-channel affine map ``y = a * L(x) + b``,
 composed from the last op back to the layer (``a * (u * c) + b``: ``a' = a c``; ``a * (u + c) + b``:
 ``b' = b + a c``; ``u - c`` and ``c - u`` (which negates ``a``); ``u / c`` for ``c != 0``). Then
@@ -43,10 +43,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..graph import UniqueNames, const_value, is_graph_output, new_constant, node_label
-from ..report import Report
+from ...graph import UniqueNames, const_value, is_graph_output, new_constant, node_label
+from ...report import Report
 from . import bn_math as bm
-from .bn_graph import TensorTypes, rewrite_layer
+from .edit import TensorTypes, layer_channel_error, rewrite_layer
 
 log = logging.getLogger(__name__)
 
@@ -205,11 +205,12 @@ def _rewrite(ctx: _Ctx, info: _Layer, steps: list[_Step], pattern: str) -> None:
             ctx.report.add(keep.label, keep.op, "skipped", GEMM_IS_2D.format(rank=info.rank), pattern=pattern,
                            bias_of=label)
             return
-    why = rewrite_layer(ctx.graph, ctx.names, layer, a, b)
+    why = layer_channel_error(layer, info.channels)
     if why:
         for s in steps:
             ctx.report.add(s.label, s.op, "skipped", why, pattern=pattern)
         return
+    rewrite_layer(ctx.graph, ctx.names, layer, a, b)
     out, mid = steps[-1].node.outputs[0], layer.outputs[0]
     for s in steps:
         s.node.inputs.clear()
