@@ -52,16 +52,13 @@ log = logging.getLogger(__name__)
 
 def fold_first(model: onnx.ModelProto, report: Report) -> onnx.ModelProto:
     """Fold as the quantize pass does (BatchNorm, exporters' affine ops, computed weights); record it."""
-    from ..passes.fold_batchnorm import fold_batchnorm
+    from ..passes.fold_batchnorm import fold_batchnorm, summarize_for_quantize
 
     folded, frep = fold_batchnorm(model)
-    bn = [c for c in frep.candidates if c.op == "BatchNormalization"]
-    report.summary["batchnorm_folded_first"] = sum(1 for c in bn if c.changed)
-    report.summary["affine_folded_first"] = frep.summary.get("affine_folded", 0)
-    left = [c.name for c in bn if not c.changed]
-    if left:
-        report.warnings.append(f"{len(left)} BatchNormalization node(s) could not be folded; they train with batch "
-                               f"statistics and stay float: {', '.join(left[:5])}")
+    summary, warnings = summarize_for_quantize(frep, context="train with batch statistics and stay float")
+    report.summary.setdefault("batchnorm_folded_first", 0)
+    report.summary.update(summary)
+    report.warnings.extend(warnings)
     return folded
 
 

@@ -257,27 +257,12 @@ def _infer_shapes(model: onnx.ModelProto) -> None:
 
 def _fold_first(graph: gs.Graph, model: onnx.ModelProto, report: Report) -> None:
     """fold-batchnorm on the graph, its affine folds included (a layer's Mul/Add then quantizes with it)."""
-    try:
-        from ..fold_batchnorm import fold_batchnorm_graph
-    except ImportError as exc:
-        report.warnings.append(f"BatchNormalization and affine ops left in place (fold-batchnorm unavailable: {exc})")
-        return
+    from ..fold_batchnorm import fold_batchnorm_graph, summarize_for_quantize
+
     frep = fold_batchnorm_graph(graph, opset=default_opset(model), types_from=skeleton(model))
-    bns = [c for c in frep.candidates if c.op == "BatchNormalization"]
-    if bns:
-        report.summary["batchnorm_folded_first"] = sum(1 for c in bns if c.changed)
-    if frep.summary.get("affine_nodes"):
-        report.summary["affine_folded_first"] = frep.summary["affine_folded"]
-    left = [c.name for c in bns if not c.changed]
-    if left:
-        report.warnings.append(f"{len(left)} BatchNormalization node(s) could not be folded and stay float: "
-                               + ", ".join(left[:5]))
-    # a rank-3+ MatMul's Add stays as its bias, which placement quantizes with the layer
-    stay = [c for c in frep.candidates if c.op != "BatchNormalization" and not c.changed and "bias_of" not in c.details]
-    if stay:
-        report.warnings.append(f"{len(stay)} constant Mul/Add/Sub/Div node(s) after layers could not be folded "
-                               "into them (each quantizes on its own, or stays float): "
-                               + "; ".join(f"{c.name} ({c.reason})" for c in stay[:3]))
+    summary, warnings = summarize_for_quantize(frep)
+    report.summary.update(summary)
+    report.warnings.extend(warnings)
 
 
 def _check_bits(model: onnx.ModelProto, cfg: QuantizeConfig) -> None:
