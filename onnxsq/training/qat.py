@@ -41,7 +41,7 @@ from ..data.loader import Dataset, Loader
 from ..errors import InvalidOptionError
 from ..model_io import default_opset
 from ..params import TensorQuant
-from ..passes.quantize.params import constant_shift
+from ..passes.quantize.params import check_bits, constant_shift
 from ..report import Report
 from .config import TrainConfig
 from .loop import Trainer
@@ -72,9 +72,7 @@ class QATTrainer(Trainer):
         super().__init__(folded, data, cfg, on_step=on_step)
         self.bits = int(cfg.qat("bits"))
         self.wbits = int(cfg.weight_bits or self.bits)
-        if max(self.bits, self.wbits) > 8 and default_opset(folded) < 21:
-            raise InvalidOptionError(f"{max(self.bits, self.wbits)} bits need 16-bit QuantizeLinear, which ONNX has "
-                                     f"from opset 21; this model is opset {default_opset(folded)}")
+        check_bits(self.bits, self.wbits, default_opset(folded))
         start = cfg.quantization_start_iter
         self.start = int(start) if start is not None else max(1, self.max_iter // 10)
         self.qp = plan_for(folded, cfg.quant_exclude)

@@ -20,6 +20,18 @@ from .config import QuantizeConfig
 from .insert import carrier_dtype
 from .placement import Plan
 
+SIXTEEN_BIT_OPSET = 21  # QuantizeLinear/DequantizeLinear take int16/uint16 from opset 21
+
+
+def check_bits(bits: int, weight_bits: int, opset: int, *, flag: str = "--bits") -> None:
+    """Refuse a bit width the model's opset cannot hold (more than 8 bits need opset 21); one rule for
+    quantize and QAT."""
+    wide = max(bits, weight_bits)
+    if wide > 8 and opset < SIXTEEN_BIT_OPSET:
+        raise InvalidOptionError(f"{flag} {wide} needs 16-bit QuantizeLinear, which ONNX has from opset "
+                                 f"{SIXTEEN_BIT_OPSET}; this model is opset {opset} (use {flag} 8 or less, or "
+                                 f"convert the model to opset {SIXTEEN_BIT_OPSET} first)")
+
 
 @dataclass
 class QuantizeContext:

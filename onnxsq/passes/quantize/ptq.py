@@ -68,7 +68,7 @@ from .bias import means_wanted
 from .config import QuantizeConfig
 from .eval import evaluate
 from .insert import insert_qdq_graph
-from .params import QuantizeContext, known_clipped, resolve_params
+from .params import QuantizeContext, check_bits, known_clipped, resolve_params
 from .placement import plan_qdq
 from .report import fill_report
 
@@ -266,11 +266,7 @@ def _fold_first(graph: gs.Graph, model: onnx.ModelProto, report: Report) -> None
 
 
 def _check_bits(model: onnx.ModelProto, cfg: QuantizeConfig) -> None:
-    opset = default_opset(model)
-    if max(cfg.bits, cfg.wbits) > 8 and opset < 21:
-        raise InvalidOptionError(f"--bits {max(cfg.bits, cfg.wbits)} needs 16-bit QuantizeLinear, which ONNX "
-                                 f"has from opset 21; this model is opset {opset} (use --bits 8 or less, or "
-                                 "convert the model to opset 21 first)")
+    check_bits(cfg.bits, cfg.wbits, default_opset(model))
 
 
 def _needed_opset(cfg: QuantizeConfig) -> int:
