@@ -5,9 +5,10 @@ The library never prints; everything a user sees on the terminal is made here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,86 @@ def finish(report: Report, report_path: Path | None, *, quiet: bool, detail_keys
         report.write(report_path)
     if not quiet:
         render_report(report, detail_keys=detail_keys)
+
+
+def _live_console(quiet: bool) -> Console | None:
+    """Where a progress display draws: stdout's console while stdout is a terminal (so the tables and
+    lines printed meanwhile go above the bar, not through it), else stderr's while that is a terminal;
+    None (no display) in logs, CI and pipes, and when quiet."""
+    if quiet:
+        return None
+    for con in (console(), err_console()):
+        if con.is_terminal:
+            return con
+    return None
+
+
+@contextlib.contextmanager
+def _logs_to(con: Console | None) -> Iterator[None]:
+    """While a display is live on ``con``, log lines are printed through it too (above the bar)."""
+    handlers = [h for h in logging.getLogger("onnxsq").handlers if isinstance(h, RichHandler)]
+    if con is None or not handlers:
+        yield
+        return
+    before = [h.console for h in handlers]
+    for h in handlers:
+        h.console = con
+    try:
+        yield
+    finally:
+        for h, c in zip(handlers, before):
+            h.console = c
+
+
+PhaseCallback = Callable[[int, "int | None", str], None]
+
+
+@contextlib.contextmanager
+def phase_progress(*, quiet: bool) -> Iterator[PhaseCallback]:
+    """``progress(done, total, phase)`` for the library's per-batch callbacks: one bar per phase
+    ("calibrate", "evaluate", ...), created when the phase first reports and updated in place after,
+    on stderr while it is a terminal (nothing otherwise, nothing when quiet); gone when the block ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    con = _live_console(quiet)
+    with Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=con, transient=True, disable=con is None) as bar, _logs_to(con):
+        tasks: dict[str, Any] = {}
+
+        def advance(done: int, total: int | None, phase: str) -> None:
+            if phase not in tasks:
+                for task in bar.tasks:  # a phase that reports no more is finished
+                    if task.total is not None and not task.finished:
+                        bar.update(task.id, completed=task.total)
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        yield advance
+
+
+class StageBars:
+    """One bar for the stage that runs (``onnxsq pipeline``): its label, phase and progress in place."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar, self.tasks = bar, {}
+
+    def update(self, label: str, phase: str, done: int, total: int | None, info: str = "") -> None:
+        if label not in self.tasks:
+            self.tasks[label] = self.bar.add_task(label, total=total, phase=phase, info=info)
+        self.bar.update(self.tasks[label], completed=done, total=total, phase=phase, info=info)
+
+    def finish(self, label: str) -> None:
+        if label in self.tasks:
+            self.bar.remove_task(self.tasks.pop(label))
+
+
+@contextlib.contextmanager
+def stage_progress(*, quiet: bool) -> Iterator[StageBars]:
+    """:class:`StageBars` drawn on stderr while it is a terminal (nothing otherwise, nothing when quiet)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    con = _live_console(quiet)
+    with Progress(TextColumn("{task.description}"), TextColumn("{task.fields[phase]:<9}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
+                  console=con, transient=True, disable=con is None) as bar, _logs_to(con):
+        yield StageBars(bar)

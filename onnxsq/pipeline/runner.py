@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
+# on_progress(stage label, phase, done, total or None, info): "running" when a stage starts, then
+# "train" per iteration (info: loss and lr), "calibrate"/"evaluate" per quantize batch, "eval" per
+# batch of the validation run of a row.
+Progress = Callable[[str, str, int, "int | None", str], None]
+
 
 @dataclass
 class PipelineResult:
@@ -143,10 +148,11 @@ class _Data:
 class Runner:
     def __init__(self, recipe: Recipe, workdir: Path, *, force: bool = False, from_stage: str | None = None,
                  on_row: Callable[[StageRow, list[StageRow]], None] | None = None,
-                 on_step: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 on_step: Callable[[str, dict[str, Any]], None] | None = None,
+                 on_progress: Progress | None = None) -> None:
         self.recipe, self.workdir, self.force = recipe, Path(workdir), force
         self.start = recipe.stage(from_stage).index if from_stage is not None else None
-        self.on_row, self.on_step = on_row, on_step
+        self.on_row, self.on_step, self.on_progress = on_row, on_step, on_progress
         self.warnings: list[str] = []
         self.rows: list[StageRow] = []
         self._shas: set[str] = set()  # of the models in this run's rows
@@ -196,8 +202,11 @@ class Runner:
             else:
                 import onnxsq
 
+                tell = self.on_progress
                 rep = onnxsq.evaluate(model, self._dataset(data, "val"), batch_size=data.spec.eval_batch_size,
-                               ignore_label=data.spec.ignore_label)
+                                      ignore_label=data.spec.ignore_label,
+                                      progress=None if tell is None else
+                                      (lambda done, total: tell(label, "eval", done, total, "")))
                 summary = rep.to_dict()["summary"]
                 state.evals[sha] = {"key": key, "summary": summary}
                 state.save()
@@ -253,10 +262,15 @@ class Runner:
                                      "checkpoint": ckpt.name if stage.kind == "train" else None}
         state.save()
         log.info("%s: %s", stage.label, "resuming from its checkpoint" if resume else "running")
+        if self.on_progress is not None:
+            self.on_progress(stage.label, "running", 0, None, "")
         model = model if model is not None else load_model(in_path, check=False)
         inputs = self._inputs(stage, data, model, ckpt, resume)
+        tell = self.on_progress
+        if tell is not None and stage.kind == "quantize":
+            inputs.progress = lambda done, total, phase: tell(stage.label, phase, done, total, "")
         t0 = time.perf_counter()
-        result, report = _with_on_step(stage, model, inputs, data, self.on_step)
+        result, report = _with_on_step(stage, model, inputs, data, self._step_hook())
         seconds = time.perf_counter() - t0
         save_model(result, out)
         report.write(self.workdir / f"{stage.label}.report.json")
@@ -267,6 +281,20 @@ class Runner:
         if ckpt.exists():
             ckpt.unlink()
         return ("resumed" if resume else "ran"), seconds, sha, result
+
+    def _step_hook(self) -> Callable[[str, dict[str, Any]], None] | None:
+        """on_step and on_progress's "train" phase, fed by the trainer's per-iteration info."""
+        on_step, tell = self.on_step, self.on_progress
+        if tell is None:
+            return on_step
+
+        def hook(label: str, info: dict[str, Any]) -> None:
+            if on_step is not None:
+                on_step(label, info)
+            tell(label, "train", int(info["iteration"]), info.get("max_iter"),
+                 f"loss {info['loss']:.4f}" if "loss" in info else "")
+
+        return hook
 
     def run(self) -> PipelineResult:
         wd = self.workdir
@@ -338,12 +366,15 @@ def _with_on_step(stage: StageSpec, model: Any, inputs: stage_table.StageInputs,
 def run_pipeline(recipe: Recipe | str | os.PathLike, workdir: str | os.PathLike, *, force: bool = False,
                  from_stage: str | None = None,
                  on_row: Callable[[StageRow, list[StageRow]], None] | None = None,
-                 on_step: Callable[[str, dict[str, Any]], None] | None = None) -> PipelineResult:
+                 on_step: Callable[[str, dict[str, Any]], None] | None = None,
+                 on_progress: Progress | None = None) -> PipelineResult:
     """Run ``recipe`` (a :class:`Recipe` or a recipe file) in ``workdir``; see the module docstring.
 
     ``on_row(row, rows_so_far)`` is called after each stage (and for the input model);
-    ``on_step(stage_label, info)`` on every training iteration.
+    ``on_step(stage_label, info)`` on every training iteration; ``on_progress`` (see :data:`Progress`)
+    while a stage runs.
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
-    return Runner(recipe, Path(workdir), force=force, from_stage=from_stage, on_row=on_row, on_step=on_step).run()
+    return Runner(recipe, Path(workdir), force=force, from_stage=from_stage, on_row=on_row, on_step=on_step,
+                  on_progress=on_progress).run()

@@ -91,6 +91,8 @@ def _quantize_call(built: Any, options: Mapping[str, Any], inputs: StageInputs,
         kwargs["params"] = options["params"]
     if inputs.params_out is not None:
         kwargs["params_out"] = inputs.params_out
+    if inputs.progress is not None:
+        kwargs["progress"] = inputs.progress
     return (), kwargs
 
 
@@ -266,6 +268,7 @@ class StageInputs:
     checkpoint: Path | None = None
     resume: Path | None = None
     params_out: Path | None = None  # quantize, and train stage qat
+    progress: Callable[[int, int | None, str], None] | None = None  # quantize: (done, total, phase) per batch
 
 
 def npz_feeds(path: Path, model: onnx.ModelProto, batch: int = 32) -> Iterator[dict[str, np.ndarray]]:

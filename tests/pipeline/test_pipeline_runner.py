@@ -191,3 +191,19 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     trained = onnx.load(str(wd / "01-l2.onnx"))
     assert not np.array_equal(onnx.numpy_helper.to_array(trained.graph.initializer[0]),
                               onnx.numpy_helper.to_array(onnx.load(str(tmp_path / "model.onnx")).graph.initializer[0]))
+
+
+def test_on_progress_reports_each_stage_while_it_runs(project):
+    seen: list[tuple[str, str, int, int | None]] = []
+    run_pipeline(project["recipe"], project["wd"],
+                 on_progress=lambda label, phase, done, total, info: seen.append((label, phase, done, total)))
+    labels = list(dict.fromkeys(label for label, *_ in seen))
+    assert labels == ["00-input", "01-threshold", "02-optimize", "03-quantize"]
+    phases = {label: {p for lab, p, *_ in seen if lab == label} for label in labels}
+    assert phases["01-threshold"] == {"running", "eval"} and {"calibrate", "evaluate"} <= phases["03-quantize"]
+    calib = [(d, t) for lab, p, d, t in seen if lab == "03-quantize" and p == "calibrate"]
+    assert calib[-1] == (16, 16) and all(d <= t for d, t in calib)  # calib_count = 16
+    assert ("03-quantize", "running", 0, None) == next(s for s in seen if s[0] == "03-quantize")
+    seen.clear()  # a re-run has nothing to run: no stage reports "running"
+    run_pipeline(project["recipe"], project["wd"], on_progress=lambda *a: seen.append(a))
+    assert not any(a[1] == "running" for a in seen)

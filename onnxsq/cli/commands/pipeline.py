@@ -35,21 +35,27 @@ def command(recipe: Path, workdir: Path, force: bool, from_stage: str | None, re
     """Run RECIPE's stages (L2 → L1 → threshold → sparse → optimize → quantize/QAT) in WORKDIR.
 
     A re-run skips stages whose input model, options and data are unchanged, and resumes an
-    interrupted training stage from its checkpoint. After each stage: a table of metric, conv
-    sparsity, size on disk and share of MACs in int8 (also summary.json, summary.md and PNG charts).
+    interrupted training stage from its checkpoint. While a stage runs, a progress bar (on a terminal);
+    after each, one line: metric, conv sparsity, size on disk and share of MACs in int8; at the end
+    the table of every stage (also summary.json, summary.md and PNG charts).
     """
     from ...pipeline import load_recipe, run_pipeline
     from ...pipeline.summary import table_rows
-    from ..render import console, finish, table
+    from ..render import console, finish, stage_progress, table
 
     loud = not quiet()
     parsed = load_recipe(recipe)
+    with stage_progress(quiet=not loud) as bars:
 
-    def show(row, rows) -> None:
-        if loud and row.status in ("ran", "resumed"):
-            console().print(table(f"after {row.stage}", *table_rows(rows)))
+        def show(row, rows) -> None:  # a line for each stage run, as it ends; the whole table at the end
+            bars.finish(row.stage)
+            if loud and row.status in ("ran", "resumed"):
+                cols, cells = table_rows([row])
+                values = "  ".join(f"{c} {v}" for c, v in zip(cols[2:], cells[0][2:]))
+                console().print(f"after {row.stage}: {cells[0][1]}  {values}", highlight=False, markup=False)
 
-    result = run_pipeline(parsed, workdir, force=force, from_stage=from_stage, on_row=show)
+        result = run_pipeline(parsed, workdir, force=force, from_stage=from_stage, on_row=show,
+                              on_progress=bars.update)
     if loud:
         console().print(table(f"pipeline {recipe.name}: {workdir}", *table_rows(result.rows)))
         console().print(f"summary: {result.files['json']}, {result.files['markdown']}"

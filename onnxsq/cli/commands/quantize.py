@@ -73,12 +73,10 @@ def command(
 
     Calibration images take --size, else the model's static H W, else --input-shape's, else 224.
     """
-    from rich.progress import Progress
-
     from ...data.images import Preprocess
     from ...model_io import save_model
     from ...passes import PASSES
-    from ..render import err_console, finish
+    from ..render import finish, phase_progress
 
     config_class, quantize = PASSES["quantize"].config_class(), PASSES["quantize"].load()
 
@@ -90,13 +88,7 @@ def command(
                        report_samples=report_samples, bias_correction=not no_bias_correction,
                        equalize=not no_equalize,
                        preprocess=None if pre == Preprocess() else pre)
-    with Progress(console=err_console(), transient=True, disable=quiet()) as bar:
-        tasks: dict[str, int] = {}
-
-        def advance(done: int, total: int | None, stage: str) -> None:
-            tasks.setdefault(stage, bar.add_task(stage, total=total))
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with phase_progress(quiet=quiet()) as advance:  # one bar per phase (calibrate, evaluate)
         result, report = quantize(model, calib, config=cfg, params=params_in, progress=advance, params_out=params_out)
     save_model(result, out)
     report.summary["output"] = str(out)
