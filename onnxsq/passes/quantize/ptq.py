@@ -95,9 +95,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     cfg = config or QuantizeConfig()
     cfg.validate()
     clock, report = _Clock(), Report(PASS_NAME)
-    graph, meta, opset = _load_and_fold(model, cfg, report, clock)
-    if report.summary.get("per_channel_fallback"):
-        cfg = dataclasses.replace(cfg, per_channel=False)
+    graph, meta, opset, cfg = _load_and_fold(model, cfg, report, clock)  # cfg: per tensor if the opset forced it
     plan = plan_qdq(graph, per_channel=cfg.per_channel, exclude=tuple(cfg.exclude))
     clock.lap("plan")
     # From here on the weights live once, as the numpy arrays of ``graph`` (loading them here ends
@@ -136,9 +134,10 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
 
 
 def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
-                   clock: _Clock) -> tuple[gs.Graph, onnx.ModelProto, int]:
+                   clock: _Clock) -> tuple[gs.Graph, onnx.ModelProto, int, QuantizeConfig]:
     """Load ``model``, fold its constant computations and (``fold_batchnorm``) its BNs and affine ops in
-    place, raise its opset where the bit widths need it: (graph, the model without its graph, opset)."""
+    place, raise its opset where the QDQ form needs it: (graph, the model without its graph, opset, the
+    config the opset allows: per tensor where per-channel weights' opset could not be reached)."""
     original = load_model(model)
     _check_bits(original, cfg)
     clock.lap("load")
@@ -154,10 +153,10 @@ def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
         report.summary["equalized_pairs"] = equalize_graph(graph).summary["equalized"]
         clock.lap("equalize")
     if default_opset(original) < _needed_opset(cfg):
-        original = _ensure_opset(export_like(graph, original), report, cfg)
+        original, cfg = _ensure_opset(export_like(graph, original), report, cfg)
         _infer_shapes(original)
         graph = import_graph(original)
-    return graph, copy_without_graph(original), default_opset(original)
+    return graph, copy_without_graph(original), default_opset(original), cfg
 
 
 def _constants(graph: gs.Graph) -> dict[str, np.ndarray]:
@@ -273,13 +272,15 @@ def _needed_opset(cfg: QuantizeConfig) -> int:
     return 13 if cfg.per_channel else 10
 
 
-def _ensure_opset(model: onnx.ModelProto, report: Report, cfg: QuantizeConfig) -> onnx.ModelProto:
+def _ensure_opset(model: onnx.ModelProto, report: Report,
+                  cfg: QuantizeConfig) -> tuple[onnx.ModelProto, QuantizeConfig]:
+    """``model`` at the opset ``cfg``'s QDQ form needs, and the config that holds there."""
     opset = default_opset(model)
     need = _needed_opset(cfg)
     why = "per-channel DequantizeLinear (axis)" if cfg.per_channel else "QuantizeLinear/DequantizeLinear"
     _check_bits(model, cfg)
     if opset >= need:
-        return model
+        return model, cfg
     from onnx import version_converter
 
     try:
@@ -294,7 +295,7 @@ def _ensure_opset(model: onnx.ModelProto, report: Report, cfg: QuantizeConfig) -
                                     f"failed: {first_line(exc)}") from None
     converted.ir_version = min(MAX_IR, max(model.ir_version, IR_FOR_OPSET.get(need, model.ir_version)))
     report.summary["opset_raised"] = f"{opset} -> {need} ({why})"
-    return converted
+    return converted, cfg
 
 
 def _given(params: Any, report: Report) -> dict[str, TensorQuant]:
