@@ -13,10 +13,9 @@ from ...calibration.stats import METHODS
 from ...data.images import Preprocess
 from ...errors import InvalidOptionError
 
-# Chosen by measurement on the real-model zoo (bench/fidelity.py; the table is in the README): per-channel
-# weights with the auto estimator (shift and signedness of least histogram error) and power-of-two
-# equalization match or beat quantize_static's best free-scale result on every trained zoo model, where
-# min/max per tensor trailed it by 1.9-4.8 dB.
+# Chosen by measurement on the real-model zoo (bench/fidelity.py; the table and the gains are in the
+# README): per-channel weights with the auto estimator (shift and signedness of least histogram error) and
+# power-of-two equalization; min/max per tensor trailed quantize_static's best free-scale result there.
 DEFAULT_METHOD = "auto"
 WEIGHT_METHODS = ("minmax", "mse")
 

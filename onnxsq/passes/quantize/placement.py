@@ -21,8 +21,7 @@ Rules (the original's Stage 7, in QDQ form; ``plan_qdq`` applies them to a graph
   when their input is, get their *own* scale, as every pooling output had in the original: an average
   is far narrower than its input (a global pool of a ReLU map: about half the range or less), so the
   input's step wastes bits; the integer kernel divides by the window anyway, and the new scale only
-  changes that division's shift. Measured (output SQNR, 32 samples): digits_cnn +3.0 dB, the other
-  bench models within ±0.3 dB (noise).
+  changes that division's shift.
 - A standalone ``Relu``/``Clip`` after a quantized tensor gets its own (usually unsigned) scale.
 - Everything else stays float and reads dequantized values; every such node gets a reason.
 

@@ -16,28 +16,20 @@ fits) → weights and biases (bias correction) → insert QDQ → measure each q
 against float on the first ``report_samples`` calibration samples, plus output SQNR and top-1
 agreement; clipped fractions come from the statistics of every calibration sample where they tell.
 
-Defaults, by measurement (output SQNR against float, per-tensor, 32 random-input samples; bench/):
-weights use the MSE shift (of the fitting shift and two finer ones, the smallest exact squared error
-on the weights): +3.4 dB on the ResNet-50-sized model, +1.0 dB on jacintonet_seg. Bias correction
-(:mod:`.bias`) is on: the weights' rounding error has a per-channel mean that, times the
-input's mean, offsets every output pixel; correcting it took ResNet-50-sized 29.5 → 36.3 dB,
-jacintonet_seg 26.2 → 29.0, small_cls_torch 41.0 → 43.6, and the trained digits model 28.5 → 31.5 dB
-on held-out data (accuracy = float), for one ReduceMean per layer input in the calibration pass.
-Activations use min/max: with bias correction, the histogram MSE shift gained 0.0 (digits), +0.4
-(jacintonet), -0.2 dB (small_cls) for about 1.5× the calibration time. Per-channel weights stay an
-option: +1.1 dB on jacintonet, -0.6 on digits, -0.1 on small_cls. The report runs on 4 samples
-(each costs about two float inferences: ~0.6 s of 3.2 s on the ResNet-50-sized model).
+Defaults live in :class:`.config.QuantizeConfig`: per-channel weights at the MSE shift (of the fitting
+shift and two finer ones, the smallest exact squared error on the weights), activations by the ``auto``
+estimator (shift and signedness of least histogram error), power-of-two equalization and bias correction
+(:mod:`.bias`: the weights' rounding error has a per-channel mean that, times the input's mean, offsets
+every output pixel). What each gains, measured on the real-model zoo, is in the README's fidelity table
+(``bench/fidelity.py``). The report runs on ``report_samples`` samples (each about two float inferences).
 
-Time and memory (ResNet-50-sized, 32 samples, 2 cores; ``bench/bench_quantize.py``): calibration is
-~70% of the time and is onnxruntime running the model (32 x ~60 ms; the statistics nodes add ~10%).
-The rest is kept small by working once per weight in float32 where that is exact (integers computed
-once for bias correction and QDQ; see :mod:`onnxsq.calibration.pow2`), by reading and writing the
-model piece by piece (:mod:`onnxsq.proto_stream`), and by returning freed memory to the OS between
-phases (:mod:`onnxsq.memory`). Tried and dropped: a session holding the weights (onnxruntime's NCHWc
-convolutions; with the statistics nodes, which then need layout reorders, calibration was ~20% faster
-but the session held +180 MB: its own copy of the weights plus reordered ones), larger calibration
-batches, two single-thread sessions side by side, and weight shifts in a thread beside calibration
-(none faster: the two cores are busy already).
+Time and memory: calibration is onnxruntime running the model with statistics outputs. The rest is kept
+small by working once per weight in float32 where that is exact (integers computed once for bias
+correction and QDQ; see :mod:`onnxsq.calibration.pow2`), by reading and writing the model piece by piece
+(:mod:`onnxsq.proto_stream`), and by returning freed memory to the OS between phases
+(:mod:`onnxsq.memory`). A session holding the weights (onnxruntime's NCHWc convolutions) was tried and
+dropped: with the statistics outputs it needs layout reorders and holds its own copy of the weights plus
+reordered ones; the README's benchmark section has the figures.
 """
 
 from __future__ import annotations
