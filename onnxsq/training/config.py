@@ -43,7 +43,7 @@ class TrainConfig:
     lr: float = 0.01  # Caffe's base_lr
     lr_policy: str = "fixed"  # fixed | step | multistep | poly | cosine
     gamma: float = 0.1  # step/multistep decay factor
-    stepsize: int = 1000  # step: decay every `stepsize` iterations
+    stepsize: int | None = None  # step: decay every `stepsize` iterations (required by step)
     stepvalue: tuple[int, ...] = ()  # multistep: iterations at which lr *= gamma
     power: float = 1.0  # poly: lr = base_lr * (1 - it / max_iter) ** power
     optimizer: str = "sgd"  # sgd (with momentum, as the original) | adamw
@@ -118,6 +118,12 @@ class TrainConfig:
         if self.sparsity_start_iter >= 0 and self.sparsity_target <= 0:
             raise InvalidOptionError("sparsity_start_iter needs a sparsity_target > 0 to aim at")
         self.stepvalue = tuple(int(v) for v in self.stepvalue)
+        if self.lr_policy == "step" and (self.stepsize is None or self.stepsize <= 0):
+            raise InvalidOptionError("--lr-schedule step needs --step-size N (config key stepsize): the number of "
+                                     "iterations between two decays")
+        if self.lr_policy == "multistep" and not self.stepvalue:
+            raise InvalidOptionError("--lr-schedule multistep needs --milestones I1,I2,... (config key stepvalue): "
+                                     "the iterations at which the rate decays")
         self._validate_qat()
 
     def _validate_qat(self) -> None:

@@ -14,17 +14,25 @@ itself (training_mode=1, the model's momentum). Learning-rate schedules use Caff
 (``(1 - it/max_iter)^power``) and ``cosine``.
 
 Checkpoints (``.npz``) hold every parameter, the optimizer buffers, masks, lr multipliers, the
-sparsity factor and the iteration; with the loader's (seed, epoch, batch) determinism a resumed run
-repeats an uninterrupted one bit for bit on the same machine and thread count.
+sparsity factor, the iteration and the run's options; with the loader's (seed, epoch, batch)
+determinism a resumed run repeats an uninterrupted one bit for bit on the same machine and thread
+count. Resuming with other options warns by name (the stage and the optimizer must match).
+
+Ctrl-C (SIGINT, in the main thread) is deferred to the end of the iteration it arrives in; the run then
+writes its checkpoint (when it has a checkpoint path) and raises :class:`TrainingInterrupted`. A second
+Ctrl-C interrupts at once, without a checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +52,36 @@ from .sparsity import SparsityControl
 
 log = logging.getLogger(__name__)
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+LOSS_WINDOW = 20  # the reported loss is the mean of the last LOSS_WINDOW batches (Caffe's average_loss)
+# options a resumed run may change without a warning (they change no number the run computes)
+_RESUME_FREE = {"display", "display_sparsity", "checkpoint_every", "checkpoint_path", "device"}
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run after ``iteration`` iterations; ``checkpoint`` holds them (or None)."""
+
+    def __init__(self, iteration: int, checkpoint: Path | None) -> None:
+        super().__init__(f"interrupted at iteration {iteration}")
+        self.iteration, self.checkpoint = iteration, checkpoint
+
+
+@contextlib.contextmanager
+def _deferred_sigint(flag: dict[str, bool]):
+    """While active, a first SIGINT only sets ``flag["stop"]``; a second raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum, _frame) -> None:
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def lr_at(cfg: TrainConfig, it: int, max_iter: int) -> float:
@@ -52,13 +90,25 @@ def lr_at(cfg: TrainConfig, it: int, max_iter: int) -> float:
     if p == "fixed":
         return cfg.lr
     if p == "step":
-        return cfg.lr * cfg.gamma ** (it // max(1, cfg.stepsize))
+        return cfg.lr * cfg.gamma ** (it // max(1, cfg.stepsize or 1))
     if p == "multistep":
         return cfg.lr * cfg.gamma ** sum(it >= s for s in cfg.stepvalue)
     frac = min(it / max(1, max_iter), 1.0)
     if p == "poly":
         return cfg.lr * (1.0 - frac) ** cfg.power
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))  # cosine
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=str))
+
+
+def _changed_options(saved: dict[str, Any] | None, cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """{option: (checkpoint's value, this run's)} for the options a resumed run changed."""
+    if not saved:
+        return {}
+    now = _jsonable(cfg.to_dict())
+    return {k: (saved[k], v) for k, v in now.items() if k in saved and k not in _RESUME_FREE and saved[k] != v}
 
 
 def _output_rank(model: onnx.ModelProto) -> int | None:
@@ -207,7 +257,7 @@ class Trainer:
         arrays.update({f"mask/{n}": m for n, m in self.sparsity.masks.items()})
         meta = {"iteration": self.iteration, "lr_mult": self.sparsity.lr_mult, "factor": self.sparsity.factor,
                 "optimizer": self.cfg.optimizer, "stage": self.cfg.stage, "task": self.task,
-                **self._checkpoint_meta()}
+                "config": _jsonable(self.cfg.to_dict()), **self._checkpoint_meta()}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         tmp = path.with_name(f".{path.name}.tmp.npz")
         np.savez(tmp, **arrays)
@@ -221,9 +271,13 @@ class Trainer:
             meta = json.loads(arrays.pop("meta").tobytes().decode())
         except Exception as exc:  # noqa: BLE001 - numpy, zipfile and json raise several types
             raise InvalidOptionError(f"{path}: not an onnxsq training checkpoint ({exc})") from None
-        if meta["optimizer"] != self.cfg.optimizer or meta["task"] != self.task:
-            raise InvalidOptionError(f"{path}: checkpoint of a {meta['optimizer']}/{meta['task']} run cannot resume "
-                                     f"a {self.cfg.optimizer}/{self.task} run")
+        if meta["optimizer"] != self.cfg.optimizer or meta["task"] != self.task or meta["stage"] != self.cfg.stage:
+            raise InvalidOptionError(f"{path}: checkpoint of a {meta['stage']}/{meta['optimizer']}/{meta['task']} run "
+                                     f"cannot resume a {self.cfg.stage}/{self.cfg.optimizer}/{self.task} run")
+        self.resume_changes = _changed_options(meta.get("config"), self.cfg)
+        for key, (was, now) in self.resume_changes.items():
+            log.warning("resuming with %s %s where the checkpoint's run had %s: the result will differ from an "
+                        "uninterrupted run", key, now, was)
         names = set(self.graph.trainable) | set(self.graph.frozen)
         have = {k.split("/", 1)[1] for k in arrays if k.startswith("param/")}
         if have != names:
@@ -245,43 +299,60 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self, *, resume: Path | None = None, checkpoint: Path | None = None) -> tuple[onnx.ModelProto, Report]:
-        cfg = self.cfg
+        """Train; ``checkpoint`` is written every ``checkpoint_every`` iterations and on Ctrl-C."""
         with tempfile.TemporaryDirectory(prefix="onnxsq-train-") as tmp:
             self._open(Path(tmp))
             if resume is not None:
                 self.load_checkpoint(resume)
-            bpe = self.loader.batches_per_epoch()
             start = self.iteration
-            t0, images, loss, self.last_lr = time.perf_counter(), 0, float("nan"), lr_at(cfg, start, self.max_iter)
+            t0, self.last_lr = time.perf_counter(), lr_at(self.cfg, start, self.max_iter)
             losses: list[float] = []
-            if start < self.max_iter:
-                for _e, _b, x, y in self.loader.stream(start // bpe, start % bpe):
-                    loss = self.step(x, y)
-                    losses.append(loss)
-                    images += len(x)
-                    self._after_step(loss, checkpoint)
-                    if self.iteration >= self.max_iter:
-                        break
+            images = self._loop(losses, checkpoint) if start < self.max_iter else 0
             elapsed = time.perf_counter() - t0
             values = self.values()
         model = export_trained(self.original, values)
         return model, self._report(losses, images, elapsed, start)
 
-    def _after_step(self, loss: float, checkpoint: Path | None) -> None:
-        cfg, it = self.cfg, self.iteration
+    def _loop(self, losses: list[float], checkpoint: Path | None) -> int:
+        """Iterations from ``self.iteration`` to ``max_iter``; the number of images seen."""
+        bpe, start, images = self.loader.batches_per_epoch(), self.iteration, 0
+        flag = {"stop": False}
+        with _deferred_sigint(flag), contextlib.closing(self.loader.stream(start // bpe, start % bpe)) as batches:
+            for _e, _b, x, y in batches:
+                losses.append(self.step(x, y))
+                images += len(x)
+                self._after_step(losses, checkpoint)
+                if self.iteration >= self.max_iter:
+                    break
+                if flag["stop"]:
+                    if checkpoint is not None:
+                        self.save_checkpoint(checkpoint)
+                    raise TrainingInterrupted(self.iteration, checkpoint)
+        return images
+
+    def _after_step(self, losses: list[float], checkpoint: Path | None) -> None:
+        cfg, it, loss = self.cfg, self.iteration, losses[-1]
         if not math.isfinite(loss):
             raise InvalidOptionError(f"the loss became {loss} at iteration {it}; lower --lr")
+        smooth = float(np.mean(losses[-LOSS_WINDOW:]))  # what the summary's final_loss reports
         sparsity = self.sparsity.total_sparsity(self.w)
+        shown = self.shows_sparsity(sparsity)
         if cfg.display and (it % cfg.display == 0 or it == self.max_iter):
-            log.info("iter %d/%d  loss %.4f  lr %.4g  sparsity %.4f", it, self.max_iter, loss, self.last_lr, sparsity)
+            log.info("iter %d/%d  loss %.4f  lr %.4g%s", it, self.max_iter, smooth, self.last_lr,
+                     f"  sparsity {sparsity:.4f}" if shown else "")
         if cfg.display_sparsity and it % cfg.display_sparsity == 0:
             per = ", ".join(f"{n} {s:.3f}" for n, s in self.sparsity.layer_sparsity(self.w).items())
             log.info("iter %d sparsity %.4f (conv weights: Conv/ConvTranspose): %s", it, sparsity, per)
         if checkpoint is not None and cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
             self.save_checkpoint(checkpoint)
         if self.on_step is not None:
-            self.on_step({"iteration": it, "max_iter": self.max_iter, "loss": loss, "lr": self.last_lr,
-                          "sparsity": sparsity})
+            self.on_step({"iteration": it, "max_iter": self.max_iter, "loss": smooth, "batch_loss": loss,
+                          "lr": self.last_lr, "sparsity": sparsity if shown else None, "display": cfg.display,
+                          "stage": cfg.stage})
+
+    def shows_sparsity(self, sparsity: float) -> bool:
+        """Whether progress lines show the conv sparsity: in the stages that make zeros, or where there are any."""
+        return self.cfg.stage in ("l1", "sparse") or sparsity > 0
 
     def _report(self, losses: list[float], images: int, elapsed: float, start: int) -> Report:
         report = Report("train")
@@ -291,7 +362,7 @@ class Trainer:
                        masked=n in self.sparsity.masks, lr_mult=self.sparsity.lr_mult.get(n, 1.0))
         for node, op, how in self.graph.rewrites:
             report.add(node, op, "skipped" if how.startswith("kept") else "rewritten for training", how)
-        tail = losses[-max(1, min(len(losses), 20)):] if losses else [float("nan")]
+        tail = losses[-LOSS_WINDOW:] if losses else [float("nan")]
         report.summary.update({
             "stage": self.cfg.stage, "task": self.task, "device": self.device, "optimizer": self.cfg.optimizer,
             "iterations": self.iteration, "resumed_from": start, "batch_size": self.loader.batch_size,
@@ -299,4 +370,9 @@ class Trainer:
             "seconds": round(elapsed, 3), "images_per_s": round(images / elapsed, 1) if elapsed > 0 else None,
             "conv_sparsity": round(self.sparsity.total_sparsity(self.w), 6),
         })
+        if getattr(self, "resume_changes", None):
+            report.summary["resume_changed"] = sorted(self.resume_changes)
+        short = self.sparsity.shortfall(self.w)
+        if short:
+            report.warnings.append(short)
         return report

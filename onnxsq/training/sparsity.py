@@ -11,7 +11,11 @@ between two optimizer steps:
 * gradual sparsification — from ``sparsity_start_iter``, every ``sparsity_step_iter`` iterations while
   the total sparsity is below ``sparsity_target``: channelwise thresholding (the threshold pass's
   ``threshold_array``) with fraction ``factor`` (``factor * sparsity_low_ratio`` for the original's
-  "low" class), then ``factor += sparsity_step_factor``.
+  "low" class), then ``factor += sparsity_step_factor``. The factor rises past 1 (up to
+  ``1 / sparsity_low_ratio``) while the target is not reached, so the "low" layers can follow; what the
+  caps (``threshold_value_max``, ``threshold_value_maxratio``) forbid stays: weights at or above a
+  channel's cap are never zeroed. When a run ends below the target, :meth:`SparsityControl.shortfall`
+  names the layers that held it back and the option that would let each go further.
 * ``sparsity_target`` + ``sparsity_lr_mult`` — once a layer's zero fraction reaches the target its
   learning-rate multiplier becomes ``sparsity_lr_mult`` for good.
 
@@ -66,6 +70,7 @@ class SparsityControl:
             self.masks = {n: weights[n] != 0 for n in all_weights}
         self.lr_mult: dict[str, float] = {}
         self.factor = cfg.sparsity_start_factor
+        self.factor_max = max(1.0, 1.0 / cfg.sparsity_low_ratio) if cfg.sparsity_low_ratio > 0 else 1.0
         self.events: list[str] = []
 
     # -- measurements ---------------------------------------------------------------------------
@@ -113,16 +118,11 @@ class SparsityControl:
         cfg = self.cfg
         threshold_array = _threshold_array()
         changed = set()
-        for n, group in self.conv.items():
-            if self.ops[n] != "Conv":
-                continue  # ConvTranspose: counted in the sparsity, thresholded only by the threshold pass's opt-in
-            w = weights[n]
-            no, ni = w.shape[0], w.shape[1] * group
-            if group > 1 and w.shape[1] == 1:
-                continue  # depthwise: the original's later versions left them dense
-            klass = _layer_class(ni, no)
-            if klass is None and not cfg.sparsity_all_layers:
+        for n in self.conv:
+            skip, klass = self._excluded(n, weights[n])
+            if skip:
                 continue
+            w = weights[n]
             frac = min(1.0, self.factor * (cfg.sparsity_low_ratio if klass in (None, "low") else 1.0))
             new, _info = threshold_array(w, frac, value_max=cfg.threshold_value_max,
                                          value_maxratio=cfg.threshold_value_maxratio, channelwise=True)
@@ -131,5 +131,50 @@ class SparsityControl:
                 changed.add(n)
         log.info("iter %d: gradual thresholding at factor %.3f → sparsity %.4f", it, self.factor,
                  self.total_sparsity(weights))
-        self.factor = min(1.0, self.factor + cfg.sparsity_step_factor)
+        self.factor = min(self.factor_max, self.factor + cfg.sparsity_step_factor)
         return changed
+
+    def _excluded(self, name: str, w: np.ndarray) -> tuple[str | None, str | None]:
+        """(why gradual thresholding leaves ``name`` alone or None, its layer class)."""
+        if self.ops[name] != "Conv":
+            # ConvTranspose: counted in the sparsity, thresholded only by the threshold pass's opt-in
+            return "a ConvTranspose (not thresholded during training)", None
+        group = self.conv[name]
+        if group > 1 and w.shape[1] == 1:
+            return "depthwise (kept dense, as the original)", None  # the original's later versions
+        klass = _layer_class(w.shape[1] * group, w.shape[0])
+        if klass is None and not self.cfg.sparsity_all_layers:
+            return "too small for the original's rule (sparsity_all_layers: true thresholds it)", None
+        return None, klass
+
+    def shortfall(self, weights: dict[str, np.ndarray]) -> str | None:
+        """One line naming the layers that kept gradual sparsification below its target, or None."""
+        cfg = self.cfg
+        total = self.total_sparsity(weights)
+        if cfg.sparsity_start_iter < 0 or total >= cfg.sparsity_target:
+            return None
+        layer = self.layer_sparsity(weights)
+        held = [self._held(n, weights[n]) + f" at {layer[n]:.3f}" for n in self.conv
+                if layer[n] < cfg.sparsity_target]
+        return (f"gradual sparsification ended at conv sparsity {total:.4f}, below sparsity_target "
+                f"{cfg.sparsity_target:g} (factor {self.factor:.3f}); held back: {'; '.join(held)}")
+
+    def _held(self, name: str, w: np.ndarray) -> str:
+        """Why ``name`` is below the target, and what would let it go further."""
+        cfg = self.cfg
+        skip, klass = self._excluded(name, w)
+        if skip:
+            return f"{name} {skip}"
+        rows = np.abs(w.reshape(w.shape[0], -1)).astype(np.float64)
+        top = rows.max(axis=1)
+        by_ratio = cfg.threshold_value_maxratio * top
+        cap = np.minimum(cfg.threshold_value_max, by_ratio)
+        allowed = float(np.mean((rows < cap[:, None]) | (rows == 0)))
+        if allowed < cfg.sparsity_target + 1e-3:
+            by_max = np.mean(cfg.threshold_value_max < by_ratio) > 0.5  # the cap most channels meet
+            key, value = (("threshold_value_max", cfg.threshold_value_max) if by_max else
+                          ("threshold_value_maxratio", cfg.threshold_value_maxratio))
+            return f"{name} by the caps (they allow {allowed:.3f}; a larger {key} than {value:g} lets it go further)"
+        frac = min(1.0, self.factor * (cfg.sparsity_low_ratio if klass in (None, "low") else 1.0))
+        return (f"{name} by the schedule (its fraction reached {frac:.3f}; more iterations after sparsity_start_iter "
+                f"or a larger sparsity_step_factor let it go further)")

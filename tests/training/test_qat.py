@@ -147,7 +147,7 @@ def test_qat_resume_equals_uninterrupted(digits, tmp_path):
     plain = tmp_path / "plain.ckpt.npz"
     folded, _ = onnxsq.fold_batchnorm(model)
     onnxsq.train(folded, digits[0], stage="l2", iters=2, checkpoint_every=2, checkpoint=plain, display=0)
-    with pytest.raises(InvalidOptionError, match="not of a QAT run"):
+    with pytest.raises(InvalidOptionError, match="checkpoint of a l2.* run cannot resume a qat"):
         onnxsq.train(model, digits[0], resume=plain, **cfg)
 
 

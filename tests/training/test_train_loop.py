@@ -27,6 +27,11 @@ def test_lr_schedules():
     assert lr_at(c, 50, 100) == pytest.approx(0.25)
     c = TrainConfig(lr=1.0, lr_policy="cosine")
     assert lr_at(c, 0, 100) == 1.0 and lr_at(c, 50, 100) == pytest.approx(0.5) and lr_at(c, 100, 100) < 1e-12
+    # a schedule without its parameter would keep the rate constant: refused, naming the option
+    with pytest.raises(InvalidOptionError, match="step needs --step-size N .config key stepsize"):
+        TrainConfig(lr_policy="step")
+    with pytest.raises(InvalidOptionError, match="multistep needs --milestones .* .config key stepvalue"):
+        TrainConfig(lr_policy="multistep")
 
 
 def test_config_file_keys_and_errors(tmp_path):

@@ -146,22 +146,53 @@ def open_data(model, opts: dict[str, Any], *, task: str | None):
     return data, val
 
 
+def interrupted(stop) -> None:
+    """Ctrl-C during training: say where the run stopped and how to resume; exit 130."""
+    from ..render import err_console
+
+    where = f"; checkpoint: {stop.checkpoint}; resume with --resume {stop.checkpoint}" if stop.checkpoint else ""
+    err_console().print(f"interrupted at iteration {stop.iteration}{where}", highlight=False, markup=False,
+                        soft_wrap=True)
+    raise click.exceptions.Exit(130)
+
+
+def _step_info(s: dict[str, Any]) -> str:
+    sparsity = "" if s.get("sparsity") is None else f"  sparsity {s['sparsity']:.3f}"
+    return f"loss {s['loss']:.4f}  lr {s['lr']:.3g}{sparsity}"
+
+
 @contextlib.contextmanager
 def progress(quiet: bool) -> Iterator[Callable[[dict[str, Any]], None] | None]:
-    """A rich progress bar fed by the trainer's per-step callback (none when quiet)."""
-    if quiet:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """A rich progress bar fed by the trainer's per-step callback (none when quiet).
+
+    Where stderr is no terminal (logs, CI) a line every ``display`` iterations instead, unless ``-v``
+    already logs them.
+    """
+    import logging
 
     from ..render import err_console
 
+    if quiet:
+        yield None
+        return
+    con = err_console()
+    if not con.is_terminal:
+        logged = logging.getLogger("onnxsq.training").isEnabledFor(logging.INFO)
+
+        def line(s: dict[str, Any]) -> None:
+            every, it = s.get("display") or 0, s["iteration"]
+            if not logged and every and (it % every == 0 or it == s["max_iter"]):
+                con.print(f"train {it}/{s['max_iter']}  {_step_info(s)}", highlight=False, markup=False)
+
+        yield line
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.fields[info]}"), console=err_console(), transient=True) as bar:
+                  TextColumn("{task.fields[info]}"), console=con, transient=True) as bar:
         task_id = bar.add_task("train", total=None, info="")
 
         def on_step(s: dict[str, Any]) -> None:
-            bar.update(task_id, total=s["max_iter"], completed=s["iteration"],
-                       info=f"loss {s['loss']:.4f}  lr {s['lr']:.3g}  sparsity {s['sparsity']:.3f}")
+            bar.update(task_id, total=s["max_iter"], completed=s["iteration"], info=_step_info(s))
 
         yield on_step

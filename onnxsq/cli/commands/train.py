@@ -20,13 +20,16 @@ def command(model: Path, output: Path | None, in_place: bool, report_path: Path 
 
     Solver keys (display_sparsity, threshold_weights, sparsity_target, quantization_start_iter, ...)
     come from --config (JSON or TOML); flags override them. --stage qat writes the power-of-two QDQ
-    model `onnxsq quantize` would, with trained weights and ranges.
+    model `onnxsq quantize` would, with trained weights and ranges. Ctrl-C writes a checkpoint
+    (--checkpoint) and says how to resume; it is removed after a run that completes, unless
+    --checkpoint-every asked for it.
     """
     from ... import model_io
     from ...runtime import import_training
     from ...training import train
+    from ...training.loop import TrainingInterrupted
     from ..render import finish
-    from ._train_options import open_data, progress
+    from ._train_options import interrupted, open_data, progress
 
     import_training()  # fail first, with the extra to install, where training is missing
     out = resolve_output(model, output, "trained", in_place)
@@ -34,10 +37,15 @@ def command(model: Path, output: Path | None, in_place: bool, report_path: Path 
     cfg = train_config(opts)
     data, val = open_data(proto, opts, task=cfg.task)
     ckpt = opts["checkpoint"] or out.with_name(out.name + ".ckpt.npz")
-    with progress(quiet()) as on_step:
-        trained, report = train(proto, data, cfg, val=val, resume=opts["resume"], params_out=opts["params_out"],
-                                checkpoint=ckpt if cfg.checkpoint_every else None, on_step=on_step)
+    try:
+        with progress(quiet()) as on_step:
+            trained, report = train(proto, data, cfg, val=val, resume=opts["resume"],
+                                    params_out=opts["params_out"], checkpoint=ckpt, on_step=on_step)
+    except TrainingInterrupted as stop:
+        interrupted(stop)
     model_io.save_model(trained, out)
+    if not cfg.checkpoint_every and ckpt.exists():  # written for an interruption that did not come
+        ckpt.unlink()
     report.summary["output"] = str(out)
     qat = ["sparsity", "bits", "signed", "shift", "w_shift", "sqnr_db"] if cfg.stage == "qat" else None
     finish(report, report_path, quiet=quiet(), detail_keys=qat)
