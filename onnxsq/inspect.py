@@ -14,10 +14,11 @@ sparsity number means, each with its denominator stated:
 
 Quantized models (QDQ): a weight reached through ``DequantizeLinear`` (from an integer initializer, or
 from ``QuantizeLinear`` of a float one) is reported as the integers the runtime sees; an element is zero
-when ``q == zero_point``. ``bits`` comes from the integer type (int8/uint8 → 8), and ``shift`` is
+when ``q == zero_point``. ``bits`` comes from the integer type (int8/uint8 → 8), narrowed for a
+symmetric weight of fewer bits in that carrier (``--weight-bits 4``: values in [-7, 7] → 4), and ``shift`` is
 ``-log2(scale)`` when every scale is a power of two (a range "lo..hi" for per-channel scales).
 ``in_shift``/``out_shift`` are the shifts of the layer's quantized input and output activations (the
-output may be quantized after a fused Relu).
+output may be quantized after a fused Relu, and after the Clip that narrows fewer-bit activations).
 """
 
 from __future__ import annotations
@@ -90,7 +91,18 @@ def _dequant_source(qdq: Mapping[str, Dequantized], tensor: gs.Tensor) -> _Quant
         zp = numpy_helper.to_array(dq.q_zero_point)  # QuantizeLinear of a constant: its zero point
     z = per_axis(zp, dq.node, values.ndim) if values is not None and zp is not None else zp
     dtype = zp.dtype if zp is not None else (values.dtype if values is not None else None)
-    return _Quant(values, z, dq.scale, _bits(dtype))
+    return _Quant(values, z, dq.scale, _narrowed_bits(_bits(dtype), values, zp))
+
+
+def _narrowed_bits(bits: int | None, values: np.ndarray | None, zp: np.ndarray | None) -> int | None:
+    """A symmetric signed constant of fewer bits than its carrier (a 4-bit weight in int8: values in
+    [-7, 7]) reports the bits it uses, by the rule of :func:`onnxsq.params.params_from_model`."""
+    if bits is None or values is None or not values.size or not np.issubdtype(values.dtype, np.signedinteger):
+        return bits
+    if zp is not None and np.any(np.asarray(zp) != 0):
+        return bits
+    need = int(np.max(np.abs(values.astype(np.int64))))
+    return max(2, min(bits, need.bit_length() + 1)) if need else bits
 
 
 def _shift(scale: np.ndarray) -> int | str | None:
@@ -113,6 +125,8 @@ def _activation_quant(qdq: Mapping[str, Dequantized], node: gs.Node) -> tuple[_Q
     readers = list(out.outputs) if out is not None else []
     if len(readers) == 1 and readers[0].op == "Relu":
         readers = list(readers[0].outputs[0].outputs)
+    # fewer bits than the carrier: a Clip to the narrower range sits before the QuantizeLinear
+    readers = [q for r in readers for q in (r.outputs[0].outputs if r.op == "Clip" and r.outputs else [r])]
     for r in readers:
         if r.op == "QuantizeLinear" and len(r.inputs) > 1 and is_const(r.inputs[1]):
             zp_t = _opt_input(r, 2)

@@ -153,13 +153,14 @@ def test_qdq_bits_shifts_and_integer_zeros():
     d1 = rows["qconv1"].details
     assert d1["weight_shape"] == [4, 2, 3, 3] and d1["params"] == 72 + 4
     assert d1["zeros"] == int(np.sum(q1 == 0))
-    assert (d1["bits"], d1["shift"], d1["in_shift"], d1["out_shift"]) == (8, 7, 4, 5)
+    # int8 values in [-5, 5] with zero point 0: a symmetric 4-bit weight in an int8 carrier
+    assert (d1["bits"], d1["shift"], d1["in_shift"], d1["out_shift"]) == (4, 7, 4, 5)
     d2 = rows["qconv2"].details
     # Oracle: QuantizeLinear per output channel, round half to even, zero point 3.
     w2 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "q2.wf"))
     q2 = np.clip(np.rint(w2 / np.array([2.0**-6, 2.0**-8]).reshape(2, 1, 1, 1)) + 3, -128, 127)
     assert d2["zeros"] == int(np.sum(q2 == 3)) >= 1
-    assert (d2["bits"], d2["shift"], d2["in_shift"]) == (8, "6..8", 5)
+    assert (d2["bits"], d2["shift"], d2["in_shift"]) == (8, "6..8", 5)  # zero point 3: the carrier's bits
     assert "out_shift" not in d2
     d3 = rows["qconv3"].details
     assert d3["shift"] is None and "not a power of two" in rows["qconv3"].reason
@@ -212,3 +213,28 @@ def test_totals_agree_with_onnxsq_sparsity(name, sample_model):
         every.label,
     )
     assert s["sparsity"] == pytest.approx(every.zero_fraction) and s["sparsity"] > 0.5
+
+
+def _digits_calib(n: int = 16) -> np.ndarray:
+    return np.random.default_rng(0).random((n, 1, 8, 8), dtype=np.float32)
+
+
+@pytest.mark.parametrize("weight_bits, bits", [(4, 8), (3, 8), (4, 4), (8, 8)])
+def test_fewer_bit_quantized_models_report_their_bits(weight_bits, bits, sample_model, tmp_path):
+    """A 4-bit weight in an int8 carrier is reported as 4 bits (values in [-7, 7]); 4-bit activations
+    (a Clip before each QuantizeLinear) keep their out_shift column."""
+    pytest.importorskip("onnxruntime")
+    import onnxsq
+    from onnxsq.params import params_from_model
+    from onnxsq.passes.quantize import QuantizeConfig
+
+    np.savez(tmp_path / "c.npz", _digits_calib())
+    model, _ = onnxsq.quantize(str(sample_model("digits_cnn")), tmp_path / "c.npz",
+                               config=QuantizeConfig(bits=bits, weight_bits=weight_bits))
+    rows = {c.name: c.details for c in inspect_model(model).candidates if c.action != "skipped"}
+    assert rows
+    params = params_from_model(model)
+    for name, d in rows.items():
+        assert d["bits"] == weight_bits, (name, d)
+        assert "in_shift" in d and "out_shift" in d, (name, d)
+    assert {p.bits for p in params.values() if p.kind == "weight"} == {weight_bits}

@@ -51,8 +51,9 @@ def test_qdq_columns(tmp_path, run_cli):
     assert result.code == 0, result.err
     assert "bits" in result.out and "shift" in result.out
     (cand,) = json.loads(report.read_text())["candidates"]
+    # int8 values within [-3, 3] (zero point 0): a symmetric 3-bit weight in an int8 carrier
     assert cand["details"] == {"weight_shape": [2, 2, 1, 1], "params": 4, "zeros": 2, "zero_fraction": 0.5,
-                               "bits": 8, "shift": 6}
+                               "bits": 3, "shift": 6}
 
 
 def test_float_model_has_no_quantization_columns(tiny_models, run_cli):
@@ -88,3 +89,53 @@ def test_real_command(sample_model):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ConvTranspose" in proc.stdout and "out5a_up" in proc.stdout
+
+
+def _digits_npz(path: Path, n: int = 64) -> Path:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, n).astype(np.int64)
+    x = rng.random((n, 1, 8, 8), dtype=np.float32) * 0.2
+    for i, c in enumerate(y):  # the class is which row is bright
+        x[i, 0, c % 8] += 0.8
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def _bits_columns(out: str) -> list[tuple[str, str, str]]:
+    """(bits, in_shift, out_shift) of each table row, read from the rendered table."""
+    header = next(line for line in out.splitlines() if "┃ name" in line)
+    cols = [c.strip() for c in header.strip("┃").split("┃")]
+    rows = [[c.strip() for c in line.strip("│").split("│")] for line in out.splitlines()
+            if line.startswith("│") and ("Conv" in line or "Gemm" in line)]
+    rows = [r for r in rows if len(r) == len(cols)]  # the layer table's, not the summary's
+    return [(r[cols.index("bits")], r[cols.index("in_shift")], r[cols.index("out_shift")]) for r in rows]
+
+
+def test_weight_bits_4_after_quantize_shows_4_bits(sample_model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "q4.onnx"
+    np.savez(tmp_path / "c.npz", np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32))
+    res = subprocess.run([str(BIN), "quantize", str(sample_model("digits_cnn")), "--calib", str(tmp_path / "c.npz"),
+                          "--weight-bits", "4", "-o", str(out), "-q"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([str(BIN), "inspect", str(out)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    cols = _bits_columns(res.stdout)
+    assert len(cols) == 4 and all(bits == "4" and i and o for bits, i, o in cols), cols
+
+
+def test_qat_bits_4_keeps_out_shift_and_shows_4_bits(sample_model, tmp_path):
+    from onnxsq import runtime
+
+    if not runtime.has_training():
+        pytest.skip("needs onnxruntime-training (the .venv environment)")
+    out = tmp_path / "qat4.onnx"
+    data = _digits_npz(tmp_path / "d.npz")
+    res = subprocess.run([str(BIN), "train", str(sample_model("digits_cnn")), "--data", str(data),
+                          "--stage", "qat", "--bits", "4", "--iters", "12", "--batch-size", "16", "-o", str(out), "-q"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([str(BIN), "inspect", str(out)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    cols = _bits_columns(res.stdout)
+    assert len(cols) == 4 and all(bits == "4" and i and o for bits, i, o in cols), cols
