@@ -7,6 +7,7 @@ same defaults, so QAT and PTQ compare like for like.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ...calibration.stats import METHODS
@@ -38,6 +39,8 @@ class QuantizeConfig:
     fold_batchnorm: bool = True
     bias_correction: bool = True  # fold each layer's mean weight-quantization error into its bias
     equalize: bool = True  # power-of-two cross-layer equalization after folding (exact in float)
+    sensitivity: bool = False  # per-layer output SQNR with that layer alone quantized (.sensitivity)
+    target_sqnr: float | None = None  # keep the fewest most sensitive layers float to reach this output SQNR (dB)
 
     def validate(self) -> None:
         for name, b in (("--bits", self.bits), ("weight bits", self.weight_bits or self.bits)):
@@ -55,6 +58,11 @@ class QuantizeConfig:
             raise InvalidOptionError(f"report samples must be 0 or more, not {self.report_samples}")
         if self.batch_size < 1:
             raise InvalidOptionError(f"batch size must be at least 1, not {self.batch_size}")
+        if self.target_sqnr is not None and not math.isfinite(self.target_sqnr):
+            raise InvalidOptionError(f"--target-sqnr must be a number of dB, not {self.target_sqnr}")
+        if (self.sensitivity or self.target_sqnr is not None) and self.report_samples < 1:
+            raise InvalidOptionError("--sensitivity and --target-sqnr measure on the report samples: "
+                                     "--report-samples must be at least 1")
 
     @property
     def wbits(self) -> int:
