@@ -134,14 +134,16 @@ class FedSession:
     """
 
     def __init__(self, model: onnx.ModelProto | bytes, weights: Mapping[str, np.ndarray] | None = None, *,
-                 in_node_order: bool = False, mismatch: str = "the data does not fit the model") -> None:
+                 in_node_order: bool = False, mismatch: str = "the data does not fit the model",
+                 intra_op_threads: int = 0) -> None:
         ort = import_ort()
         if weights is None and isinstance(model, onnx.ModelProto):
             model, weights = skeleton(model, min_bytes=WEIGHT_BYTES), weight_arrays(model, min_bytes=WEIGHT_BYTES)
         self._ortvalue = ort.OrtValue.ortvalue_from_numpy
         self._mismatch = mismatch
         self.session = make_session(model if isinstance(model, bytes) else model.SerializeToString(),
-                                    memory_pattern=False, in_node_order=in_node_order)
+                                    memory_pattern=False, in_node_order=in_node_order,
+                                    intra_op_threads=intra_op_threads)
         self._weights = {k: self._ortvalue(np.require(v, requirements="C")) for k, v in (weights or {}).items()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._quiet = quiet_run_options()

@@ -91,18 +91,19 @@ def _split(model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | None
 
 
 def run_observed(model: onnx.ModelProto, names: list[str], batches: Iterable[tuple[dict, int]], *,
-                 weights: Mapping[str, np.ndarray] | None = None
+                 weights: Mapping[str, np.ndarray] | None = None, threads: int = 0
                  ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray], int]]:
     """Yield ``(feed, [observed arrays in names order] + [graph outputs], samples)`` per batch.
 
     ``weights``: when given, ``model`` is a skeleton and these arrays feed its weight inputs.
     """
     model, weights = _split(model, weights)
-    session = FedSession(with_outputs(model, names), weights, in_node_order=True, mismatch=MISMATCH)
+    session = FedSession(with_outputs(model, names), weights, in_node_order=True, mismatch=MISMATCH,
+                         intra_op_threads=threads)
     outputs = [o.name for o in model.graph.output]
     fetch = list(dict.fromkeys(list(names) + outputs))
     index = {n: i for i, n in enumerate(fetch)}
-    for feed, n in batches:
+    for feed, n, *_ in batches:
         values = session.run(fetch, feed)
         yield feed, [values[index[x]] for x in names] + [values[index[o]] for o in outputs], n
 
@@ -184,45 +185,57 @@ def execution_order(model: onnx.ModelProto, names: Iterable[str]) -> list[str]:
     return sorted(dict.fromkeys(names), key=lambda t: pos.get(t, -1))
 
 
-def collect_stats(model: onnx.ModelProto, names: list[str], batches: Iterable[tuple[dict, int]], *,
+def positioned(batches: Iterable[tuple]) -> Iterator[tuple[dict, int, int]]:
+    """``(feed, samples, position)`` triples: pairs ``(feed, samples)`` get positions 0, 1, 2, ..."""
+    for i, b in enumerate(batches):
+        yield (b[0], b[1], b[2] if len(b) > 2 else i)
+
+
+def collect_stats(model: onnx.ModelProto, names: list[str], batches: Iterable[tuple], *,
                   histogram: bool = False, progress: Progress | None = None, total: int | None = None,
                   keep: int = 0, weights: Mapping[str, np.ndarray] | None = None,
-                  means: Mapping[str, ChannelMean] | None = None
+                  means: Mapping[str, ChannelMean] | None = None, allow_empty: bool = False, threads: int = 0
                   ) -> tuple[dict[str, TensorStats], list[dict[str, np.ndarray]], int]:
     """Statistics of ``names`` over ``batches``; also the first ``keep`` samples' feeds (for the report).
 
+    ``batches``: ``(feed, samples)`` or ``(feed, samples, position)`` (see :mod:`onnxsq.calibration.units`).
+
     ``weights``: when given, ``model`` is a skeleton (see :func:`runnable`) fed with these arrays.
     ``means``: per-channel means updated in place, in the same pass (any tensors, in ``names`` or not).
+    ``allow_empty``: no batch at all is no error (a shard beyond the end of the set). ``threads``:
+    onnxruntime's intra-op threads (0: its default).
     Returns ``(stats, kept feeds, samples seen)``.
     """
     stats = {n: TensorStats(histogram=histogram) for n in names}
     kept: list[dict[str, np.ndarray]] = []
     kept_n = 0
     seen = 0
-    for feed, n in _observe(model, names, batches, histogram, weights, stats, dict(means or {})):
+    for feed, n in _observe(model, names, positioned(batches), histogram, weights, stats, dict(means or {}), threads):
         if kept_n < keep:
             kept.append(feed)
             kept_n += n
         seen += n
         if progress is not None:
             progress(seen, total, "calibrate")
-    if seen == 0:
+    if seen == 0 and not allow_empty:
         raise DataError("no calibration sample reached the model")
     log.info("calibrated %d tensors on %d samples", len(names), seen)
     return stats, kept, seen
 
 
-def _observe(model: onnx.ModelProto, names: list[str], batches: Iterable[tuple[dict, int]], histogram: bool,
+def _observe(model: onnx.ModelProto, names: list[str], batches: Iterator[tuple[dict, int, int]], histogram: bool,
              weights: Mapping[str, np.ndarray] | None, stats: dict[str, TensorStats],
-             means: dict[str, ChannelMean]) -> Iterator[tuple[dict, int]]:
+             means: dict[str, ChannelMean], threads: int = 0) -> Iterator[tuple[dict, int]]:
     if histogram:
         observed = list(dict.fromkeys(list(names) + list(means)))
-        for feed, values, n in run_observed(model, observed, batches, weights=weights):
+        where: list[int] = []
+        for feed, values, n in run_observed(model, observed, _noting(batches, where), weights=weights,
+                                            threads=threads):
             for name, v in zip(observed, values):
                 if name in stats:
-                    _update(stats[name], name, "update", v)
+                    _update(stats[name], name, "update", v, where[0])
                 if name in means:
-                    _update(means[name], name, "update", v)
+                    _update(means[name], name, "update", v, where[0])
             yield feed, n
         return
     model, weights = _split(model, weights)
@@ -230,26 +243,34 @@ def _observe(model: onnx.ModelProto, names: list[str], batches: Iterable[tuple[d
     augmented.CopyFrom(model)  # a skeleton: small
     outs = add_stat_nodes(augmented, names)
     mean_outs = add_mean_nodes(augmented, means) if means else {}
-    session = FedSession(augmented.SerializeToString(), weights, in_node_order=True, mismatch=MISMATCH)
+    session = FedSession(augmented.SerializeToString(), weights, in_node_order=True, mismatch=MISMATCH,
+                         intra_op_threads=threads)
     fetch = [o for n in names for o in outs[n] if o]
     mean_fetch = [o for n in means for o in mean_outs[n]]
     results = [o.name for o in model.graph.output]
-    for feed, n in batches:
+    for feed, n, position in batches:
         values = session.run(fetch + mean_fetch + results, feed)
         got = dict(zip(fetch, values))
         for name in names:
             lo, hi, size = outs[name]
             bmin = float(got[lo]) if lo else 0.0  # a ReLU output: never negative (see add_stat_nodes)
-            _update(stats[name], name, "update_reduced", int(got[size]), bmin, float(got[hi]))
+            _update(stats[name], name, "update_reduced", int(got[size]), bmin, float(got[hi]), position)
         for i, name in enumerate(means):
             mean, size = values[len(fetch) + 2 * i: len(fetch) + 2 * i + 2]
             per = int(size) // max(int(np.size(mean)), 1)  # values per channel in this batch
-            _update(means[name], name, "update_sum", np.asarray(mean, np.float64) * per, per)
+            _update(means[name], name, "update_sum", np.asarray(mean, np.float64) * per, per, position)
         for o, v in zip(results, values[len(fetch) + len(mean_fetch):]):
             # ReduceMin/Max may skip a nan; a nan inside the network reaches its outputs
             if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
                 raise DataError(f"model output {o!r} holds inf or nan on calibration data")
         yield feed, n
+
+
+def _noting(batches: Iterator[tuple[dict, int, int]], where: list[int]) -> Iterator[tuple[dict, int, int]]:
+    """``batches``, with the position of the one taken last in ``where[0]``."""
+    for b in batches:
+        where[:] = [b[2]]
+        yield b
 
 
 def _update(stat: Any, name: str, method: str, *args: Any) -> None:

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
 import logging
 import os
 import sys
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,18 +73,23 @@ class CalibrationSource:
     """An iterable of feeds (each a dict of arrays WITH a batch axis); ``warnings`` collects skips."""
 
     description: str
-    make: Callable[[], Iterator[tuple[str, Mapping[str, Any]]]]  # yields (origin, raw feed)
+    make: Callable[..., Iterator[tuple[str, Mapping[str, Any]]]]  # (lo=0, hi=None): (origin, raw feed) of items lo..hi
     inputs: list[InputSpec]
     total: int | None = None  # samples, when known without reading
     warnings: list[str] = field(default_factory=list)
+    size: Callable[[], int | None] = lambda: None  # items (files, rows, feeds), when known without reading them
 
     def __iter__(self) -> Iterator[Feed]:
+        return self.items()
+
+    def items(self, lo: int = 0, hi: int | None = None) -> Iterator[Feed]:
+        """The feeds of items ``lo`` to ``hi`` (a file, a row of a .npz, a feed: one or more samples)."""
         any_ok = False
-        for origin, raw in self.make():
+        for origin, raw in self.make(lo, hi):
             feed = conform(raw, self.inputs, origin)
             any_ok = True
             yield feed
-        if not any_ok:
+        if not any_ok and lo == 0:
             raise DataError(f"{self.description}: no usable calibration sample")
 
 
@@ -156,8 +162,8 @@ def image_preprocess(model_inputs_: list[InputSpec], pre: Preprocess | None, ori
 def _image_dir(files: list[Path], inputs: list[InputSpec], pre: Preprocess, warnings: list[str]):
     name = inputs[0].name
 
-    def make() -> Iterator[tuple[str, Mapping[str, Any]]]:
-        for f in files:
+    def make(lo: int = 0, hi: int | None = None) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        for f in files[lo:hi]:
             try:
                 x = load_image(f, pre)
             except DataError as exc:  # one bad file among many: skip it, say so in the report
@@ -174,6 +180,14 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in npz.files}
     except Exception as exc:  # noqa: BLE001 - numpy raises several types for bad files
         raise DataError(f"{path}: cannot read as .npz ({first_line(exc)})") from None
+
+
+def npz_rows(path: Path, inputs: list[InputSpec]) -> int:
+    """Samples in a single .npz (axis 0 of the array of its first input; 1 without a batch axis)."""
+    arrays = _npz_arrays(path)
+    arrays = {inputs[0].name: next(iter(arrays.values()))} if len(inputs) == 1 and len(arrays) == 1 else arrays
+    a, rank = next(((arrays[i.name], len(i.dims)) for i in inputs if i.name in arrays), (None, 0))
+    return 0 if a is None else 1 if a.ndim == rank - 1 else int(a.shape[0])
 
 
 def _npy_array(path: Path) -> np.ndarray:
@@ -193,8 +207,8 @@ def _check_keys(arrays: dict[str, np.ndarray], inputs: list[InputSpec], path: Pa
 
 
 def _tensor_dir(files: list[Path], inputs: list[InputSpec]):
-    def make() -> Iterator[tuple[str, Mapping[str, Any]]]:
-        for f in files:
+    def make(lo: int = 0, hi: int | None = None) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        for f in files[lo:hi]:
             if f.suffix.lower() == ".npy":
                 if len(inputs) != 1:
                     raise DataError(f"{f}: a .npy file can feed a one-input model only; use .npz keyed by input "
@@ -211,7 +225,7 @@ def _tensor_dir(files: list[Path], inputs: list[InputSpec]):
 def _single_npz(path: Path, inputs: list[InputSpec]):
     """One .npz holding the whole set: axis 0 of each array indexes samples; yields one sample each."""
 
-    def make() -> Iterator[tuple[str, Mapping[str, Any]]]:
+    def make(lo: int = 0, hi: int | None = None) -> Iterator[tuple[str, Mapping[str, Any]]]:
         arrays = _npz_arrays(path)
         _check_keys(arrays, inputs, path)
         if len(inputs) == 1 and len(arrays) == 1:
@@ -226,7 +240,7 @@ def _single_npz(path: Path, inputs: list[InputSpec]):
                 n = a.shape[0]
             elif a.shape[0] != n:
                 raise DataError(f"{path}: arrays hold different sample counts ({k}: {a.shape[0]} vs {n})")
-        for i in range(n or 0):
+        for i in range(n or 0)[lo:hi]:
             yield f"{path}[{i}]", {k: arrays[k][i:i + 1] if k in wanted else arrays[k] for k in arrays}
 
     return make
@@ -236,7 +250,10 @@ def _function_source(spec: str, inputs: list[InputSpec]):
     mod_part, _, func_name = spec.rpartition(":")
     func = _load_function(mod_part, func_name, spec)
 
-    def make() -> Iterator[tuple[str, Mapping[str, Any]]]:
+    def make(lo: int = 0, hi: int | None = None) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        if lo or hi is not None:
+            raise InvalidOptionError(f"{spec}: a function's samples cannot be split into shards (their number "
+                                     "is unknown without running it): give a folder or a .npz")
         try:
             produced = func()
             iterator = iter(produced)
@@ -292,8 +309,12 @@ def open_source(spec: str | os.PathLike | Iterable[Mapping[str, Any]], model: on
     inputs = model_inputs(model, exclude=exclude)
     if not isinstance(spec, (str, os.PathLike)):
         items = spec
-        return CalibrationSource("calibration feeds", lambda: ((f"feed {i}", f) for i, f in enumerate(items)),
-                                 inputs)
+
+        def feeds(lo: int = 0, hi: int | None = None) -> Iterator[tuple[str, Mapping[str, Any]]]:
+            return itertools.islice(((f"feed {i}", f) for i, f in enumerate(items)), lo, hi)
+
+        return CalibrationSource("calibration feeds", feeds, inputs,
+                                 size=lambda: len(items) if isinstance(items, Sized) else None)
     text = os.fspath(spec)
     path = Path(text)
     if not path.exists() and ":" in text and not text.endswith(":"):
@@ -307,7 +328,7 @@ def open_source(spec: str | os.PathLike | Iterable[Mapping[str, Any]], model: on
     if path.is_file():
         if path.suffix.lower() != ".npz":
             raise DataError(f"{path}: a calibration file must be a .npz (or give a directory, or module.py:function)")
-        source = CalibrationSource(str(path), _single_npz(path, inputs), inputs)
+        source = CalibrationSource(str(path), _single_npz(path, inputs), inputs, size=lambda: npz_rows(path, inputs))
         if preprocess is not None and preprocess != Preprocess():
             source.warnings.append("image preprocessing options are ignored: the calibration data are tensors")
         return source
@@ -317,7 +338,8 @@ def open_source(spec: str | os.PathLike | Iterable[Mapping[str, Any]], model: on
     ignored = preprocess is not None and preprocess != Preprocess()
     if tensors:
         source = CalibrationSource(str(path), _tensor_dir(tensors, inputs), inputs,
-                                   total=len(tensors) if all(p.suffix.lower() == ".npy" for p in tensors) else None)
+                                   total=len(tensors) if all(p.suffix.lower() == ".npy" for p in tensors) else None,
+                                   size=lambda: len(tensors))
         if ignored:
             source.warnings.append("image preprocessing options are ignored: the calibration data are tensors")
         if images:
@@ -325,7 +347,8 @@ def open_source(spec: str | os.PathLike | Iterable[Mapping[str, Any]], model: on
         return source
     if images:
         pre = image_preprocess(inputs, preprocess, str(path))
-        source = CalibrationSource(str(path), lambda: iter(()), inputs, total=len(images))
+        source = CalibrationSource(str(path), lambda lo=0, hi=None: iter(()), inputs, total=len(images),
+                                   size=lambda: len(images))
         source.make = _image_dir(images, inputs, pre, source.warnings)
         return source
     raise DataError(f"{path}: no images (png, jpg, ...) or .npy/.npz files in it")

@@ -13,9 +13,13 @@ Merging is exact, so calibration can be split across processes or machines:
   ``floor(|x| * BINS / 2**exp)`` is exact in float64, so the final histogram depends only on the data,
   never on the order or the split. Positive and negative magnitudes are kept apart (signed ranges
   are asymmetric by one step).
-- The moving average ``r <- 0.99 r + 0.01 b`` (first batch initialises it) is order-*dependent*; it
-  merges in order (shard A then shard B): with ``n_B`` batches in B and ``f_B`` its first batch value,
-  ``r = r_B + 0.99**n_B * (r_A - f_B)``, which equals one pass over A then B up to float rounding.
+- The moving average ``r <- 0.99 r + 0.01 b`` (first batch initialises it) is order-*dependent*. A run
+  of batches is summarised as ``(n, f, r)`` (count, first value, average); two runs A then B combine as
+  ``(n_A + n_B, f_A, r_B + 0.99**n_B * (r_A - f_B))`` (one pass over A then B, exactly in real numbers).
+  Which runs are combined, in which order, is fixed by each batch's global position
+  (:class:`~onnxsq.calibration.dyadic.DyadicFold`), so shards that know where their batches stand in
+  the whole set merge to the bit-identical one-pass value. ``update(x, position)`` takes it (default:
+  right after the last batch).
 
 Estimators (``estimate_range``) give the ``[lo, hi]`` the shift must hold:
 ``minmax`` (all values fit), ``ema`` (the original: moving average × 1.25), ``percentile`` (the
@@ -34,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import pow2
+from .dyadic import DyadicFold
 
 BINS = 2048
 MIN_EXP = -40  # smallest histogram range 2**-40: below that every value lands in bin 0
@@ -41,6 +46,12 @@ EMA_MOMENTUM = 0.99
 EMA_EXPANSION = 1.25
 METHODS = ("minmax", "ema", "percentile", "mse", "auto")
 HIST_METHODS = frozenset({"percentile", "mse", "auto"})
+
+
+def _ema_combine(a: tuple, b: tuple) -> tuple:
+    """Two runs of batches, ``a`` then ``b``, as one: ``(n, first min, first max, ema min, ema max)``."""
+    decay = EMA_MOMENTUM ** b[0]
+    return (a[0] + b[0], a[1], a[2], b[3] + decay * (a[3] - b[1]), b[4] + decay * (a[4] - b[2]))
 
 
 def _exp_above(m: float) -> int:
@@ -75,28 +86,26 @@ class TensorStats:
     min: float = math.inf
     max: float = -math.inf
     batches: int = 0
-    ema_min: float = 0.0
-    ema_max: float = 0.0
-    first_min: float = 0.0
-    first_max: float = 0.0
+    ema: DyadicFold = field(default_factory=lambda: DyadicFold(_ema_combine))  # (n, first min/max, ema min/max)
     hist_exp: int = MIN_EXP
     hist_pos: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
     hist_neg: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
 
     # -- streaming -----------------------------------------------------------------------------
-    def update(self, x: np.ndarray) -> None:
-        """Add one batch (any shape). Non-finite values are an error: their range is meaningless."""
+    def update(self, x: np.ndarray, position: int | None = None) -> None:
+        """Add one batch (any shape) at ``position`` in the whole calibration set (default: after the
+        last one). Non-finite values are an error: their range is meaningless."""
         x = np.asarray(x)
         if x.size == 0:
             return
         bmin, bmax = float(x.min()), float(x.max())
         if not (math.isfinite(bmin) and math.isfinite(bmax)):
             raise ValueError("tensor holds inf or nan")
-        self._add(int(x.size), int(x.size - np.count_nonzero(x)) if self.histogram else 0, bmin, bmax)
+        self._add(int(x.size), int(x.size - np.count_nonzero(x)) if self.histogram else 0, bmin, bmax, position)
         if self.histogram:
             self._hist_update(x, max(abs(bmin), abs(bmax)), negatives=bmin < 0)
 
-    def update_reduced(self, count: int, bmin: float, bmax: float) -> None:
+    def update_reduced(self, count: int, bmin: float, bmax: float, position: int | None = None) -> None:
         """Add one batch given by its size, min and max (computed elsewhere, e.g. inside the model);
         the same as :meth:`update` on that batch for statistics without a histogram."""
         if count == 0:
@@ -105,18 +114,34 @@ class TensorStats:
             raise ValueError("tensor holds inf or nan")
         if self.histogram:
             raise ValueError("a histogram needs the values: use update()")
-        self._add(count, 0, bmin, bmax)
+        self._add(count, 0, bmin, bmax, position)
 
-    def _add(self, count: int, zeros: int, bmin: float, bmax: float) -> None:
+    def _add(self, count: int, zeros: int, bmin: float, bmax: float, position: int | None) -> None:
         self.count += count
         self.zeros += zeros
         self.min, self.max = min(self.min, bmin), max(self.max, bmax)
-        if self.batches == 0:
-            self.ema_min, self.ema_max, self.first_min, self.first_max = bmin, bmax, bmin, bmax
-        else:
-            self.ema_min = EMA_MOMENTUM * self.ema_min + (1 - EMA_MOMENTUM) * bmin
-            self.ema_max = EMA_MOMENTUM * self.ema_max + (1 - EMA_MOMENTUM) * bmax
+        self.ema.push(self.ema.end() if position is None else position, (1, bmin, bmax, bmin, bmax))
         self.batches += 1
+
+    @property
+    def ema_min(self) -> float:
+        v = self.ema.value()
+        return 0.0 if v is None else v[3]
+
+    @property
+    def ema_max(self) -> float:
+        v = self.ema.value()
+        return 0.0 if v is None else v[4]
+
+    @property
+    def first_min(self) -> float:
+        v = self.ema.value()
+        return 0.0 if v is None else v[1]
+
+    @property
+    def first_max(self) -> float:
+        v = self.ema.value()
+        return 0.0 if v is None else v[2]
 
     def _hist_update(self, x: np.ndarray, mag: float, *, negatives: bool = True) -> None:
         exp = _exp_above(mag)
@@ -153,10 +178,7 @@ class TensorStats:
         out.count, out.zeros = self.count + later.count, self.zeros + later.zeros
         out.min, out.max = min(self.min, later.min), max(self.max, later.max)
         out.batches = self.batches + later.batches
-        decay = EMA_MOMENTUM**later.batches
-        out.ema_min = later.ema_min + decay * (self.ema_min - later.first_min)
-        out.ema_max = later.ema_max + decay * (self.ema_max - later.first_max)
-        out.first_min, out.first_max = self.first_min, self.first_max
+        out.ema = self.ema.merged(later.ema)
         if self.histogram:
             out.hist_exp = max(self.hist_exp, later.hist_exp)
             out.hist_pos = _fold(self.hist_pos, out.hist_exp - self.hist_exp) + \
@@ -170,8 +192,8 @@ class TensorStats:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able state (for shards computed elsewhere)."""
-        d = {k: getattr(self, k) for k in ("histogram", "count", "zeros", "min", "max", "batches", "ema_min",
-                                          "ema_max", "first_min", "first_max", "hist_exp")}
+        d = {k: getattr(self, k) for k in ("histogram", "count", "zeros", "min", "max", "batches", "hist_exp")}
+        d["ema"] = self.ema.to_list(list)
         if self.histogram:
             d["hist_pos"], d["hist_neg"] = self.hist_pos.tolist(), self.hist_neg.tolist()
         return d
@@ -181,8 +203,9 @@ class TensorStats:
         s = cls(histogram=bool(d["histogram"]))
         for k in ("count", "zeros", "batches", "hist_exp"):
             setattr(s, k, int(d[k]))
-        for k in ("min", "max", "ema_min", "ema_max", "first_min", "first_max"):
+        for k in ("min", "max"):
             setattr(s, k, float(d[k]))
+        s.ema = DyadicFold.from_list(_ema_combine, d["ema"], lambda v: (int(v[0]), *map(float, v[1:])))
         if s.histogram:
             s.hist_pos = np.asarray(d["hist_pos"], np.int64).copy()
             s.hist_neg = np.asarray(d["hist_neg"], np.int64).copy()
@@ -303,50 +326,73 @@ def choose_shift(stats: TensorStats, method: str, bits: int, *, percentile: floa
     return int(pow2.fit_shift(lo, max(hi, 0.0), bits, signed)), signed
 
 
+def _add_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a + b
+
+
 @dataclass
 class ChannelMean:
     """Running mean of a tensor per channel (``axis``), for bias correction: float64 sums and a count.
 
-    Merging adds sums and counts, so shards combine like one pass (up to float64 rounding). ``rank``
-    is the tensor's rank (the reduction axes are every other axis).
+    The per-batch sums are added in the order :class:`~onnxsq.calibration.dyadic.DyadicFold` fixes by
+    each batch's position, so shards merge to the bit-identical one-pass sums (the count is an
+    integer). ``rank`` is the tensor's rank (the reduction axes are every other axis).
     """
 
     axis: int
     rank: int
-    total: np.ndarray | None = None  # per-channel sum
+    sums: DyadicFold = field(default_factory=lambda: DyadicFold(_add_sums))  # per-channel sums
     count: int = 0  # values per channel summed
+    channels: int | None = None
 
     @property
     def reduce_axes(self) -> tuple[int, ...]:
         return tuple(i for i in range(self.rank) if i != self.axis)
 
-    def update(self, x: np.ndarray) -> None:
+    @property
+    def total(self) -> np.ndarray | None:
+        """The per-channel sums (None before any batch)."""
+        return self.sums.value()
+
+    def update(self, x: np.ndarray, position: int | None = None) -> None:
         """Add one batch (the whole tensor)."""
         x = np.asarray(x)
         if x.ndim != self.rank:
             raise ValueError(f"expected rank {self.rank}, got shape {list(x.shape)}")
         if x.size:
-            self.update_sum(x.sum(axis=self.reduce_axes, dtype=np.float64), x.size // x.shape[self.axis])
+            self.update_sum(x.sum(axis=self.reduce_axes, dtype=np.float64), x.size // x.shape[self.axis], position)
 
-    def update_sum(self, total: np.ndarray, count: int) -> None:
+    def update_sum(self, total: np.ndarray, count: int, position: int | None = None) -> None:
         """Add one batch given by its per-channel sums over ``count`` values per channel."""
-        total = np.asarray(total, np.float64).reshape(-1)
+        total = np.array(total, np.float64).reshape(-1)
         if not np.all(np.isfinite(total)):
             raise ValueError("tensor holds inf or nan")
-        if self.total is not None and total.shape != self.total.shape:
-            raise ValueError(f"{total.size} channels, earlier batches had {self.total.size}")
-        self.total = total.copy() if self.total is None else self.total + total
+        if self.channels is not None and total.size != self.channels:
+            raise ValueError(f"{total.size} channels, earlier batches had {self.channels}")
+        self.channels = total.size
+        self.sums.push(self.sums.end() if position is None else position, total)
         self.count += int(count)
 
     def merge(self, other: ChannelMean) -> ChannelMean:
+        """One pass over ``self``'s batches then ``other``'s."""
         if (self.axis, self.rank) != (other.axis, other.rank):
             raise ValueError("cannot merge means over different axes")
-        out = ChannelMean(self.axis, self.rank)
-        for part in (self, other):
-            if part.total is not None:
-                out.update_sum(part.total, part.count)
-        return out
+        if None not in (self.channels, other.channels) and self.channels != other.channels:
+            raise ValueError(f"cannot merge means over {self.channels} and {other.channels} channels")
+        return ChannelMean(self.axis, self.rank, self.sums.merged(other.sums), self.count + other.count,
+                           self.channels if self.channels is not None else other.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axis": self.axis, "rank": self.rank, "count": self.count, "channels": self.channels,
+                "sums": self.sums.to_list(lambda v: v.tolist())}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ChannelMean:
+        sums = DyadicFold.from_list(_add_sums, d["sums"], lambda v: np.asarray(v, np.float64))
+        channels = None if d["channels"] is None else int(d["channels"])
+        return cls(int(d["axis"]), int(d["rank"]), sums, int(d["count"]), channels)
 
     @property
     def mean(self) -> np.ndarray | None:
-        return None if self.total is None or self.count == 0 else self.total / self.count
+        total = self.total
+        return None if total is None or self.count == 0 else total / self.count

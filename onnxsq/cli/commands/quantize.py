@@ -41,6 +41,11 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--params", "params_in", type=click.Path(dir_okay=False, path_type=Path),
               help="Use these parameters (JSON) instead of calibrating the tensors it names.")
 @click.option("--params-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the parameters (JSON).")
+@click.option("--stats", "stats", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Quantize from these statistics (onnxsq calibrate's shards, all of them; repeatable) instead of "
+                   "calibrating; --calib then only feeds the report.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Calibrate in N local processes, one shard each (same result as one) [default: 1].")
 @preprocess_options
 @input_shape_option
 def command(
@@ -62,6 +67,8 @@ def command(
     no_equalize: bool,
     params_in: Path | None,
     params_out: Path | None,
+    stats: tuple[Path, ...],
+    jobs: int | None,
     size,
     mean,
     std,
@@ -88,8 +95,11 @@ def command(
                        report_samples=report_samples, bias_correction=not no_bias_correction,
                        equalize=not no_equalize,
                        preprocess=None if pre == Preprocess() else pre)
+    if stats and jobs:
+        warn_ignored("--jobs", "--stats gives the statistics: nothing is calibrated")
     with phase_progress(quiet=quiet()) as advance:  # one bar per phase (calibrate, evaluate)
-        result, report = quantize(model, calib, config=cfg, params=params_in, progress=advance, params_out=params_out)
+        result, report = quantize(model, calib, config=cfg, params=params_in, progress=advance, params_out=params_out,
+                                  stats=list(stats) or None, jobs=jobs or 1)
     save_model(result, out)
     report.summary["output"] = str(out)
     finish(report, report_path, quiet=quiet(),

@@ -38,7 +38,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,7 @@ import onnx_graphsurgeon as gs
 from ...calibration import sources
 from ...calibration.collect import Progress, collect_stats, runnable
 from ...calibration.stats import HIST_METHODS
+from ...calibration.units import unit_batches
 from ...errors import InvalidOptionError, UnsupportedModelError, first_line
 from ...graph import const_value, copy_without_graph, export_like, import_graph
 from ...memory import release_memory
@@ -72,33 +73,36 @@ RELEASE_BYTES = 32 << 20  # weights from this size on: return freed memory to th
 
 def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | None = None,
              params: str | os.PathLike | Mapping[str, TensorQuant] | None = None,
-             progress: Progress | None = None, params_out: str | os.PathLike | None = None
-             ) -> tuple[onnx.ModelProto, Report]:
+             progress: Progress | None = None, params_out: str | os.PathLike | None = None,
+             stats: Sequence[Any] | None = None, jobs: int = 1) -> tuple[onnx.ModelProto, Report]:
     """Quantize ``model`` with power-of-two QDQ; returns ``(quantized model, report)``.
 
     ``calib``: a directory of images or ``.npy``/``.npz``, a ``.npz`` file, ``module.py:function``,
     or an iterable of ``{input_name: array}`` feeds. ``params``: a parameters file (or dict) whose
     tensors skip calibration. ``params_out``: write every quantized tensor's parameters there.
-    ``progress(samples_done, total, stage)`` is called per batch.
+    ``progress(samples_done, total, stage)`` is called per batch. ``stats``: calibration statistics
+    (``.stats`` files or :class:`~onnxsq.calibration.stats_file.CalibrationStats`, e.g. the shards
+    :func:`~onnxsq.passes.quantize.shards.calibrate` wrote) used instead of calibrating; ``calib`` then
+    only feeds the report. ``jobs``: calibrate in that many local processes, one shard each
+    (:mod:`.shards`; the result is the same as in one).
 
     Phases, each a function of what the last returned: load and fold, plan, calibrate, resolve the
     shifts (and correct the biases), insert the QDQ pairs, measure the error, export.
     """
     cfg = config or QuantizeConfig()
     cfg.validate()
-    clock, report = _Clock(), Report(PASS_NAME)
-    graph, meta, opset, cfg = _load_and_fold(model, cfg, report, clock)  # cfg: per tensor if the opset forced it
-    plan = plan_qdq(graph, per_channel=cfg.per_channel, exclude=tuple(cfg.exclude))
-    clock.lap("plan")
-    # From here on the weights live once, as the numpy arrays of ``graph`` (loading them here ends
-    # its references into the proto, which then goes); onnxruntime sessions run skeletons fed with them.
-    ctx = QuantizeContext(cfg, report, plan, _constants(graph), given=_given(params, report))
-    large = sum(v.nbytes for v in ctx.consts.values()) >= RELEASE_BYTES
-    if large:  # a full garbage collection costs ~15 ms: only worth it when there is much to hand back
-        release_memory()  # the parsed model is garbage now; return it before calibration allocates
+    pending = None
+    if jobs > 1 and stats is None:
+        from .shards import start_jobs
+
+        pending = start_jobs(model, calib, cfg, jobs)  # the shards run while this process loads and plans
+    ctx, graph, meta, opset, large, clock = prepare(model, cfg, params)
+    report = ctx.report
     float_model, float_weights = runnable(graph, meta)
     clock.lap("split weights")
-    kept, samples = _calibrate(ctx, graph, calib, float_model, float_weights, progress, clock)
+    if pending is not None:
+        stats = pending.result(progress)
+    kept, samples = _calibrate(ctx, graph, calib, float_model, float_weights, progress, clock, stats)
     tparams = _resolve(ctx, graph)
     clock.lap("resolve")
     insert_qdq_graph(graph, tparams, opset, ctx.qweights)
@@ -123,6 +127,23 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     report.summary["seconds"] = round(clock.total(), 3)
     log.debug("quantize phases (s): %s", clock.laps)
     return quantized, report
+
+
+def prepare(model: ModelLike, cfg: QuantizeConfig, params: Any = None
+            ) -> tuple[QuantizeContext, gs.Graph, onnx.ModelProto, int, bool, _Clock]:
+    """Load and fold ``model``, plan its QDQ pairs: ``(context, graph, the model without its graph,
+    opset, whether its weights are large, the phase clock)``."""
+    clock, report = _Clock(), Report(PASS_NAME)
+    graph, meta, opset, cfg = _load_and_fold(model, cfg, report, clock)  # cfg: per tensor if the opset forced it
+    plan = plan_qdq(graph, per_channel=cfg.per_channel, exclude=tuple(cfg.exclude))
+    clock.lap("plan")
+    # From here on the weights live once, as the numpy arrays of ``graph`` (loading them here ends
+    # its references into the proto, which then goes); onnxruntime sessions run skeletons fed with them.
+    ctx = QuantizeContext(cfg, report, plan, _constants(graph), given=_given(params, report))
+    large = sum(v.nbytes for v in ctx.consts.values()) >= RELEASE_BYTES
+    if large:  # a full garbage collection costs ~15 ms: only worth it when there is much to hand back
+        release_memory()  # the parsed model is garbage now; return it before calibration allocates
+    return ctx, graph, meta, opset, large, clock
 
 
 def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
@@ -158,7 +179,7 @@ def _constants(graph: gs.Graph) -> dict[str, np.ndarray]:
 
 def _calibrate(ctx: QuantizeContext, graph: gs.Graph, calib: Any, float_model: onnx.ModelProto,
                float_weights: dict[str, np.ndarray], progress: Progress | None,
-               clock: _Clock) -> tuple[list[dict], int]:
+               clock: _Clock, stats: Sequence[Any] | None = None) -> tuple[list[dict], int]:
     """Statistics (``ctx.stats``, ``ctx.means``) of the tensors without given parameters, on ``calib``;
     returns the samples kept for the report and how many samples were read. Every sample when anything
     is calibrated (ranges, or bias correction's input means); else only the report's samples, and none
@@ -168,7 +189,12 @@ def _calibrate(ctx: QuantizeContext, graph: gs.Graph, calib: Any, float_model: o
         report.warnings.append("nothing to quantize: no Conv, ConvTranspose, Gemm, MatMul, Add or Concat "
                                "with float32 data")
     todo = [t for t in plan.activations if t not in ctx.given]
-    ctx.means = (means_wanted(plan.weights, ctx.given, graph, calib is not None) if cfg.bias_correction else {})
+    have_data = calib is not None or stats is not None
+    ctx.means = (means_wanted(plan.weights, ctx.given, graph, have_data) if cfg.bias_correction else {})
+    if stats is not None:
+        from .shards import from_stats
+
+        return from_stats(ctx, todo, stats, calib, float_model, float_weights, clock)
     full = bool(todo or ctx.means)
     if calib is not None and not full and cfg.report_samples == 0:
         report.summary["calibration_data"] = "not read: every tensor has given parameters and the report is off"
@@ -178,17 +204,22 @@ def _calibrate(ctx: QuantizeContext, graph: gs.Graph, calib: Any, float_model: o
     if calib is None:
         raise InvalidOptionError(f"--calib is required: {len(todo)} tensor(s) have no given parameters "
                                  f"(e.g. {todo[0]!r})")
-    source = calib if isinstance(calib, sources.CalibrationSource) else \
-        sources.open_source(calib, float_model, preprocess=cfg.preprocess, exclude=float_weights.keys())
+    source = open_calib(calib, cfg, float_model, float_weights)
     count = cfg.calib_count if full else min(cfg.calib_count or cfg.report_samples, cfg.report_samples)
     total = source.total if count is None else min(count, source.total or count)
-    batches = sources.batches(source, source.inputs, batch_size=cfg.batch_size, count=count)
+    batches = unit_batches(source, batch_size=cfg.batch_size, count=count)
     ctx.stats, kept, samples = collect_stats(float_model, todo, batches, histogram=cfg.method in HIST_METHODS,
                                              progress=progress, total=total, keep=cfg.report_samples,
                                              weights=float_weights, means=ctx.means)
     report.warnings.extend(source.warnings)
     clock.lap("calibrate")
     return kept, samples
+
+
+def open_calib(calib: Any, cfg: QuantizeConfig, float_model: onnx.ModelProto,
+               float_weights: Mapping[str, np.ndarray]) -> sources.CalibrationSource:
+    return calib if isinstance(calib, sources.CalibrationSource) else \
+        sources.open_source(calib, float_model, preprocess=cfg.preprocess, exclude=float_weights.keys())
 
 
 def _resolve(ctx: QuantizeContext, graph: gs.Graph) -> dict[str, TensorQuant]:
