@@ -24,11 +24,14 @@ _API = {
     "compare_models": "onnxsq.verify",
     "random_feeds": "onnxsq.verify",
     "Report": "onnxsq.report",
-    "OnnxsqError": "onnxsq.errors",
+    **{e: "onnxsq.errors" for e in ("OnnxsqError", "ModelLoadError", "UnsupportedModelError", "InvalidOptionError",
+                                    "DataError", "RuntimeMissingError", "VerificationError", "CheckNotRunError")},
     **{p.api_name: p.module for p in PASSES.values()},
     "inspect_model": "onnxsq.inspect",
     "train": "onnxsq.training",
+    "TrainConfig": "onnxsq.training.config",
     "evaluate": "onnxsq.evaluation",
+    "open_dataset": "onnxsq.data.loader",
 }
 
 __all__ = sorted(_API)

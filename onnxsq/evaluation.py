@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from .data.loader import Dataset, Loader
+from .data.loader import Dataset, Loader, as_dataset
 from .errors import DataError, UnsupportedModelError, first_line
 from .graph import data_inputs
 from .metrics import ClassificationMeter, SegmentationMeter
@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 
 def evaluate(model: ModelLike, data: Dataset, *, batch_size: int = 64, device: str = "cpu",
              ignore_label: int = 255, progress: Callable[[int, int], None] | None = None) -> Report:
-    """Run ``model`` over ``data`` and return a Report with the task's metrics in ``summary``."""
+    """Run ``model`` over ``data`` (a dataset, or a path :func:`onnxsq.open_dataset` reads with the model's
+    input size) and return a Report with the task's metrics in ``summary``."""
     model = load_model(model, check=False) if not isinstance(model, onnx.ModelProto) else model
+    data = as_dataset(data, model)
     inputs = [vi.name for vi in data_inputs(model)]
     if len(inputs) != 1:
         raise UnsupportedModelError(f"eval needs a model with one input, this one has {len(inputs)}")

@@ -8,15 +8,16 @@ uninterrupted run would, whatever the thread timing. A producer thread assembles
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, InvalidOptionError
 from .classification import ImageFolderDataset, load_npz
 from .images import Preprocess
 from .segmentation import Augment, ImageLabelDataset
@@ -52,6 +53,17 @@ def open_dataset(path: str | Path, *, labels: str | Path | None = None, task: st
     if path.suffix.lower() in (".txt", ".lst"):
         raise DataError(f"{path}: an image list needs its label list too (--labels LIST)")
     raise DataError(f"{path}: unknown data format (want .npz, an image folder, or image + label list files)")
+
+
+def as_dataset(data: Any, model: Any = None, *, what: str = "data") -> Dataset:
+    """``data`` as a dataset: a dataset (from :func:`open_dataset`) as it is, or a path (``.npz``, an image
+    folder) opened with ``model``'s input size and channels (an ``onnx.ModelProto``; None: the files' own)."""
+    if hasattr(data, "batch") and hasattr(data, "task"):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return open_dataset(data, pre=preprocess_for_model(model) if model is not None else None)
+    raise InvalidOptionError(f"{what}: expected a dataset (onnxsq.open_dataset(path, ...)) or a path to .npz or an "
+                             f"image folder, not {type(data).__name__}")
 
 
 def preprocess_for_model(model, *, size: tuple[int, int] | None = None, **options) -> Preprocess:

@@ -22,6 +22,7 @@ from typing import Any
 
 import onnx
 
+from ..data.loader import as_dataset
 from ..errors import InvalidOptionError
 from ..model_io import ModelLike, load_model
 from ..report import Report
@@ -34,7 +35,7 @@ def train(model: ModelLike, data: Any, config: TrainConfig | None = None, *,
           resume: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
           val: Any = None, on_step: Callable[[dict[str, Any]], None] | None = None,
           params_out: str | os.PathLike | None = None, **overrides: Any) -> tuple[onnx.ModelProto, Report]:
-    """Train ``model`` on ``data`` (a dataset from :func:`onnxsq.data.loader.open_dataset`).
+    """Train ``model`` on ``data`` (a dataset from :func:`onnxsq.open_dataset`, or a path it reads).
 
     ``val`` (a dataset) is evaluated after training; its metrics join the summary as ``val_*``.
     ``overrides`` set :class:`TrainConfig` fields by name. ``checkpoint`` is the ``.npz`` written every
@@ -48,6 +49,8 @@ def train(model: ModelLike, data: Any, config: TrainConfig | None = None, *,
     cfg = TrainConfig.from_mapping(overrides, base=config) if overrides else (config or TrainConfig())
     import_training()
     proto = load_model(model)
+    data = as_dataset(data, proto)
+    val = as_dataset(val, proto, what="val") if val is not None else None
     paths = {"resume": Path(resume) if resume else None, "checkpoint": Path(checkpoint) if checkpoint else None}
     if cfg.stage == "qat":
         from .qat import QATTrainer
