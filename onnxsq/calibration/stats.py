@@ -205,7 +205,9 @@ class TensorStats:
             setattr(s, k, int(d[k]))
         for k in ("min", "max"):
             setattr(s, k, float(d[k]))
-        s.ema = DyadicFold.from_list(_ema_combine, d["ema"], lambda v: (int(v[0]), *map(float, v[1:])))
+        if "ema" not in d and s.batches:  # written before the positioned moving average: one block of it
+            d = {**d, "ema": [[0, s.batches, [s.batches, d["first_min"], d["first_max"], d["ema_min"], d["ema_max"]]]]}
+        s.ema = DyadicFold.from_list(_ema_combine, d.get("ema", []), lambda v: (int(v[0]), *map(float, v[1:])))
         if s.histogram:
             s.hist_pos = np.asarray(d["hist_pos"], np.int64).copy()
             s.hist_neg = np.asarray(d["hist_neg"], np.int64).copy()
