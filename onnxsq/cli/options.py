@@ -101,3 +101,28 @@ def input_shape_option(f: Callable) -> Callable:
         callback=lambda _ctx, _param, value: parse_input_shapes(value),
         help="Shape of a model input, e.g. images:1x3x224x224 (repeatable; a bare 1x3x224x224 for a "
              "one-input model) [default: static dims; batch 1, image H W 224, other dynamic dims 32].")(f)
+
+
+def python_version() -> tuple[int, int]:
+    import sys
+
+    return sys.version_info[:2]
+
+
+def require_training() -> None:
+    """Import onnxruntime-training or fail in one line: on Python 3.12+ the reason is the Python version
+    (onnxruntime-training's last release, 1.19.2, has wheels up to 3.11, so the extras install without it
+    there), elsewhere the extra to install."""
+    from ..errors import RuntimeMissingError
+    from ..runtime import import_training
+
+    try:
+        import_training()
+    except RuntimeMissingError:
+        major, minor = python_version()
+        if (major, minor) >= (3, 12):
+            raise RuntimeMissingError(
+                f"training needs Python <= 3.11 (this is {major}.{minor}): onnxruntime-training stopped at 1.19.2, "
+                "whose wheels go up to Python 3.11; train in a Python 3.11 environment "
+                "(python3.11 -m venv .venv && .venv/bin/pip install 'onnxsq[train-cpu]')") from None
+        raise

@@ -66,6 +66,24 @@ def as_dataset(data: Any, model: Any = None, *, what: str = "data") -> Dataset:
                              f"image folder, not {type(data).__name__}")
 
 
+def check_crop(model: Any, crop: tuple[int, int] | None, *, layout: str = "nchw") -> None:
+    """A training crop must be what a model with a static input H and W takes: one line saying which
+    ``--crop`` would fit, before anything runs (onnxruntime's own message is a C++ shape error)."""
+    from ..graph import data_inputs
+
+    vi = next(iter(data_inputs(model)), None) if crop is not None else None
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim] if vi else []
+    if len(dims) != 4:
+        return
+    h, w = (dims[2], dims[3]) if layout == "nchw" else (dims[1], dims[2])
+    fixed = (h if h > 0 else crop[0], w if w > 0 else crop[1])
+    if tuple(crop) != fixed:
+        shape = "×".join(str(d) if d > 0 else "?" for d in dims)
+        raise InvalidOptionError(f"--crop {crop[0]} {crop[1]} does not fit the model's input {vi.name!r} ({shape}, "
+                                 f"static H and W): use --crop {fixed[0]} {fixed[1]}, or a model exported with a "
+                                 "dynamic H and W")
+
+
 def preprocess_for_model(model, *, size: tuple[int, int] | None = None, **options) -> Preprocess:
     """A :class:`Preprocess` whose size and channel count default to the model's static input."""
     from ..graph import data_inputs

@@ -131,9 +131,10 @@ def train_config(opts: dict[str, Any]):
 
 def open_data(model, opts: dict[str, Any], *, task: str | None):
     """(train or eval data, val data or None) with the model's preprocessing and the augmentation flags."""
-    from ...data.loader import open_dataset, preprocess_for_model
+    from ...data.loader import check_crop, open_dataset, preprocess_for_model
     from ...data.segmentation import Augment
 
+    check_crop(model, tuple(opts["crop"]) if opts.get("crop") else None, layout=opts["layout"])
     pre = preprocess_for_model(model, size=opts.get("size") or None, mean=tuple(opts["mean"]), std=tuple(opts["std"]),
                                channel_order=opts["channel_order"], layout=opts["layout"])
     aug = Augment(scale_prob=opts.get("scale_prob") or 0.0, scale_min=opts.get("scale_range", (1, 1))[0],

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..options import common_model_command, preprocess_options, quiet, resolve_output
+from ..options import common_model_command, preprocess_options, quiet, require_training, resolve_output
 from ._train_options import data_options, solver_options, train_config
 
 
@@ -25,13 +25,12 @@ def command(model: Path, output: Path | None, in_place: bool, report_path: Path 
     --checkpoint-every asked for it.
     """
     from ... import model_io
-    from ...runtime import import_training
     from ...training import train
     from ...training.loop import TrainingInterrupted
     from ..render import finish
     from ._train_options import interrupted, open_data, progress
 
-    import_training()  # fail first, with the extra to install, where training is missing
+    require_training()  # fail first, with the extra to install (or the Python it needs), where training is missing
     out = resolve_output(model, output, "trained", in_place)
     proto = model_io.load_model(model)
     cfg = train_config(opts)
