@@ -39,7 +39,13 @@ def open_dataset(path: str | Path, *, labels: str | Path | None = None, task: st
     path = Path(path)
     pre = pre or Preprocess()
     if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
+        from ..pipeline.sources import SOURCES, named_split
+
+        builtin = named_split(str(path)) if labels is None else None
+        if builtin is None:
+            known = ", ".join(f"{n} ({n}:val)" for n in SOURCES)
+            raise DataError(f"{path}: no such file or directory (built-in data sets: {known})")
+        path = builtin
     if labels is not None:
         if task == "classification":
             raise DataError("a label list file means segmentation, but --task classification was given")

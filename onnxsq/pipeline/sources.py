@@ -2,7 +2,8 @@
 
 A source writes ``train.npz`` and ``val.npz`` (``x`` N×C×H×W float32, ``y`` labels) into the
 pipeline's work directory once; later runs reuse the files, so their fingerprints (and with them
-every cached stage) stay put. Both sources are seeded and deterministic.
+every cached stage) stay put. Both sources are seeded and deterministic. On the command line,
+``--data sklearn-digits`` (``:val`` for the validation split) writes them once into :func:`data_cache`.
 
 * ``sklearn-digits``: scikit-learn's copy of the UCI handwritten digits (1,797 real 8×8 images,
   pixel values 0–16 scaled to [0, 1]), split by a seeded permutation (default 25% validation:
@@ -106,16 +107,23 @@ def source_id(spec: dict[str, Any]) -> str:
 
 
 def materialize(spec: dict[str, Any], directory: Path) -> dict[str, Path]:
-    """Write (once) and return ``{"train": path, "val": path}`` for the source ``spec``.
+    """Write (once) and return ``{"train": path, "val": path}`` for the source ``spec``:
+    ``DIRECTORY/NAME-train.npz`` and ``NAME-val.npz``, beside ``NAME.source.json`` (the parameters and
+    :func:`source_id` they were made with; other parameters write them anew).
 
     ``spec`` is ``{"name": ..., **parameters}``; unknown parameters are refused by name.
     """
     name = spec["name"]
     if name not in SOURCES:
         raise InvalidOptionError(f"unknown data source {name!r} (known: {', '.join(SOURCES)})")
-    stem = source_id(spec)
-    paths = {split: directory / f"{stem}-{split}.npz" for split in ("train", "val")}
-    if all(p.is_file() for p in paths.values()):
+    paths = {split: directory / f"{name}-{split}.npz" for split in ("train", "val")}
+    stamp = directory / f"{name}.source.json"
+    made = {"source": source_id(spec), "spec": spec}
+    try:
+        current = json.loads(stamp.read_text()) if stamp.is_file() else None
+    except (OSError, ValueError):
+        current = None
+    if current == made and all(p.is_file() for p in paths.values()):
         return paths
     params = {k: v for k, v in spec.items() if k != "name"}
     try:
@@ -123,8 +131,31 @@ def materialize(spec: dict[str, Any], directory: Path) -> dict[str, Path]:
     except TypeError as exc:
         raise InvalidOptionError(f"data source {name!r}: {exc}") from None
     directory.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)  # written last: files without it are made again
     for split, (x, y) in splits.items():
         tmp = paths[split].with_name(f".{paths[split].name}.tmp.npz")
         np.savez(tmp, x=x, y=y)
         os.replace(tmp, paths[split])
+    stamp.write_text(json.dumps(made, sort_keys=True, indent=1) + "\n")
     return paths
+
+
+def data_cache() -> Path:
+    """Where ``--data sklearn-digits`` (a source named on the command line) is written:
+    ``$ONNXSQ_DATA``, else ``$XDG_CACHE_HOME/onnxsq/data``, else ``~/.cache/onnxsq/data``."""
+    if os.environ.get("ONNXSQ_DATA"):
+        return Path(os.environ["ONNXSQ_DATA"])
+    base = Path(os.environ["XDG_CACHE_HOME"]) if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "onnxsq" / "data"
+
+
+def named_split(text: str) -> Path | None:
+    """``NAME`` or ``NAME:train`` / ``NAME:val`` of a built-in source → its file (written once, with the
+    source's default parameters, into :func:`data_cache`); None when ``text`` names no source."""
+    name, _, split = text.partition(":")
+    if name not in SOURCES:
+        return None
+    split = split or "train"
+    if split not in ("train", "val"):
+        raise InvalidOptionError(f"{text}: a built-in data source's split is train or val, not {split!r}")
+    return materialize({"name": name}, data_cache())[split]

@@ -25,7 +25,13 @@ def test_synthetic_shapes_are_deterministic_and_written_once(tmp_path: Path):
     assert materialize(spec, tmp_path / "a") == paths and paths["train"].stat().st_mtime_ns == stamp
     other = materialize(spec, tmp_path / "b")
     assert other["train"].read_bytes() == paths["train"].read_bytes()
-    assert materialize({**spec, "seed": 4}, tmp_path / "a")["train"] != paths["train"]
+    assert paths["train"].name == "synthetic-shapes-train.npz"  # a name to read, not a hash
+    before = paths["train"].read_bytes()
+    assert materialize({**spec, "seed": 4}, tmp_path / "a") == paths  # other parameters: the files anew
+    assert paths["train"].read_bytes() != before
+    (tmp_path / "a" / "synthetic-shapes.source.json").unlink()  # an interrupted write: made again
+    materialize(spec, tmp_path / "a")
+    assert paths["train"].read_bytes() == before
 
 
 def test_digits_split():
@@ -47,3 +53,22 @@ def test_bad_parameters(tmp_path: Path):
         materialize({"name": "synthetic-shapes", "colour": 1}, tmp_path)
     with pytest.raises(InvalidOptionError, match="classes >= 2"):
         materialize({"name": "synthetic-shapes", "classes": 1}, tmp_path)
+
+
+def test_a_source_name_is_data_on_the_command_line(tmp_path: Path, monkeypatch, run_cli, sample_model):
+    """``--data sklearn-digits`` (``:val``) opens the built-in set, written once into $ONNXSQ_DATA."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("onnxruntime")
+    from onnxsq.data.loader import open_dataset
+    from onnxsq.errors import DataError
+
+    monkeypatch.setenv("ONNXSQ_DATA", str(tmp_path / "cache"))
+    assert len(open_dataset("sklearn-digits")) == 1347 and len(open_dataset("sklearn-digits:val")) == 450
+    assert (tmp_path / "cache" / "sklearn-digits-val.npz").is_file()
+    with pytest.raises(InvalidOptionError, match="train or val"):
+        open_dataset("sklearn-digits:test")
+    with pytest.raises(DataError, match="built-in data sets: sklearn-digits"):
+        open_dataset(tmp_path / "nothere.npz")
+    res = run_cli("eval", sample_model("digits_cnn"), "--data", "sklearn-digits:val")
+    assert res.code == 0, res.err
+    assert "450" in res.out and "top1" in res.out
