@@ -221,3 +221,21 @@ def test_per_tensor_and_no_equalize_flags(run_cli, model_and_data, tmp_path):
     assert not [n for n in onnx.load(str(per_tensor)).graph.node if n.op_type == "DequantizeLinear"
                 and any(a.name == "axis" for a in n.attribute)]
     assert "equalized_pairs" not in json.loads((tmp_path / "r.json").read_text())["summary"]
+
+
+def test_sensitivity_and_target_sqnr_flags(run_cli, model_and_data, tmp_path):
+    model, data = model_and_data
+    rep = tmp_path / "r.json"
+    res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / "s.onnx", "--sensitivity", "--report", rep)
+    assert res.code == 0, res.err
+    assert "sensitivity_db" in res.out
+    summary = json.loads(rep.read_text())["summary"]
+    target = summary["output_sqnr_db"] + 3
+    res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / "t.onnx", "--weight-bits", "4",
+                  "--target-sqnr", str(target), "--report", rep, "-q")
+    assert res.code == 0, res.err
+    summary = json.loads(rep.read_text())["summary"]
+    assert summary["target_sqnr"] == target and summary["kept_float_for_target"]
+    res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / "u.onnx", "--target-sqnr", "30",
+                  "--report-samples", "0")
+    assert res.code == 1 and "--report-samples" in res.err and len(res.err.strip().splitlines()) == 1

@@ -8,8 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime")
 
+import onnxruntime as ort
 from builders import conv_classifier
 
 from onnxsq.calibration import pow2
@@ -93,3 +94,34 @@ def test_fewest_finds_the_first_k_that_reaches(n, need):
     else:
         assert (k, got) == (n, 0.0)
     assert len(set(calls)) <= 2 * max(1, n).bit_length() + 1
+
+
+def test_quantize_reports_sensitivity_per_layer(setup):
+    model, calib, _ = setup
+    _, report = quantize(model, calib, config=QuantizeConfig(sensitivity=True, report_samples=3))
+    layers = {c.name: c.details for c in report.candidates if c.action == "quantized" and c.op != "tensor"}
+    assert all("sensitivity_db" in d for d in layers.values()), layers
+    assert report.summary["most_sensitive"] and report.summary["sensitivity_all_db"] <= min(
+        d["sensitivity_db"] for d in layers.values())
+
+
+def test_target_sqnr_keeps_layers_float_and_reaches_it(setup):
+    model, calib, _ = setup
+    cfg = QuantizeConfig(weight_bits=3, report_samples=3)
+    _, base = quantize(model, calib, config=cfg)
+    target = base.summary["output_sqnr_db"] + 4.0
+    q, report = quantize(model, calib, config=QuantizeConfig(weight_bits=3, report_samples=3, target_sqnr=target))
+    onnx.checker.check_model(q)
+    kept = report.summary["kept_float_for_target"]
+    assert kept and report.summary["target_reached"]
+    assert report.summary["output_sqnr_db"] >= target - 0.3  # measured on the QDQ model itself
+    skipped = {c.name for c in report.candidates if c.action == "skipped" and "--exclude" in c.reason}
+    assert set(kept) <= skipped
+    assert report.summary["stats_parts"] == 1  # quantized again from the first pass's statistics, not recalibrated
+
+
+def test_target_sqnr_needs_report_samples():
+    from onnxsq.errors import InvalidOptionError
+
+    with pytest.raises(InvalidOptionError, match="report-samples"):
+        QuantizeConfig(target_sqnr=30.0, report_samples=0).validate()

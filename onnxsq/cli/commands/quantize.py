@@ -38,6 +38,10 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--no-bias-correction", is_flag=True, help="Keep the float biases (no mean weight-error correction).")
 @click.option("--no-equalize", is_flag=True,
               help="No cross-layer equalization (power-of-two factors between Conv pairs through ReLU-like ops).")
+@click.option("--sensitivity", is_flag=True,
+              help="Measure each layer's output SQNR with that layer alone quantized (on the report samples).")
+@click.option("--target-sqnr", type=float, metavar="DB",
+              help="Keep the fewest most sensitive layers float so that the output SQNR reaches DB.")
 @click.option("--params", "params_in", type=click.Path(dir_okay=False, path_type=Path),
               help="Use these parameters (JSON) instead of calibrating the tensors it names.")
 @click.option("--params-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the parameters (JSON).")
@@ -65,6 +69,8 @@ def command(
     report_samples: int,
     no_bias_correction: bool,
     no_equalize: bool,
+    sensitivity: bool,
+    target_sqnr: float | None,
     params_in: Path | None,
     params_out: Path | None,
     stats: tuple[Path, ...],
@@ -93,7 +99,7 @@ def command(
     cfg = config_class(bits=bits, weight_bits=weight_bits, per_channel=per_channel, exclude=exclude, method=method,
                        weight_method=weight_method, calib_count=calib_count, batch_size=batch_size,
                        report_samples=report_samples, bias_correction=not no_bias_correction,
-                       equalize=not no_equalize,
+                       equalize=not no_equalize, sensitivity=sensitivity, target_sqnr=target_sqnr,
                        preprocess=None if pre == Preprocess() else pre)
     if stats and jobs:
         warn_ignored("--jobs", "--stats gives the statistics: nothing is calibrated")
@@ -103,7 +109,8 @@ def command(
     save_model(result, out)
     report.summary["output"] = str(out)
     finish(report, report_path, quiet=quiet(),
-           detail_keys=["bits", "signed", "shift", "w_shift", "range", "clipped", "sqnr_db"])
+           detail_keys=["bits", "signed", "shift", "w_shift", "range", "clipped", "sqnr_db"]
+           + (["sensitivity_db"] if sensitivity or target_sqnr is not None else []))
 
 
 def _calib_size(model: Path, calib: str | None, size: tuple[int, int] | None,

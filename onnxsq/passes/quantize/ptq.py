@@ -35,6 +35,7 @@ reordered ones; the README's benchmark section has the figures.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 import os
 import time
@@ -110,10 +111,14 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     quantized_runnable = runnable(graph, meta) if kept else None
     clock.lap("insert qdq")
     if params_out is not None:
-        write_params(tparams, params_out)
-        report.summary["params_file"] = str(params_out)
+        report.summary["params_file"] = str(write_params(tparams, params_out))
     calib_s = clock.total()
     evaluation = _measure(ctx, float_model, float_weights, quantized_runnable, kept, tparams, progress, clock)
+    sens = _sensitivity(ctx, float_model, float_weights, kept, tparams, progress, clock)
+    if sens is not None and sens.keep_float:  # again from this pass's statistics; its arrays go first
+        reuse, graph, quantized_runnable, float_model, float_weights = (
+            _own_stats(ctx, float_model, float_weights, samples), None, None, None, None)
+        return _keep_float(model, kept, cfg, params, progress, params_out, sens, reuse)
     # Exported last, after the float weights are gone: the peak is then the quantized model, not
     # float weights + quantized model + the report's onnxruntime session together.
     del float_model, float_weights, kept, quantized_runnable
@@ -123,7 +128,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     quantized = export_like(graph, meta)
     del graph
     clock.lap("export")
-    fill_report(ctx, tparams, evaluation, samples, calib_s + clock.last - t0)
+    fill_report(ctx, tparams, evaluation, samples, calib_s + clock.last - t0, sens)
     report.summary["seconds"] = round(clock.total(), 3)
     log.debug("quantize phases (s): %s", clock.laps)
     return quantized, report
@@ -248,6 +253,49 @@ def _measure(ctx: QuantizeContext, float_model: onnx.ModelProto, float_weights: 
                           float_weights=float_weights, q_weights=q_weights, clipped=known_clipped(ctx, tparams))
     clock.lap("report")
     return evaluation
+
+
+def _sensitivity(ctx: QuantizeContext, float_model: onnx.ModelProto, float_weights: dict[str, np.ndarray],
+                 kept: list[dict], tparams: dict[str, TensorQuant], progress: Progress | None, clock: _Clock) -> Any:
+    """Each layer's output SQNR alone quantized and, for ``target_sqnr``, the layers to keep float
+    (:mod:`.sensitivity`); None unless asked for."""
+    cfg = ctx.cfg
+    if not (cfg.sensitivity or cfg.target_sqnr is not None):
+        return None
+    if not kept:
+        ctx.report.warnings.append("no report samples: sensitivity not measured, --target-sqnr not applied")
+        return None
+    from .sensitivity import measure
+
+    sens = measure(float_model, float_weights, ctx.plan, tparams, kept, target_sqnr=cfg.target_sqnr,
+                   progress=progress)
+    clock.lap("sensitivity")
+    return sens
+
+
+def _own_stats(ctx: QuantizeContext, float_model: onnx.ModelProto, float_weights: dict[str, np.ndarray],
+               samples: int) -> Any:
+    """This run's calibration statistics, to quantize again without calibrating again."""
+    from ...calibration.stats_file import CalibrationStats, fingerprint
+
+    return CalibrationStats(fingerprint(float_model, float_weights), ctx.cfg.method in HIST_METHODS,
+                            dict(ctx.stats), dict(ctx.means), samples, units=1, covered=[(0, 1)])
+
+
+def _keep_float(model: ModelLike, kept: list[dict], cfg: QuantizeConfig, params: Any, progress: Progress | None,
+                params_out: Any, sens: Any, stats: Any) -> tuple[onnx.ModelProto, Report]:
+    """Quantize again from the same statistics with the layers ``sens`` keeps float excluded; the report
+    says which, and what the target asked for."""
+    exclude = tuple(cfg.exclude) + tuple(glob.escape(name) for name in sens.keep_float)
+    again = dataclasses.replace(cfg, exclude=exclude, target_sqnr=None, sensitivity=True)
+    quantized, report = quantize(model, kept, config=again, params=params, progress=progress,
+                                 params_out=params_out, stats=[stats])
+    report.summary.update(target_sqnr=cfg.target_sqnr, kept_float_for_target=list(sens.keep_float),
+                          target_reached=bool(sens.reached is not None and sens.reached >= cfg.target_sqnr))
+    if sens.reached is not None and sens.reached < cfg.target_sqnr:
+        report.warnings.append(f"--target-sqnr {cfg.target_sqnr:g}: even with every layer float but the lone "
+                               f"tensors the output SQNR is {sens.reached:g} dB")
+    return quantized, report
 
 
 class _Clock:

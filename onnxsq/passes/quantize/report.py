@@ -19,10 +19,13 @@ def _shift_text(p: TensorQuant) -> Any:
     return f"{min(p.shift)}..{max(p.shift)}"
 
 
-def fill_report(ctx: QuantizeContext, tparams: dict[str, TensorQuant], ev: Any, samples: int, seconds: float) -> None:
+def fill_report(ctx: QuantizeContext, tparams: dict[str, TensorQuant], ev: Any, samples: int, seconds: float,
+                sens: Any = None) -> None:
     """One candidate per planned layer (quantized with its bits, shifts, range, clipped fraction and SQNR;
-    fused; or skipped with the reason), one per other quantized tensor, and the summary."""
+    fused; or skipped with the reason), one per other quantized tensor, and the summary. ``sens``: a
+    :class:`.sensitivity.Sensitivity` (each layer's output SQNR alone quantized), or None."""
     report, plan, cfg = ctx.report, ctx.plan, ctx.cfg
+    alone = sens.alone if sens is not None else {}
     weights = {u.node: u for u in plan.weights}
     for entry in plan.layers:
         if entry.action in ("skipped", "fused") or entry.output is None:
@@ -40,6 +43,8 @@ def fill_report(ctx: QuantizeContext, tparams: dict[str, TensorQuant], ev: Any, 
         if ev is not None and entry.output in ev.layers:
             d["clipped"] = ev.layers[entry.output].clipped
             d["sqnr_db"] = ev.layers[entry.output].sqnr_db
+        if entry.node in alone:
+            d["sensitivity_db"] = alone[entry.node]
         notes = "; ".join(([entry.reason] if entry.reason else []) + (use.notes if use else []))
         report.add(entry.node, entry.op, "quantized", notes, **d)
     covered = {e.output for e in plan.layers if e.output}
@@ -57,6 +62,10 @@ def fill_report(ctx: QuantizeContext, tparams: dict[str, TensorQuant], ev: Any, 
               len({u.weight for u in plan.weights}), "layers_kept_float": sum(
                   1 for e in plan.layers if e.action == "skipped"), "calibration_samples": samples,
               "calibration_seconds": round(seconds, 3)})
+    if sens is not None:
+        ranked = sorted(alone.items(), key=lambda kv: kv[1])[:5]
+        s["sensitivity_all_db"] = sens.full
+        s["most_sensitive"] = [f"{name} ({db:g} dB)" for name, db in ranked]
     if ev is not None:
         s["report_samples"] = ev.samples
         one = len(ev.outputs) == 1

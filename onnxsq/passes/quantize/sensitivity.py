@@ -8,8 +8,9 @@ tensors (graph inputs, constant operands, outputs of Add/Concat) are each their 
     ``t' = t + m_u * (DQ(Q(t)) - t)``
 
 with the unit's power-of-two parameters (a per-channel axis for weights; ``Max(Min(t, hi), lo)`` first
-where the integer range is narrower than the carrier type's: fewer bits, or a weight's symmetric range), and ``m_u`` a scalar graph
-input: 0 is exactly the float tensor, 1 exactly its fake-quantized value. One session then runs any mix:
+where the integer range is narrower than the carrier type's: fewer bits, or a weight's symmetric range),
+and ``m_u`` a scalar graph input: 0 is exactly the float tensor, 1 exactly its fake-quantized value. One
+session then runs any mix:
 
 - **sensitivity of u**: output SQNR against float with only ``m_u = 1`` (dB; the lower, the more
   sensitive). The units are ranked by it.
@@ -62,7 +63,7 @@ def units_of(plan: Plan, params: Mapping[str, TensorQuant]) -> dict[str, list[st
     weights = {u.node: u.weight for u in plan.weights}
     taken: set[str] = set()
     for entry in plan.layers:
-        if entry.action != "quantized" or entry.output is None:
+        if entry.action not in ("quantized", "shared") or entry.output is None:
             continue
         tensors = [t for t in (weights.get(entry.node), entry.output) if t in params and t not in taken]
         if tensors:
