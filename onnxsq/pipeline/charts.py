@@ -44,10 +44,16 @@ def _save(plt, fig, path: Path) -> Path:
 
 
 def _sparsity(plt, rows: Sequence[StageRow], path: Path) -> Path:
+    return _save(plt, sparsity_figure(plt, rows), path)
+
+
+def sparsity_figure(plt, rows: Sequence[StageRow]):
+    """Grouped bars, one group per layer, one bar per stage; the legend right of the plot, off the bars."""
     layers: list[str] = []
     for r in rows:
         layers += [n for n in r.layer_sparsity if n not in layers]
-    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.3 * len(layers) * max(1, len(rows)) ** 0.5 + 2)), 4.2))
+    width_in = min(16.0, max(6.0, 0.3 * len(layers) * max(1, len(rows)) ** 0.5 + 2)) + 1.6  # + the legend
+    fig, ax = plt.subplots(figsize=(width_in, 4.2))
     width = 0.8 / max(1, len(rows))
     for i, r in enumerate(rows):
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(layers))]
@@ -57,25 +63,30 @@ def _sparsity(plt, rows: Sequence[StageRow], path: Path) -> Path:
     ax.set_ylabel("zero weights (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Per-layer conv weight sparsity by stage")
-    ax.legend(fontsize=8, ncol=min(4, len(rows)))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     fig.tight_layout()
-    return _save(plt, fig, path)
+    return fig
 
 
 def _metric(plt, rows: Sequence[StageRow], path: Path) -> Path:
+    return _save(plt, metric_figure(plt, rows), path)
+
+
+def metric_figure(plt, rows: Sequence[StageRow]):
+    """The metric as bars (its value inside the top of each bar, clear of the line markers at the
+    bars' tops), conv sparsity and int8 MAC share as lines; the legend at the bottom, right under the
+    stage names."""
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 1), 4.6))
     xs = list(range(len(rows)))
     names = sorted({r.metric_name for r in rows if r.metric_name}) or ["metric"]
     values = [100 * r.metric if r.metric is not None else 0.0 for r in rows]
     bars = ax.bar(xs, values, 0.6, color="tab:blue", label="/".join(names))
     for b, r in zip(bars, rows):
-        ax.annotate(
-            "n/a" if r.metric is None else f"{100 * r.metric:.1f}",
-            (b.get_x() + b.get_width() / 2, b.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
+        inside = r.metric is not None and b.get_height() >= 20
+        ax.annotate("n/a" if r.metric is None else f"{100 * r.metric:.1f}",
+                    (b.get_x() + b.get_width() / 2, b.get_height()), xytext=(0, -6 if inside else 2),
+                    textcoords="offset points", ha="center", va="top" if inside else "bottom", fontsize=8,
+                    color="white" if inside else "black", fontweight="bold" if inside else "normal")
     ax.set_ylabel(f"{'/'.join(names)} (%)")
     ax.set_ylim(0, 105)
     ax.set_xticks(xs)
@@ -86,8 +97,10 @@ def _metric(plt, rows: Sequence[StageRow], path: Path) -> Path:
     twin.set_ylabel("conv sparsity / int8 MACs (%)")
     twin.set_ylim(0, 105)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper center",
-              bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False)
     ax.set_title("Metric, sparsity and int8 share by stage")
-    fig.tight_layout()
-    return _save(plt, fig, path)
+    legend = fig.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="lower center",
+                        bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
+    fig.canvas.draw()  # the legend's height: the axes and their stage names take the rest, right above it
+    height = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.bbox.height
+    fig.tight_layout(rect=(0.0, height, 1.0, 1.0))
+    return fig
