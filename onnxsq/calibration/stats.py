@@ -149,21 +149,28 @@ class TensorStats:
             self.hist_pos = _fold(self.hist_pos, exp - self.hist_exp)
             self.hist_neg = _fold(self.hist_neg, exp - self.hist_exp)
             self.hist_exp = exp
-        # |x| * 2**(log2(BINS) - exp) in float32 is exact (a power-of-two factor, no overflow since
-        # |x| < 2**exp), and truncation of a non-negative value is floor: the bin index is exact.
-        # Every |x| < 2**exp <= 2**hist_exp, so the index is below BINS without clamping.
+        # x * 2**(log2(BINS) - exp) in float32 is exact (a power-of-two factor, no overflow since
+        # |x| < 2**exp), and its truncation toward zero is floor(|x| * ...) with x's sign: the bin
+        # index, exact, below BINS in magnitude without clamping. One pass writes the truncated
+        # products straight into integers (numpy casts its buffered float32 results), one counts.
         flat = x.ravel()
         if flat.dtype != np.float32:
             flat = flat.astype(np.float64)
-        scaled = np.abs(flat)
-        np.multiply(scaled, flat.dtype.type(math.ldexp(1.0, int(math.log2(BINS)) - self.hist_exp)), out=scaled)
-        idx = scaled.astype(np.int32)
-        del scaled
-        if negatives:  # (a ReLU output has none: two passes saved)
-            idx[np.signbit(flat) & (flat != 0)] += BINS  # negatives in the upper half
+        idx = np.empty(flat.size, np.intp)
+        np.multiply(flat, flat.dtype.type(math.ldexp(1.0, int(math.log2(BINS)) - self.hist_exp)), out=idx,
+                    casting="unsafe")
+        if not negatives:  # (a ReLU output: every index is its bin)
+            self.hist_pos += np.bincount(idx, minlength=BINS)
+            return
+        np.add(idx, BINS, out=idx)  # positives of bin k at BINS + k, negatives of bin k >= 1 at BINS - k
         both = np.bincount(idx, minlength=2 * BINS)
-        self.hist_pos += both[:BINS]
-        self.hist_neg += both[BINS:]
+        del idx
+        neg = both[BINS - 1:0:-1].copy()  # bins 1 .. BINS-1 of the negatives
+        neg0 = int(np.count_nonzero(flat < 0)) - int(neg.sum())  # negatives in bin 0 share index BINS
+        self.hist_pos[0] += both[BINS] - neg0
+        self.hist_pos[1:] += both[BINS + 1:]
+        self.hist_neg[0] += neg0
+        self.hist_neg[1:] += neg
 
     # -- merging -------------------------------------------------------------------------------
     def merge(self, later: TensorStats) -> TensorStats:

@@ -122,3 +122,28 @@ def test_clipped_fraction_from_min_max_and_histogram():
     assert h.clipped_fraction(-0.5 * 2.0**-7, hi) == np.count_nonzero(x > hi) / x.size == 2 / 1002
     neg = _run([-x], histogram=True)
     assert neg.clipped_fraction(-hi, 0.5) == 2 / 1002
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("signed", [True, False])
+def test_histogram_bins_equal_a_float64_oracle_at_exact_edges(dtype, signed):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(3000) * 5
+    x = x if signed else np.abs(x)
+    x[:300] = 0.0
+    x[300:400] = -0.0
+    exp = 3  # every |x| < 8 below, bins of 2**-8
+    x = np.clip(x, -7.99, 7.99)
+    k = rng.integers(0, 2048, 500)  # values exactly on bin edges
+    x[400:900] = (np.where(rng.random(500) < 0.5, -1.0, 1.0) if signed else 1.0) * k * 2.0 ** (exp - 11)
+    x = x.astype(dtype)
+    s = TensorStats(histogram=True)
+    s.update(x)
+    assert s.hist_exp == exp
+    mags = np.abs(x.astype(np.float64))
+    bins = np.floor(mags * 2.0 ** (11 - exp)).astype(int)
+    pos = np.bincount(bins[x >= 0], minlength=2048)  # -0.0 >= 0: an exact zero, counted as positive
+    neg = np.bincount(bins[x < 0], minlength=2048)
+    np.testing.assert_array_equal(s.hist_pos, pos)
+    np.testing.assert_array_equal(s.hist_neg, neg)
+    assert s.zeros == 400
