@@ -59,8 +59,8 @@ def evaluate(model: ModelLike, data: Dataset, *, batch_size: int = 64, device: s
             raise DataError(f"{data.where}: the model outputs {logits.shape[2:]} maps but labels are {y.shape[1:]}")
         try:
             meter.update(np.asarray(logits), y)
-        except ValueError as exc:
-            raise DataError(f"{data.where}: {exc}") from None
+        except ValueError as exc:  # a label out of range: name the labels' file, not the images'
+            raise DataError(f"{getattr(data, 'label_where', data.where)}: {exc}") from None
         if progress is not None:
             progress(b + 1, total)
     report = Report("eval")

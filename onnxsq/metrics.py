@@ -28,7 +28,9 @@ def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int, ign
     keep = target != ignore
     pred, target = pred[keep], target[keep]
     if target.size and (target.min() < 0 or target.max() >= num_classes):
-        raise ValueError(f"label {int(target.max())} outside the model's {num_classes} classes")
+        bad = int(target.min()) if target.min() < 0 else int(target.max())
+        raise ValueError(f"label {bad} outside the model's {num_classes} classes (0..{num_classes - 1}, "
+                         f"{ignore} = ignore)")
     return np.bincount(target * num_classes + pred, minlength=num_classes * num_classes).reshape(
         num_classes, num_classes)
 

@@ -65,7 +65,10 @@ def fmt(value: Any) -> str:
             return f"{value:.3e}"
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
-        return "×".join(str(v) for v in value) if all(isinstance(v, int) for v in value) else str(list(value))
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return "×".join(str(v) for v in value)  # a shape
+        # each element as a table cell shows it (per_class_iou: 0.8123, not 0.8123456789012345)
+        return "[" + ", ".join("–" if v is None else fmt(v) for v in value) + "]"
     return "" if value is None else str(value)
 
 

@@ -49,6 +49,7 @@ class ArrayDataset:
         self.y = np.ascontiguousarray(y, dtype=np.int64)
         self.task = found
         self.where = where
+        self.label_where = f"{where} (y)"  # what label errors name
         labels = self.y[self.y != 255] if found == "segmentation" else self.y
         self.num_classes = int(labels.max()) + 1 if labels.size else 0
 

@@ -120,6 +120,7 @@ class ImageLabelDataset:
         self.pre = pre
         self.augment = augment or Augment()
         self.where = str(images)
+        self.label_where = str(labels)  # what label errors name (a label out of range is in these files)
         self.num_classes = 0  # unknown until labels are read; the model's output says it
 
     def __len__(self) -> int:

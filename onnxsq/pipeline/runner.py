@@ -140,6 +140,12 @@ class _Data:
     val: Path | None
     calib: Path | None
 
+    def images(self) -> bool:
+        """Whether any of the data is image files (what the ``preprocess`` table applies to)."""
+        s = self.spec
+        return bool(s.train_labels or s.val_labels) or any(p is not None and p.is_dir()
+                                                           for p in (self.train, self.val, self.calib))
+
     def settings(self) -> dict[str, Any]:
         s = self.spec
         return {"task": s.task, "preprocess": s.preprocess, "augment": s.augment, "ignore_label": s.ignore_label}
@@ -272,6 +278,11 @@ class Runner:
         t0 = time.perf_counter()
         result, report = _with_on_step(stage, model, inputs, data, self._step_hook())
         seconds = time.perf_counter() - t0
+        if data.spec.preprocess and data.images():  # `onnxsq eval` on it then defaults to the recipe's preprocessing
+            from ..data.images import Preprocess
+            from ..data.stored import store
+
+            store(result, Preprocess(**data.spec.preprocess), by=f"onnxsq pipeline ({stage.label})")
         save_model(result, out)
         report.write(self.workdir / f"{stage.label}.report.json")
         sha = file_sha(out)

@@ -78,7 +78,7 @@ def test_images_with_calib_count_and_skipped_file(run_cli, conv_model, tmp_path)
     (["--calib", "{bad}"], "bad.npy"),
     (["--bits", "12", "--calib", "{data}"], "opset 21"),
     (["--bits", "1", "--calib", "{data}"], "--bits must be in 2..16"),
-    ([], "--calib is required"),
+    ([], "quantize needs --calib DATA"),
     (["--calib", "{data}", "--params", "{tmp}/missing.json"], "no such parameters file"),
 ])
 def test_bad_input_one_line_exit_1(run_cli, model_and_data, tmp_path, args, match, untouched):

@@ -207,3 +207,34 @@ def test_on_progress_reports_each_stage_while_it_runs(project):
     seen.clear()  # a re-run has nothing to run: no stage reports "running"
     run_pipeline(project["recipe"], project["wd"], on_progress=lambda *a: seen.append(a))
     assert not any(a[1] == "running" for a in seen)
+
+
+def test_stage_models_carry_the_recipes_image_preprocessing(tmp_path):
+    """With image data and a [data] preprocess table, every stage's model stores it (onnxsq eval reads it)."""
+    from onnx import TensorProto, helper
+    from PIL import Image
+
+    from onnxsq.data.stored import stored
+
+    g = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["p"], name="gap"),
+                           helper.make_node("Flatten", ["p"], ["y"], name="flat")], "cm",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    for k in range(3):
+        (tmp_path / "val" / f"c{k}").mkdir(parents=True)
+        px = np.full((4, 4, 3), 100, np.uint8)
+        px[:, :, k] = 200
+        Image.fromarray(px).save(tmp_path / "val" / f"c{k}" / "0.png")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('model = "m.onnx"\n[data]\nval = "val"\ntrain = "val"\n'
+                      'mean = [10.0, 20.0, 30.0]\nstd = [2.0, 2.0, 2.0]\n'
+                      '[[stage]]\nkind = "optimize"\n')
+    result = run_pipeline(recipe, tmp_path / "wd")
+    assert statuses(result) == ["input", "ran"]
+    meta = stored(onnx.load(str(tmp_path / "wd" / "01-optimize.onnx")))
+    assert meta is not None and meta["mean"] == (10.0, 20.0, 30.0) and meta["std"] == (2.0, 2.0, 2.0)
+    assert "01-optimize" in meta["by"]
+    assert stored(onnx.load(str(tmp_path / "m.onnx"))) is None  # the input model is not written

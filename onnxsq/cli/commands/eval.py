@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -25,7 +26,9 @@ def command(model: Path, report_path: Path | None, data: Path, labels: Path | No
     """Evaluate MODEL on --data: top-1/top-5, or pixel accuracy, mean and per-class IoU.
 
     Images take --size, else the model's static H W, else --input-shape's; an image folder on a model
-    with a dynamic size defaults to 224 (an image list keeps each image's own size).
+    with a dynamic size defaults to 224 (an image list keeps each image's own size). Their
+    --mean/--std/--channel-order/--layout default to what the model stores (onnxsq quantize on images
+    writes them); a given one that differs is warned about.
     """
     from ... import model_io
     from ...evaluation import evaluate
@@ -33,10 +36,32 @@ def command(model: Path, report_path: Path | None, data: Path, labels: Path | No
     from ._train_options import open_data
 
     proto = model_io.load_model(model)
+    images = labels is not None or data.is_dir()
+    pre, source = _preprocessing(proto, pre) if images else (pre, None)
     pre["size"] = _eval_size(proto, data, labels, pre.get("size") or None, input_shapes, pre["layout"])
     dataset, _ = open_data(proto, {**pre, "data": data, "labels": labels}, task=task)
     report = evaluate(proto, dataset, batch_size=batch_size, device=device)
+    if source:
+        report.summary["preprocessing"] = source
     finish(report, report_path, quiet=quiet())
+
+
+def _preprocessing(proto, pre: dict) -> tuple[dict, str | None]:
+    """--mean/--std/--channel-order/--layout: those given, else the ones the model stores (onnxsq quantize
+    writes them); a given one that differs from the stored is warned about. Also what the summary says."""
+    from ...data.stored import FIELDS, resolve, stored
+
+    ctx = click.get_current_context()
+    given = {k for k in FIELDS if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    out, notes = resolve(proto, pre, given)
+    for note in notes:
+        logging.getLogger("onnxsq.cli").warning("%s", note)
+    meta = stored(proto)
+    if meta is None:
+        return out, None
+    fields = " ".join(f"{k}={'/'.join(f'{v:g}' for v in out[k]) if k in ('mean', 'std') else out[k]}" for k in FIELDS)
+    mine = f"; given: {', '.join('--' + k.replace('_', '-') for k in sorted(given))}" if given else ""
+    return out, f"{fields} (stored in the model by {meta['by']}{mine})"
 
 
 def _eval_size(proto, data: Path, labels: Path | None, size: tuple[int, int] | None,

@@ -92,6 +92,7 @@ def command(
     from ..render import finish, phase_progress
 
     config_class, quantize = PASSES["quantize"].config_class(), PASSES["quantize"].load()
+    _require_data()
 
     out = resolve_output(model, output, "quant", in_place)
     pre = Preprocess(size=_calib_size(model, calib, tuple(size) if size else None, input_shapes, layout),
@@ -106,11 +107,25 @@ def command(
     with phase_progress(quiet=quiet()) as advance:  # one bar per phase (calibrate, evaluate)
         result, report = quantize(model, calib, config=cfg, params=params_in, progress=advance, params_out=params_out,
                                   stats=list(stats) or None, jobs=jobs or 1)
+    if _image_folder(calib):  # eval then defaults to the preprocessing the calibration used
+        from ...data.stored import store
+
+        store(result, pre, by="onnxsq quantize")
     save_model(result, out)
     report.summary["output"] = str(out)
     finish(report, report_path, quiet=quiet(),
            detail_keys=["bits", "signed", "shift", "w_shift", "range", "clipped", "sqnr_db"]
            + (["sensitivity_db"] if sensitivity or target_sqnr is not None else []))
+
+
+def _require_data() -> None:
+    """No calibration data and no parameters: say which option is missing (the pass would count tensors)."""
+    from ...errors import InvalidOptionError
+
+    given = click.get_current_context().params
+    if not any(given.get(k) for k in ("calib", "params_in", "stats")):
+        raise InvalidOptionError("quantize needs --calib DATA to calibrate on (an image or .npy/.npz folder, a .npz "
+                                 "file, or module.py:function), or --params FILE from an earlier run")
 
 
 def _calib_size(model: Path, calib: str | None, size: tuple[int, int] | None,
