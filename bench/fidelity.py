@@ -69,11 +69,30 @@ def run_variant(m, calib: list[dict], feeds: list[dict], overrides: dict, out: P
 
         src = out.with_suffix(".eq.onnx")  # folded first, as quantize does: BN no longer splits the pairs
         save_model(equalize(fold_batchnorm(m.path)[0])[0], src)
-    cfg = QuantizeConfig(report_samples=0, **overrides)
+    cfg = QuantizeConfig(**{"report_samples": 0, **overrides})  # a variant may ask for report samples
     q, _ = quantize(src, iter(calib), config=cfg)
     seconds = time.perf_counter() - t0
     save_model(q, out)
     return (*fidelity(m.path, out, feeds), seconds)
+
+
+def run_quark(python: str, m, calib: list[dict], feeds: list[dict], config: str, out: Path
+              ) -> tuple[float, float, float]:
+    """(SQNR, top-1, seconds) of AMD Quark's ``config`` on ``m`` (bench/quark_quantize.py in ``python``'s
+    environment; NaN where it fails, with its last line on stderr)."""
+    import subprocess
+
+    import numpy as np
+
+    npz = out.with_suffix(".calib.npz")
+    np.savez(npz, **{f"{i}/{k}": v for i, feed in enumerate(calib) for k, v in feed.items()})
+    proc = subprocess.run([python, str(REPO / "bench" / "quark_quantize.py"), str(m.path), str(npz), str(out),
+                           "--config", config], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"# {m.name}: Quark {config} failed: {tail}", file=sys.stderr)
+        return float("nan"), float("nan"), float("nan")
+    return (*fidelity(m.path, out, feeds), float(proc.stdout.strip().splitlines()[-1]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,14 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval", type=int, default=5)
     ap.add_argument("--variants", nargs="*", default=list(DEFAULT_VARIANTS))
     ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--quark-python", help="python of an AMD Quark environment (bench/quark_quantize.py): adds "
+                    "its power-of-two XINT8 and XINT8_ADAROUND columns")
     args = ap.parse_args(argv)
+    quark = ("XINT8", "XINT8_ADAROUND") if args.quark_python else ()
     models = [m for m in zoo.ensure(check=False) if takes_images(m) and m.trained]
     if args.models:
         models = [m for m in models if m.name in set(args.models)]
     images = zoo.images()
     variants = [parse_variant(v) for v in args.variants]
     head = ["model", *(f"{n} dB" for n, _ in variants), "ORT best dB", "ORT variant",
-            *(f"{n} top-1" for n, _ in variants), "ORT top-1"]
+            *(f"Quark {c} dB" for c in quark), *(f"{n} top-1" for n, _ in variants), "ORT top-1"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="onnxsq-fidelity-") as tmp:
         for m in models:
@@ -98,9 +120,12 @@ def main(argv: list[str] | None = None) -> int:
             feeds = crops(m, images[args.calib:args.calib + args.eval], per_image=2)
             res = [run_variant(m, calib, feeds, o, Path(tmp) / f"{m.name}.{n}.onnx") for n, o in variants]
             ort = (float("nan"), float("nan"), "skipped") if args.no_ort else ort_best(m, calib, feeds, Path(tmp))
+            qk = [run_quark(args.quark_python, m, calib, feeds, c, Path(tmp) / f"{m.name}.quark.{c}.onnx")
+                  for c in quark]
             rows.append([m.name, *(f"{r[0]:.1f}" for r in res), f"{ort[0]:.1f}", ort[2],
-                         *(f"{r[1]:.1f}" for r in res), f"{ort[1]:.1f}"])
-            print(f"# {m.name}: " + ", ".join(f"{n} {r[2]:.1f}s" for (n, _), r in zip(variants, res)), file=sys.stderr)
+                         *(f"{r[0]:.1f}" for r in qk), *(f"{r[1]:.1f}" for r in res), f"{ort[1]:.1f}"])
+            print(f"# {m.name}: " + ", ".join(f"{n} {r[2]:.1f}s" for (n, _), r in zip(variants, res))
+                  + "".join(f", Quark {c} {r[2]:.1f}s" for c, r in zip(quark, qk)), file=sys.stderr)
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -42,6 +43,8 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
               help="Measure each layer's output SQNR with that layer alone quantized (on the report samples).")
 @click.option("--target-sqnr", type=float, metavar="DB",
               help="Keep the fewest most sensitive layers float so that the output SQNR reaches DB.")
+@click.option("--report-html", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a self-contained page: SQNR through the network, sensitivity, histograms and ranges.")
 @click.option("--params", "params_in", type=click.Path(dir_okay=False, path_type=Path),
               help="Use these parameters (JSON) instead of calibrating the tensors it names.")
 @click.option("--params-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the parameters (JSON).")
@@ -52,70 +55,55 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
               help="Calibrate in N local processes, one shard each (same result as one) [default: 1].")
 @preprocess_options
 @input_shape_option
-def command(
-    model: Path,
-    output: Path | None,
-    in_place: bool,
-    report_path: Path | None,
-    calib: str | None,
-    calib_count: int | None,
-    batch_size: int,
-    bits: int,
-    weight_bits: int | None,
-    per_channel: bool,
-    exclude: tuple[str, ...],
-    method: str,
-    weight_method: str,
-    report_samples: int,
-    no_bias_correction: bool,
-    no_equalize: bool,
-    sensitivity: bool,
-    target_sqnr: float | None,
-    params_in: Path | None,
-    params_out: Path | None,
-    stats: tuple[Path, ...],
-    jobs: int | None,
-    size,
-    mean,
-    std,
-    channel_order: str,
-    layout: str,
-    input_shapes: dict[str | None, tuple[int, ...]] | None,
-) -> None:
+def command(model: Path, output: Path | None, in_place: bool, report_path: Path | None, **o: Any) -> None:
     """Quantize MODEL to power-of-two int8 QDQ (scales 2**-shift, zero points 0), calibrating on --calib.
 
     Calibration images take --size, else the model's static H W, else --input-shape's, else 224.
     """
-    from ...data.images import Preprocess
     from ...model_io import save_model
     from ...passes import PASSES
     from ..render import finish, phase_progress
 
-    config_class, quantize = PASSES["quantize"].config_class(), PASSES["quantize"].load()
+    quantize = PASSES["quantize"].load()
     _require_data()
-
     out = resolve_output(model, output, "quant", in_place)
-    pre = Preprocess(size=_calib_size(model, calib, tuple(size) if size else None, input_shapes, layout),
-                     mean=mean, std=std, channel_order=channel_order, layout=layout)
-    cfg = config_class(bits=bits, weight_bits=weight_bits, per_channel=per_channel, exclude=exclude, method=method,
-                       weight_method=weight_method, calib_count=calib_count, batch_size=batch_size,
-                       report_samples=report_samples, bias_correction=not no_bias_correction,
-                       equalize=not no_equalize, sensitivity=sensitivity, target_sqnr=target_sqnr,
-                       preprocess=None if pre == Preprocess() else pre)
-    if stats and jobs:
+    cfg, pre = _config(model, o)
+    if o["stats"] and o["jobs"]:
         warn_ignored("--jobs", "--stats gives the statistics: nothing is calibrated")
     with phase_progress(quiet=quiet()) as advance:  # one bar per phase (calibrate, evaluate)
-        result, report = quantize(model, calib, config=cfg, params=params_in, progress=advance, params_out=params_out,
-                                  stats=list(stats) or None, jobs=jobs or 1)
-    if _image_folder(calib):  # eval then defaults to the preprocessing the calibration used
+        result, report = quantize(model, o["calib"], config=cfg, params=o["params_in"], progress=advance,
+                                  params_out=o["params_out"], stats=list(o["stats"]) or None, jobs=o["jobs"] or 1)
+    if _image_folder(o["calib"]):  # eval then defaults to the preprocessing the calibration used
         from ...data.stored import store
 
         store(result, pre, by="onnxsq quantize")
     save_model(result, out)
     report.summary["output"] = str(out)
+    if o["report_html"] is not None:
+        from ..report_html import write_html
+
+        page = write_html(report.to_dict(), o["report_html"], f"onnxsq quantize {model.name}")
+        report.summary["report_html"] = str(page)
     finish(report, report_path, quiet=quiet(),
            detail_keys=["bits", "signed", "shift", "w_shift", "range", "clipped", "sqnr_db"]
-           + (["sensitivity_db"] if sensitivity or target_sqnr is not None else []))
+           + (["sensitivity_db"] if cfg.sensitivity or cfg.target_sqnr is not None else []))
+
+
+def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
+    """The options as the pass's config (and the calibration images' preprocessing)."""
+    from ...data.images import Preprocess
+    from ...passes import PASSES
+
+    size = tuple(o["size"]) if o["size"] else None
+    pre = Preprocess(size=_calib_size(model, o["calib"], size, o["input_shapes"], o["layout"]), mean=o["mean"],
+                     std=o["std"], channel_order=o["channel_order"], layout=o["layout"])
+    cfg = PASSES["quantize"].config_class()(
+        bits=o["bits"], weight_bits=o["weight_bits"], per_channel=o["per_channel"], exclude=o["exclude"],
+        method=o["method"], weight_method=o["weight_method"], calib_count=o["calib_count"],
+        batch_size=o["batch_size"], report_samples=o["report_samples"], bias_correction=not o["no_bias_correction"],
+        equalize=not o["no_equalize"], sensitivity=o["sensitivity"], target_sqnr=o["target_sqnr"],
+        histograms=o["report_html"] is not None, preprocess=None if pre == Preprocess() else pre)
+    return cfg, pre
 
 
 def _require_data() -> None:

@@ -41,6 +41,7 @@ class QuantizeConfig:
     equalize: bool = True  # power-of-two cross-layer equalization after folding (exact in float)
     sensitivity: bool = False  # per-layer output SQNR with that layer alone quantized (.sensitivity)
     target_sqnr: float | None = None  # keep the fewest most sensitive layers float to reach this output SQNR (dB)
+    histograms: bool = False  # each activation's calibration histogram in the report (--report-html draws them)
 
     def validate(self) -> None:
         for name, b in (("--bits", self.bits), ("weight bits", self.weight_bits or self.bits)):

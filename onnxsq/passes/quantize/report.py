@@ -12,6 +12,18 @@ from ...calibration import pow2
 from ...params import TensorQuant
 from .params import QuantizeContext
 
+HIST_BARS = 64  # per sign, in the report's compact histograms
+
+
+def compact_histogram(st: Any, bars: int = HIST_BARS) -> dict[str, Any] | None:
+    """A calibration histogram (:class:`~onnxsq.calibration.stats.TensorStats`) summed down to ``bars`` bins
+    per sign over ``[0, 2**exp)``: ``{"exp", "pos", "neg", "min", "max"}``; None without one."""
+    if st is None or not getattr(st, "histogram", False) or not st.count:
+        return None
+    pos, neg = np.asarray(st.hist_pos), np.asarray(st.hist_neg)
+    return {"exp": int(st.hist_exp), "pos": pos.reshape(bars, -1).sum(1).tolist(),
+            "neg": neg.reshape(bars, -1).sum(1).tolist(), "min": float(st.min), "max": float(st.max)}
+
 
 def _shift_text(p: TensorQuant) -> Any:
     if not p.per_channel:
@@ -45,6 +57,8 @@ def fill_report(ctx: QuantizeContext, tparams: dict[str, TensorQuant], ev: Any, 
             d["sqnr_db"] = ev.layers[entry.output].sqnr_db
         if entry.node in alone:
             d["sensitivity_db"] = alone[entry.node]
+        if cfg.histograms and (h := compact_histogram(ctx.stats.get(entry.output))) is not None:
+            d["histogram"] = h
         notes = "; ".join(([entry.reason] if entry.reason else []) + (use.notes if use else []))
         report.add(entry.node, entry.op, "quantized", notes, **d)
     covered = {e.output for e in plan.layers if e.output}
@@ -55,6 +69,8 @@ def fill_report(ctx: QuantizeContext, tparams: dict[str, TensorQuant], ev: Any, 
                  "range": [float(f"{v:.4g}") for v in p.observed_range] if p.observed_range else None}
             if ev is not None and t in ev.layers:
                 d["clipped"], d["sqnr_db"] = ev.layers[t].clipped, ev.layers[t].sqnr_db
+            if cfg.histograms and (h := compact_histogram(ctx.stats.get(t))) is not None:
+                d["histogram"] = h
             report.add(t, "tensor", "quantized", "input of a quantized layer", **d)
     s = report.summary
     s.update({"method": cfg.method, "bits": cfg.bits, "weight_bits": cfg.wbits, "per_channel": cfg.per_channel,
