@@ -96,16 +96,35 @@ def fit_shift(lo: ArrayLike, hi: ArrayLike, bits: int, signed: bool, *, symmetri
     if not signed and np.any(lo_a < 0):
         raise ValueError("an unsigned range cannot hold negative values")
     fallback = bits - 1 if default is None else default
-    out = np.empty(lo_a.shape, dtype=np.int64)
-    for idx in np.ndindex(lo_a.shape):
-        a, b = float(lo_a[idx]), float(hi_a[idx])
-        s = MAX_SHIFT
-        if b > 0:
-            s = min(s, _fit_one(b, qmax))
-        if a < 0:
-            s = min(s, _fit_one(-a, -qmin))
-        out[idx] = fallback if s == MAX_SHIFT and a == 0 and b == 0 else min(max(s, MIN_SHIFT), MAX_SHIFT)
-    return int(out) if out.ndim == 0 else out
+    s = np.full(lo_a.shape, MAX_SHIFT, dtype=np.int64)
+    s = np.where(hi_a > 0, np.minimum(s, _fit_many(np.where(hi_a > 0, hi_a, 0.0), qmax)), s)
+    s = np.where(lo_a < 0, np.minimum(s, _fit_many(np.where(lo_a < 0, -lo_a, 0.0), -qmin)), s)
+    out = np.where((s == MAX_SHIFT) & (lo_a == 0) & (hi_a == 0), fallback, np.clip(s, MIN_SHIFT, MAX_SHIFT))
+    return int(out) if out.ndim == 0 else out.astype(np.int64)
+
+
+def _fit_many(magnitude: np.ndarray, limit: int) -> np.ndarray:
+    """:func:`_fit_one` of every element (the same exact rule, vectorized: per-channel weights have
+    tens of thousands of channels)."""
+    m = np.asarray(magnitude, np.float64)
+    if not np.all(np.isfinite(m)):
+        raise ValueError(f"cannot fit a non-finite range ({m[~np.isfinite(m)].ravel()[0]})")
+    out = np.full(m.shape, MAX_SHIFT, dtype=np.int64)
+    with np.errstate(divide="ignore", over="ignore"):
+        ratio = np.where(m > 0, limit / np.where(m > 0, m, 1.0), np.inf)
+    big = ~np.isfinite(ratio) | (ratio > math.ldexp(1.0, MAX_SHIFT))
+    small = ~big & (ratio < math.ldexp(1.0, MIN_SHIFT))
+    todo = ~big & ~small
+    out[small] = MIN_SHIFT
+    r, mt = ratio[todo], m[todo]
+    shift = np.floor(np.log2(r)).astype(np.int64)
+    # log2 is approximate; settle the edge exactly (ldexp is exact)
+    while np.any(low := np.ldexp(float(limit), -shift) < mt):
+        shift[low] -= 1
+    while np.any(high := np.ldexp(float(limit), -(shift + 1)) >= mt):
+        shift[high] += 1
+    out[todo] = shift
+    return out
 
 
 def expand_shape(shift: ArrayLike, ndim: int, axis: int | None) -> np.ndarray:
