@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 import zoo  # noqa: E402
 from onnxsq.cli.main import run as cli  # noqa: E402
 from onnxsq.simulate.api import SimulateConfig, simulate  # noqa: E402
+from onnxsq.simulate.execute import Simulator  # noqa: E402
 from onnxsq.simulate.program import load_program  # noqa: E402
 from zoo.cli_args import preprocess_args, samples, takes_images  # noqa: E402
 
@@ -57,13 +58,26 @@ def quantized(m, workdir: Path) -> Path:
     return out
 
 
-def bench_one(m, workdir: Path, count: int) -> dict:
+def profile_ops(program, feeds: list[dict]) -> dict[str, float]:
+    """Seconds per op over ``feeds`` (a warm run: weight conversions and island sessions made before)."""
+    sim = Simulator(program)
+    for feed in feeds[:1]:
+        sim.run(feed)
+    sim.profile = {}
+    t0 = time.perf_counter()
+    for feed in feeds:
+        sim.run(feed)
+    sim.profile["(total)"] = time.perf_counter() - t0
+    return dict(sorted(sim.profile.items(), key=lambda kv: -kv[1]))
+
+
+def bench_one(m, workdir: Path, count: int, profile: bool = False) -> dict:
     t0 = time.perf_counter()
     path = quantized(m, workdir)
     t_quant = time.perf_counter() - t0
     model = onnx.load(str(path))
     program = load_program(model)
-    feeds = samples(m, zoo.images(), count, seed=1)
+    feeds = list(samples(m, zoo.images(), count, seed=1))
     _, report = simulate(program, feeds, model=model, config=SimulateConfig())
     s = report.summary
     eq = [v for k, v in s.items() if k.startswith("ort_equal_fraction:")]
@@ -76,8 +90,11 @@ def bench_one(m, workdir: Path, count: int) -> dict:
             "worst_step": max(worst) if worst else None, "default_equal": min(eq_d) if eq_d else None,
             "unoptimized_equal": min(eq_u) if eq_u else None, "reference": s.get("reference", ""),
             "int_layer_worst_step": layer_worst, "islands": s["float_islands"],
-            "island_ops": dict(ops), "t_sim": s["time_simulate_s"], "t_ort": s.get("time_onnxruntime_s"),
-            "ratio": s.get("time_ratio"), "t_quantize": round(t_quant, 1)}
+            "island_ops": dict(ops), "t_sim": s.get("time_simulate_warm_s", s["time_simulate_s"]),
+            "t_ort": s.get("time_onnxruntime_s"), "t_first": s["time_first_batch_s"],
+            "ratio": s.get("time_ratio"), "t_quantize": round(t_quant, 1),
+            **({"profile": {k: round(v, 4) for k, v in list(profile_ops(program, feeds).items())[:8]}}
+               if profile else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "simulate")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    ap.add_argument("--profile", action="store_true", help="also time every op (a second, warm run)")
     ap.add_argument("--blas-threads", type=int, default=1, help="numpy's BLAS threads (0: as it is)")
     args = ap.parse_args(argv)
     with _blas_threads(args.blas_threads):
@@ -110,7 +128,7 @@ def _run(args) -> int:
         if args.models and m.name not in args.models:
             continue
         try:
-            row = bench_one(m, args.workdir, args.samples)
+            row = bench_one(m, args.workdir, args.samples, args.profile)
         except Exception as exc:  # noqa: BLE001 - one model's failure is a row, not the end
             row = {"model": m.name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
         rows.append(row)

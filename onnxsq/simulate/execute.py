@@ -10,6 +10,7 @@ width leaves it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from . import kernels as K
 from .fixed import KERNELS, Fixed, NotInteger, align
 from .islands import FloatRunner
 from .program import Layer, Program, Step
-from .rounding import ROUNDINGS, requantize, round_float, saturate, wrap
+from .rounding import ROUNDINGS, float_saturate, int_limits, requantize_saturate, wrap
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Simulator:
     rounding: str = "half-even"
     acc_bits: int = 32
     stats: dict[str, LayerStats] = field(default_factory=dict)
+    profile: dict[str, float] | None = None  # when a dict: seconds spent per op (float islands: "float:OP")
 
     def __post_init__(self) -> None:
         if self.rounding not in ROUNDINGS:
@@ -77,24 +79,31 @@ class Simulator:
                     log.warning("%s: %s", layer.name, st.fallback)
                     value = self._float_layer(layer, ints, feeds)
             else:
+                t0 = time.perf_counter()
                 value = self._float_layer(layer, ints, feeds)
+                self._tick(f"float:{layer.op}", t0)
             if layer.out is None:
                 floats[layer.output] = value
                 continue
-            q = self._requantize(value, layer, st)
-            ints[layer.output] = q
+            t0 = time.perf_counter()
+            ints[layer.output] = self._requantize(value, layer, st)
+            self._tick("requantize", t0)
         return Result(ints, self._outputs(ints, floats, feeds))
+
+    def _tick(self, key: str, t0: float) -> None:
+        if self.profile is not None:
+            self.profile[key] = self.profile.get(key, 0.0) + time.perf_counter() - t0
 
     def _requantize(self, value: Any, layer: Layer, st: LayerStats) -> np.ndarray:
         out = layer.out
         if isinstance(value, Fixed):
-            q = requantize(value.v, value.shift - out.shift, self.rounding, value.div)
+            q, n = requantize_saturate(value.v, value.shift - out.shift, self.rounding, value.div, out.bits,
+                                       out.signed)
         else:
-            q = round_float(np.ldexp(np.asarray(value, dtype=np.float64), out.shift), self.rounding)
-        q, n = saturate(q, out.bits, out.signed)
+            q, n = float_saturate(value, out.shift, self.rounding, out.bits, out.signed)
         st.saturated += n
         st.elements += q.size
-        return q.astype(np.int32)
+        return q
 
     def _outputs(self, ints: dict, floats: dict, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         p = self.program
@@ -162,7 +171,9 @@ class Simulator:
                                        self.program.consts, [o for o in step.outputs if o])
                 env.update(zip([o for o in step.outputs if o], outs))
                 continue
+            t0 = time.perf_counter()
             result = self._step(step, args)
+            self._tick(step.op, t0)
             if step.op == "Dropout" and len(step.outputs) > 1 and step.outputs[1]:
                 env[step.outputs[1]] = np.ones(result.v.shape, dtype=bool)  # inference: keep everything
             if step.op in MAC_OPS:
@@ -171,8 +182,13 @@ class Simulator:
         return env[layer.source]
 
     def _check_acc(self, acc: Fixed, st: LayerStats) -> Fixed:
-        if acc.v.size:
-            st.acc_max = max(st.acc_max, int(np.abs(acc.v).max()))
+        if not acc.v.size:
+            return acc
+        vmin, vmax = int(acc.v.min()), int(acc.v.max())
+        st.acc_max = max(st.acc_max, vmax, -vmin)
+        lo, hi = int_limits(self.acc_bits, True)
+        if lo <= vmin and vmax <= hi:
+            return acc
         v, n = wrap(acc.v, self.acc_bits)
         st.acc_overflow += n
         return Fixed(v, acc.shift, acc.div) if n else acc

@@ -61,14 +61,15 @@ def _colsum_max(b: np.ndarray) -> int:
     return int(np.abs(b.astype(np.int64)).sum(axis=-2).max(initial=0)) if b.size else 0
 
 
-def exact_matmul(a: np.ndarray, b: np.ndarray, *, b_const: bool = False) -> np.ndarray:
+def exact_matmul(a: np.ndarray, b: np.ndarray, *, b_const: bool = False, amax: int | None = None) -> np.ndarray:
     """``a @ b`` of integer arrays, exactly, as int64; ``b_const``: ``b`` is a weight (its float copies
     and bounds are cached).
 
     Every partial sum of a row-by-column product is bounded by ``min(sum|a_row| * max|b|,
     max|a| * sum|b_col|)``: below ``2**24`` one float32 product is exact. Otherwise ``K`` is cut into
     chunks that cannot round (when the chunks' partial results are cheap to sum), or the product runs
-    in float64 (exact below ``2**53``)."""
+    in float64 (exact below ``2**53``). ``amax``: ``max|a|`` when the caller knows it (a convolution's
+    im2col matrix holds its input's values: the bound is taken from the input, never the copy)."""
     k = a.shape[-1]
     if b_const:
         bmax = weight_cached(b, "absmax", lambda: _absmax(b))
@@ -76,9 +77,10 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, *, b_const: bool = False) -> np.n
     else:
         bmax = _absmax(b)
         bcol = k * bmax
-    amax = _absmax(a)
+    known = amax is not None
+    amax = _absmax(a) if amax is None else amax
     bound = min(k * amax * bmax, amax * bcol)
-    if bound >= F32_EXACT and a.size:
+    if bound >= F32_EXACT and a.size and not known:
         bound = min(bound, int(np.abs(a).sum(axis=-1, dtype=np.int64).max()) * bmax)
     per = max(amax * bmax, 1)
     chunk = max(1, (F32_EXACT - 1) // per)
@@ -144,13 +146,17 @@ def conv(x: np.ndarray, w: np.ndarray, *, strides: Sequence[int], pads: Sequence
     n, c = x.shape[:2]
     m, cg = w.shape[:2]
     if cg == 1 and group == c and m == c:
-        widths = [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)]
-        return _depthwise(np.pad(x, widths) if any(pads) else x, w, strides, dilations)
+        return _depthwise(x, w, strides, pads, dilations)
     kp = int(np.prod(kernel))
     mg = m // group
+    amax = _absmax(x)
     xh = np.moveaxis(x, 1, -1).astype(np.float32)  # (N, *S, C), contiguous
     if any(pads):
         xh = np.pad(xh, [(0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)] + [(0, 0)])
+    if group == 1 and nd == 2 and all(st == 1 for st in strides):
+        out = _conv_taps(xh, w, amax, dilations)
+        if out is not None:
+            return out
     ext = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     win = sliding_window_view(xh, ext, axis=tuple(range(1, nd + 1)))  # (N, *O_full, C, *ext)
     index = ((slice(None),) + tuple(slice(None, None, s) for s in strides) + (slice(None),)
@@ -158,34 +164,79 @@ def conv(x: np.ndarray, w: np.ndarray, *, strides: Sequence[int], pads: Sequence
     win = win[index]
     out_sp = win.shape[1:1 + nd]
     p = int(np.prod(out_sp))
-    order = (0, *range(1, nd + 1), *range(nd + 2, 2 * nd + 2), nd + 1)  # (N, *O, *K, C)
-    win = np.transpose(win, order)
-    # per group (K*cg, Mg), one list kept per weight: the same array objects every batch, so the
-    # products' own caches (float copies, bounds) hit
-    wk = weight_cached(w, ("conv", group), lambda: [np.ascontiguousarray(g) for g in np.transpose(
-        w.reshape(group, mg, cg, kp), (0, 3, 2, 1)).reshape(group, kp * cg, mg)])
     if group == 1:
-        out = exact_matmul(win.reshape(n * p, kp * c), wk[0], b_const=True).reshape(n, *out_sp, m)
+        order = (0, *range(1, nd + 1), *range(nd + 2, 2 * nd + 2), nd + 1)  # (N, *O, *K, C)
+        cols = np.transpose(win, order).reshape(n * p, kp * c)
+    else:  # (G, N, *O, *K, Cg): one batched product over the groups
+        grouped = win.reshape(n, *out_sp, group, cg, *kernel)
+        order = (nd + 1, 0, *range(1, nd + 1), *range(nd + 3, 2 * nd + 3), nd + 2)
+        cols = np.transpose(grouped, order).reshape(group, n * p, kp * cg)
+    # (G, K*cg, Mg), the same array object every batch, so the product's own caches (float copies,
+    # bounds) hit
+    wk = weight_cached(w, ("conv", group), lambda: np.ascontiguousarray(np.transpose(
+        w.reshape(group, mg, cg, kp), (0, 3, 2, 1)).reshape(group, kp * cg, mg)))
+    if group == 1:
+        wk = weight_cached(wk, "group0", lambda: wk[0])
+        out = exact_matmul(cols, wk, b_const=True, amax=amax).reshape(n, *out_sp, m)
     else:
-        out = np.empty((n * p, group, mg), dtype=np.int64)
-        grouped = win.reshape(n * p, kp, group, cg)
-        for g in range(group):
-            out[:, g] = exact_matmul(grouped[:, :, g].reshape(n * p, kp * cg), wk[g], b_const=True)
-        out = out.reshape(n, *out_sp, m)
+        out = exact_matmul(cols, wk, b_const=True, amax=amax)  # (G, N*P, Mg)
+        out = np.moveaxis(out, 0, 1).reshape(n, *out_sp, m)
     return np.moveaxis(out, -1, 1)
 
 
-def _depthwise(xp: np.ndarray, w: np.ndarray, strides: Sequence[int], dilations: Sequence[int]) -> np.ndarray:
-    """Depthwise convolution: a multiply-add per kernel tap (exact in int64)."""
+def _conv_taps(xh: np.ndarray, w: np.ndarray, amax: int, dilations: Sequence[int]) -> np.ndarray | None:
+    """A stride-1 2-D convolution without im2col: one product per kernel tap of a *contiguous* slice of
+    the padded channels-last input, flattened over the padded width, with that tap's ``(C, M)``
+    weights, summed (the output is computed across the padded width and cut to its own).
+
+    Exact: every partial sum of the taps' products is one of the full sum's, bounded by
+    ``max|x| * max_m sum|w_m|``: float32 below ``2**24``, float64 below ``2**53``; beyond, None (the
+    caller's im2col takes the int64 path)."""
+    n, hp, wp, c = xh.shape
+    m, _, kh, kw = w.shape
+    bound = amax * weight_cached(w, "colsum4", lambda: int(np.abs(w.reshape(m, -1).astype(np.int64))
+                                                           .sum(axis=1).max(initial=0)))
+    dtype = np.float32 if bound < F32_EXACT else np.float64 if bound < F64_EXACT else None
+    if dtype is None:
+        return None
+    oh, ow = hp - (kh - 1) * dilations[0], wp - (kw - 1) * dilations[1]
+    length = oh * wp - (kw - 1) * dilations[1]  # rows of the last output row past ow are never read
+    taps = weight_cached(w, ("taps", dtype), lambda: np.ascontiguousarray(
+        np.transpose(w, (2, 3, 1, 0)).reshape(kh * kw, c, m), dtype=dtype))
+    flat = xh.astype(dtype, copy=False).reshape(n, hp * wp, c)
+    acc = np.zeros((n, oh * wp, m), dtype=dtype)
+    part = np.empty((n, length, m), dtype=dtype)
+    for t, (a, b) in enumerate(itertools.product(range(kh), range(kw))):
+        off = a * dilations[0] * wp + b * dilations[1]
+        np.matmul(flat[:, off:off + length], taps[t], out=part)
+        acc[:, :length] += part
+    out = acc.reshape(n, oh, wp, m)[:, :, :ow]
+    return np.moveaxis(out, -1, 1).astype(np.int64)
+
+
+def _depthwise(x: np.ndarray, w: np.ndarray, strides: Sequence[int], pads: Sequence[int],
+               dilations: Sequence[int]) -> np.ndarray:
+    """Depthwise convolution: a multiply-add per kernel tap over channels-last data (the channel axis
+    innermost: contiguous, vectorized), in float32 where every partial sum stays below ``2**24``
+    (exact), else in float64 (below ``2**53``) or int64."""
     nd = w.ndim - 2
     kernel = w.shape[2:]
-    win = _windows(xp, kernel, strides, dilations)
-    out = np.zeros(win.shape[:2 + nd], dtype=np.int64)
-    wc = w.reshape(w.shape[0], *kernel).astype(np.int64)
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        wt = wc[(slice(None),) + tap].reshape((1, -1) + (1,) * nd)
-        out += win[(Ellipsis,) + tap].astype(np.int64) * wt
-    return out
+    kp = int(np.prod(kernel))
+    n, c = x.shape[:2]
+    dtype = exact_dtype(kp, _absmax(x), weight_cached(w, "absmax", lambda: _absmax(w)))
+    sp = x.shape[2:]
+    xh = np.zeros((n, *(s + pads[i] + pads[i + nd] for i, s in enumerate(sp)), c), dtype=dtype)
+    xh[(slice(None),) + tuple(slice(pads[i], pads[i] + s) for i, s in enumerate(sp))] = np.moveaxis(x, 1, -1)
+    out_sp = [(xh.shape[1 + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(nd)]
+    wc = weight_cached(w, ("depthwise", dtype), lambda: np.ascontiguousarray(w.reshape(c, kp).T, dtype=dtype))
+    out = np.zeros((n, *out_sp, c), dtype=dtype)
+    tmp = np.empty_like(out)
+    for t, tap in enumerate(itertools.product(*(range(k) for k in kernel))):
+        index = tuple(slice(tp * d, tp * d + (o - 1) * st + 1, st)
+                      for tp, d, o, st in zip(tap, dilations, out_sp, strides))
+        np.multiply(xh[(slice(None),) + index], wc[t], out=tmp)
+        out += tmp
+    return np.moveaxis(out, -1, 1).astype(np.int64)
 
 
 def conv_transpose(x: np.ndarray, w: np.ndarray, *, strides: Sequence[int], pads: Sequence[int],

@@ -32,10 +32,19 @@ def divide_round(num: np.ndarray, den: np.ndarray | int, rounding: str) -> np.nd
     """``round(num / den)`` for int64 arrays, ``den > 0``, exactly, by ``rounding``."""
     num = np.asarray(num, dtype=np.int64)
     den = np.asarray(den, dtype=np.int64)
-    q = np.floor_divide(num, den)
+    if num.size and max(-int(num.min()), int(num.max())) < FLOAT_EXACT and int(den.max()) < FLOAT_EXACT:
+        # a float quotient, off by at most one near an integer, then corrected exactly (no int64 division)
+        q = np.floor(num / den).astype(np.int64)
+        r = num - q * den
+        low, high = r < 0, r >= den
+        q = q - low + high
+        r = r + den * low - den * high
+    else:
+        q = np.floor_divide(num, den)
+        r = num - q * den
     if rounding == "floor":
         return q
-    twice = 2 * (num - q * den)  # 0 <= r < den
+    twice = 2 * r  # 0 <= r < den
     if rounding == "half-up":
         return q + (twice >= den)
     above = twice > den
@@ -66,6 +75,57 @@ def requantize(v: np.ndarray, k: np.ndarray | int, rounding: str = "half-even",
     if np.all(den == 1):
         return np.broadcast_to(num, np.broadcast_shapes(num.shape, den.shape)).copy()
     return divide_round(num, den, rounding)
+
+
+def requantize_saturate(v: np.ndarray, k: np.ndarray | int, rounding: str, divisor: np.ndarray | int,
+                        bits: int, signed: bool) -> tuple[np.ndarray, int]:
+    """:func:`requantize` then :func:`saturate`, as int32 (the layer's output), and the clipped count.
+
+    Without a divisor the shift by ``k`` (either sign) is a multiply by ``2**-k``, exact in float64 while
+    the values stay below ``2**51``, and so is the rounding: one float pass, a min/max, a cast. Larger
+    values, or an average's divisor, take the exact integer path."""
+    divisor = np.asarray(divisor)
+    k = np.asarray(k, dtype=np.int64)
+    if divisor.size == 1 and int(divisor.flat[0]) == 1 and np.asarray(v).size:
+        f = _round_inplace(np.multiply(v, np.ldexp(1.0, -k), dtype=np.float64), rounding)
+        fmin, fmax = float(f.min()), float(f.max())
+        if np.ldexp(max(-fmin, fmax) + 1.0, int(k.max(initial=0))) < FLOAT_EXACT:
+            return _clip_cast(f, fmin, fmax, bits, signed)
+    q, n = saturate(requantize(v, k, rounding, divisor), bits, signed)
+    return q.astype(np.int32), n
+
+
+def float_saturate(x: np.ndarray, shift: int, rounding: str, bits: int, signed: bool) -> tuple[np.ndarray, int]:
+    """Float values ``x`` quantized at ``2**-shift``: rounded by ``rounding``, saturated, as int32, and
+    the clipped count (a float island's output entering the integer domain). A float32 ``x`` stays
+    float32 for half-even and floor: scaling by a power of two and rounding to an integer are exact in
+    it (``f + 0.5`` of the other roundings is not, above ``2**23``)."""
+    x = np.asarray(x)
+    keep = x.dtype == np.float32 and rounding in ("half-even", "floor")
+    dtype = np.float32 if keep else np.float64
+    f = np.multiply(x, dtype(np.ldexp(1.0, shift)), dtype=dtype)  # a power of two: exact (ldexp is slow)
+    f = _round_inplace(f, rounding)
+    if not f.size:
+        return f.astype(np.int32), 0
+    return _clip_cast(f, float(f.min()), float(f.max()), bits, signed)
+
+
+def _clip_cast(f: np.ndarray, fmin: float, fmax: float, bits: int, signed: bool) -> tuple[np.ndarray, int]:
+    lo, hi = int_limits(bits, signed)
+    n = 0
+    if fmin < lo or fmax > hi:
+        n = int(np.count_nonzero(f < lo)) + int(np.count_nonzero(f > hi))
+        np.clip(f, lo, hi, out=f)
+    return f.astype(np.int32), n
+
+
+def _round_inplace(f: np.ndarray, rounding: str) -> np.ndarray:
+    if rounding == "half-even":
+        return np.rint(f, out=f)
+    if rounding == "half-up":
+        f += 0.5
+        return np.floor(f, out=f)
+    return round_float(f, rounding)
 
 
 def shift_round(v: np.ndarray, k: np.ndarray, rounding: str) -> np.ndarray:

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from onnxsq.simulate import kernels as K
-from onnxsq.simulate.rounding import ROUNDINGS, requantize, round_float, saturate, wrap
+from onnxsq.simulate.rounding import (
+    ROUNDINGS,
+    float_saturate,
+    requantize,
+    requantize_saturate,
+    round_float,
+    saturate,
+    wrap,
+)
 
 
 def _round_oracle(value: Fraction, rounding: str) -> int:
@@ -32,6 +40,31 @@ def test_requantize_ties_negative_and_left_shifts(rounding):
             got = requantize(v, k, rounding, d)
             want = [_round_oracle(Fraction(int(x), d) / Fraction(2) ** k, rounding) for x in v]
             assert got.tolist() == want, (k, d)
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_requantize_saturate_is_requantize_then_saturate(rounding):
+    """The fused float path (any shift sign, per channel, a divisor, values past float64) against the
+    exact oracle: the rounded value, saturated, and the clipped count."""
+    v = np.arange(-1200, 1200, 8, dtype=np.int64).reshape(1, 3, -1) + np.arange(3).reshape(1, 3, 1)
+    cases = [(v, np.array([[[2]], [[-1]], [[0]]]).reshape(1, 3, 1), 1), (v, 3, 1), (v, 2, 3), (v, -2, 1),
+             (np.array([(1 << 52) + 5, -(1 << 52) - 3], dtype=np.int64), 44, 1)]
+    for x, k, d in cases:
+        for bits, signed in ((8, True), (8, False), (16, True)):
+            want, n = saturate(np.broadcast_to(np.array([
+                _round_oracle(Fraction(int(a), d) / Fraction(2) ** int(s), rounding)
+                for a, s in zip(x.ravel(), np.broadcast_to(k, x.shape).ravel())]).reshape(x.shape), x.shape),
+                bits, signed)
+            got, m = requantize_saturate(x, k, rounding, d, bits, signed)
+            assert got.dtype == np.int32 and got.tolist() == want.tolist() and m == n, (k, d, bits, signed)
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_float_saturate_matches_round_float(rounding):
+    x = (np.arange(-300, 301, dtype=np.float32) / np.float32(8)).astype(np.float32)
+    want, n = saturate(round_float(x.astype(np.float64) * 4, rounding).astype(np.int64), 8, True)
+    got, m = float_saturate(x, 2, rounding, 8, True)
+    assert got.tolist() == want.tolist() and m == n
 
 
 def test_requantize_per_channel_shift_broadcasts():
@@ -88,6 +121,9 @@ CONV_CASES = [
     dict(c=4, m=4, k=3, strides=(1, 2), pads=(2, 2, 2, 2), dil=(2, 2), group=4),  # depthwise, dilated
     dict(c=2, m=3, k=2, strides=(3, 1), pads=(0, 0, 0, 0), dil=(1, 3), group=1),
     dict(c=6, m=6, k=5, strides=(2, 2), pads=(2, 2, 2, 2), dil=(1, 1), group=6),  # depthwise, strided
+    dict(c=3, m=5, k=3, strides=(1, 1), pads=(0, 2, 1, 1), dil=(2, 1), group=1),  # per-tap products, dilated
+    dict(c=5, m=4, k=1, strides=(1, 1), pads=(1, 0, 0, 1), dil=(1, 1), group=1),  # 1x1, padded
+    dict(c=6, m=9, k=2, strides=(1, 1), pads=(1, 1, 0, 0), dil=(1, 1), group=3),  # groups: one batched product
 ]
 
 
@@ -107,6 +143,16 @@ def test_conv_large_sums_stay_exact():
     w = rng.integers(100, 128, (2, 64, 3, 3))
     got = K.conv(x, w, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1))
     assert np.array_equal(got, _conv_oracle(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1))
+
+
+@pytest.mark.parametrize("group", [1, 2, 64])
+def test_conv_large_sums_per_path(group):
+    rng = np.random.default_rng(6)  # past float32's exact range: float64 per tap, grouped, depthwise
+    x = rng.integers(200, 256, (1, 64, 6, 5))
+    w = rng.integers(100, 128, (64, 64 // group, 3, 3))
+    for strides in ((1, 1), (2, 1)):
+        got = K.conv(x, w, strides=strides, pads=(1, 0, 1, 2), dilations=(1, 1), group=group)
+        assert np.array_equal(got, _conv_oracle(x, w, strides, (1, 0, 1, 2), (1, 1), group))
 
 
 def test_conv_auto_pad():
