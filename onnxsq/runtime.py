@@ -82,6 +82,7 @@ def make_session(
     intra_op_threads: int = 0,
     memory_pattern: bool = True,
     in_node_order: bool = False,
+    spin: bool = True,
 ):
     """An InferenceSession with graph optimizations off unless ``optimize``.
 
@@ -97,6 +98,10 @@ def make_session(
     priority-based order with equal priorities; its default order ignores the graph's): callers that
     lay out a graph so tensors die early (calibration, the quantize report) get that memory back --
     ResNet-50-sized calibration peaked at +142 MB instead of +204 MB.
+
+    ``spin=False``: the intra-op threads sleep between operators instead of spinning. For long runs of
+    large operators (calibration) the spinning is CPU time for nothing: ResNet-50-sized at batch 1 on 2
+    shared cores, 215 -> 140 ms CPU per run, and no slower in wall time while other jobs want the cores.
     """
     ort = import_ort()
     opts = ort.SessionOptions()
@@ -109,6 +114,8 @@ def make_session(
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     if intra_op_threads:
         opts.intra_op_num_threads = intra_op_threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     src = model if isinstance(model, (str, bytes)) else model.SerializeToString()
     return ort.InferenceSession(src, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
 
@@ -135,7 +142,7 @@ class FedSession:
 
     def __init__(self, model: onnx.ModelProto | bytes, weights: Mapping[str, np.ndarray] | None = None, *,
                  in_node_order: bool = False, mismatch: str = "the data does not fit the model",
-                 intra_op_threads: int = 0) -> None:
+                 intra_op_threads: int = 0, spin: bool = True) -> None:
         ort = import_ort()
         if weights is None and isinstance(model, onnx.ModelProto):
             model, weights = skeleton(model, min_bytes=WEIGHT_BYTES), weight_arrays(model, min_bytes=WEIGHT_BYTES)
@@ -143,7 +150,7 @@ class FedSession:
         self._mismatch = mismatch
         self.session = make_session(model if isinstance(model, bytes) else model.SerializeToString(),
                                     memory_pattern=False, in_node_order=in_node_order,
-                                    intra_op_threads=intra_op_threads)
+                                    intra_op_threads=intra_op_threads, spin=spin)
         self._weights = {k: self._ortvalue(np.require(v, requirements="C")) for k, v in (weights or {}).items()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._quiet = quiet_run_options()

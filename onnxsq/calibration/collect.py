@@ -3,7 +3,8 @@
 Memory: the model runs as a *skeleton* (:func:`onnxsq.model_io.skeleton`: its large weights become
 graph inputs) and the weights are fed at every run from the caller's numpy arrays, which onnxruntime
 reads in place — the session holds no second copy of them. Sessions run with graph optimizations off,
-so every named tensor exists.
+so every named tensor exists, and their threads do not spin between operators (see
+:func:`onnxsq.runtime.make_session`).
 
 Two ways to observe a tensor ``t``:
 
@@ -99,7 +100,7 @@ def run_observed(model: onnx.ModelProto, names: list[str], batches: Iterable[tup
     """
     model, weights = _split(model, weights)
     session = FedSession(with_outputs(model, names), weights, in_node_order=True, mismatch=MISMATCH,
-                         intra_op_threads=threads)
+                         intra_op_threads=threads, spin=False)
     outputs = [o.name for o in model.graph.output]
     fetch = list(dict.fromkeys(list(names) + outputs))
     index = {n: i for i, n in enumerate(fetch)}
@@ -244,7 +245,7 @@ def _observe(model: onnx.ModelProto, names: list[str], batches: Iterator[tuple[d
     outs = add_stat_nodes(augmented, names)
     mean_outs = add_mean_nodes(augmented, means) if means else {}
     session = FedSession(augmented.SerializeToString(), weights, in_node_order=True, mismatch=MISMATCH,
-                         intra_op_threads=threads)
+                         intra_op_threads=threads, spin=False)
     fetch = [o for n in names for o in outs[n] if o]
     mean_fetch = [o for n in means for o in mean_outs[n]]
     results = [o.name for o in model.graph.output]
