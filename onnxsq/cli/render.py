@@ -33,7 +33,11 @@ def console() -> Console:
 
 def err_console() -> Console:
     if "err" not in _CONSOLES:
-        _CONSOLES["err"] = Console(stderr=True, soft_wrap=True)
+        # Off a terminal (CI logs, files) the default 80 columns would wrap every long warning over lines.
+        import sys
+
+        width = None if sys.stderr.isatty() else 200
+        _CONSOLES["err"] = Console(stderr=True, soft_wrap=True, width=width)
     return _CONSOLES["err"]
 
 
@@ -48,8 +52,16 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     root = logging.getLogger("onnxsq")
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = RichHandler(console=err_console(), show_time=False, show_path=verbose >= 2, markup=False)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler: logging.Handler
+    if err_console().is_terminal:
+        handler = RichHandler(console=err_console(), show_time=False, show_path=verbose >= 2, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:  # logs and CI: one plain line per record, never wrapped or padded to a width
+        import sys
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: " + ("%(name)s: " if verbose >= 2 else "")
+                                               + "%(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False

@@ -67,3 +67,26 @@ def test_no_terminal_no_bar_and_no_blank_line_before_an_error(conv_model, tmp_pa
     res = subprocess.run(onnxsq_argv("quantize", model, "--calib", _calib(tmp_path, 3), "-o", tmp_path / "q.onnx"),
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "━" not in res.stderr and "calibrate" not in res.stderr
+
+
+def test_piped_warnings_are_one_plain_line_each(conv_model, tmp_path):
+    """Off a terminal a long warning stays one line (not wrapped at 80 columns and padded)."""
+    import subprocess
+
+    from PIL import Image
+
+    model = tmp_path / "net.onnx"
+    model.write_bytes(conv_model().SerializeToString())
+    imgs = tmp_path / "imgs_with_a_long_folder_name_so_that_the_warning_passes_eighty_columns_for_sure"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    (imgs / "zz_broken.png").write_bytes(b"not a png")
+    res = subprocess.run(onnxsq_argv("quantize", model, "--calib", imgs, "-o", tmp_path / "q.onnx"),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith("WARNING: ") for line in lines), res.stderr
+    assert any("zz_broken.png" in line and len(line) > 100 for line in lines), res.stderr
+    assert not any(line != line.rstrip() for line in lines)  # no padding to a width
