@@ -10,7 +10,7 @@ import pytest
 
 from onnxsq.passes import PASSES
 from onnxsq.passes.quantize.config import QuantizeConfig
-from onnxsq.passes.threshold_config import ThresholdConfig, options_with_original_spelling
+from onnxsq.passes.threshold.config import ThresholdConfig, options_with_original_spelling
 from onnxsq.pipeline.stages import KINDS, build_options
 from onnxsq.training.config import QAT_DEFAULTS
 

@@ -46,7 +46,7 @@ class OptionProblem(InvalidOptionError):
 
 def _layers(value: Any) -> Any:
     """threshold ``layer``: a table ``{pattern = fraction}`` or the command's ``["PATTERN=FRACTION"]``."""
-    from ..passes.threshold_config import parse_layers
+    from ..passes.threshold.config import parse_layers
 
     try:
         return parse_layers(value, where="layer")
@@ -108,7 +108,7 @@ def _keywords_call(built: Any, options: Mapping[str, Any], inputs: StageInputs,
 
 def _threshold_spellings() -> dict[str, str]:
     """The original's ``threshold_*`` spellings, from ThresholdConfig's field metadata."""
-    from ..passes.threshold_config import ThresholdConfig, options_with_original_spelling
+    from ..passes.threshold.config import ThresholdConfig, options_with_original_spelling
 
     return options_with_original_spelling(ThresholdConfig)
 

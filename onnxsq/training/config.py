@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import InvalidOptionError, first_line
 from ..passes.quantize.config import QuantizeConfig
-from ..passes.threshold_config import ThresholdConfig
+from ..passes.threshold.config import ThresholdConfig
 
 STAGES = ("l2", "l1", "sparse", "qat")
 SCHEDULES = ("fixed", "step", "multistep", "poly", "cosine")

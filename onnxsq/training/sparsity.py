@@ -39,22 +39,15 @@ log = logging.getLogger(__name__)
 
 
 def _threshold_array():
-    try:
-        from ..passes.threshold_search import threshold_array
-    except ImportError:  # the pass may keep it in its main module
-        from ..passes.threshold import threshold_array  # type: ignore[attr-defined,no-redef]
+    from ..passes.threshold.search import threshold_array  # the pass's own search: one rule for both
+
     return threshold_array
 
 
 def _layer_class(ni: int, no: int) -> str | None:
-    try:
-        from ..passes.threshold import layer_class
+    from ..passes.threshold.magnitude import layer_class
 
-        return layer_class(ni, no)
-    except ImportError:
-        if not (ni >= 32 or no >= 32):
-            return None
-        return "high" if ni >= 256 and no >= 512 else ("mid" if ni >= 32 and no >= 32 else "low")
+    return layer_class(ni, no)
 
 
 class SparsityControl:
@@ -86,8 +79,9 @@ class SparsityControl:
     def apply_masks(self, name: str, *arrays: np.ndarray) -> None:
         mask = self.masks.get(name)
         if mask is not None:
+            off = ~mask
             for a in arrays:
-                np.copyto(a, 0, where=~mask)
+                np.copyto(a, 0, where=off)
 
     def after_update(self, it: int, weights: dict[str, np.ndarray]) -> None:
         """Thresholding, gradual sparsification and lr multipliers after iteration ``it`` (1-based)."""

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxsq.errors import InvalidOptionError
 from onnxsq.passes.threshold import ThresholdConfig, layer_class, threshold, weight_layout
-from onnxsq.passes.threshold_search import threshold_array
+from onnxsq.passes.threshold.search import threshold_array
 from onnxsq.runtime import make_session
 from onnxsq.verify import random_feeds
 

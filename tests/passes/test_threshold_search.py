@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from onnxsq.passes.threshold_search import (
+from onnxsq.passes.threshold.search import (
     allowed_zeros,
     pooled_threshold,
     threshold_array,

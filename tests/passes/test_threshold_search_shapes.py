@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import SHAPES, float_arrays
 
-from onnxsq.passes.threshold_search import allowed_zeros, pooled_threshold, threshold_array
+from onnxsq.passes.threshold.search import allowed_zeros, pooled_threshold, threshold_array
 
 FRACTIONS = st.sampled_from([0.0, 0.3, 0.5, 0.8, 1.0])
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ...errors import InvalidOptionError
-from ...passes.threshold_config import ThresholdConfig, parse_layers
+from ...passes.threshold.config import ThresholdConfig, parse_layers
 from ..options import output_options, quiet, report_option, resolve_output, warn_ignored
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ThresholdConfig)}  # the defaults and help of the options

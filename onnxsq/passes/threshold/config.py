@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidOptionError
-from .threshold_search import SEARCHES
+from ...errors import InvalidOptionError
+from .search import SEARCHES
 
 
 def option(default: Any, help: str, original: str | None = None, *, choices: tuple[str, ...] | None = None) -> Any:
@@ -86,7 +86,7 @@ class ThresholdConfig:
             raise InvalidOptionError(f"step_factor must be a finite number > 0, got {self.step_factor!r}")
         if self.search not in SEARCHES:
             raise InvalidOptionError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
-        from ..sparsity import WEIGHT_OPS  # (imports graph code: not at module level, the CLI reads this module)
+        from ...sparsity import WEIGHT_OPS  # (imports graph code: not at module level, the CLI reads this module)
 
         unknown = sorted(self.ops - set(WEIGHT_OPS))
         if unknown or not self.ops:

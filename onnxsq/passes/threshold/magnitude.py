@@ -2,7 +2,7 @@
 
 The original tool's Stage 4 (``caffe threshold``), option for option, then a few improvements.
 
-Math (per layer, or per output channel with ``channelwise``; details in :mod:`.threshold_search`):
+Math (per layer, or per output channel with ``channelwise``; details in :mod:`.search`):
 ``no`` = output channels, ``ni`` = input channels × group. A layer is eligible when ``ni >= 32 or
 no >= 32``; its fraction class is *high* when ``ni >= 256 and no >= 512``, *mid* when ``ni >= 32 and
 no >= 32``, *low* otherwise. The cap ``min(value_max, value_maxratio * max|W|)`` protects large
@@ -35,14 +35,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import InvalidOptionError
-from ..graph import attr, constant_tensors, node_label
-from ..model_io import ModelLike, load_model
-from ..report import Report
-from ..sparsity import WEIGHT_OPS, standard_totals, weight_stats
-from .fold_constants import fold_constants, merge_into
-from .threshold_config import ThresholdConfig
-from .threshold_search import ThresholdInfo, caps, pooled_threshold, threshold_array, threshold_rows
+from ...errors import InvalidOptionError
+from ...graph import attr, constant_tensors, node_label
+from ...model_io import ModelLike, load_model
+from ...report import Report
+from ...sparsity import WEIGHT_OPS, standard_totals, weight_stats
+from ..fold_constants import fold_constants, merge_into
+from .config import ThresholdConfig
+from .search import ThresholdInfo, caps, pooled_threshold, threshold_array, threshold_rows
 
 __all__ = ["ThresholdConfig", "ThresholdInfo", "layer_class", "threshold", "threshold_array", "weight_layout"]
 
