@@ -147,7 +147,8 @@ def _tally_float(program: Program, flt, feed, result, tally: _Tally) -> None:
 
 def _report(program: Program, sim: Simulator, tally: _Tally, cfg: SimulateConfig, ref: Reference | None) -> Report:
     rep = Report("simulate")
-    action = {"int": "integer", "float": "float island", "input": "input", "tail": "float tail"}
+    action = {"int": "integer", "lut": "look-up table", "float": "float island", "input": "input",
+              "tail": "float tail"}
     worst_over, seen_over = [], []
     for layer in program.layers:
         st = sim.stats[layer.name]
@@ -190,6 +191,7 @@ def _summary(program: Program, sim: Simulator, tally: _Tally, cfg: SimulateConfi
         "samples": tally.samples, "rounding": cfg.rounding, "acc_bits": cfg.acc_bits,
         "layers": len(program.layers),
         "integer_layers": sum(1 for lay in program.layers if lay.kind == "int" and not sim.stats[lay.name].fallback),
+        "table_layers": sum(1 for lay in program.layers if lay.kind == "lut" and not sim.stats[lay.name].fallback),
         "float_islands": len(islands), "float_island_layers": islands,
         "acc_overflow_worst_case": worst_over, "acc_overflow_observed": seen_over,
     }

@@ -20,6 +20,7 @@ import numpy as np
 from . import kernels as K
 from .fixed import KERNELS, Fixed, NotInteger, align
 from .islands import FloatRunner
+from .lut import Table, build_table
 from .program import Layer, Program, Step
 from .rounding import ROUNDINGS, float_saturate, int_limits, requantize_saturate, wrap
 
@@ -60,6 +61,7 @@ class Simulator:
         self.floats = FloatRunner(p.opsets, p.float_types, p.ir_version)
         self.stats = {lay.name: LayerStats() for lay in p.layers}
         self._weights: dict[str, Fixed] = {}
+        self._tables: dict[str, Table] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Result:
         """Simulate one batch; ``feeds``: the model's float inputs by name."""
@@ -67,6 +69,13 @@ class Simulator:
         floats: dict[str, np.ndarray] = {}
         for layer in self.program.layers:
             st = self.stats[layer.name]
+            if layer.kind == "lut" and not st.fallback:
+                t0 = time.perf_counter()
+                q = self._lut_layer(layer, ints, st)
+                self._tick("table", t0)
+                if q is not None:
+                    ints[layer.output] = q
+                    continue
             if layer.kind == "int" and not st.fallback:
                 try:
                     value = self._int_layer(layer, ints, st)
@@ -89,6 +98,23 @@ class Simulator:
             ints[layer.output] = self._requantize(value, layer, st)
             self._tick("requantize", t0)
         return Result(ints, self._outputs(ints, floats, feeds))
+
+    def _lut_layer(self, layer: Layer, ints: dict, st: LayerStats) -> np.ndarray | None:
+        """The layer's output codes by table look-up (None: no table after all; it runs in float)."""
+        try:
+            table = self._tables.get(layer.name)
+            if table is None:
+                stored = layer.table if self.rounding == "half-even" else None  # a package's (half-even) table
+                table = stored or build_table(self.program, layer, self.floats, self.rounding)
+                self._tables[layer.name] = table
+            q, n = table.lookup(ints[layer.inputs[0]])
+        except (ValueError, IndexError) as exc:
+            st.fallback = f"no look-up table ({exc}): computed in float"
+            log.info("%s: %s", layer.name, st.fallback)
+            return None
+        st.saturated += n
+        st.elements += q.size
+        return q
 
     def _tick(self, key: str, t0: float) -> None:
         if self.profile is not None:

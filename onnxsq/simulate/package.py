@@ -1,6 +1,7 @@
 """The deployment package of ``onnxsq export-int``: ``model.json`` (the integer program, documented in
 the README, section "onnxsq simulate and export-int") and ``weights.npz`` (int8 weights, int32
-biases, and the few plain constants the layers read: shapes, clip bounds, float-island constants).
+biases, the look-up tables of ``lut`` layers, and the few plain constants the layers read: shapes,
+clip bounds, float-island constants).
 
 :func:`write_package` and :func:`read_package` round-trip a :class:`~.program.Program` exactly, so
 ``onnxsq simulate DIR`` computes what ``onnxsq simulate MODEL`` does.
@@ -17,6 +18,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InvalidOptionError, ModelLoadError, OnnxsqError, first_line
+from .islands import FloatRunner
+from .lut import Table, build_table
 from .program import Const, Layer, Program, QType, Step
 
 FORMAT = "onnxsq-int"
@@ -94,12 +97,17 @@ def to_json(program: Program, source: str = "") -> tuple[dict[str, Any], dict[st
         consts[name] = {"array": key, "dtype": str(c.values.dtype), "shift": _shift_json(c.shift), "axis": c.axis,
                         "shape": list(c.shift.shape) if c.shift is not None and c.shift.size > 1 else None}
     layers = []
+    runner = FloatRunner(program.opsets, program.float_types, program.ir_version)
     for i, lay in enumerate(program.layers):
         steps = [{"op": s.op, "domain": s.domain, "name": s.name, "inputs": s.inputs, "outputs": s.outputs,
                   "attrs": _attrs_json(s.attrs, f"{i}:{j}", arrays)} for j, s in enumerate(lay.steps)]
         layers.append({"name": lay.name, "kind": lay.kind, "op": lay.op, "inputs": lay.inputs, "source": lay.source,
                        "output": lay.output, "out": lay.out.to_json() if lay.out else None,
                        "requant_shift": requant_shift(program, lay), "reason": lay.reason, "steps": steps})
+        if lay.kind == "lut":
+            table = lay.table or build_table(program, lay, runner, "half-even")
+            arrays[f"lut:{i}"], arrays[f"lut_clipped:{i}"] = table.values, table.clipped
+            layers[-1]["table"] = {"values": f"lut:{i}", "clipped": f"lut_clipped:{i}", "low": table.low}
     doc = {
         "format": FORMAT, "version": VERSION, "producer": f"onnxsq {__version__}", "source_model": source,
         "opsets": program.opsets, "ir_version": program.ir_version,
@@ -170,6 +178,9 @@ def _program(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> Program:
         out = QType(**lay["out"]) if lay["out"] else None
         layers.append(Layer(lay["name"], lay["kind"], lay["op"], steps, lay["inputs"], lay["source"], lay["output"],
                             out, lay["reason"]))
+        if lay.get("table"):
+            t = lay["table"]
+            layers[-1].table = Table(arrays[t["values"]], arrays[t["clipped"]].astype(bool), int(t["low"]))
     inputs = {i["name"]: (np.dtype(i["dtype"]), tuple(i["dims"])) for i in doc["inputs"]}
     return Program(inputs, {k: QType(**v) for k, v in doc["tensors"].items()}, dict(doc["dequantized"]), consts,
                    layers, list(doc["outputs"]), int(doc["opsets"].get("", 13)), dict(doc["float_types"]),

@@ -5,7 +5,9 @@ A **layer** is what lies between DequantizeLinear outputs and one QuantizeLinear
 ONNX nodes in between, e.g. ``Conv → Relu``), its inputs (integer tensors, read through their
 DequantizeLinear, and constants) and its output integer tensor (the QuantizeLinear output: bits,
 signedness, shift). A layer is ``int`` when every step has an integer kernel (:mod:`.execute`), else a
-*float island*: its steps are computed in float between its DQ and Q. The graph input's quantizer is
+*float island*: its steps are computed in float between its DQ and Q, unless they are elementwise
+functions of one integer tensor: then it is a ``lut`` layer, a look-up table of that tensor's codes
+(:mod:`.lut`). The graph input's quantizer is
 an ``input`` layer; a graph output computed in float after the last DQ is a ``tail`` layer.
 
 Every Q/DQ scale must be ``2**-shift`` and every zero point 0; anything else is refused with a
@@ -25,6 +27,7 @@ from onnx import numpy_helper
 from ..calibration.pow2 import shift_of
 from ..errors import UnsupportedModelError
 from ..model_io import default_opset
+from .lut import lut_form
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ class Step:
 @dataclass
 class Layer:
     name: str
-    kind: str  # int | float | input | tail
+    kind: str  # int | lut | float | input | tail
     op: str  # the main op (the first step with an integer-tensor input), or QuantizeLinear
     steps: list[Step]
     inputs: list[str]  # integer tensors read (through their DQ) and float graph inputs
@@ -83,6 +86,7 @@ class Layer:
     output: str  # the integer tensor written (tail layers: the float graph output)
     out: QType | None
     reason: str = ""
+    table: Any = None  # lut layers read from a package: their stored (half-even) :class:`~.lut.Table`
 
 
 @dataclass
@@ -218,6 +222,11 @@ def load_program(model: onnx.ModelProto) -> Program:
     for name in outputs:
         if name not in dq and name not in tensors and name not in inputs and name not in consts:
             layers.append(_layer(name, name, None, nodes, producers, dq, consts, inputs))
+    for lay in layers:
+        if lay.kind == "float" and not lut_form(consts, dq, tensors, lay):
+            lay.kind = "lut"
+            bits = tensors[lay.inputs[0]].bits
+            lay.reason = f"elementwise function of one {bits}-bit tensor: a look-up table of its {1 << bits} codes"
     order = {name: producers.get(name, -1) for name in (lay.output for lay in layers)}
     layers.sort(key=lambda lay: order[lay.output] if lay.kind != "tail" else len(nodes) + order[lay.output])
     program = Program(inputs, tensors, dq, consts, layers, outputs, default_opset(model))

@@ -1,59 +1,18 @@
 """Hand-built power-of-two QDQ graphs, one op family each, against onnxruntime's optimized run (precise
 kernels): Gemm (transB, per-channel), MatMul, Add at a shared shift, Concat, AveragePool with and
 without counted padding, GlobalAveragePool, Clip, nearest Resize, Transpose/Reshape, Mul of two
-tensors, negative requantization shifts (a left shift), saturation, and a float island (Sigmoid)."""
+tensors, negative requantization shifts (a left shift), saturation, look-up tables (Sigmoid, SiLU, a
+decomposed HardSwish, PRelu with a slope per position, Tanh then LeakyRelu) and a float island (Softmax)."""
 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from simulate_helpers import G
 
 from onnxsq.simulate.compare import ort_session
 from onnxsq.simulate.execute import Simulator
 from onnxsq.simulate.program import load_program
-
-
-class G:
-    """A tiny QDQ graph builder: ``q(x, shift, signed)`` quantizes a float tensor, ``dq(t)`` reads it."""
-
-    def __init__(self) -> None:
-        self.nodes, self.inits, self.n = [], [], 0
-
-    def name(self, base: str) -> str:
-        self.n += 1
-        return f"{base}{self.n}"
-
-    def const(self, value: np.ndarray, base: str = "c") -> str:
-        name = self.name(base)
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], **attrs) -> str:
-        out = self.name(op.lower())
-        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
-
-    def q(self, x: str, shift: int, signed: bool = True) -> str:
-        scale = self.const(np.float32(2.0 ** -shift), "s")
-        zp = self.const(np.int8(0) if signed else np.uint8(0), "z")
-        q = self.node("QuantizeLinear", [x, scale, zp])
-        return self.node("DequantizeLinear", [q, scale, zp])
-
-    def w(self, values: np.ndarray, shift, axis: int = 0, dtype=np.int8) -> str:
-        shift = np.asarray(shift)
-        scale = self.const((2.0 ** -shift).astype(np.float32), "ws")
-        zp = self.const(np.zeros(shift.shape, dtype), "wz")
-        return self.node("DequantizeLinear", [self.const(values.astype(dtype), "w"), scale, zp],
-                         **({"axis": axis} if shift.ndim else {}))
-
-    def model(self, x_shape, out: str) -> onnx.ModelProto:
-        g = helper.make_graph(self.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], initializer=self.inits)
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-        m.ir_version = 7
-        return m
 
 
 def _gemm(g: G, x: str) -> str:
@@ -90,11 +49,34 @@ def _mul_left_shift(g: G, x: str) -> str:
 
 
 def _island(g: G, x: str) -> str:
+    return g.q(g.node("Softmax", [x], axis=-1), 7)
+
+
+def _sigmoid(g: G, x: str) -> str:
     return g.q(g.node("Sigmoid", [x]), 7)
 
 
+def _silu(g: G, x: str) -> str:  # x * sigmoid(x): both operands from the one DequantizeLinear
+    return g.q(g.node("Mul", [x, g.node("Sigmoid", [x])]), 4)
+
+
+def _hardswish_decomposed(g: G, x: str) -> str:  # x * clip(x + 3, 0, 6) / 6, as PaddleOCR exports it
+    c = g.node("Clip", [g.node("Add", [x, g.const(np.float32(3))]), g.const(np.float32(0)), g.const(np.float32(6))])
+    return g.q(g.node("Div", [g.node("Mul", [x, c]), g.const(np.float32(6))]), 4)
+
+
+def _prelu_per_position(g: G, x: str) -> str:  # one slope per position of the last axis: a table each
+    return g.q(g.node("PRelu", [x, g.const(np.linspace(0.05, 0.6, 12).astype(np.float32))]), 4)
+
+
+def _tanh_leaky(g: G, x: str) -> str:
+    return g.q(g.node("LeakyRelu", [g.node("Tanh", [x])], alpha=0.1), 6)
+
+
 CASES = {"gemm": _gemm, "matmul_add": _matmul_add, "pools": _pools, "clip_resize": _clip_resize,
-         "mul_left_shift": _mul_left_shift, "sigmoid_island": _island}
+         "mul_left_shift": _mul_left_shift, "softmax_island": _island, "sigmoid_table": _sigmoid,
+         "silu_table": _silu, "hardswish_decomposed_table": _hardswish_decomposed,
+         "prelu_table": _prelu_per_position, "tanh_leaky_table": _tanh_leaky}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -113,4 +95,21 @@ def test_op_equals_onnxruntime(case):
         theirs = session.run(None, feed)[0]
         np.testing.assert_array_equal(mine, theirs)
     kinds = {lay.kind for lay in program.layers}
-    assert ("float" in kinds) == (case == "sigmoid_island")
+    assert ("float" in kinds) == (case == "softmax_island")
+    assert ("lut" in kinds) == case.endswith("_table")
+
+
+def test_tables_travel_in_the_package(tmp_path):
+    from onnxsq.simulate.package import read_package, write_package
+
+    g = G()
+    x = g.q("x", 4)
+    out = g.node("Identity", [_prelu_per_position(g, _silu(g, x))])
+    program = load_program(g.model([2, 12], out))
+    assert [lay.kind for lay in program.layers].count("lut") == 2
+    write_package(program, tmp_path / "pkg")
+    back = read_package(tmp_path / "pkg")
+    assert all(lay.table is not None for lay in back.layers if lay.kind == "lut")
+    feed = {"x": (np.random.default_rng(3).standard_normal((2, 12)) * 4).astype(np.float32)}
+    a, b = Simulator(program).run(feed), Simulator(back).run(feed)
+    assert all(np.array_equal(a.ints[k], b.ints[k]) for k in a.ints)

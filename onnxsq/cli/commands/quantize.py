@@ -39,6 +39,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--no-bias-correction", is_flag=True, help="Keep the float biases (no mean weight-error correction).")
 @click.option("--no-equalize", is_flag=True,
               help="No cross-layer equalization (power-of-two factors between Conv pairs through ReLU-like ops).")
+@click.option("--integer-only", is_flag=True, default=DEFAULTS.integer_only,
+              help="No float islands where an integer form exists: elementwise activations become look-up "
+                   "tables (Q/DQ around them), Mul of two tensors an integer product.")
 @click.option("--sensitivity", is_flag=True,
               help="Measure each layer's output SQNR with that layer alone quantized (on the report samples).")
 @click.option("--target-sqnr", type=float, metavar="DB",
@@ -101,7 +104,8 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         bits=o["bits"], weight_bits=o["weight_bits"], per_channel=o["per_channel"], exclude=o["exclude"],
         method=o["method"], weight_method=o["weight_method"], calib_count=o["calib_count"],
         batch_size=o["batch_size"], report_samples=o["report_samples"], bias_correction=not o["no_bias_correction"],
-        equalize=not o["no_equalize"], sensitivity=o["sensitivity"], target_sqnr=o["target_sqnr"],
+        equalize=not o["no_equalize"], integer_only=o["integer_only"], sensitivity=o["sensitivity"],
+        target_sqnr=o["target_sqnr"],
         histograms=o["report_html"] is not None, preprocess=None if pre == Preprocess() else pre)
     return cfg, pre
 

@@ -39,6 +39,7 @@ class QuantizeConfig:
     fold_batchnorm: bool = True
     bias_correction: bool = True  # fold each layer's mean weight-quantization error into its bias
     equalize: bool = True  # power-of-two cross-layer equalization after folding (exact in float)
+    integer_only: bool = False  # no float island where an integer form exists (look-up tables, products)
     sensitivity: bool = False  # per-layer output SQNR with that layer alone quantized (.sensitivity)
     target_sqnr: float | None = None  # keep the fewest most sensitive layers float to reach this output SQNR (dB)
     histograms: bool = False  # each activation's calibration histogram in the report (--report-html draws them)

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...graph import const_value, is_const, is_graph_output, new_constant, node_label
+from ...graph import const_value, is_const, is_graph_output, node_label
+from .placement_bias import bias_add, bias_add_constant, plan_bias
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ADD = ("Add",)
@@ -192,6 +193,8 @@ class _Walk:
     const_demanded: dict[str, None] = field(default_factory=dict)  # constants they read
     quantized_nodes: dict[int, str] = field(default_factory=dict)  # id(node) → output quantization point
     fused: dict[int, str] = field(default_factory=dict)  # id(node) → the layer it is fused into
+    products: bool = False  # integer-only: Mul of two activations quantizes like Add
+    tables: dict[int, tuple[str, list[str]]] = field(default_factory=dict)  # id(node) → (root, outputs)
 
     def demand(self, t: gs.Tensor) -> None:
         (self.const_demanded if is_const(t) else self.demanded).setdefault(t.name, None)
@@ -204,14 +207,28 @@ class _Walk:
         return any(e.node == label for e in self.plan.layers)
 
 
-def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, ...] = ()) -> Plan:
+def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, ...] = (),
+             integer_only: bool = False) -> Plan:
     """Decide the quantization points of ``graph`` (shape-inferred, so tensors carry dtypes).
 
     First walk: which nodes quantize (layers, Add, Concat) and what they read. Second walk, in
     topological order: the quantization points, the ops that share a scale or take their own, and why
     everything else stays float. Mutates ``graph`` only to clone biases shared between layers.
+    ``integer_only``: no float island where an integer form exists (:mod:`.placement_integer`).
     """
-    walk = _Walk()
+    if integer_only:
+        from .placement_integer import plan_integer_only
+
+        return plan_integer_only(graph, per_channel=per_channel, exclude=exclude)
+    return plan_walks(graph, per_channel, exclude)
+
+
+def plan_walks(graph: gs.Graph, per_channel: bool, exclude: tuple[str, ...], products: bool = False,
+               tables: dict[int, tuple[str, list[str]]] | None = None) -> Plan:
+    """:func:`plan_qdq`'s two walks; ``products``: a Mul of two activations quantizes like an Add;
+    ``tables``: nodes that are look-up tables of one quantized root (id → root, the outputs that get
+    their own quantization point)."""
+    walk = _Walk(products=products, tables=dict(tables or {}))
     graph.toposort()
     for node in graph.nodes:
         _plan_node(graph, node, walk, per_channel, exclude)
@@ -229,6 +246,9 @@ def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, 
 def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, exclude: tuple[str, ...]) -> None:
     """First walk: a layer, Add or Concat that quantizes, and the tensors it reads."""
     pat = excluded(node, exclude)
+    if id(node) in walk.tables:
+        walk.demanded.setdefault(walk.tables[id(node)][0], None)
+        return
     if node.op in IGNORED or id(node) in walk.fused:  # fused: a MatMul's bias Add, planned with it
         return
     if pat and (node.op in COMPUTE + ADD + CONCAT + SHARE + AVERAGING + ACTIVATIONS):
@@ -240,14 +260,14 @@ def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, e
             walk.entry(node, "skipped", f"stays float: {why}")
             return
         _plan_compute(graph, node, walk.plan, walk.demand, per_channel, exclude, walk.quantized_nodes, walk.fused)
-    elif node.op in ADD + CONCAT:
+    elif node.op in ADD + CONCAT or (walk.products and node.op == "Mul" and not any(map(is_const, node.inputs))):
         if not all(_is_float(i) for i in node.inputs) or not _is_float(node.outputs[0]):
             walk.entry(node, "skipped", "stays float: not float32")
             return
         for i in node.inputs:
             walk.demand(i)
         out = node.outputs[0]
-        act = _fusable_activation(graph, out, exclude) if node.op in ADD else None
+        act = _fusable_activation(graph, out, exclude) if node.op not in CONCAT else None
         if act is not None:
             walk.fused[id(act)] = node_label(node)
             out = act.outputs[0]
@@ -259,7 +279,16 @@ def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, e
 
 def _place_node(node: gs.Node, walk: _Walk, quantized: dict[str, None]) -> None:
     """Second walk: the node's quantization point, its shared or own scale, or why it stays float."""
-    if id(node) in walk.quantized_nodes:
+    if id(node) in walk.tables:
+        root, outs = walk.tables[id(node)]
+        for o in outs:
+            quantized.setdefault(o, None)
+            walk.groups.add(o)
+        if outs:
+            walk.entry(node, "quantized", f"a look-up table of {root}'s codes (integer-only)", outs[0])
+        else:
+            walk.entry(node, "fused", f"fused into the look-up table of {root}'s codes")
+    elif id(node) in walk.quantized_nodes:
         qp = walk.quantized_nodes[id(node)]
         quantized.setdefault(qp, None)
         walk.groups.add(qp)
@@ -307,10 +336,11 @@ def _plan_compute(graph: gs.Graph, node: gs.Node, plan: Plan, demand, per_channe
     label = node_label(node)
     x, w = node.inputs[0], node.inputs[1]
     out = node.outputs[0]
-    bias_add = _bias_add(graph, node, exclude) if node.op == "MatMul" else None
-    if bias_add is not None:
-        fused[id(bias_add)] = label
-        out = bias_add.outputs[0]
+    add = bias_add(graph, node) if node.op == "MatMul" else None
+    add = None if add is None or excluded(add, exclude) else add
+    if add is not None:
+        fused[id(add)] = label
+        out = add.outputs[0]
     act = _fusable_activation(graph, out, exclude)
     if act is not None:
         fused[id(act)] = label
@@ -325,75 +355,12 @@ def _plan_compute(graph: gs.Graph, node: gs.Node, plan: Plan, demand, per_channe
     use = WeightUse(label, node.op, w.name, axis, x.name, out.name, attrs=dict(node.attrs))
     if note:
         use.notes.append(note)
-    if bias_add is None:
+    if add is None:
         owner, idx = node, 2
         bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name else None
     else:
-        owner, idx = bias_add, 0 if bias_add.inputs[1] is node.outputs[0] else 1
-        bias = _bias_add_constant(graph, bias_add, idx, wv.shape[-1])
+        owner, idx = add, 0 if add.inputs[1] is node.outputs[0] else 1
+        bias = bias_add_constant(graph, add, idx, wv.shape[-1])
     if bias is not None:
-        _plan_bias(graph, node, use, wv, bias, owner, idx)
+        plan_bias(graph, node, use, wv, bias, owner, idx)
     plan.weights.append(use)
-
-
-def _plan_bias(graph: gs.Graph, node: gs.Node, use: WeightUse, wv: np.ndarray, bias: gs.Tensor, owner: gs.Node,
-               idx: int) -> None:
-    """Make ``bias`` (input ``idx`` of ``owner``: the layer, or a MatMul's bias Add) ``use``'s int32 bias,
-    or note why it stays float. Shared biases are cloned; a scalar one becomes per channel when needed."""
-    axis = use.axis
-    why = None
-    if node.op == "Gemm" and (float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0):
-        why = "bias kept float: Gemm alpha/beta != 1"
-    bv = const_value(bias)
-    if why is None and axis is not None and bv.ndim and bv.shape[-1] != wv.shape[axis]:
-        why = "bias kept float: its shape does not follow the weight's channels"
-    if why:
-        use.notes.append(why)
-    else:
-        if len(bias.outputs) > 1 or is_graph_output(graph, bias):
-            clone = new_constant(graph, f"{bias.name}_{node.name or 'layer'}", bv.astype(np.float32))
-            owner.inputs[idx] = clone
-            bias = clone
-        use.bias = bias.name
-        if axis is not None:
-            if bv.ndim == 0:
-                clone = new_constant(graph, f"{bias.name}_per_channel", np.full(wv.shape[axis], bv, np.float32))
-                owner.inputs[idx] = clone
-                bias, bv = clone, np.asarray(clone.values)
-                use.bias = bias.name
-            use.bias_axis = bv.ndim - 1
-
-
-def _bias_add(graph: gs.Graph, node: gs.Node, patterns: tuple[str, ...]) -> gs.Node | None:
-    """The ``Add`` that is the bias of a MatMul with a constant 2-D weight: the MatMul output's only
-    reader, adding a float32 constant that varies along the last axis only and does not raise the
-    output's rank (known from the input's shape); None otherwise."""
-    w, out = const_value(node.inputs[1]), node.outputs[0]
-    x_shape = node.inputs[0].shape
-    if w is None or w.ndim != 2 or x_shape is None or len(x_shape) < 2 or is_graph_output(graph, out) \
-            or len(out.outputs) != 1:
-        return None
-    add = out.outputs[0]
-    if add.op != "Add" or len(add.inputs) != 2 or excluded(add, patterns) or len(add.outputs) != 1 \
-            or not _is_float(add.outputs[0]):
-        return None
-    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-    c = const_value(other) if other is not out else None
-    if c is None or c.dtype != np.float32 or c.ndim > len(x_shape):
-        return None
-    if any(d != 1 for d in c.shape[:-1]) or (c.ndim and c.shape[-1] not in (1, w.shape[1])):
-        return None
-    return add
-
-
-def _bias_add_constant(graph: gs.Graph, add: gs.Node, idx: int, channels: int) -> gs.Tensor:
-    """The bias Add's constant as an initializer with one value per output channel on its last axis
-    (a 1-element or Constant-node constant is replaced by one; the Add computes the same)."""
-    t = add.inputs[idx]
-    c = np.asarray(const_value(t))
-    if isinstance(t, gs.Constant) and c.ndim and c.shape[-1] == channels:
-        return t
-    full = np.broadcast_to(c, (c.shape[:-1] if c.ndim else ()) + (channels,)).astype(np.float32)
-    clone = new_constant(graph, f"{t.name}_bias", full)
-    add.inputs[idx] = clone
-    return clone
