@@ -72,9 +72,11 @@ def as_dataset(data: Any, model: Any = None, *, what: str = "data") -> Dataset:
                              f"image folder, not {type(data).__name__}")
 
 
-def check_crop(model: Any, crop: tuple[int, int] | None, *, layout: str = "nchw") -> None:
+def check_crop(model: Any, crop: tuple[int, int] | None, *, layout: str = "nchw", spell: Any = None) -> None:
     """A training crop must be what a model with a static input H and W takes: one line saying which
-    ``--crop`` would fit, before anything runs (onnxruntime's own message is a C++ shape error)."""
+    ``--crop`` would fit, before anything runs (onnxruntime's own message is a C++ shape error).
+    ``spell(h, w)``: how the option is written where it was given (default ``--crop H W``)."""
+    spell = spell or (lambda h, w: f"--crop {h} {w}")
     from ..graph import data_inputs
 
     vi = next(iter(data_inputs(model)), None) if crop is not None else None
@@ -85,9 +87,8 @@ def check_crop(model: Any, crop: tuple[int, int] | None, *, layout: str = "nchw"
     fixed = (h if h > 0 else crop[0], w if w > 0 else crop[1])
     if tuple(crop) != fixed:
         shape = "×".join(str(d) if d > 0 else "?" for d in dims)
-        raise InvalidOptionError(f"--crop {crop[0]} {crop[1]} does not fit the model's input {vi.name!r} ({shape}, "
-                                 f"static H and W): use --crop {fixed[0]} {fixed[1]}, or a model exported with a "
-                                 "dynamic H and W")
+        raise InvalidOptionError(f"{spell(*crop)} does not fit the model's input {vi.name!r} ({shape}, static H and "
+                                 f"W): use {spell(*fixed)}, or a model exported with a dynamic H and W")
 
 
 def preprocess_for_model(model, *, size: tuple[int, int] | None = None, **options) -> Preprocess:

@@ -238,6 +238,11 @@ class Runner:
     def _inputs(self, stage: StageSpec, data: _Data, model: Any, ckpt: Path, resume: bool) -> stage_table.StageInputs:
         inputs = stage_table.StageInputs()
         if stage.kind == "train":
+            from ..data.loader import check_crop
+
+            crop = (data.spec.augment or {}).get("crop")
+            check_crop(model, tuple(crop) if crop else None, layout=(data.spec.preprocess or {}).get("layout", "nchw"),
+                       spell=lambda h, w: f"[data] crop = [{h}, {w}]")
             inputs.train = self._dataset(data, "train")
             inputs.checkpoint = ckpt
             inputs.resume = ckpt if resume else None

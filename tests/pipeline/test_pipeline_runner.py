@@ -238,3 +238,11 @@ def test_stage_models_carry_the_recipes_image_preprocessing(tmp_path):
     assert meta is not None and meta["mean"] == (10.0, 20.0, 30.0) and meta["std"] == (2.0, 2.0, 2.0)
     assert "01-optimize" in meta["by"]
     assert stored(onnx.load(str(tmp_path / "m.onnx"))) is None  # the input model is not written
+
+
+def test_a_crop_the_static_input_cannot_take_is_one_error_before_training(tmp_path):
+    setup(tmp_path)
+    recipe = write_recipe(tmp_path, TRAIN_RECIPE.replace('val = "val.npz"\n', 'val = "val.npz"\ncrop = [4, 4]\n'))
+    with pytest.raises(InvalidOptionError, match=r"\[data\] crop = \[4, 4\] does not fit .* use \[data\] crop = \[6, 6\]"):
+        run_pipeline(recipe, tmp_path / "work")
+    assert not (tmp_path / "work" / "01-l2.onnx").exists()
