@@ -243,6 +243,7 @@ def test_stage_models_carry_the_recipes_image_preprocessing(tmp_path):
 def test_a_crop_the_static_input_cannot_take_is_one_error_before_training(tmp_path):
     setup(tmp_path)
     recipe = write_recipe(tmp_path, TRAIN_RECIPE.replace('val = "val.npz"\n', 'val = "val.npz"\ncrop = [4, 4]\n'))
-    with pytest.raises(InvalidOptionError, match=r"\[data\] crop = \[4, 4\] does not fit .* use \[data\] crop = \[6, 6\]"):
+    fits = r"\[data\] crop = \[4, 4\] does not fit .* use \[data\] crop = \[6, 6\]"
+    with pytest.raises(InvalidOptionError, match=fits):
         run_pipeline(recipe, tmp_path / "work")
     assert not (tmp_path / "work" / "01-l2.onnx").exists()
