@@ -87,7 +87,7 @@ def run_quark(python: str, m, calib: list[dict], feeds: list[dict], config: str,
     npz = out.with_suffix(".calib.npz")
     np.savez(npz, **{f"{i}/{k}": v for i, feed in enumerate(calib) for k, v in feed.items()})
     proc = subprocess.run([python, str(REPO / "bench" / "quark_quantize.py"), str(m.path), str(npz), str(out),
-                           "--config", config], capture_output=True, text=True)
+                           "--config", config], capture_output=True, text=True, cwd=out.parent)  # Quark writes files
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
         print(f"# {m.name}: Quark {config} failed: {tail}", file=sys.stderr)

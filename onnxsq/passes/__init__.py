@@ -51,7 +51,8 @@ PASSES: dict[str, PassSpec] = {p.name: p for p in (
     PassSpec("fold-constants", "onnxsq.passes.fold_constants:fold_constants"),
     PassSpec("fold-batchnorm", "onnxsq.passes.fold_batchnorm:fold_batchnorm"),
     PassSpec("equalize", "onnxsq.passes.equalize:equalize"),
-    PassSpec("threshold", "onnxsq.passes.threshold.magnitude:threshold", "onnxsq.passes.threshold.config:ThresholdConfig"),
+    PassSpec("threshold", "onnxsq.passes.threshold.magnitude:threshold",
+             "onnxsq.passes.threshold.config:ThresholdConfig"),
     PassSpec("quantize", "onnxsq.passes.quantize:quantize", "onnxsq.passes.quantize.config:QuantizeConfig"),
 )}
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ...calibration.stats import METHODS
-from ...passes.quantize.config import WEIGHT_METHODS, QuantizeConfig
+from ...passes.quantize.config import EFFORTS, WEIGHT_METHODS, WEIGHT_ROUNDINGS, QuantizeConfig
 from ..options import common_model_command, input_shape_option, preprocess_options, quiet, resolve_output, warn_ignored
 
 DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show them
@@ -29,11 +29,17 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option(
     "--exclude", multiple=True, metavar="PATTERN", help="Keep nodes whose name matches in float (repeatable)."
 )
+@click.option("--effort", type=click.Choice(list(EFFORTS)), default=DEFAULTS.effort, show_default=True,
+              help="fast: min/max ranges; default: error-driven ranges, equalization, bias correction; max: also "
+                   "GPTQ weight rounding. Options given another value than their default keep it.")
 @click.option("--method", type=click.Choice(METHODS), default=DEFAULTS.method, show_default=True,
               help="Activation range estimator.")
 @click.option("--weight-method", type=click.Choice(WEIGHT_METHODS), default=DEFAULTS.weight_method,
               show_default=True,
               help="Weight shift: fit every weight, or the smallest squared error.")
+@click.option("--weight-rounding", type=click.Choice(WEIGHT_ROUNDINGS), default=DEFAULTS.weight_rounding,
+              show_default=True,
+              help="Round weights to nearest, or against each layer's output error on the report samples (gptq).")
 @click.option("--report-samples", type=int, default=DEFAULTS.report_samples, show_default=True,
               help="Calibration samples the per-layer SQNR report runs on (0: no report).")
 @click.option("--no-bias-correction", is_flag=True, help="Keep the float biases (no mean weight-error correction).")
@@ -102,10 +108,11 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
                      std=o["std"], channel_order=o["channel_order"], layout=o["layout"])
     cfg = PASSES["quantize"].config_class()(
         bits=o["bits"], weight_bits=o["weight_bits"], per_channel=o["per_channel"], exclude=o["exclude"],
-        method=o["method"], weight_method=o["weight_method"], calib_count=o["calib_count"],
+        method=o["method"], weight_method=o["weight_method"], weight_rounding=o["weight_rounding"],
+        calib_count=o["calib_count"],
         batch_size=o["batch_size"], report_samples=o["report_samples"], bias_correction=not o["no_bias_correction"],
         equalize=not o["no_equalize"], integer_only=o["integer_only"], sensitivity=o["sensitivity"],
-        target_sqnr=o["target_sqnr"],
+        target_sqnr=o["target_sqnr"], effort=o["effort"],
         histograms=o["report_html"] is not None, preprocess=None if pre == Preprocess() else pre)
     return cfg, pre
 

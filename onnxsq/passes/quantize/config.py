@@ -7,6 +7,7 @@ same defaults, so QAT and PTQ compare like for like.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -19,6 +20,17 @@ from ...errors import InvalidOptionError
 # power-of-two equalization; min/max per tensor trailed quantize_static's best free-scale result there.
 DEFAULT_METHOD = "auto"
 WEIGHT_METHODS = ("minmax", "mse")
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
+# --effort: presets over the steps, each also its own option (an option left at its default takes the
+# preset's value; one given another value keeps it). Why these: the README's fidelity table (bench/fidelity.py).
+EFFORTS: dict[str, dict[str, object]] = {
+    "fast": {"method": "minmax", "equalize": False},  # min/max ranges: calibration without histograms
+    "default": {},
+    "max": {"weight_rounding": "gptq"},
+}
+# what --effort max would also do where it could, and why it does not here
+EFFORT_MAX_SKIPPED = ("label-free fine-tuning (QAT with the float model as teacher on the calibration images) "
+                      "is not part of quantize: run `onnxsq train --stage qat` in the training environment",)
 
 
 @dataclass
@@ -31,6 +43,7 @@ class QuantizeConfig:
     exclude: tuple[str, ...] = ()
     method: str = DEFAULT_METHOD  # minmax | ema | percentile | mse | auto
     weight_method: str = "mse"  # minmax | mse (exact error on the weights)
+    weight_rounding: str = "nearest"  # nearest | gptq (each layer's output error on the report samples; .rounding)
     percentile: float = 99.99
     calib_count: int | None = None
     batch_size: int = 1  # per run; larger batches cost activation memory (8: ~6x the peak) for no speed on CPU
@@ -43,6 +56,15 @@ class QuantizeConfig:
     sensitivity: bool = False  # per-layer output SQNR with that layer alone quantized (.sensitivity)
     target_sqnr: float | None = None  # keep the fewest most sensitive layers float to reach this output SQNR (dB)
     histograms: bool = False  # each activation's calibration histogram in the report (--report-html draws them)
+    effort: str = "default"  # fast | default | max: a preset over the options above (EFFORTS)
+
+    def resolved(self) -> QuantizeConfig:
+        """This config with its ``effort`` preset applied to the options still at their defaults."""
+        if self.effort not in EFFORTS:
+            raise InvalidOptionError(f"--effort must be one of {', '.join(EFFORTS)}, not {self.effort!r}")
+        base = QuantizeConfig()
+        changes = {k: v for k, v in EFFORTS[self.effort].items() if getattr(self, k) == getattr(base, k)}
+        return dataclasses.replace(self, **changes) if changes else self
 
     def validate(self) -> None:
         for name, b in (("--bits", self.bits), ("weight bits", self.weight_bits or self.bits)):
@@ -50,6 +72,9 @@ class QuantizeConfig:
                 raise InvalidOptionError(f"{name} must be in 2..16, not {b}")
         if self.weight_method not in WEIGHT_METHODS:
             raise InvalidOptionError(f"weight method must be minmax or mse, not {self.weight_method!r}")
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise InvalidOptionError(f"--weight-rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}, "
+                                     f"not {self.weight_rounding!r}")
         if self.method not in METHODS:
             raise InvalidOptionError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if not 50.0 < self.percentile <= 100.0:

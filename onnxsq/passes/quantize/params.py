@@ -7,6 +7,7 @@ take precedence; a given shift that a shared-scale group must change is warned a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,7 @@ class QuantizeContext:
     means: dict[str, ChannelMean] = field(default_factory=dict)  # inputs of bias-corrected layers
     corrected: dict[str, np.ndarray] = field(default_factory=dict)  # bias name → corrected float values
     qweights: dict[str, np.ndarray] = field(default_factory=dict)  # weight name → its integers (computed once)
+    hessians: dict[str, Any] = field(default_factory=dict)  # weight → per-group E[x x^T], or why none (.rounding)
 
 
 def known_clipped(ctx: QuantizeContext, tparams: dict[str, TensorQuant]) -> dict[str, float]:
@@ -128,13 +130,34 @@ def resolve_params(ctx: QuantizeContext) -> dict[str, TensorQuant]:
         if use.weight not in out:
             out[use.weight] = _weight_params(ctx, use.weight, next(iter(axes[use.weight])) if len(axes[use.weight]) == 1
                                              else None)
+            _round_weight(ctx, use, out[use.weight])
         if use.bias is not None:
-            corr = correct_bias(use, out[use.weight], ctx.consts, ctx.given, ctx.means, ctx.qweights.get(use.weight))
+            # a GPTQ-rounded weight minimized its error with the input's mean in it: no second correction
+            rounded = out[use.weight].estimator == "gptq"
+            corr = None if rounded else correct_bias(use, out[use.weight], ctx.consts, ctx.given, ctx.means,
+                                                     ctx.qweights.get(use.weight))
             if corr is not None:
                 ctx.corrected[use.bias] = ctx.consts[use.bias]
             out[use.bias] = _bias_params(ctx, use.bias, out[use.input], out[use.weight], use.bias_axis)
             out[use.bias].correction = corr
     return out
+
+
+def _round_weight(ctx: QuantizeContext, use: Any, p: TensorQuant) -> None:
+    """GPTQ rounding of ``use``'s weight where its input statistics were measured (:mod:`.rounding`)."""
+    h = ctx.hessians.get(use.weight)
+    if h is None or use.weight not in ctx.qweights:
+        return
+    if isinstance(h, str):
+        use.notes.append(f"weight rounding: {h}")
+        return
+    from .rounding import round_weight
+
+    q, shift = round_weight(use, ctx.consts[use.weight], p, h, ctx.qweights[use.weight].dtype)
+    ctx.qweights[use.weight] = q
+    p.shift = shift.tolist() if p.per_channel else int(shift[0])
+    p.estimator = "gptq"
+    ctx.report.summary["weights_rounded"] = ctx.report.summary.get("weights_rounded", 0) + 1
 
 
 def _weight_params(ctx: QuantizeContext, name: str, axis: int | None) -> TensorQuant:

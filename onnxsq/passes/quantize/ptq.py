@@ -90,7 +90,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     Phases, each a function of what the last returned: load and fold, plan, calibrate, resolve the
     shifts (and correct the biases), insert the QDQ pairs, measure the error, export.
     """
-    cfg = config or QuantizeConfig()
+    cfg = (config or QuantizeConfig()).resolved()  # the --effort preset over the options left at default
     cfg.validate()
     pending = None
     if jobs > 1 and stats is None:
@@ -104,7 +104,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     if pending is not None:
         stats = pending.result(progress)
     kept, samples = _calibrate(ctx, graph, calib, float_model, float_weights, progress, clock, stats)
-    tparams = _resolve(ctx, graph)
+    tparams = _resolve(ctx, graph, float_model, float_weights, kept)
     clock.lap("resolve")
     insert_qdq_graph(graph, tparams, opset, ctx.qweights)
     ctx.qweights = {}
@@ -227,9 +227,24 @@ def open_calib(calib: Any, cfg: QuantizeConfig, float_model: onnx.ModelProto,
         sources.open_source(calib, float_model, preprocess=cfg.preprocess, exclude=float_weights.keys())
 
 
-def _resolve(ctx: QuantizeContext, graph: gs.Graph) -> dict[str, TensorQuant]:
-    """Every tensor's parameters; the corrected biases are written into ``graph`` (new arrays: the float
-    model keeps its own), and the float constants are let go."""
+def _resolve(ctx: QuantizeContext, graph: gs.Graph, float_model: onnx.ModelProto,
+             float_weights: dict[str, np.ndarray], kept: list[dict]) -> dict[str, TensorQuant]:
+    """Every tensor's parameters (the weights' rounding measured on ``kept`` where asked for); the
+    corrected biases are written into ``graph`` (new arrays: the float model keeps its own), and the
+    float constants are let go."""
+    if ctx.cfg.weight_rounding == "gptq":
+        if kept:
+            from .rounding import hessians
+
+            todo = [u for u in ctx.plan.weights if u.weight not in ctx.given]
+            warned = len(ctx.report.warnings)
+            nearest = resolve_params(ctx)  # the inputs as the nearest-rounded model computes them
+            del ctx.report.warnings[warned:]
+            ctx.qweights, ctx.corrected = {}, {}
+            ctx.hessians = hessians(float_model, float_weights, todo, ctx.consts, kept, nearest)
+        else:
+            ctx.report.warnings.append("--weight-rounding gptq measures on the report samples; there are none: "
+                                       "weights are rounded to nearest")
     tparams = resolve_params(ctx)
     if ctx.corrected:
         tensors = graph.tensors()

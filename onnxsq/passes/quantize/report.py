@@ -10,6 +10,7 @@ import numpy as np
 
 from ...calibration import pow2
 from ...params import TensorQuant
+from .config import EFFORT_MAX_SKIPPED
 from .params import QuantizeContext
 
 HIST_BARS = 64  # per sign, in the report's compact histograms
@@ -72,14 +73,22 @@ def fill_report(ctx: QuantizeContext, tparams: dict[str, TensorQuant], ev: Any, 
             if cfg.histograms and (h := compact_histogram(ctx.stats.get(t))) is not None:
                 d["histogram"] = h
             report.add(t, "tensor", "quantized", "input of a quantized layer", **d)
-    s = report.summary
+    _summarize(ctx, ev, sens, samples, seconds)
+
+
+def _summarize(ctx: QuantizeContext, ev: Any, sens: Any, samples: int, seconds: float) -> None:
+    s, cfg, plan = ctx.report.summary, ctx.cfg, ctx.plan
+    if cfg.effort != "default":
+        s["effort"] = cfg.effort
+    if cfg.effort == "max":
+        s["effort_skipped"] = list(EFFORT_MAX_SKIPPED)
     s.update({"method": cfg.method, "bits": cfg.bits, "weight_bits": cfg.wbits, "per_channel": cfg.per_channel,
               "activations_quantized": len(plan.activations) + len(plan.constants), "weights_quantized":
               len({u.weight for u in plan.weights}), "layers_kept_float": sum(
                   1 for e in plan.layers if e.action == "skipped"), "calibration_samples": samples,
               "calibration_seconds": round(seconds, 3)})
     if sens is not None:
-        ranked = sorted(alone.items(), key=lambda kv: kv[1])[:5]
+        ranked = sorted(sens.alone.items(), key=lambda kv: kv[1])[:5]
         s["sensitivity_all_db"] = sens.full
         s["most_sensitive"] = [f"{name} ({db:g} dB)" for name, db in ranked]
     if ev is not None:

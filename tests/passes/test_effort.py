@@ -1,0 +1,39 @@
+"""quantize --effort: presets over the steps; an option given another value keeps it; max says what it skips."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from builders import conv_classifier
+
+from onnxsq.errors import InvalidOptionError
+from onnxsq.passes.quantize import QuantizeConfig, quantize
+from onnxsq.passes.quantize.config import EFFORTS
+
+
+def test_presets_apply_to_options_left_at_their_defaults():
+    assert QuantizeConfig().resolved() == QuantizeConfig()
+    fast = QuantizeConfig(effort="fast").resolved()
+    assert (fast.method, fast.equalize) == ("minmax", False)
+    assert QuantizeConfig(effort="fast", method="mse").resolved().method == "mse"
+    assert QuantizeConfig(effort="max").resolved().weight_rounding == "gptq"
+    for name, preset in EFFORTS.items():
+        cfg = QuantizeConfig(effort=name).resolved()
+        assert all(getattr(cfg, k) == v for k, v in preset.items())
+    with pytest.raises(InvalidOptionError, match="--effort"):
+        QuantizeConfig(effort="extreme").resolved()
+
+
+def test_max_rounds_the_weights_and_says_what_it_skipped():
+    model = onnx.shape_inference.infer_shapes(conv_classifier((8,), size=8, seed=1, bn=None))
+    rng = np.random.default_rng(0)
+    calib = [{"input": rng.standard_normal((1, 1, 8, 8)).astype(np.float32)} for _ in range(4)]
+    _, report = quantize(model, calib, config=QuantizeConfig(effort="max"))
+    assert report.summary["effort"] == "max" and report.summary["weights_rounded"] >= 1
+    assert "label-free fine-tuning" in report.summary["effort_skipped"][0]
+    _, fast = quantize(model, calib, config=QuantizeConfig(effort="fast"))
+    assert fast.summary["method"] == "minmax" and "equalized_pairs" not in fast.summary
