@@ -89,7 +89,7 @@ class CalibrationSource:
             feed = conform(raw, self.inputs, origin)
             any_ok = True
             yield feed
-        if not any_ok and lo == 0:
+        if not any_ok and lo == 0 and (hi is None or hi > 0):
             raise DataError(f"{self.description}: no usable calibration sample")
 
 

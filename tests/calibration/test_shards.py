@@ -138,3 +138,37 @@ def test_bad_statistics_are_one_line_errors(net_and_data, tmp_path):
     for bad in ("4/4", "1", "a/b", "-1/2"):
         with pytest.raises(InvalidOptionError, match="--shard"):
             parse_shard(bad)
+
+
+def _source(items: list[int], dims=(None, 2)):
+    from onnxsq.calibration.sources import CalibrationSource, InputSpec
+
+    feeds = [{"x": np.full((n, 2), i, np.float32)} for i, n in enumerate(items)]
+    return CalibrationSource("test", lambda lo=0, hi=None: ((f"f{i}", f) for i, f in enumerate(feeds[lo:hi], lo)),
+                             [InputSpec("x", np.dtype(np.float32), dims)], size=lambda: len(feeds))
+
+
+@pytest.mark.parametrize("items,n", [(11, 4), (3, 5), (8, 8), (1, 1)])
+def test_shard_ranges_are_contiguous_and_cover_the_set(items, n):
+    from onnxsq.calibration.units import shard_items, unit_batches
+
+    source = _source([1] * items)
+    parts = [shard_items(source, 2, (i, n)) for i in range(n)]
+    assert parts[0][0] == 0 and parts[-1][1] == items and all(p[2] == -(-items // 2) for p in parts)
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    one = [(float(f["x"][0, 0]), k, pos) for f, k, pos in unit_batches(source, batch_size=2)]
+    split = [(float(f["x"][0, 0]), k, pos) for lo, hi, _ in parts
+             for f, k, pos in unit_batches(source, batch_size=2, items=(lo, hi))]
+    assert split == one  # the same batches at the same positions
+
+
+def test_units_cut_batches_of_multi_sample_items_and_static_batches():
+    from onnxsq.calibration.units import unit_batches
+
+    got = [(f["x"][:, 0].tolist(), n, pos) for f, n, pos in unit_batches(_source([3, 1, 2]), batch_size=2)]
+    # unit 0 = items 0, 1 (4 samples: two batches), unit 1 = item 2
+    assert got == [([0, 0], 2, 0), ([0, 1], 2, 0), ([2, 2], 2, 1)]
+    fixed = [(n, pos) for _, n, pos in unit_batches(_source([1] * 7, dims=(3, 2)), batch_size=1)]
+    assert fixed == [(3, 0), (3, 1)]  # the model's static batch of 3; the 7th sample does not fill one
+    capped = [n for _, n, _ in unit_batches(_source([1] * 7), batch_size=2, count=5)]
+    assert capped == [2, 2, 1]
