@@ -1,6 +1,7 @@
 """onnxsq simulate against onnxruntime on the real-model zoo: bit equality and speed.
 
     .venv-ort/bin/python bench/bench_simulate.py [--models NAME ...] [--samples 4] [--workdir DIR] [--json OUT]
+        [--integer-only] [--profile]
 
 For every zoo model that ``onnxsq quantize`` handles: quantize it (``--calib`` the zoo's photos,
 ``--calib-count 4``, its preprocessing; seeded feeds for a model that takes no image; cached in
@@ -8,7 +9,10 @@ For every zoo model that ``onnxsq quantize`` handles: quantize it (``--calib`` t
 same QDQ model (precise u8u8 kernels; ``default`` = its default kernels, which saturate u8s8 pairs on
 x86 without VNNI). Printed per model: output elements bit-equal (the worst output), the largest
 difference in steps, the float islands (count and ops), and simulate's time against onnxruntime's
-optimized QDQ run (default kernels, its default threads, same batches, same process).
+optimized QDQ run (default kernels, its default threads, same batches, same process), both timed over
+the batches after the first (the first builds simulate's caches, tables and island sessions).
+``--integer-only``: each model also quantized with ``--integer-only``; a second table gives both
+variants' output SQNR against the float model and the float islands left.
 
 ``--blas-threads 1`` (default; needs threadpoolctl, which scikit-learn brings): numpy's OpenBLAS runs
 one thread. On an oversubscribed machine (this one: load 15-25 on 2 cores while others work) its
@@ -40,8 +44,8 @@ from onnxsq.simulate.program import load_program  # noqa: E402
 from zoo.cli_args import preprocess_args, samples, takes_images  # noqa: E402
 
 
-def quantized(m, workdir: Path) -> Path:
-    out = workdir / f"{m.name}.q.onnx"
+def quantized(m, workdir: Path, integer_only: bool = False) -> Path:
+    out = workdir / f"{m.name}{'.io' if integer_only else ''}.q.onnx"
     if out.exists():
         return out
     if takes_images(m):
@@ -52,7 +56,8 @@ def quantized(m, workdir: Path) -> Path:
         for i, feed in enumerate(samples(m, [], 4)):
             np.savez(data / f"s{i}.npz", **feed)
         calib = ["--calib", str(data)]
-    code = cli(["quantize", str(m.path), *calib, "--report-samples", "0", "-o", str(out), "-q"])
+    code = cli(["quantize", str(m.path), *calib, "--report-samples", "0", "-o", str(out), "-q",
+                *(["--integer-only"] if integer_only else [])])
     if code != 0:
         raise RuntimeError(f"quantize exit {code}")
     return out
@@ -71,22 +76,25 @@ def profile_ops(program, feeds: list[dict]) -> dict[str, float]:
     return dict(sorted(sim.profile.items(), key=lambda kv: -kv[1]))
 
 
-def bench_one(m, workdir: Path, count: int, profile: bool = False) -> dict:
+def bench_one(m, workdir: Path, count: int, profile: bool = False, integer_only: bool = False) -> dict:
     t0 = time.perf_counter()
-    path = quantized(m, workdir)
+    path = quantized(m, workdir, integer_only)
     t_quant = time.perf_counter() - t0
     model = onnx.load(str(path))
     program = load_program(model)
     feeds = list(samples(m, zoo.images(), count, seed=1))
-    _, report = simulate(program, feeds, model=model, config=SimulateConfig())
+    _, report = simulate(program, feeds, model=model, config=SimulateConfig(float_model=str(m.path)))
     s = report.summary
+    sqnr = [v for k, v in s.items() if k.startswith("float_sqnr_db:")]
     eq = [v for k, v in s.items() if k.startswith("ort_equal_fraction:")]
     worst = [v for k, v in s.items() if k.startswith("ort_worst_step:")]
     eq_d = [v for k, v in s.items() if k.startswith("ort_default_equal_fraction:")]
     eq_u = [v for k, v in s.items() if k.startswith("ort_unoptimized_equal_fraction:")]
     ops = Counter(c.op for c in report.candidates if c.action in ("float island", "float tail"))
     layer_worst = max((c.details.get("max_step", 0) for c in report.candidates if c.action == "integer"), default=0)
-    return {"model": m.name, "layers": s["layers"], "equal": min(eq) if eq else None,
+    return {"model": m.name, "variant": "integer-only" if integer_only else "default",
+            "sqnr_db": round(min(sqnr), 2) if sqnr else None, "tables": s.get("table_layers", 0),
+            "layers": s["layers"], "equal": min(eq) if eq else None,
             "worst_step": max(worst) if worst else None, "default_equal": min(eq_d) if eq_d else None,
             "unoptimized_equal": min(eq_u) if eq_u else None, "reference": s.get("reference", ""),
             "int_layer_worst_step": layer_worst, "islands": s["float_islands"],
@@ -104,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "simulate")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
     ap.add_argument("--profile", action="store_true", help="also time every op (a second, warm run)")
+    ap.add_argument("--integer-only", action="store_true",
+                    help="also quantize with --integer-only: both rows, and the fidelity cost in dB")
     ap.add_argument("--blas-threads", type=int, default=1, help="numpy's BLAS threads (0: as it is)")
     args = ap.parse_args(argv)
     with _blas_threads(args.blas_threads):
@@ -127,28 +137,56 @@ def _run(args) -> int:
     for m in zoo.models():
         if args.models and m.name not in args.models:
             continue
-        try:
-            row = bench_one(m, args.workdir, args.samples, args.profile)
-        except Exception as exc:  # noqa: BLE001 - one model's failure is a row, not the end
-            row = {"model": m.name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    print()
-    print("| model | layers | bit-equal outputs | worst step | default-kernel equal | unoptimized equal "
-          "| float islands | simulate s | ort s | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['model']} | – | {r['error']} | | | | | | | |")
-            continue
-        ops = ", ".join(f"{k}×{v}" for k, v in sorted(r["island_ops"].items()))
-        mark = " (vs default kernels: the precise ones fail)" if "default kernels" in r["reference"] else ""
-        print(f"| {r['model']} | {r['layers']} | {r['equal']:.5f}{mark} | {r['worst_step']:g} | "
-              f"{r['default_equal']:.4f} | {r['unoptimized_equal']:.5f} | "
-              f"{r['islands']}{' (' + ops + ')' if ops else ''} | {r['t_sim']:.3f} | {r['t_ort']:.4f} | {r['ratio']} |")
+        for integer_only in (False, True) if args.integer_only else (False,):
+            try:
+                row = bench_one(m, args.workdir, args.samples, args.profile, integer_only)
+            except Exception as exc:  # noqa: BLE001 - one model's failure is a row, not the end
+                row = {"model": m.name, "variant": "integer-only" if integer_only else "default",
+                       "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    _table(rows)
+    if args.integer_only:
+        _fidelity_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def _table(rows: list[dict]) -> None:
+    print()
+    print("| model | variant | layers | bit-equal outputs | worst step | default-kernel equal | unoptimized equal "
+          "| float islands | tables | simulate s | ort s | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | {r['variant']} | – | {r['error']} | | | | | | | | |")
+            continue
+        ops = ", ".join(f"{k}×{v}" for k, v in sorted(r["island_ops"].items()))
+        mark = " (vs default kernels: the precise ones fail)" if "default kernels" in r["reference"] else ""
+        print(f"| {r['model']} | {r['variant']} | {r['layers']} | {r['equal']:.5f}{mark} | {r['worst_step']:g} | "
+              f"{r['default_equal']:.4f} | {r['unoptimized_equal']:.5f} | "
+              f"{r['islands']}{' (' + ops + ')' if ops else ''} | {r['tables']} | {r['t_sim']:.3f} | "
+              f"{r['t_ort']:.4f} | {r['ratio']} |")
+
+
+def _fidelity_table(rows: list[dict]) -> None:
+    """Per model: output SQNR against the float model, default and integer-only, and what changed."""
+    print()
+    print("| model | SQNR default dB | SQNR integer-only dB | cost dB | islands default → integer-only "
+          "| integer-only: bit-equal, worst step, ratio |")
+    print("|---|---|---|---|---|---|")
+    by = {(r["model"], r["variant"]): r for r in rows}
+    for name in dict.fromkeys(r["model"] for r in rows):
+        d, i = by.get((name, "default"), {}), by.get((name, "integer-only"), {})
+        if "error" in d or "error" in i or not d or not i:
+            print(f"| {name} | {d.get('sqnr_db', d.get('error'))} | {i.get('sqnr_db', i.get('error'))} | | | |")
+            continue
+        cost = round(d["sqnr_db"] - i["sqnr_db"], 2) if d["sqnr_db"] is not None and i["sqnr_db"] is not None \
+            else None
+        ops = ", ".join(f"{k}×{v}" for k, v in sorted(i["island_ops"].items()))
+        print(f"| {name} | {d['sqnr_db']} | {i['sqnr_db']} | {cost} | {d['islands']} → {i['islands']}"
+              f"{' (' + ops + ')' if ops else ''} | {i['equal']:.5f}, {i['worst_step']:g}, {i['ratio']} |")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ class Simulator:
         self.stats = {lay.name: LayerStats() for lay in p.layers}
         self._weights: dict[str, Fixed] = {}
         self._tables: dict[str, Table] = {}
+        self._plain: dict[tuple, dict[str, Any]] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Result:
         """Simulate one batch; ``feeds``: the model's float inputs by name."""
@@ -192,10 +193,7 @@ class Simulator:
         for step in layer.steps:
             args = [self._value(i, env, ints) for i in step.inputs]
             if not any(isinstance(a, Fixed) for a in args):
-                outs = self.floats.run(f"{layer.name}/{step.name or step.outputs[0]}", [step],
-                                       {i: a for i, a in zip(step.inputs, args) if i and i not in self.program.consts},
-                                       self.program.consts, [o for o in step.outputs if o])
-                env.update(zip([o for o in step.outputs if o], outs))
+                env.update(self._plain_step(layer, step, args))
                 continue
             t0 = time.perf_counter()
             result = self._step(step, args)
@@ -204,8 +202,31 @@ class Simulator:
                 env[step.outputs[1]] = np.ones(result.v.shape, dtype=bool)  # inference: keep everything
             if step.op in MAC_OPS:
                 result = self._check_acc(result, st)
+            if step.op == "Split":
+                env.update((o, r) for o, r in zip(step.outputs, result) if o)
+                continue
             env[step.outputs[0]] = result
         return env[layer.source]
+
+    def _plain_step(self, layer: Layer, step: Step, args: list) -> dict[str, Any]:
+        """A step on plain values only (shapes, constants): run in onnxruntime, and remembered for the
+        same small inputs (shape arithmetic gives the same result every batch of the same shape)."""
+        feeds = {i: a for i, a in zip(step.inputs, args) if i and i not in self.program.consts}
+        key = None
+        if all(isinstance(a, np.ndarray) and a.size <= 64 for a in feeds.values()):
+            key = (layer.name, id(step), tuple((k, a.dtype.str, a.shape, a.tobytes()) for k, a in feeds.items()))
+            hit = self._plain.get(key)
+            if hit is not None:
+                return hit
+        outputs = [o for o in step.outputs if o]
+        outs = self.floats.run(f"{layer.name}/{step.name or step.outputs[0]}", [step], feeds, self.program.consts,
+                               outputs)
+        result = dict(zip(outputs, outs))
+        if key is not None:
+            for v in outs:
+                v.flags.writeable = False  # shared by later batches
+            self._plain[key] = result
+        return result
 
     def _check_acc(self, acc: Fixed, st: LayerStats) -> Fixed:
         if not acc.v.size:
@@ -238,6 +259,8 @@ class Simulator:
         if op == "Shape":
             shape = np.asarray(x.v.shape, dtype=np.int64)
             return shape[step.attrs.get("start", 0):step.attrs.get("end", len(shape))]
+        if op == "Split":
+            return [x.moved(part) for part in _split(step, x.v, args[1:])]
         if op == "Concat":
             if not all(isinstance(a, Fixed) and a.plain for a in args):
                 raise NotInteger("a concat of per-channel or float values")
@@ -274,6 +297,17 @@ def _shape_op(step: Step, v: np.ndarray, rest: list) -> np.ndarray:
     if op in ("Resize", "Upsample"):
         return _resize(step, v, rest)
     raise NotInteger(f"{op} on integers")
+
+
+def _split(step: Step, v: np.ndarray, rest: list) -> list[np.ndarray]:
+    """Split by the ``split`` input or attribute, else into equal parts (the last one smaller)."""
+    axis = step.attrs.get("axis", 0) % v.ndim
+    sizes = rest[0] if rest and rest[0] is not None else step.attrs.get("split")
+    if sizes is None:
+        parts = step.attrs.get("num_outputs", len(step.outputs))
+        size = -(-v.shape[axis] // parts)
+        sizes = [size] * (parts - 1) + [v.shape[axis] - size * (parts - 1)]
+    return np.split(v, np.cumsum(np.asarray(sizes, dtype=np.int64).ravel())[:-1], axis=axis)
 
 
 def _slice(v: np.ndarray, a: dict, rest: list) -> np.ndarray:

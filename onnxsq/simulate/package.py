@@ -68,7 +68,7 @@ def requant_shift(program: Program, layer: Layer) -> Any:
             value = np.max([s.max() for s in ins])
         else:
             value = ins[0]
-        known[step.outputs[0]] = np.asarray(value)
+        known.update((o, np.asarray(value)) for o in step.outputs if o)
     final = known.get(layer.source)
     return None if final is None else _shift_json(np.asarray(final) - layer.out.shift)
 

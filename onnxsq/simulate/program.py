@@ -35,7 +35,7 @@ QDQ = ("QuantizeLinear", "DequantizeLinear")
 INT_OPS = frozenset({
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sum", "Sub", "Mul", "Relu", "Clip", "MaxPool",
     "AveragePool", "GlobalAveragePool", "ReduceMean", "GlobalMaxPool", "Resize", "Upsample", "Reshape", "Flatten",
-    "Transpose", "Squeeze", "Unsqueeze", "Concat", "Identity", "Dropout", "Shape", "Slice", "Gather",
+    "Transpose", "Squeeze", "Unsqueeze", "Concat", "Identity", "Dropout", "Shape", "Slice", "Gather", "Split",
 })
 NP_INT = {np.dtype(np.int8): (8, True), np.dtype(np.uint8): (8, False), np.dtype(np.int16): (16, True),
           np.dtype(np.uint16): (16, False), np.dtype(np.int32): (32, True)}

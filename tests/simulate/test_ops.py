@@ -73,7 +73,16 @@ def _tanh_leaky(g: G, x: str) -> str:
     return g.q(g.node("LeakyRelu", [g.node("Tanh", [x])], alpha=0.1), 6)
 
 
-CASES = {"gemm": _gemm, "matmul_add": _matmul_add, "pools": _pools, "clip_resize": _clip_resize,
+def _split_concat(g: G, x: str) -> str:  # Split's parts keep the input's shift; swapped and joined again
+    from onnx import helper
+
+    a, b = g.name("part"), g.name("part")
+    g.nodes.append(helper.make_node("Split", [x, g.const(np.array([5, 7], np.int64))], [a, b], axis=1))
+    return g.q(g.node("Concat", [b, a], axis=1), 3)
+
+
+CASES = {"gemm": _gemm, "split_concat": _split_concat, "matmul_add": _matmul_add, "pools": _pools,
+         "clip_resize": _clip_resize,
          "mul_left_shift": _mul_left_shift, "softmax_island": _island, "sigmoid_table": _sigmoid,
          "silu_table": _silu, "hardswish_decomposed_table": _hardswish_decomposed,
          "prelu_table": _prelu_per_position, "tanh_leaky_table": _tanh_leaky}
