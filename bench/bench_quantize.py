@@ -1,28 +1,33 @@
 """onnxsq quantize vs onnxruntime.quantization.quantize_static, side by side, on the same samples.
 
-    .venv-ort/bin/python bench/bench_quantize.py [--samples 32] [--models resnet50 digits_cnn ...]
+    .venv-ort/bin/python bench/bench_quantize.py [--samples 32 128] [--rounds 3] [--models resnet50 ...]
 
-For each model: seeded random calibration inputs (the same for every tool) are written once; each
-tool then runs in a fresh subprocess (so peak memory is its own) and writes its int8 model:
+For each model and sample count: seeded random calibration inputs (the same for every tool) are
+written once; each tool then runs in a fresh subprocess (so peak memory is its own) and writes its
+int8 model:
 
-- ``ort``: ``quant_pre_process`` (its recommended pre-processing) then ``quantize_static`` — QDQ,
-  MinMax, per-tensor, uint8 activations / int8 weights (its recommendation for x86 CPUs).
-- ``onnxsq <method>``: ``onnxsq.quantize`` with that activation estimator and the default MSE weight
-  shifts and bias correction (BN folding, calibration, per-layer report on 4 samples included), calibration batch
-  ``--batch-size`` (default 1, as the CLI); ``minmax-r0`` skips the per-layer report (calibration alone).
+- ``ort``: ``quantize_static(model, out, reader)`` as users call it: its defaults (QDQ, MinMax, per
+  tensor, int8 activations and weights), no ``quant_pre_process``.
+- ``onnxsq <method>[-r<N>][-j<N>]``: ``onnxsq.quantize`` with that activation estimator (``auto`` is its
+  default) and otherwise its defaults (BN folding, equalization, per-channel MSE weight shifts, bias
+  correction, the per-layer report on 4 samples); ``-r0`` skips the report, ``-j2`` calibrates in 2
+  shard processes (``--jobs 2``). Calibration batch ``--batch-size`` (default 1, as the CLI).
 
 Measured: wall time of the whole call (load → quantized model on disk) and its CPU time (user +
-system, all threads: the work done, which a busy shared machine disturbs less than wall time), peak
-RSS above the RSS before the call (VmHWM − VmRSS), output SQNR and top-1 agreement against the float
-model on the calibration samples, and batch-1 inference latency (onnxruntime, graph optimizations on,
-2 threads) of the int8 model against the float one. ``--rounds N`` alternates the tools N times (fresh
-processes each) and prints medians, then each tool's per-round ratios against ``ort``.
+system of the tool's process and its children), peak RSS above the RSS before the call (VmHWM −
+VmRSS; with ``-j`` the children's peaks are added), onnxsq's calibration time per sample (its
+``calibrate`` phase) beside one optimized float forward (onnxruntime, all graph optimizations,
+batch 1, 2 threads), output SQNR and top-1 agreement against the float model on the calibration
+samples. ``--rounds N`` alternates the tools N times (fresh processes each) and prints medians, then
+each tool's per-round ratios against ``ort``. The int8-against-float latency of the models is
+``bench/bench_latency.py``'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,50 +42,50 @@ REPO = HERE.parent
 SAMPLES = {"digits_cnn": (1, 8, 8), "jacintonet_seg": (3, 64, 64), "small_cls_torch": (3, 32, 32)}
 
 CHILD = r"""
-import json, sys, time, numpy as np
+import json, logging, resource, sys, time, numpy as np
 from pathlib import Path
 def rss(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
 def cpu():
-    import resource
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
+    u, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime + c.ru_utime + c.ru_stime
 tool, model, data, out, batch = sys.argv[1:6]
 files = sorted(Path(data).glob("*.npy"))
 import onnx, onnxruntime
+laps = {}
 if tool == "ort":
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
     class Reader(CalibrationDataReader):
         def __init__(self): self.it = iter(files)
         def get_next(self):
             f = next(self.it, None)
             return None if f is None else {"input": np.load(f)}
     base = rss("VmRSS:"); t0 = time.perf_counter(); c0 = cpu()
-    pre = out + ".pre.onnx"
-    quant_pre_process(model, pre, skip_symbolic_shape=True)  # sympy is not installed; CNNs need no symbolic shapes
-    quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=False,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    quantize_static(model, out, Reader())
 else:
     from onnxsq.passes.quantize import QuantizeConfig, quantize
     from onnxsq.model_io import save_model
-    method, _, rs = tool.partition("-r")
-    cfg = QuantizeConfig(method=method, batch_size=int(batch), **({"report_samples": int(rs)} if rs else {}))
-    feeds = ({"input": np.load(f)} for f in files)
+    class Laps(logging.Handler):
+        def emit(self, record):
+            if record.msg.startswith("quantize phases"):
+                laps.update(record.args[0] if isinstance(record.args, tuple) else record.args)
+    lg = logging.getLogger("onnxsq.passes.quantize.ptq"); lg.setLevel(logging.DEBUG); lg.addHandler(Laps())
+    method, *opts = tool.split("-")
+    kw = {o[0]: int(o[1:]) for o in opts}
+    cfg = QuantizeConfig(method=method, batch_size=int(batch), **({"report_samples": kw["r"]} if "r" in kw else {}))
     base = rss("VmRSS:"); t0 = time.perf_counter(); c0 = cpu()
-    q, rep = quantize(model, feeds, config=cfg)
+    if "j" in kw:  # shard processes read the folder
+        q, rep = quantize(model, data, config=cfg, jobs=kw["j"])
+    else:
+        q, rep = quantize(model, ({"input": np.load(f)} for f in files), config=cfg)
     save_model(q, out)
-print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": (rss("VmHWM:") - base) / 2**20,
-                  "cpu": cpu() - c0}))
+peak = rss("VmHWM:") - base
+jobs = int(dict((o[0], o[1:]) for o in tool.split("-")[1:]).get("j", 0))  # shard processes run side by side:
+kids = jobs * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # counted as N x the largest
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": (peak + kids) / 2**20, "cpu": cpu() - c0,
+                  "calib_s": laps.get("calibrate", float("nan"))}))
 """
 
 
@@ -116,7 +121,7 @@ def bench_model(name: str, model: onnx.ModelProto, shape: tuple[int, ...], sampl
                 repeats: int, tmp: Path, batch: int = 1, rounds: int = 1) -> list[list]:
     path = tmp / f"{name}.onnx"
     onnx.save(model, str(path))
-    data = tmp / f"{name}_calib"
+    data = tmp / f"{name}_calib{samples}"
     data.mkdir()
     rng = np.random.default_rng(0)
     xs = []
@@ -126,7 +131,7 @@ def bench_model(name: str, model: onnx.ModelProto, shape: tuple[int, ...], sampl
         xs.append(x)
     ref = _outputs(str(path), xs)
     f_lat = _latency(str(path), xs[0], repeats)
-    rows = [[name, "float", "", "", "", "", "", f"{f_lat:.2f}"]]
+    rows = [[name, samples, "float forward", "", "", "", f"{f_lat:.2f}", "", ""]]
     runs: dict[str, list[list]] = {tool: [] for tool in tools}
     for _ in range(rounds):  # tools alternate, so machine load drifts hit all of them alike
         for tool in tools:
@@ -138,19 +143,19 @@ def bench_model(name: str, model: onnx.ModelProto, shape: tuple[int, ...], sampl
                 continue
             m = json.loads(proc.stdout.strip().splitlines()[-1])
             sqnr, top1 = _fidelity(ref, _outputs(str(out), xs))
-            lat = _latency(str(out), xs[0], repeats)
-            runs[tool].append([m["seconds"], m["peak_mb"], sqnr, top1, lat, m["cpu"]])
-            print(name, tool, " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in runs[tool][-1]),
-                  file=sys.stderr, flush=True)
-    _ratios(name, runs)
+            runs[tool].append([m["seconds"], m["peak_mb"], sqnr, top1, m["calib_s"] / samples * 1000, m["cpu"]])
+            print(name, samples, tool, " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v)
+                                                  for v in runs[tool][-1]), file=sys.stderr, flush=True)
+    _ratios(f"{name}, {samples} samples", runs)
     for tool, got in runs.items():
         ok = [r for r in got if len(r) == 6]
         if not ok:
-            rows.append([name, tool, got[-1][0]])
+            rows.append([name, samples, tool, got[-1][0]])
             continue
         med = [float(np.median([r[i] for r in ok])) for i in range(6)]
-        rows.append([name, tool, f"{med[0]:.2f}", f"{med[5]:.2f}", f"{med[1]:.0f}", f"{med[2]:.2f}", f"{med[3]:.3f}",
-                     f"{med[4]:.2f}"])
+        calib = "" if np.isnan(med[4]) else f"{med[4]:.1f} ({med[4] / f_lat:.2f}x)"
+        rows.append([name, samples, tool, f"{med[0]:.2f}", f"{med[5]:.2f}", f"{med[1]:.0f}", calib,
+                     f"{med[2]:.2f}", f"{med[3]:.3f}"])
     return rows
 
 
@@ -178,10 +183,10 @@ def _ratios(name: str, runs: dict[str, list[list]]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=32)
-    ap.add_argument("--models", nargs="*", default=["resnet50", *SAMPLES])
-    ap.add_argument("--tools", nargs="*", default=["ort", "minmax", "minmax-r0", "mse", "percentile", "ema"])
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--samples", type=int, nargs="*", default=[32, 128])
+    ap.add_argument("--models", nargs="*", default=["resnet50"], help=f"resnet50 and/or {', '.join(SAMPLES)}")
+    ap.add_argument("--tools", nargs="*", default=["ort", "auto", "minmax"])
+    ap.add_argument("--repeats", type=int, default=20, help="float forward runs timed")
     ap.add_argument("--batch-size", type=int, default=1, help="onnxsq calibration batch (its default: 1)")
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds per tool; the table shows medians")
     args = ap.parse_args()
@@ -199,19 +204,19 @@ def main() -> None:
                     print(f"skipping {name}: {p} missing", file=sys.stderr)
                     continue
                 model, shape = onnx.load(str(p)), SAMPLES[name]
-            rows += bench_model(name, model, shape, args.samples, args.tools, args.repeats, Path(tmp),
-                                args.batch_size, args.rounds)
-    head = ["model", "tool", "quantize s", "CPU s", "peak MB", "out SQNR dB", "top-1 agree", "latency ms"]
-    print(f"\n{args.samples} calibration samples (onnxsq batch {args.batch_size}, quantize_static one at a time), "
-          f"medians of {args.rounds} alternating round(s), "
-          f"CPU, onnxruntime "
-          f"{__import__('onnxruntime').__version__}\n")
+            for n in args.samples:
+                rows += bench_model(name, model, shape, n, args.tools, args.repeats, Path(tmp), args.batch_size,
+                                    args.rounds)
+    head = ["model", "samples", "tool", "quantize s", "CPU s", "peak MB", "calib ms/sample (x forward)",
+            "out SQNR dB", "top-1 agree"]
+    print(f"\nonnxsq batch {args.batch_size}, quantize_static one sample at a time; medians of {args.rounds} "
+          f"alternating round(s); CPU, {os.cpu_count()} cores, onnxruntime {__import__('onnxruntime').__version__}\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
         print("| " + " | ".join(map(str, r + [""] * (len(head) - len(r)))) + " |")
     if RATIOS:
-        print("\nPer-round ratios against quantize_static (targets: >= 2x faster, <= 0.5x peak memory):")
+        print("\nPer-round ratios against quantize_static (targets: >= 2.5x faster, <= 0.6x peak memory):")
         for line in RATIOS:
             print("- " + line)
 
