@@ -1,143 +1,308 @@
 """Training throughput and peak memory: ``onnxsq train`` (onnxruntime-training) vs a plain PyTorch loop.
 
-    .venv/bin/python bench/bench_train.py [--iters 60] [--batch 64] [--size 32]
+    .venv/bin/python bench/bench_train.py [--nets digits decoder cnn32] [--rounds 3] [--iters 60]
+    .venv/bin/python bench/bench_train.py --profile [--nets ...]   # where onnxsq's step time goes
 
-Same architecture (conv-BN-ReLU ×3 → global average pool → FC, He-initialised, identical weights),
-same batch, same random data, SGD with momentum 0.9 and weight decay 1e-4 on both sides. Each
-side runs in its own subprocess so its peak RSS (``ru_maxrss``) is its own; throughput counts the
-training loop only (onnxsq: the report's ``seconds``; PyTorch: the timed loop), after setup.
+Nets (same architecture, identical initial weights, same batches, same optimizer on both sides):
+
+* ``digits``: 4 conv-BN-ReLU on 1×8×8 (16, 32, pool, 32, 64) → GAP → FC, batch 32, SGD momentum 0.9,
+  weight decay 1e-4 (the digits classifier's shape);
+* ``decoder``: conv(3→16, /2) → conv(16→32, /2) → ConvTranspose(32→16, k4 ×2) → BN-ReLU →
+  ConvTranspose(16→4, k4 ×2) per-pixel logits on 3×32×32, batch 16, AdamW lr 1e-3 wd 1e-4;
+* ``cnn32``: conv-BN-ReLU ×3 (32, 64/2, 64/2) on 3×32×32 → GAP → FC, batch 64, SGD (the old bench).
+
+Each side runs in its own subprocess (its peak RSS, ``ru_maxrss``, is its own); rounds alternate the
+order (onnxsq first, then PyTorch first, ...) and the table shows medians. Throughput is the batch over the
+median step time after WARMUP steps (robust to a shared machine's stalls), and "loop" the whole training
+loop (onnxsq: the report's ``seconds``; PyTorch: the timed loop), after setup. Threads: each side's
+default (onnxruntime: one per physical core; torch.get_num_threads()) or ``--threads N`` for both.
 Needs the training environment (.venv: onnxruntime-training + torch).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
 
-CHANNELS = (32, 64, 64)
+NETS = {
+    "digits": {"size": 8, "in_ch": 1, "batch": 32, "optimizer": "sgd", "lr": 0.05, "task": "classification"},
+    "decoder": {"size": 32, "in_ch": 3, "batch": 16, "optimizer": "adamw", "lr": 1e-3, "task": "segmentation"},
+    "cnn32": {"size": 32, "in_ch": 3, "batch": 64, "optimizer": "sgd", "lr": 0.01, "task": "classification"},
+}
+CLASSES = {"digits": 10, "decoder": 4, "cnn32": 10}
+# (kind, cin, cout, stride) per layer; "pool" = 2×2 max pool; "up" = ConvTranspose k4 s2 p1
+LAYERS = {
+    "digits": [("conv", 1, 16, 1), ("conv", 16, 32, 1), ("pool",), ("conv", 32, 32, 1), ("conv", 32, 64, 1)],
+    "decoder": [("conv", 3, 16, 2), ("conv", 16, 32, 2), ("up", 32, 16, 2), ("upout", 16, 4, 2)],
+    "cnn32": [("conv", 3, 32, 1), ("conv", 32, 64, 2), ("conv", 64, 64, 2)],
+}
 
 
-def build_onnx(size: int, classes: int = 10, seed: int = 0):
+def _he(rng, shape, fan_in):
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+
+def build_onnx(net: str, seed: int = 0):
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(seed)
-    nodes, inits, x, cin = [], [], "input", 3
-    for i, c in enumerate(CHANNELS):
-        w = (rng.standard_normal((c, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"conv{i}.weight"))
-        bn = [numpy_helper.from_array(v.astype(np.float32), f"bn{i}.{k}") for k, v in
+    spec, rng = NETS[net], np.random.default_rng(seed)
+    nodes, inits, x = [], [], "input"
+
+    def bn(x: str, c: int, i: int) -> str:
+        ts = [numpy_helper.from_array(v.astype(np.float32), f"bn{i}.{k}") for k, v in
               (("scale", np.ones(c)), ("bias", np.zeros(c)), ("mean", np.zeros(c)), ("var", np.ones(c)))]
-        inits += bn
-        stride = 2 if i else 1
-        nodes += [helper.make_node("Conv", [x, f"conv{i}.weight"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1],
-                                   strides=[stride, stride]),
-                  helper.make_node("BatchNormalization", [f"c{i}", *[t.name for t in bn]], [f"b{i}"], name=f"bn{i}"),
-                  helper.make_node("Relu", [f"b{i}"], [f"r{i}"], name=f"relu{i}")]
-        x, cin = f"r{i}", c
-    inits += [numpy_helper.from_array((rng.standard_normal((classes, cin)) / np.sqrt(cin)).astype(np.float32),
-                                      "fc.weight"), numpy_helper.from_array(np.zeros(classes, np.float32), "fc.bias")]
-    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
-              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
-              helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1)]
-    graph = helper.make_graph(nodes, "bench_cnn",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+        inits.extend(ts)
+        nodes.append(helper.make_node("BatchNormalization", [x, *[t.name for t in ts]], [f"b{i}"], name=f"bn{i}"))
+        nodes.append(helper.make_node("Relu", [f"b{i}"], [f"r{i}"], name=f"relu{i}"))
+        return f"r{i}"
+
+    cin = spec["in_ch"]
+    for i, layer in enumerate(LAYERS[net]):
+        if layer[0] == "pool":
+            nodes.append(helper.make_node("MaxPool", [x], [f"p{i}"], name=f"pool{i}", kernel_shape=[2, 2],
+                                          strides=[2, 2]))
+            x = f"p{i}"
+            continue
+        kind, cin, cout, s = layer
+        if kind == "conv":
+            inits.append(numpy_helper.from_array(_he(rng, (cout, cin, 3, 3), cin * 9), f"conv{i}.weight"))
+            nodes.append(helper.make_node("Conv", [x, f"conv{i}.weight"], [f"c{i}"], name=f"conv{i}",
+                                          pads=[1, 1, 1, 1], strides=[s, s]))
+            x = bn(f"c{i}", cout, i)
+        else:  # ConvTranspose k4 s2 p1 (weight Cin × Cout × 4 × 4)
+            inits.append(numpy_helper.from_array(_he(rng, (cin, cout, 4, 4), cin * 4), f"up{i}.weight"))
+            ins = [x, f"up{i}.weight"]
+            if kind == "upout":
+                inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), f"up{i}.bias"))
+                ins.append(f"up{i}.bias")
+            out = "logits" if kind == "upout" else f"c{i}"
+            nodes.append(helper.make_node("ConvTranspose", ins, [out], name=f"up{i}", kernel_shape=[4, 4],
+                                          strides=[2, 2], pads=[1, 1, 1, 1]))
+            x = out if kind == "upout" else bn(out, cout, i)
+        cin = cout
+    size, classes = spec["size"], CLASSES[net]
+    if spec["task"] == "classification":
+        fc = (rng.standard_normal((classes, cin)) / np.sqrt(cin)).astype(np.float32)
+        inits += [numpy_helper.from_array(fc, "fc.weight"), numpy_helper.from_array(np.zeros(classes, np.float32),
+                                                                                   "fc.bias")]
+        nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
+                  helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+                  helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1)]
+        out_shape = ["N", classes]
+    else:
+        out_shape = ["N", classes, size, size]
+    graph = helper.make_graph(nodes, f"bench_{net}",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                             ["N", spec["in_ch"], size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     return model
 
 
-def data(n: int, size: int):
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 10, n).astype(np.int64)
-    x = (rng.standard_normal((n, 3, size, size)) + y[:, None, None, None] * 0.1).astype(np.float32)
+def data(net: str, n: int):
+    spec, rng = NETS[net], np.random.default_rng(1)
+    size, classes = spec["size"], CLASSES[net]
+    if spec["task"] == "classification":
+        y = rng.integers(0, classes, n).astype(np.int64)
+        x = rng.standard_normal((n, spec["in_ch"], size, size)) + y[:, None, None, None] * 0.1
+        return x.astype(np.float32), y
+    y = np.zeros((n, size, size), np.int64)  # a square of class 1..3 on background 0
+    x = rng.standard_normal((n, spec["in_ch"], size, size)).astype(np.float32) * 0.3
+    for i in range(n):
+        c, (r0, c0) = int(rng.integers(1, classes)), rng.integers(0, size // 2, 2)
+        y[i, r0:r0 + size // 2, c0:c0 + size // 2] = c
+        x[i, :, r0:r0 + size // 2, c0:c0 + size // 2] += c * 0.5
     return x, y
+
+
+WARMUP = 5  # iterations left out of the per-step median (first-run allocations, oneDNN primitives)
+
+
+def _rates(wall: list[float], cpu: list[float], batch: int, loop_s: float) -> dict:
+    """Images per second from the median step (wall clock and process CPU time) and from the whole loop."""
+    return {"images_per_s": batch / float(np.median(wall[WARMUP:])),
+            "images_per_cpu_s": batch / float(np.median(cpu[WARMUP:])),
+            "loop_images_per_s": len(wall) * batch / loop_s}
+
+
+class _Clock:
+    """Per-step wall and process-CPU times (the CPU time is what a loaded machine does not inflate)."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu, self.last = [], [], None
+
+    def tick(self, *_a) -> None:
+        now = (time.perf_counter(), time.process_time())
+        if self.last is not None:
+            self.wall.append(now[0] - self.last[0])
+            self.cpu.append(now[1] - self.last[1])
+        self.last = now
 
 
 def run_onnxsq(args) -> dict:
     import onnxsq
     from onnxsq.data.classification import ArrayDataset
 
-    x, y = data(args.batch * 8, args.size)
+    spec = NETS[args.net]
+    x, y = data(args.net, spec["batch"] * 8)
+    clock = _Clock()
     t0 = time.perf_counter()
-    _, report = onnxsq.train(build_onnx(args.size), ArrayDataset(x, y), iters=args.iters, batch_size=args.batch,
-                             lr=0.01, momentum=0.9, weight_decay=1e-4, display=0, device=args.device)
+    _, report = onnxsq.train(build_onnx(args.net), ArrayDataset(x, y), iters=args.iters, batch_size=spec["batch"],
+                             lr=spec["lr"], optimizer=spec["optimizer"], momentum=0.9, weight_decay=1e-4, display=0,
+                             device=args.device, threads=args.threads, on_step=clock.tick)
     s = report.summary
-    return {
-        "images_per_s": s["iterations"] * s["batch_size"] / s["seconds"],
-        "setup_s": time.perf_counter() - t0 - s["seconds"],
-        "device": s["device"],
-    }
+    return {**_rates(clock.wall, clock.cpu, spec["batch"], s["seconds"]), "device": s["device"],
+            "setup_s": time.perf_counter() - t0 - s["seconds"], "loss": s["final_loss"]}
 
 
-def run_torch(args) -> dict:
+def torch_net(net: str):
     import torch
     from onnx import numpy_helper
     from torch import nn
 
-    model = build_onnx(args.size)
-    w = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer}
-    layers, cin = [], 3
-    for i, c in enumerate(CHANNELS):
-        conv = nn.Conv2d(cin, c, 3, stride=2 if i else 1, padding=1, bias=False)
-        conv.weight.data.copy_(w[f"conv{i}.weight"])
-        layers += [conv, nn.BatchNorm2d(c), nn.ReLU()]
-        cin = c
-    fc = nn.Linear(cin, 10)
-    fc.weight.data.copy_(w["fc.weight"])
-    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    x, y = data(args.batch * 8, args.size)
+    w = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in build_onnx(net).graph.initializer}
+    layers = []
+    for i, layer in enumerate(LAYERS[net]):
+        if layer[0] == "pool":
+            layers.append(nn.MaxPool2d(2))
+            continue
+        kind, cin, cout, s = layer
+        if kind == "conv":
+            m = nn.Conv2d(cin, cout, 3, stride=s, padding=1, bias=False)
+            m.weight.data.copy_(w[f"conv{i}.weight"])
+        else:
+            m = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=kind == "upout")
+            m.weight.data.copy_(w[f"up{i}.weight"])
+            if kind == "upout":
+                m.bias.data.zero_()
+        layers.append(m)
+        if kind != "upout":
+            layers += [nn.BatchNorm2d(cout), nn.ReLU()]
+    if NETS[net]["task"] == "classification":
+        fc = nn.Linear(LAYERS[net][-1][2], CLASSES[net])
+        fc.weight.data.copy_(w["fc.weight"])
+        fc.bias.data.zero_()
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc]
+    return nn.Sequential(*layers)
+
+
+def run_torch(args) -> dict:
+    import torch
+    from torch import nn
+
+    spec = NETS[args.net]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = torch_net(args.net)
+    opt_cls = torch.optim.SGD if spec["optimizer"] == "sgd" else torch.optim.AdamW
+    kw = {"momentum": 0.9} if spec["optimizer"] == "sgd" else {}
+    opt = opt_cls(model.parameters(), lr=spec["lr"], weight_decay=1e-4, **kw)
+    x, y = data(args.net, spec["batch"] * 8)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(ignore_index=255)
     rng = np.random.default_rng(0)
+    batch, losses, clock = spec["batch"], [], _Clock()
+    clock.tick()
     t0 = time.perf_counter()
     for _ in range(args.iters):
-        idx = torch.from_numpy(rng.permutation(len(x))[:args.batch])
+        idx = torch.from_numpy(rng.permutation(len(x))[:batch])
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(xt[idx]), yt[idx])
+        loss = loss_fn(model(xt[idx]), yt[idx])
         loss.backward()
         opt.step()
+        losses.append(loss.item())
+        clock.tick()
     secs = time.perf_counter() - t0
-    return {"images_per_s": args.iters * args.batch / secs, "setup_s": 0.0, "device": "cpu",
-            "threads": torch.get_num_threads()}
+    return {**_rates(clock.wall, clock.cpu, batch, secs), "setup_s": 0.0, "device": "cpu",
+            "threads": torch.get_num_threads(), "loss": float(np.mean(losses[-20:]))}
+
+
+def profile(args) -> dict:
+    """Seconds per phase of onnxsq's training step (see bench/train_profile.py)."""
+    from train_profile import profile_phases
+
+    spec = NETS[args.net]
+    x, y = data(args.net, spec["batch"] * 8)
+    return profile_phases(build_onnx(args.net), x, y, iters=args.iters, batch=spec["batch"], lr=spec["lr"],
+                          optimizer=spec["optimizer"], ort_ops=args.ort_ops, threads=args.threads)
+
+
+def _side(args, net: str, side: str) -> dict:
+    cmd = [sys.executable, __file__, "--side", side, "--net", net, "--iters", str(args.iters), "--device", args.device,
+           "--threads", str(args.threads), *(["--ort-ops"] if args.ort_ops else [])]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{side} on {net} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _ratios(runs: dict[str, list[dict]], key: str) -> list[float]:
+    """onnxsq over PyTorch per round (rounds pair up: the same round ran both sides back to back)."""
+    return [a[key] / b[key] for a, b in zip(runs["onnxsq"], runs["torch"], strict=True)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", nargs="+", default=["digits", "decoder"], choices=list(NETS))
     ap.add_argument("--iters", type=int, default=60)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--side", choices=["onnxsq", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads of both sides (0: their defaults)")
+    ap.add_argument("--profile", action="store_true", help="print where onnxsq's step time goes instead")
+    ap.add_argument("--ort-ops", action="store_true", help="with --profile: onnxruntime's time per op type")
+    ap.add_argument("--side", choices=["onnxsq", "torch", "profile"], help=argparse.SUPPRESS)
+    ap.add_argument("--net", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
-        result = run_onnxsq(args) if args.side == "onnxsq" else run_torch(args)
+        result = {"onnxsq": run_onnxsq, "torch": run_torch, "profile": profile}[args.side](args)
         result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
-    results = {}
-    for side in ("onnxsq", "torch"):
-        cmd = [sys.executable, __file__, "--side", side, "--iters", str(args.iters), "--batch", str(args.batch),
-               "--size", str(args.size), "--device", args.device]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results[side] = json.loads(out.stdout.strip().splitlines()[-1])
-    a, b = results["onnxsq"], results["torch"]
-    print(f"training: CNN conv{CHANNELS} on 3x{args.size}x{args.size}, batch {args.batch}, {args.iters} iterations, "
-          f"SGD momentum 0.9, wd 1e-4 (one run each)")
-    print(f"| {'':22} | {'onnxsq train (' + a['device'] + ')':>22} | {'PyTorch CPU loop':>18} | {'ratio':>7} |")
-    print(f"|{'-' * 24}|{'-' * 24}:|{'-' * 20}:|{'-' * 9}:|")
-    print(f"| {'throughput (images/s)':22} | {a['images_per_s']:22.0f} | {b['images_per_s']:18.0f} | "
-          f"{a['images_per_s'] / b['images_per_s']:7.2f} |")
-    print(f"| {'peak RSS (MiB)':22} | {a['peak_rss_mib']:22.0f} | {b['peak_rss_mib']:18.0f} | "
-          f"{a['peak_rss_mib'] / b['peak_rss_mib']:7.2f} |")
-    print(f"| {'setup (s)':22} | {a['setup_s']:22.2f} | {b['setup_s']:18.2f} | {'':7} |")
+    if args.profile:
+        for net in args.nets:
+            p = _side(args, net, "profile")
+            total, ops = p.pop("total"), p.pop("ort_ops", {})
+            print(f"\n{net}: ms per iteration by phase ({args.iters} iterations, mean)")
+            print("| phase | ms | share |\n|---|---:|---:|")
+            for k, v in p.items():
+                if k != "peak_rss_mib":
+                    print(f"| {k} | {v * 1e3:.2f} | {v / total:.0%} |")
+            print(f"| total | {total * 1e3:.2f} | |")
+            if ops:
+                print(f"\n{net}: onnxruntime kernel time per op type, ms per iteration (profiling on)")
+                print("| op | ms |\n|---|---:|")
+                for k, v in list(ops.items())[:15]:
+                    print(f"| {k} | {v * 1e3:.2f} |")
+        return
+    print(f"training throughput, {args.iters} iterations per run, {args.rounds} alternating rounds, medians; "
+          f"threads: {args.threads or 'defaults'}; img/s from the median step after {WARMUP} warm-up steps "
+          "(wall clock, and per second of process CPU time), 'loop' from the whole loop's wall clock")
+    print("| net | onnxsq img/s | PyTorch img/s | ratio (min-max) | CPU-time ratio | loop ratio | onnxsq / PyTorch "
+          "RSS MiB | final loss onnxsq / PyTorch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for net in args.nets:
+        runs: dict[str, list[dict]] = {"onnxsq": [], "torch": []}
+        for r in range(args.rounds):
+            for side in (("onnxsq", "torch") if r % 2 == 0 else ("torch", "onnxsq")):
+                runs[side].append(_side(args, net, side))
+
+        ratio = functools.partial(_ratios, runs)
+        med = {s: {k: statistics.median(d[k] for d in v) for k in ("images_per_s", "peak_rss_mib", "loss")}
+               for s, v in runs.items()}
+        a, b, wall = med["onnxsq"], med["torch"], ratio("images_per_s")
+        print(f"| {net} | {a['images_per_s']:.0f} | {b['images_per_s']:.0f} | {statistics.median(wall):.2f} "
+              f"({min(wall):.2f}-{max(wall):.2f}) | {statistics.median(ratio('images_per_cpu_s')):.2f} | "
+              f"{statistics.median(ratio('loop_images_per_s')):.2f} | {a['peak_rss_mib']:.0f} / "
+              f"{b['peak_rss_mib']:.0f} | {a['loss']:.3f} / {b['loss']:.3f} |")
 
 
 if __name__ == "__main__":

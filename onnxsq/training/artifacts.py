@@ -30,7 +30,7 @@ from ..errors import UnsupportedModelError, first_line
 from ..graph import UniqueNames, attr, data_inputs
 from ..model_io import MAX_IR, opsets
 from ..sparsity import CONV_OPS
-from .rewrites import REWRITES, static_shapes
+from .rewrites import REWRITES, SPEED_REWRITES, static_shapes
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,11 @@ def build_training_graph(model: onnx.ModelProto) -> TrainingGraph:
     rewrites: list[tuple[str, str, str]] = []
     new_nodes: list[onnx.NodeProto] = []
     for node in tm.graph.node:
+        fast = SPEED_REWRITES.get(node.op_type)
+        faster = fast(tm, node, shapes, namer) if fast is not None else None
+        if faster is not None:
+            new_nodes.extend(faster)
+            continue
         fn = REWRITES.get(node.op_type)
         if fn is None:
             new_nodes.append(node)

@@ -52,6 +52,7 @@ class TrainConfig:
     l1: float = 0.0  # L1 strength: loss += l1 * sum|w| over conv/fc weights
     seed: int = 0
     device: str = "auto"
+    threads: int = 0  # onnxruntime's intra-op threads; 0: its default (one per physical core)
     task: str | None = None  # classification | segmentation; None → from the label shape
     ignore_label: int = 255
     display: int = 50  # a log line every `display` iterations
@@ -104,6 +105,8 @@ class TrainConfig:
             raise InvalidOptionError("--batch-size must be positive")
         if self.lr < 0 or self.weight_decay < 0 or self.l1 < 0:
             raise InvalidOptionError("--lr, --weight-decay and --l1 must not be negative")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise InvalidOptionError(f"--threads must be a whole number >= 0 (0: one per core), not {self.threads!r}")
         if self.device not in ("auto", "cuda", "cpu"):
             raise InvalidOptionError(f"--device must be auto, cuda or cpu, not {self.device!r}")
         if self.task not in (None, "classification", "segmentation"):

@@ -2,13 +2,10 @@
 
 Why the update is ours: onnxruntime-training 1.19's SGD has no momentum, weight decay or per-layer
 learning rate, and its optimizer state cannot be masked. So each iteration runs the training model
-(forward + backward) in onnxruntime, reads the gradients, and applies in numpy
-
-* SGD with momentum, Caffe's form: ``v = μ v + lr·mult·(g + wd·w)``, ``w -= v``;
-* or AdamW (decoupled weight decay, bias-corrected moments);
-
-weight decay on conv/fc weights only; masks applied to gradient, buffers and weights (exact zeros);
-then writes the weights back. BatchNormalization's running statistics are updated by onnxruntime
+(forward + backward) in onnxruntime and applies, in numpy on onnxruntime's own buffers
+(:mod:`onnxsq.training.optim`: no per-step copies), SGD with momentum (Caffe's form) or AdamW;
+weight decay on conv/fc weights only; masks applied to gradient, buffers and weights (exact zeros).
+BatchNormalization's running statistics are updated by onnxruntime
 itself (training_mode=1, the model's momentum). Learning-rate schedules use Caffe's names:
 ``fixed``, ``step`` (γ every ``stepsize``), ``multistep`` (γ at each ``stepvalue``), ``poly``
 (``(1 - it/max_iter)^power``) and ``cosine``.
@@ -48,10 +45,10 @@ from ..runtime import import_training, providers_for
 from .artifacts import TrainingGraph, build_training_graph, generate
 from .config import TrainConfig
 from .export import export_trained
+from .optim import Optimizer
 from .sparsity import SparsityControl
 
 log = logging.getLogger(__name__)
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 LOSS_WINDOW = 20  # the reported loss is the mean of the last LOSS_WINDOW batches (Caffe's average_loss)
 # options a resumed run may change without a warning (they change no number the run computes)
 _RESUME_FREE = {"display", "display_sparsity", "checkpoint_every", "checkpoint_path", "device"}
@@ -144,14 +141,27 @@ class Trainer:
         providers = providers_for(self.cfg.device)
         self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
         self.workdir = workdir
-        self.state, self.module = self._module(self._artifact_graph(), workdir, self._extra_outputs())
-        self.params = {n: self.state.parameters[n] for n in self.graph.trainable}
-        self.w = {n: np.array(p.data, copy=True) for n, p in self.params.items()}
-        kinds = ("v",) if self.cfg.optimizer == "sgd" else ("m", "v")
-        self.slots = {k: {n: np.zeros_like(w) for n, w in self.w.items()} for k in kinds}
+        state, self.module = self._module(self._artifact_graph(), workdir, self._extra_outputs())
+        self._bind(state)
+        self.opt = Optimizer(self.cfg.optimizer, self.w, momentum=self.cfg.momentum)
+        self.slots = self.opt.slots
         self.sparsity = SparsityControl(self.cfg, self.w, self.graph.conv_weights, list(self.graph.weights),
                                         ops=self.graph.weights)
         self.iteration = 0
+
+    def _bind(self, state) -> None:
+        """Make ``state`` current; ``self.w`` become views of its parameter buffers (see optim).
+
+        On a switch (QAT's second graph) the current values are copied into the new state first; no
+        view of the old state's buffers outlives this call.
+        """
+        old = getattr(self, "w", None)
+        self.state = state
+        self.params = {n: state.parameters[n] for n in self.graph.trainable}
+        if old is not None:
+            for n, p in self.params.items():
+                p.data = old[n]  # copies
+        self.w = {n: p.data for n, p in self.params.items()}
 
     def _module(self, graph: TrainingGraph, workdir: Path, extra_outputs: list[str]):
         """(CheckpointState, Module) of ``graph``'s training artifacts, generated into ``workdir``."""
@@ -163,13 +173,19 @@ class Trainer:
                                          ignore_label=self.cfg.ignore_label,
                                          label_rank=1 if self.task == "classification" else 3,
                                          extra_outputs=extra_outputs)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.use_deterministic_compute = True
+        opts = self._session_options(ort)
         state = CheckpointState.load_checkpoint(str(ckpt_path))
         module = Module(str(train_path), state, None, self.device, opts)
         module.train()
         return state, module
+
+    def _session_options(self, ort):
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.use_deterministic_compute = True
+        if self.cfg.threads:
+            opts.intra_op_num_threads = self.cfg.threads
+        return opts
 
     # Hooks for subclasses (quantization-aware training): the graph to train, extra tensors the
     # training model returns after the loss, what to do with them, and extra checkpoint state.
@@ -191,37 +207,17 @@ class Trainer:
 
     # -- one iteration ----------------------------------------------------------------------------
     def _update(self, lr: float) -> None:
-        cfg = self.cfg
-        t = self.iteration + 1
+        t, weights, masks = self.iteration + 1, self.graph.weights, self.sparsity.apply_masks
         for n, p in self.params.items():
-            g = p.grad
+            g = p.grad  # a view of onnxruntime's gradient buffer
             if g is None:
                 continue
-            w = self.w[n]
-            decay = cfg.weight_decay if n in self.graph.weights else 0.0
-            step_lr = lr * self.sparsity.lr_mult.get(n, 1.0)
-            self.sparsity.apply_masks(n, g)
-            if cfg.optimizer == "sgd":
-                v = self.slots["v"][n]
-                v *= cfg.momentum
-                v += step_lr * (g + decay * w if decay else g)
-                w -= v
-                self.sparsity.apply_masks(n, v, w)
-            else:
-                m, v = self.slots["m"][n], self.slots["v"][n]
-                b1, b2 = ADAM_BETAS
-                m *= b1
-                m += (1 - b1) * g
-                v *= b2
-                v += (1 - b2) * g * g
-                mhat = m / (1 - b1 ** t)
-                vhat = v / (1 - b2 ** t)
-                w -= step_lr * (mhat / (np.sqrt(vhat) + ADAM_EPS) + decay * w)
-                self.sparsity.apply_masks(n, m, v, w)
+            self.opt.step(n, self.w[n], g, lr=lr * self.sparsity.lr_mult.get(n, 1.0),
+                          decay=self.cfg.weight_decay if n in weights else 0.0, t=t,
+                          mask=lambda *arrays, n=n: masks(n, *arrays))
 
     def _write_weights(self) -> None:
-        for n, p in self.params.items():
-            p.data = self.w[n]
+        """Nothing to copy: ``self.w`` are onnxruntime's buffers (a hook: QAT writes its scales here)."""
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
         lr = lr_at(self.cfg, self.iteration, self.max_iter)

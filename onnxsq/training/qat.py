@@ -103,8 +103,8 @@ class QATTrainer(Trainer):
         state, module = self._module(graph, Path(self.workdir) / "qat", list(observed.values()))
         for n in self.graph.frozen:  # BN left unfolded: its running statistics
             state.parameters[n].data = np.array(old.parameters[n].data, copy=True)
-        self.state, self.module = state, module
-        self.params = {n: state.parameters[n] for n in self.graph.trainable}
+        self._bind(state)  # the trained values move into the new state's buffers
+        self.module = module
         self.observed = observed
         self.quantizing, self.scales_written = True, False
         if self.quantized_from is None:

@@ -39,13 +39,13 @@ log = logging.getLogger(__name__)
 
 
 def _threshold_array():
-    from ..passes.threshold.search import threshold_array  # the pass's own search: one rule for both
+    from ..passes.threshold import threshold_array
 
     return threshold_array
 
 
 def _layer_class(ni: int, no: int) -> str | None:
-    from ..passes.threshold.magnitude import layer_class
+    from ..passes.threshold import layer_class
 
     return layer_class(ni, no)
 

@@ -45,11 +45,14 @@ def _decoder(kind: str, opset: int = 13, **attrs) -> onnx.ModelProto:
     return m
 
 
-CASES = [
+CASES = [  # ConvTranspose: the sub-pixel form (static height and width)
     ("deconv", {"group": 2, "k": 3, "s": 2, "pads": [1, 1, 1, 1], "op": [1, 1]}),
     ("deconv", {"group": 1, "k": 4, "s": 2, "pads": [1, 1, 1, 1], "op": [0, 0]}),
     ("deconv", {"group": 2, "k": 2, "s": 2, "pads": [0, 0, 0, 0], "op": [0, 0]}),
     ("deconv", {"group": 1, "k": 3, "s": 1, "pads": [1, 0, 1, 2], "op": [0, 0]}),
+    ("deconv", {"group": 1, "k": 1, "s": 2, "pads": [0, 0, 0, 0], "op": [0, 0]}),  # taps on no input: zeros
+    ("deconv", {"group": 2, "k": 4, "s": 2, "pads": [0, 0, 0, 0], "op": [1, 0]}),  # output padding past the kernel
+    ("deconv", {"group": 1, "k": 5, "s": 3, "pads": [2, 1, 0, 2], "op": [2, 1]}),
     ("resize", {"mode": "linear", "scales": [2.0, 2.0]}),
     ("resize", {"mode": "linear", "coordinate_transformation_mode": "align_corners", "scales": [3.0, 2.0]}),
     ("resize", {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor",
@@ -65,6 +68,9 @@ def test_rewrites_compute_the_same_function(kind, attrs):
     assert [op for _, op, how in graph.rewrites if not how.startswith("kept")] == [
         "ConvTranspose" if kind == "deconv" else "Resize"]
     assert all(n.op_type not in ("ConvTranspose", "Resize") for n in graph.model.graph.node)
+    if kind == "deconv":
+        assert "sub-pixel" in graph.rewrites[0][2]
+        assert not any(n.op_type in ("Mul", "Expand") for n in graph.model.graph.node)  # no zero insertion
     x = np.random.default_rng(0).standard_normal((2, 3, 5, 6)).astype(np.float32)
     ref = make_session(model).run(None, {"x": x})[0]
     got = make_session(graph.model).run(None, {"x": x})[0]
@@ -75,8 +81,35 @@ def test_rewrites_compute_the_same_function(kind, attrs):
     assert "conv.weight" in graph.trainable
 
 
-def test_unrewritable_deconv_is_kept_with_a_reason():
-    model = _decoder("deconv", group=1, k=1, s=2, pads=[0, 0, 0, 0], op=[0, 0])  # would need a negative pad
+@pytest.mark.parametrize(("kernel", "strides", "pads", "op"), [
+    ((3, 2), (2, 1), [1, 0, 0, 1], [1, 0]), ((1, 4), (3, 2), [0, 1, 0, 1], [2, 1]),
+    ((4, 3), (1, 3), [2, 1, 1, 0], [0, 2])])
+def test_subpixel_deconv_with_unequal_axes(kernel, strides, pads, op):
+    model = _decoder("deconv", group=2, k=3, s=2, pads=pads, op=op)
+    up = next(n for n in model.graph.node if n.op_type == "ConvTranspose")
+    next(a for a in up.attribute if a.name == "strides").ints[:] = strides
+    w = np.random.default_rng(2).standard_normal((4, 3, *kernel)).astype(np.float32)
+    next(i for i in model.graph.initializer if i.name == "up.weight").CopyFrom(numpy_helper.from_array(w, "up.weight"))
+    graph = build_training_graph(model)
+    assert "sub-pixel" in graph.rewrites[0][2]
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 6)).astype(np.float32)
+    ref = make_session(model).run(None, {"x": x})[0]
+    got = make_session(graph.model).run(None, {"x": x})[0]
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_deconv_with_a_dynamic_height_falls_back_to_the_zero_inserted_form():
+    model = _decoder("deconv", group=1, k=4, s=2, pads=[1, 1, 1, 1], op=[0, 0])
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    graph = build_training_graph(model)
+    assert "zero-inserted" in graph.rewrites[0][2]
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 6)).astype(np.float32)
+    np.testing.assert_allclose(make_session(graph.model).run(None, {"x": x})[0],
+                               make_session(model).run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    # a geometry that form cannot take is kept, with the reason
+    model = _decoder("deconv", group=1, k=1, s=2, pads=[0, 0, 0, 0], op=[0, 0])
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
     graph = build_training_graph(model)
     assert graph.rewrites[0][2].startswith("kept") and "negative" in graph.rewrites[0][2]
 

@@ -86,6 +86,7 @@ def solver_options(f: Callable) -> Callable:
         click.option("--seed", type=int, help=f"Seed of shuffling and augmentation [default: {_D['seed']}]."),
         click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]),
                      help=f"Execution device [default: {_D['device']}]."),
+        click.option("--threads", type=int, help="onnxruntime's intra-op threads [default: one per core]."),
         click.option("--display", type=int, help=f"A log line every N iterations [default: {_D['display']}]."),
         click.option("--checkpoint-every", type=int, help="Write a checkpoint every N iterations."),
         click.option("--checkpoint", type=_PATH, help="Checkpoint file [default: OUTPUT.ckpt.npz]."),
@@ -106,7 +107,7 @@ def solver_options(f: Callable) -> Callable:
 
 _FLAG_TO_KEY = {"lr_schedule": "lr_policy", "step_size": "stepsize", "milestones": "stepvalue"}
 _CONFIG_FLAGS = ("stage", "iters", "epochs", "batch_size", "lr", "lr_schedule", "gamma", "step_size", "milestones",
-                 "power", "optimizer", "momentum", "weight_decay", "l1", "seed", "device", "display",
+                 "power", "optimizer", "momentum", "weight_decay", "l1", "seed", "device", "threads", "display",
                  "checkpoint_every", "task", "quantization_start_iter", "bits", "weight_bits")
 
 
