@@ -76,14 +76,16 @@ def profile_ops(program, feeds: list[dict]) -> dict[str, float]:
     return dict(sorted(sim.profile.items(), key=lambda kv: -kv[1]))
 
 
-def bench_one(m, workdir: Path, count: int, profile: bool = False, integer_only: bool = False) -> dict:
+def bench_one(m, workdir: Path, count: int, profile: bool = False, integer_only: bool = False,
+              per_layer: bool = True) -> dict:
     t0 = time.perf_counter()
     path = quantized(m, workdir, integer_only)
     t_quant = time.perf_counter() - t0
     model = onnx.load(str(path))
     program = load_program(model)
     feeds = list(samples(m, zoo.images(), count, seed=1))
-    _, report = simulate(program, feeds, model=model, config=SimulateConfig(float_model=str(m.path)))
+    cfg = SimulateConfig(float_model=str(m.path), per_layer=per_layer)
+    _, report = simulate(program, feeds, model=model, config=cfg)
     s = report.summary
     sqnr = [v for k, v in s.items() if k.startswith("float_sqnr_db:")]
     eq = [v for k, v in s.items() if k.startswith("ort_equal_fraction:")]
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "simulate")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
     ap.add_argument("--profile", action="store_true", help="also time every op (a second, warm run)")
+    ap.add_argument("--no-layers", action="store_true",
+                    help="compare the outputs only (no per-layer onnxruntime sessions: much faster on big models)")
     ap.add_argument("--integer-only", action="store_true",
                     help="also quantize with --integer-only: both rows, and the fidelity cost in dB")
     ap.add_argument("--blas-threads", type=int, default=1, help="numpy's BLAS threads (0: as it is)")
@@ -139,7 +143,7 @@ def _run(args) -> int:
             continue
         for integer_only in (False, True) if args.integer_only else (False,):
             try:
-                row = bench_one(m, args.workdir, args.samples, args.profile, integer_only)
+                row = bench_one(m, args.workdir, args.samples, args.profile, integer_only, not args.no_layers)
             except Exception as exc:  # noqa: BLE001 - one model's failure is a row, not the end
                 row = {"model": m.name, "variant": "integer-only" if integer_only else "default",
                        "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}

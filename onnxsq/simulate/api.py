@@ -29,6 +29,7 @@ class SimulateConfig:
     rounding: str = "half-even"
     acc_bits: int = 32
     compare: bool = True  # against onnxruntime (needs the ONNX model, not only a package)
+    per_layer: bool = True  # also every layer alone (one onnxruntime session per layer: slow on big models)
     float_model: Any = None  # path or ModelProto of the float model, for the error against float
 
     def validate(self) -> None:
@@ -72,7 +73,7 @@ def simulate(program: Program, source: Iterable[Mapping[str, np.ndarray]], *, mo
     cfg.validate()
     sim = Simulator(program, cfg.rounding, cfg.acc_bits)
     even = Simulator(program, "half-even", cfg.acc_bits) if cfg.rounding != "half-even" else None
-    ref = Reference(model, program) if (cfg.compare and model is not None) else None
+    ref = Reference(model, program, per_layer=cfg.per_layer) if (cfg.compare and model is not None) else None
     flt = make_session(str(cfg.float_model) if not isinstance(cfg.float_model, onnx.ModelProto)
                        else cfg.float_model) if cfg.float_model is not None else None
     tally = _Tally()

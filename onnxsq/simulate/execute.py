@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
+def _frozen(value: int) -> np.ndarray:
+    a = np.asarray(value, dtype=np.int64)
+    a.flags.writeable = False
+    return a
+
+
+ONE = _frozen(1)  # the divisor of every value but an average's
+
+
 @dataclass
 class LayerStats:
     """What one layer did over every batch run so far."""
@@ -63,6 +72,7 @@ class Simulator:
         self._weights: dict[str, Fixed] = {}
         self._tables: dict[str, Table] = {}
         self._plain: dict[tuple, dict[str, Any]] = {}
+        self._shifts: dict[str, np.ndarray] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Result:
         """Simulate one batch; ``feeds``: the model's float inputs by name."""
@@ -178,7 +188,10 @@ class Simulator:
         p = self.program
         if name in p.dq:
             src = p.dq[name]
-            return Fixed.of(ints[src], p.tensors[src].shift)
+            shift = self._shifts.get(src)
+            if shift is None:
+                shift = self._shifts[src] = _frozen(p.tensors[src].shift)
+            return Fixed(ints[src], shift, ONE)
         c = p.consts[name]
         if c.shift is None:
             return c.values

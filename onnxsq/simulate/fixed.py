@@ -41,20 +41,31 @@ class Fixed:
         return cls(v, np.asarray(shift, dtype=np.int64), np.asarray(div, dtype=np.int64))
 
     @property
+    def undivided(self) -> bool:
+        """No divisor (every element's is 1)."""
+        d = self.div
+        return int(d) == 1 if d.ndim == 0 else bool((d == 1).all())
+
+    @property
     def plain(self) -> bool:
         """Per-tensor shift and no divisor: shape ops may move elements freely."""
-        return self.shift.size == 1 and np.all(self.div == 1)
+        return self.shift.size == 1 and self.undivided
 
     @property
     def uniform(self) -> bool:
         """One shift and one divisor for every element (shape ops may move them)."""
-        return bool(np.all(self.shift == self.shift.flat[0]) and np.all(self.div == self.div.flat[0]))
+        s, d = self.shift, self.div
+        if s.ndim == 0 and d.ndim == 0:
+            return True
+        return bool((s == s.flat[0]).all() and (d == d.flat[0]).all())
 
     def moved(self, v: np.ndarray) -> Fixed:
-        """The same scale on rearranged elements (shape ops)."""
+        """The same scale on rearranged elements (shape ops; integer types kept)."""
         if not self.uniform:
             raise NotInteger("a shape op on a per-channel or position-dependent average")
-        return Fixed(np.asarray(v, dtype=np.int64), self.shift.flat[0].reshape(()), self.div.flat[0].reshape(()))
+        s, d = self.shift, self.div
+        return Fixed(np.asarray(v), s if s.ndim == 0 else s.flat[0].reshape(()), d if d.ndim == 0 else
+                     d.flat[0].reshape(()))
 
     def to_float(self) -> np.ndarray:
         return (self.v * np.ldexp(1.0, -self.shift) / self.div).astype(np.float32)
@@ -62,7 +73,7 @@ class Fixed:
 
 def align(values: list[Fixed]) -> tuple[list[np.ndarray], np.ndarray]:
     """Operands brought to their finest common shift by exact left shifts (divisors must be 1)."""
-    if any(np.any(f.div != 1) for f in values):
+    if not all(f.undivided for f in values):
         raise NotInteger("a sum of averaged values")
     common = values[0].shift
     for f in values[1:]:
@@ -71,7 +82,7 @@ def align(values: list[Fixed]) -> tuple[list[np.ndarray], np.ndarray]:
     for f in values:  # only what needs a shift is shifted (a bias at the accumulator's shift is added as is)
         diff = common - f.shift
         v = f.v.astype(np.int64, copy=False)
-        out.append(np.left_shift(v, diff) if diff.any() else v)
+        out.append(np.left_shift(v, diff) if (diff.any() if diff.ndim else int(diff)) else v)
     return out, common
 
 

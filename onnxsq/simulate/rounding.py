@@ -87,9 +87,11 @@ def requantize_saturate(v: np.ndarray, k: np.ndarray | int, rounding: str, divis
     divisor = np.asarray(divisor)
     k = np.asarray(k, dtype=np.int64)
     if divisor.size == 1 and int(divisor.flat[0]) == 1 and np.asarray(v).size:
-        f = _round_inplace(np.multiply(v, np.ldexp(1.0, -k), dtype=np.float64), rounding)
+        kmax = int(k) if k.ndim == 0 else int(k.max(initial=0))
+        scale = 2.0 ** -int(k) if k.ndim == 0 else np.ldexp(1.0, -k)
+        f = _round_inplace(np.multiply(v, scale, dtype=np.float64), rounding)
         fmin, fmax = float(f.min()), float(f.max())
-        if np.ldexp(max(-fmin, fmax) + 1.0, int(k.max(initial=0))) < FLOAT_EXACT:
+        if (max(-fmin, fmax) + 1.0) * 2.0 ** kmax < FLOAT_EXACT:
             return _clip_cast(f, fmin, fmax, bits, signed)
     q, n = saturate(requantize(v, k, rounding, divisor), bits, signed)
     return q.astype(np.int32), n
