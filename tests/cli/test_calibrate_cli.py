@@ -63,3 +63,37 @@ def test_quantize_refuses_files_that_are_not_our_stats(run_cli, net_and_data, tm
     assert r.code == 1 and "are missing" in r.err and len(r.err.strip().splitlines()) == 1
     r = run_cli("calibrate", path, "--calib", data, "-o", path)
     assert r.code == 1 and "overwrite the model" in r.err
+
+
+def test_image_folder_shards_with_size_and_preprocessing(run_cli, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "net.onnx"
+    path.write_bytes(conv_classifier((4, 8), in_ch=3, size=8, seed=6, bn="random", batch="N").SerializeToString())
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (9 + i, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    opts = ["--mean", "120", "110", "100", "--std", "60", "60", "60", "--channel-order", "bgr"]
+    parts = []
+    for i in range(2):
+        parts.append(tmp_path / f"p{i}.stats")
+        assert run_cli("calibrate", path, "--calib", folder, "--shard", f"{i}/2", "-o", parts[-1], *opts).code == 0
+    one, merged = tmp_path / "one.onnx", tmp_path / "merged.onnx"
+    assert run_cli("quantize", path, "--calib", folder, "-o", one, *opts).code == 0
+    r = run_cli("quantize", path, "--stats", parts[0], "--stats", parts[1], "--calib", folder, "-o", merged, *opts)
+    assert r.code == 0, r.err
+    assert merged.read_bytes() == one.read_bytes()
+
+
+def test_sources_that_cannot_be_split_are_one_line_errors(run_cli, net_and_data, tmp_path):
+    path, _ = net_and_data
+    gen = tmp_path / "gen.py"
+    gen.write_text("import numpy as np\ndef feeds():\n    return [{'input': np.zeros((1, 3, 8, 8), np.float32)}]\n")
+    r = run_cli("calibrate", path, "--calib", f"{gen}:feeds", "--shard", "0/2", "-o", tmp_path / "s.stats")
+    assert r.code == 1 and "cannot be split into shards" in r.err and len(r.err.strip().splitlines()) == 1
+    r = run_cli("calibrate", path, "--calib", f"{gen}:feeds", "-o", tmp_path / "s.stats")  # one pass: fine
+    assert r.code == 0, r.err
+    r = run_cli("quantize", path, "--stats", tmp_path / "s.stats", "--jobs", "2", "-o", tmp_path / "q.onnx")
+    assert r.code == 0 and "--jobs is ignored" in r.err
