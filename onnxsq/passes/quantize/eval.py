@@ -190,7 +190,7 @@ def evaluate(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: lis
         tq = qnames[t] if qnames[t] in inputs else Q_PREFIX + qnames[t]
         err_outs.append(_error_nodes(merged, t, tq, (qmin - 0.5) * s, (qmax + 0.5) * s, i, t not in clipped))
     merged.graph.output.extend(results)
-    session = FedSession(merged.SerializeToString(), {**float_weights, **q_weights}, mismatch=MISMATCH)
+    session = FedSession(merged.SerializeToString(), {**float_weights, **q_weights}, mismatch=MISMATCH, spin=False)
     fetch = outs + [Q_PREFIX + o for o in outs] + [o for e in err_outs for o in e]
     where = np.cumsum([2 * len(outs)] + [len(e) for e in err_outs]).tolist()  # each tensor's first scalar
     ev = Evaluation(layers={t: LayerError() for t in tensors})
