@@ -15,7 +15,7 @@ from builders import conv_classifier
 
 from onnxsq.passes.quantize import QuantizeConfig, quantize
 from onnxsq.passes.quantize.placement import WeightUse
-from onnxsq.passes.quantize.rounding import columns, gptq, weight_rows
+from onnxsq.passes.quantize.rounding import columns, gptq, inverse_factor, weight_rows
 from onnxsq.runtime import make_session
 
 
@@ -46,6 +46,11 @@ def _err(w, q, step, h):
     return float(np.trace(d @ h @ d.T))
 
 
+def _gptq(w, h, step, qmax):
+    """The batched kernel on one group."""
+    return gptq(w[None], inverse_factor(h[None]), step[None], qmax)[0]
+
+
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("qmax", [7, 127])
 def test_gptq_beats_nearest_on_the_output_error_and_keeps_zeros(seed, qmax):
@@ -56,7 +61,7 @@ def test_gptq_beats_nearest_on_the_output_error_and_keeps_zeros(seed, qmax):
     w = rng.standard_normal((rows, k))
     w[rng.random(w.shape) < 0.3] = 0.0
     step = 2.0 ** -rng.integers(1, 5, rows).astype(np.float64) * (8 / qmax)
-    q = gptq(w, h, step, qmax)
+    q = _gptq(w, h, step, qmax)
     near = np.clip(np.rint(w / step[:, None]), -qmax, qmax)
     assert np.all(q[w == 0] == 0) and np.all(np.abs(q) <= qmax) and np.array_equal(q, np.rint(q))
     assert _err(w, q, step, h) <= _err(w, near, step, h) * 1.0001 + 1e-12
@@ -66,7 +71,7 @@ def test_gptq_of_uncorrelated_unit_inputs_is_nearest():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((4, 10))
     step = np.full(4, 0.125)
-    q = gptq(w, np.eye(10), step, 127)
+    q = _gptq(w, np.eye(10), step, 127)
     np.testing.assert_array_equal(q, np.clip(np.rint(w / 0.125), -127, 127))
 
 
@@ -87,3 +92,15 @@ def test_quantize_with_gptq_rounding_lowers_the_output_error_of_nearest_rounding
     inits1 = {i.name: numpy_helper.to_array(i) for i in q1.graph.initializer if i.name in inits0}
     changed = [n for n in inits0 if inits0[n].dtype == np.int8 and not np.array_equal(inits0[n], inits1[n])]
     assert changed and all(np.abs(inits1[n]).max() <= 7 for n in changed)
+
+
+def test_batched_groups_equal_one_group_at_a_time():
+    rng = np.random.default_rng(4)
+    g, r, k = 5, 3, 9
+    x = rng.standard_normal((g, 60, k))
+    h = np.matmul(np.swapaxes(x, -1, -2), x) / 60
+    w = rng.standard_normal((g, r, k))
+    step = np.full((g, r), 0.25)
+    both = gptq(w, inverse_factor(h), step, 7)
+    for i in range(g):
+        np.testing.assert_array_equal(both[i], _gptq(w[i], h[i], step[i], 7))

@@ -1,14 +1,16 @@
-"""Weight rounding against each layer's output error (``weight_rounding="gptq"``), shifts unchanged.
+"""Weight rounding against each layer's output error (``weight_rounding="gptq"``).
 
 A layer computes ``y = W x`` over its input patches ``x`` (a Conv's im2col columns per group, a Gemm's or
 MatMul's input rows). Rounding every weight to its nearest step minimizes ``|W - Q|`` but not the output
-error ``E|(W - Q) x|^2 = tr((W - Q) H (W - Q)^T)`` with ``H = E[x x^T]``, measured here on the report
-samples. The rows keep their power-of-two steps ``s_r = 2**-shift_r``; the columns are rounded one after
+error ``E|(W - Q) x|^2 = tr((W - Q) H (W - Q)^T)`` with ``H = E[x x^T]``, measured on the report samples
+with ``x`` as the quantized model computes it (every tensor fake-quantized at its nearest-rounding
+parameters: the error the layer's inputs really carry). The rows keep their power-of-two steps ``s_r = 2**-shift_r``; the columns are rounded one after
 another, and each column's rounding error is spread over the columns not yet rounded through ``H``'s
 inverse (the optimal brain compression update, as GPTQ does it): with ``U`` the upper Cholesky factor
 of ``H^-1``, after rounding column ``i``, ``W[:, j] -= (w_i - q_i s) / U[i, i] * U[i, j]`` for ``j > i``.
 ``H`` gets ``1%`` of its mean diagonal added (dampening), and a column whose input never varies is rounded
-plainly. Exact zeros stay zero (their error is spread like any other), so sparsity is kept.
+plainly; it is estimated from at most :data:`MAX_ROWS` evenly spaced patches per sample. Exact zeros stay
+zero (their error is spread like any other), so sparsity is kept.
 
 Shifts: per output channel (one per tensor when per-tensor), the fitting shift or one of the two finer
 ones (which clip the largest weights), whichever leaves the smallest output error after this rounding:
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -38,20 +39,13 @@ from .placement import WeightUse
 log = logging.getLogger(__name__)
 
 MAX_COLUMNS = 4608  # 3x3x512: H is 170 MB in float64 and its inverse a few seconds
+MAX_ROWS = 2048  # input rows (patches) per sample that H is estimated from, evenly spaced
 DAMP = 0.01
 BLOCK = 128
 
 
-@dataclass
-class LayerInput:
-    """How to turn a layer's input tensor into its weight's columns."""
-
-    use: WeightUse
-    groups: int = 1
-
-
-def _im2col(x: np.ndarray, kernel: tuple[int, ...], attrs: Mapping, groups: int) -> list[np.ndarray]:
-    """A Conv input ``[N, C, *spatial]`` as each group's patch rows ``[N * positions, C/g * prod(kernel)]``
+def _im2col(x: np.ndarray, kernel: tuple[int, ...], attrs: Mapping, groups: int) -> np.ndarray:
+    """A Conv input ``[N, C, *spatial]`` as the groups' patch rows ``[groups, N * positions, C/g * prod(kernel)]``
     (column order ``(c, k...)``, the weight's), zero padding as the Conv pads (explicit pads only)."""
     nd = len(kernel)
     strides = list(attrs.get("strides", [1] * nd))
@@ -65,13 +59,13 @@ def _im2col(x: np.ndarray, kernel: tuple[int, ...], attrs: Mapping, groups: int)
         sl = tuple(slice(o * d, o * d + (m - 1) * s + 1, s) for o, d, m, s in zip(offs, dil, out, strides))
         cols.append(x[(slice(None), slice(None)) + sl].reshape(n, c, -1))
     patches = np.stack(cols, axis=2)  # N, C, K, P
-    per = c // groups
-    return [patches[:, g * per:(g + 1) * per].reshape(n, per * len(cols), -1).transpose(0, 2, 1)
-            .reshape(-1, per * len(cols)) for g in range(groups)]
+    per, p = c // groups, patches.shape[-1]
+    # -> G, N, P, C/g * K
+    return patches.reshape(n, groups, per * len(cols), p).transpose(1, 0, 3, 2).reshape(groups, n * p, -1)
 
 
-def columns(use: WeightUse, w: np.ndarray, x: np.ndarray) -> list[np.ndarray] | str:
-    """The input rows each weight group multiplies (a list: one per group), or why not handled."""
+def columns(use: WeightUse, w: np.ndarray, x: np.ndarray) -> np.ndarray | str:
+    """The input rows each weight group multiplies, ``[groups, rows, K]``, or why not handled."""
     if use.op == "Conv":
         if use.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
             return "auto_pad Conv: not handled (nearest rounding)"
@@ -79,65 +73,71 @@ def columns(use: WeightUse, w: np.ndarray, x: np.ndarray) -> list[np.ndarray] | 
     if use.op == "Gemm":
         if int(use.attrs.get("transA", 0)):
             return "Gemm with transA=1: not handled (nearest rounding)"
-        return [x.reshape(-1, x.shape[-1]).astype(np.float64)]
+        return x.reshape(1, -1, x.shape[-1]).astype(np.float64)
     if use.op == "MatMul" and w.ndim == 2:
-        return [x.reshape(-1, x.shape[-1]).astype(np.float64)]
+        return x.reshape(1, -1, x.shape[-1]).astype(np.float64)
     return f"{use.op}: not handled (nearest rounding)"
 
 
-def weight_rows(use: WeightUse, w: np.ndarray, groups: int) -> list[np.ndarray]:
-    """The weight as each group's ``[rows, K]`` matrix (rows: output channels)."""
+def weight_rows(use: WeightUse, w: np.ndarray, groups: int) -> np.ndarray:
+    """The weight as ``[groups, rows, K]`` (rows: a group's output channels, in order)."""
     if use.op == "Conv":
-        o = w.shape[0]
-        return [w[g * o // groups:(g + 1) * o // groups].reshape(o // groups, -1) for g in range(groups)]
+        return w.reshape(groups, w.shape[0] // groups, -1)
     if use.op == "Gemm" and int(use.attrs.get("transB", 0)):
-        return [w]
-    return [w.T]
+        return w[None]
+    return w.T[None]
 
 
-def back_to_weight(use: WeightUse, rows: list[np.ndarray], like: np.ndarray) -> np.ndarray:
+def back_to_weight(use: WeightUse, rows: np.ndarray, like: np.ndarray) -> np.ndarray:
     if use.op == "Conv":
-        return np.concatenate(rows, axis=0).reshape(like.shape)
+        return rows.reshape(like.shape)
     if use.op == "Gemm" and int(use.attrs.get("transB", 0)):
         return rows[0]
     return rows[0].T
 
 
-def gptq(w: np.ndarray, h: np.ndarray, step: np.ndarray, qmax: int) -> np.ndarray:
-    """Integers ``[rows, K]`` for ``w`` (float64 ``[rows, K]``) at per-row steps ``step`` minimizing the
-    output error on inputs of second moment ``h`` (``[K, K]``), columns in order; zeros stay zero."""
+def inverse_factor(h: np.ndarray) -> np.ndarray:
+    """Per group, the upper Cholesky factor ``U`` of the dampened ``H^-1`` (``U^T U = H^-1``); ``h``:
+    ``[groups, K, K]``. A column whose input never varies gets a unit diagonal (it is rounded plainly)."""
+    h = h.astype(np.float64).copy()
+    k = h.shape[-1]
+    diag = np.einsum("gkk->gk", h)
+    dead = diag <= 0
+    idx = np.arange(k)
+    h[:, idx, idx] = np.where(dead, 1.0, diag)
+    h += np.eye(k) * (DAMP * np.maximum(np.einsum("gkk->g", h) / k, 1e-12))[:, None, None]
+    try:
+        return np.swapaxes(np.linalg.cholesky(np.linalg.inv(h)), -1, -2)
+    except np.linalg.LinAlgError:
+        return np.broadcast_to(np.eye(k), h.shape).copy()  # not positive definite: nearest rounding
+
+
+def gptq(w: np.ndarray, u: np.ndarray, step: np.ndarray, qmax: int) -> np.ndarray:
+    """Integers for ``w`` (``[groups, rows, K]``) at per-row steps ``step`` (``[groups, rows]``) minimizing
+    each group's output error given ``u`` (:func:`inverse_factor`), columns in order; zeros stay zero."""
     w = w.astype(np.float64).copy()
     zero = w == 0
-    k = w.shape[1]
-    h = h.astype(np.float64).copy()
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    h += np.eye(k) * DAMP * float(np.mean(np.diag(h)))
-    try:
-        u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper: u^T u = h^-1
-    except np.linalg.LinAlgError:
-        return np.clip(np.rint(w / step[:, None]), -qmax, qmax)
+    k = w.shape[-1]
     q = np.zeros_like(w)
-    s = step[:, None]
     for b0 in range(0, k, BLOCK):
         b1 = min(k, b0 + BLOCK)
-        blk = w[:, b0:b1].copy()
+        blk = w[..., b0:b1].copy()
         errs = np.zeros_like(blk)
         for j in range(b1 - b0):
-            col = blk[:, j]
-            qc = np.where(zero[:, b0 + j], 0.0, np.clip(np.rint(col / s[:, 0]), -qmax, qmax))
-            q[:, b0 + j] = qc
-            e = (col - qc * s[:, 0]) / u[b0 + j, b0 + j]
-            blk[:, j + 1:] -= np.outer(e, u[b0 + j, b0 + j + 1:b1])
-            errs[:, j] = e
-        w[:, b1:] -= errs @ u[b0:b1, b1:]
+            col = blk[..., j]
+            qc = np.where(zero[..., b0 + j], 0.0, np.clip(np.rint(col / step), -qmax, qmax))
+            q[..., b0 + j] = qc
+            e = (col - qc * step) / u[:, b0 + j, b0 + j][:, None]
+            blk[..., j + 1:] -= e[..., None] * u[:, None, b0 + j, b0 + j + 1:b1]
+            errs[..., j] = e
+        w[..., b1:] -= errs @ u[:, b0:b1, b1:]
     return q
 
 
 def hessians(float_model: onnx.ModelProto, weights: Mapping[str, np.ndarray], uses: list[WeightUse],
              consts: Mapping[str, np.ndarray], feeds: list[dict[str, np.ndarray]],
-             quantized: Mapping[str, TensorQuant] | None = None) -> dict[str, list[np.ndarray] | str]:
-    """Each weight's per-group ``H = E[x x^T]`` over ``feeds`` (or why it is not computed); with
+             quantized: Mapping[str, TensorQuant] | None = None) -> dict[str, np.ndarray | str]:
+    """Each weight's ``H = E[x x^T]`` per group (``[groups, K, K]``) over ``feeds`` (or why none); with
     ``quantized`` (nearest-rounding parameters of every tensor), of the inputs as the quantized model
     computes them (every tensor fake-quantized, :mod:`.sensitivity`'s switches all on)."""
     wanted = {}
@@ -164,7 +164,7 @@ def hessians(float_model: onnx.ModelProto, weights: Mapping[str, np.ndarray], us
     have = {o.name for o in model.graph.output}
     model.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in fetch.values() if t not in have)
     session = FedSession(model.SerializeToString(), weights, mismatch=MISMATCH)
-    sums: dict[str, list[np.ndarray] | str] = {k: v for k, v in wanted.items() if isinstance(v, str)}
+    sums: dict[str, np.ndarray | str] = {k: v for k, v in wanted.items() if isinstance(v, str)}
     counts: dict[str, int] = {}
     for feed in feeds:
         got = dict(zip(inputs, session.run([fetch[t] for t in inputs], {**feed, **masks})))
@@ -175,52 +175,42 @@ def hessians(float_model: onnx.ModelProto, weights: Mapping[str, np.ndarray], us
             if isinstance(cols, str):
                 sums[name] = cols
                 continue
-            prev = sums.get(name) or [0.0] * len(cols)
-            sums[name] = [p + c.T @ c for p, c in zip(prev, cols)]
-            counts[name] = counts.get(name, 0) + cols[0].shape[0]
-    return {k: (v if isinstance(v, str) else [m / max(1, counts[k]) for m in v]) for k, v in sums.items()}
+            # every k-th patch: H's estimate, not its cost (contiguous: matmul is slow on strided views)
+            cols = np.ascontiguousarray(cols[:, ::-(-cols.shape[1] // MAX_ROWS)])
+            sums[name] = sums.get(name, 0.0) + np.matmul(np.swapaxes(cols, -1, -2), cols)
+            counts[name] = counts.get(name, 0) + cols.shape[1]
+    return {k: (v if isinstance(v, str) else v / max(1, counts[k])) for k, v in sums.items()}
 
 
 def row_errors(w: np.ndarray, q: np.ndarray, step: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """Each row's output error ``d H d^T`` (``d = w - q * step``) on inputs of second moment ``h``."""
-    d = w - q * step[:, None]
-    return np.einsum("rk,kl,rl->r", d, h, d)
+    """Each row's output error ``d H d^T`` (``d = w - q * step``), ``[groups, rows]``."""
+    d = w - q * step[..., None]
+    return np.einsum("grk,gkl,grl->gr", d, h, d)
 
 
-def round_weight(use: WeightUse, w: np.ndarray, p: TensorQuant, h: list[np.ndarray], dtype: np.dtype,
+def round_weight(use: WeightUse, w: np.ndarray, p: TensorQuant, h: np.ndarray, dtype: np.dtype,
                  candidates: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """``w``'s integers (in ``dtype``, the weight's shape) rounded by :func:`gptq`, and their shifts: per
     output channel (one for the tensor when ``p`` is per-tensor) the fitting shift or up to ``candidates``
     finer ones, whichever leaves the smallest output error after rounding."""
-    groups = len(h)
-    rows = weight_rows(use, w.astype(np.float64), groups)
-    n = sum(r.shape[0] for r in rows)
+    rows = weight_rows(use, w.astype(np.float64), h.shape[0])
     qmax = pow2.int_range(p.bits, True, symmetric=True)[1]
-    per_row = p.per_channel
-    mags = np.concatenate([np.abs(r).max(axis=1) if r.size else np.zeros(r.shape[0]) for r in rows])
-    fit = np.asarray(pow2.fit_shift(-mags, mags, p.bits, True, symmetric=True), dtype=np.int64)
-    if not per_row:
-        fit = np.full(n, int(fit.min()) if fit.size else int(p.shift), np.int64)
+    mags = np.abs(rows).max(axis=-1) if rows.size else np.zeros(rows.shape[:2])
+    fit = np.asarray(pow2.fit_shift(-mags, mags, p.bits, True, symmetric=True), dtype=np.int64).reshape(mags.shape)
+    if not p.per_channel:
+        fit = np.full(mags.shape, int(fit.min()) if fit.size else int(p.shift), np.int64)
+    u = inverse_factor(h)  # one factorization for every candidate shift
     best_q = best_err = best_shift = None
     for extra in range(candidates + 1):
         shift = fit + extra
         step = pow2.scale_of(shift).astype(np.float64)
-        qs, errs, at = [], [], 0
-        for r, hg in zip(rows, h):
-            sl = slice(at, at + r.shape[0])
-            qs.append(gptq(r, hg, step[sl], qmax))
-            errs.append(row_errors(r, qs[-1], step[sl], hg))
-            at += r.shape[0]
-        q, err = np.concatenate(qs, axis=0), np.concatenate(errs)
-        if not per_row:
-            err = np.full(n, err.sum())
+        q = gptq(rows, u, step, qmax)
+        err = row_errors(rows, q, step, h)
+        if not p.per_channel:
+            err = np.full(err.shape, err.sum())
         if best_q is None:
             best_q, best_err, best_shift = q, err, shift
             continue
         better = err < best_err  # ties keep the coarser shift
         best_q[better], best_err[better], best_shift[better] = q[better], err[better], shift[better]
-    out, at = [], 0
-    for r in rows:
-        out.append(best_q[at:at + r.shape[0]])
-        at += r.shape[0]
-    return back_to_weight(use, out, w).astype(dtype), best_shift
+    return back_to_weight(use, best_q, w).astype(dtype), best_shift.reshape(-1)
