@@ -4,13 +4,13 @@ A layer computes ``y = W x`` over its input patches ``x`` (a Conv's im2col colum
 MatMul's input rows). Rounding every weight to its nearest step minimizes ``|W - Q|`` but not the output
 error ``E|(W - Q) x|^2 = tr((W - Q) H (W - Q)^T)`` with ``H = E[x x^T]``, measured on the report samples
 with ``x`` as the quantized model computes it (every tensor fake-quantized at its nearest-rounding
-parameters: the error the layer's inputs really carry). The rows keep their power-of-two steps ``s_r = 2**-shift_r``; the columns are rounded one after
-another, and each column's rounding error is spread over the columns not yet rounded through ``H``'s
-inverse (the optimal brain compression update, as GPTQ does it): with ``U`` the upper Cholesky factor
-of ``H^-1``, after rounding column ``i``, ``W[:, j] -= (w_i - q_i s) / U[i, i] * U[i, j]`` for ``j > i``.
-``H`` gets ``1%`` of its mean diagonal added (dampening), and a column whose input never varies is rounded
-plainly; it is estimated from at most :data:`MAX_ROWS` evenly spaced patches per sample. Exact zeros stay
-zero (their error is spread like any other), so sparsity is kept.
+parameters: the error the layer's inputs really carry). The rows keep their power-of-two steps ``s_r =
+2**-shift_r``; the columns are rounded one after another, and each column's rounding error is spread over
+the columns not yet rounded through ``H``'s inverse (the optimal brain compression update, as GPTQ does it):
+with ``U`` the upper Cholesky factor of ``H^-1``, after rounding column ``i``, ``W[:, j] -= (w_i - q_i s) /
+U[i, i] * U[i, j]`` for ``j > i``. ``H`` gets ``1%`` of its mean diagonal added (dampening), and a column
+whose input never varies is rounded plainly; it is estimated from at most :data:`MAX_ROWS` evenly spaced
+patches per sample. Exact zeros stay zero (their error is spread like any other), so sparsity is kept.
 
 Shifts: per output channel (one per tensor when per-tensor), the fitting shift or one of the two finer
 ones (which clip the largest weights), whichever leaves the smallest output error after this rounding:
