@@ -20,6 +20,7 @@ from ..passes.threshold.config import ThresholdConfig
 STAGES = ("l2", "l1", "sparse", "qat")
 SCHEDULES = ("fixed", "step", "multistep", "poly", "cosine")
 OPTIMIZERS = ("sgd", "adamw")
+ALLOCATIONS = ("layer", "global")
 CONNECT_MODES = ("WEIGHT_CONNECTED", "WEIGHT_DISCONNECTED_ELTWISE")
 
 
@@ -75,6 +76,9 @@ class TrainConfig:
     # onnxsq extensions of the gradual thresholding (the original used 0.5 and its eligibility rule).
     sparsity_low_ratio: float = 0.5  # the "low" layer class thresholds factor * this
     sparsity_all_layers: bool = False  # also threshold layers the original found too small
+    # layer: each layer thresholded to its own fraction (the original); global: one magnitude threshold
+    # over all thresholded layers pooled, the factor being the pool's fraction (onnxsq.training.sparsity)
+    sparsity_allocation: str = "layer"
     # Quantization-aware training (stage qat, algorithms.md §3; see onnxsq.training.qat). None: the
     # default in QAT_DEFAULTS; any of them set in another stage is an error.
     quantization_start_iter: int | None = None  # float iterations collecting ranges; None → 10% (>= 1)
@@ -116,6 +120,8 @@ class TrainConfig:
                 f"weight_connect_mode must be one of {', '.join(CONNECT_MODES)}, not {self.weight_connect_mode!r}")
         if not 0.0 <= self.sparsity_target < 1.0:
             raise InvalidOptionError("sparsity_target must be in [0, 1)")
+        if self.sparsity_allocation not in ALLOCATIONS:
+            raise InvalidOptionError(f"sparsity_allocation must be layer or global, not {self.sparsity_allocation!r}")
         if self.sparsity_step_iter <= 0:
             raise InvalidOptionError("sparsity_step_iter must be positive")
         if self.sparsity_start_iter >= 0 and self.sparsity_target <= 0:

@@ -110,6 +110,35 @@ class SparsityControl:
 
     def _gradual_step(self, it: int, weights: dict[str, np.ndarray]) -> set[str]:
         cfg = self.cfg
+        changed = self._global_step(weights) if cfg.sparsity_allocation == "global" else self._layer_step(weights)
+        log.info("iter %d: gradual thresholding at factor %.3f → sparsity %.4f", it, self.factor,
+                 self.total_sparsity(weights))
+        self.factor = min(self.factor_max, self.factor + cfg.sparsity_step_factor)
+        return changed
+
+    def _global_step(self, weights: dict[str, np.ndarray]) -> set[str]:
+        """One magnitude threshold over the eligible layers pooled: ``factor`` of the pool becomes zero
+        (existing zeros count), a weight at or above its layer's cap never. Layers whose weights are
+        small (a large fan-in) give more zeros than layers whose weights are large."""
+        from ..passes.threshold.search import caps, pooled_threshold
+
+        cfg = self.cfg
+        names = [n for n in self.conv if self._excluded(n, weights[n])[0] is None]
+        layer_caps = [float(caps(float(np.abs(weights[n]).max()) if weights[n].size else 0.0,
+                                 cfg.threshold_value_max, cfg.threshold_value_maxratio)) for n in names]
+        t = pooled_threshold([weights[n] for n in names], layer_caps, min(1.0, self.factor))
+        changed = set()
+        for n, cap in zip(names, layer_caps):
+            w = weights[n]
+            a = np.abs(w)
+            kill = (a <= np.float64(t)) & (a < np.float64(cap)) & (w != 0)
+            if kill.any():
+                w[kill] = 0
+                changed.add(n)
+        return changed
+
+    def _layer_step(self, weights: dict[str, np.ndarray]) -> set[str]:
+        cfg = self.cfg
         threshold_array = _threshold_array()
         changed = set()
         for n in self.conv:
@@ -123,9 +152,6 @@ class SparsityControl:
             if np.count_nonzero(new) != np.count_nonzero(w):
                 w[...] = new
                 changed.add(n)
-        log.info("iter %d: gradual thresholding at factor %.3f → sparsity %.4f", it, self.factor,
-                 self.total_sparsity(weights))
-        self.factor = min(self.factor_max, self.factor + cfg.sparsity_step_factor)
         return changed
 
     def _excluded(self, name: str, w: np.ndarray) -> tuple[str | None, str | None]:
@@ -169,6 +195,9 @@ class SparsityControl:
             key, value = (("threshold_value_max", cfg.threshold_value_max) if by_max else
                           ("threshold_value_maxratio", cfg.threshold_value_maxratio))
             return f"{name} by the caps (they allow {allowed:.3f}; a larger {key} than {value:g} lets it go further)"
+        if cfg.sparsity_allocation == "global":
+            return (f"{name} by the schedule (the pooled fraction reached {min(1.0, self.factor):.3f}; more "
+                    f"iterations after sparsity_start_iter or a larger sparsity_step_factor let it go further)")
         frac = min(1.0, self.factor * (cfg.sparsity_low_ratio if klass in (None, "low") else 1.0))
         return (f"{name} by the schedule (its fraction reached {frac:.3f}; more iterations after sparsity_start_iter "
                 f"or a larger sparsity_step_factor let it go further)")

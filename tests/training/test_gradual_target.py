@@ -67,3 +67,40 @@ def test_layers_left_out_are_named_with_the_option_that_takes_them_in():
 def test_no_gradual_schedule_no_message():
     control, values = _steps(TrainConfig(stage="sparse", sparsity_target=0.9), n=2)
     assert control.shortfall(values) is None
+
+
+def test_global_allocation_reaches_the_target_with_one_threshold_for_the_pool():
+    # cnn((8, 16)): conv0 (fan-in 9) has larger He weights than conv1 (fan-in 72), so the pooled
+    # threshold zeroes more of conv1; every zero is below one threshold, every survivor above it
+    cfg = TrainConfig(**GRADUAL, sparsity_allocation="global", threshold_value_max=10.0, threshold_value_maxratio=1.0)
+    model = cnn((8, 16), seed=3)
+    _t, _f, weights, conv = classify_params(model)
+    values = {i.name: numpy_helper.to_array(i).copy() for i in model.graph.initializer}
+    dense = {n: values[n].copy() for n in conv}
+    control = SparsityControl(cfg, values, conv, list(weights), ops=weights)
+    for it in range(1, 41):
+        control.after_update(it, values)
+    total = control.total_sparsity(values)
+    assert 0.8 <= total < 0.86, total
+    assert control.shortfall(values) is None
+    layer = control.layer_sparsity(values)
+    assert layer["conv1.weight"] > total > layer["conv0.weight"], layer
+    zeroed = np.concatenate([np.abs(dense[n])[values[n] == 0] for n in conv])
+    kept = np.concatenate([np.abs(dense[n])[values[n] != 0] for n in conv])
+    assert zeroed.max() < kept.min()
+    assert all(np.array_equal(values[n][values[n] != 0], dense[n][values[n] != 0]) for n in conv)
+
+
+def test_global_allocation_keeps_the_caps_and_a_bad_value_is_refused():
+    import pytest
+
+    from onnxsq.errors import InvalidOptionError
+
+    control, values = _steps(TrainConfig(**GRADUAL, sparsity_allocation="global", threshold_value_maxratio=0.2))
+    for name in control.conv:
+        a = np.abs(values[name])
+        assert np.all((a >= min(0.2, 0.2 * a.max())) | (a == 0)), name  # the default caps: 0.2 and 0.2 x max|w|
+    msg = control.shortfall(values)
+    assert msg is not None and "by the caps" in msg
+    with pytest.raises(InvalidOptionError, match="sparsity_allocation must be layer or global"):
+        TrainConfig(**GRADUAL, sparsity_allocation="pooled")
