@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = [parse_variant(v) for v in args.variants]
     head = ["model", *(f"{n} dB" for n, _ in variants), "ORT best dB", "ORT variant",
             *(f"Quark {c} dB" for c in quark), *(f"{n} top-1" for n, _ in variants), "ORT top-1"]
-    rows = []
+    print("| " + " | ".join(head) + " |")  # rows as they come: a long run keeps what it measured
+    print("|" + "---|" * len(head), flush=True)
     with tempfile.TemporaryDirectory(prefix="onnxsq-fidelity-") as tmp:
         for m in models:
             calib = samples(m, images, args.calib)
@@ -122,14 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             ort = (float("nan"), float("nan"), "skipped") if args.no_ort else ort_best(m, calib, feeds, Path(tmp))
             qk = [run_quark(args.quark_python, m, calib, feeds, c, Path(tmp) / f"{m.name}.quark.{c}.onnx")
                   for c in quark]
-            rows.append([m.name, *(f"{r[0]:.1f}" for r in res), f"{ort[0]:.1f}", ort[2],
-                         *(f"{r[0]:.1f}" for r in qk), *(f"{r[1]:.1f}" for r in res), f"{ort[1]:.1f}"])
+            row = [m.name, *(f"{r[0]:.1f}" for r in res), f"{ort[0]:.1f}", ort[2],
+                   *(f"{r[0]:.1f}" for r in qk), *(f"{r[1]:.1f}" for r in res), f"{ort[1]:.1f}"]
+            print("| " + " | ".join(row) + " |", flush=True)
             print(f"# {m.name}: " + ", ".join(f"{n} {r[2]:.1f}s" for (n, _), r in zip(variants, res))
                   + "".join(f", Quark {c} {r[2]:.1f}s" for c, r in zip(quark, qk)), file=sys.stderr)
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
     return 0
 
 
