@@ -271,7 +271,8 @@ def main() -> None:
         for net in args.nets:
             p = _side(args, net, "profile")
             total, ops = p.pop("total"), p.pop("ort_ops", {})
-            print(f"\n{net}: ms per iteration by phase ({args.iters} iterations, mean)")
+            print(f"\n{net}: process CPU ms per iteration by phase ({args.iters} iterations, median step; "
+                  f"threads {args.threads or 'default'})")
             print("| phase | ms | share |\n|---|---:|---:|")
             for k, v in p.items():
                 if k != "peak_rss_mib":

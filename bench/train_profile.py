@@ -1,6 +1,8 @@
 """Where onnxsq's training step spends its time: per-phase timers around one Trainer's methods.
 
-Used by ``bench/bench_train.py --profile``. Phases: the onnxruntime train step (forward + backward,
+Used by ``bench/bench_train.py --profile``. Process CPU time (a loaded machine does not inflate it;
+with one thread it is the work done), the median over the steps after the first few. Phases: the
+onnxruntime train step (forward + backward,
 feeds in, loss out), the optimizer update (numpy), writing the weights back into onnxruntime's state,
 sparsity bookkeeping, the gradient reset, waiting for the next batch; "other" is the rest of the loop.
 ``--ort-ops`` adds onnxruntime's own per-operator profile of the train step, grouped by op type.
@@ -16,18 +18,20 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
+
 from onnxsq.data.classification import ArrayDataset
 from onnxsq.training.config import TrainConfig
 from onnxsq.training.loop import Trainer
 
 
-def _timed(times: dict[str, float], name: str, fn):
+def _timed(times: dict[str, list[float]], name: str, fn):
     def wrapper(*a, **k):
-        t = time.perf_counter()
+        t = time.process_time()
         try:
             return fn(*a, **k)
         finally:
-            times[name] += time.perf_counter() - t
+            times[name].append(time.process_time() - t)
     return wrapper
 
 
@@ -50,7 +54,7 @@ class _Module:
 class ProfiledTrainer(Trainer):
     def __init__(self, *a, ort_profile: str | None = None, **k) -> None:
         super().__init__(*a, **k)
-        self.times: dict[str, float] = defaultdict(float)
+        self.times: dict[str, list[float]] = defaultdict(list)  # process CPU seconds per call
         self.ort_profile = ort_profile
 
     def _session_options(self, ort):
@@ -74,12 +78,12 @@ class ProfiledTrainer(Trainer):
             it = stream(*a, **k)
             try:
                 while True:
-                    start = time.perf_counter()
+                    start = time.process_time()
                     try:
                         item = next(it)
                     except StopIteration:
                         return
-                    t["next batch (loader)"] += time.perf_counter() - start
+                    t["next batch (loader)"].append(time.process_time() - start)
                     yield item
             finally:
                 it.close()
@@ -106,9 +110,19 @@ def profile_phases(model, x, y, *, iters: int, batch: int, lr: float, optimizer:
                       display=0, device="cpu", threads=threads)
     prefix = os.path.join(tempfile.mkdtemp(prefix="onnxsq-prof-"), "ort") if ort_ops else None
     trainer = ProfiledTrainer(model, ArrayDataset(x, y), cfg, ort_profile=prefix)
-    _, report = trainer.run()
-    total = report.summary["seconds"] / iters
-    out: dict[str, Any] = {k: v / iters for k, v in trainer.times.items()}
+    steps: list[float] = []
+    last = [time.process_time()]
+
+    def tick(_s) -> None:
+        now = time.process_time()
+        steps.append(now - last[0])
+        last[0] = now
+
+    trainer.on_step = tick
+    trainer.run()
+    skip = min(5, iters // 4)  # warm-up steps
+    out: dict[str, Any] = {k: float(np.median(v[skip:])) for k, v in trainer.times.items()}
+    total = float(np.median(steps[skip:]))
     out["other"] = total - sum(out.values())
     out["total"] = total
     if prefix:  # onnxruntime writes its profile when the session goes

@@ -162,6 +162,7 @@ class Trainer:
             for n, p in self.params.items():
                 p.data = old[n]  # copies
         self.w = {n: p.data for n, p in self.params.items()}
+        self._grads: dict[str, np.ndarray] = {}  # gradient views, taken at the first step
 
     def _module(self, graph: TrainingGraph, workdir: Path, extra_outputs: list[str]):
         """(CheckpointState, Module) of ``graph``'s training artifacts, generated into ``workdir``."""
@@ -209,12 +210,15 @@ class Trainer:
     def _update(self, lr: float) -> None:
         t, weights, masks = self.iteration + 1, self.graph.weights, self.sparsity.apply_masks
         for n, p in self.params.items():
-            g = p.grad  # a view of onnxruntime's gradient buffer
-            if g is None:
-                continue
+            g = self._grads.get(n)
+            if g is None:  # a view of onnxruntime's gradient buffer: the same memory every step
+                g = self._grads[n] = p.grad
+                if g is None:
+                    del self._grads[n]
+                    continue
             self.opt.step(n, self.w[n], g, lr=lr * self.sparsity.lr_mult.get(n, 1.0),
                           decay=self.cfg.weight_decay if n in weights else 0.0, t=t,
-                          mask=lambda *arrays, n=n: masks(n, *arrays))
+                          mask=(lambda *arrays, n=n: masks(n, *arrays)) if n in self.sparsity.masks else None)
 
     def _write_weights(self) -> None:
         """Nothing to copy: ``self.w`` are onnxruntime's buffers (a hook: QAT writes its scales here)."""
@@ -312,7 +316,7 @@ class Trainer:
     def _loop(self, losses: list[float], checkpoint: Path | None) -> int:
         """Iterations from ``self.iteration`` to ``max_iter``; the number of images seen."""
         bpe, start, images = self.loader.batches_per_epoch(), self.iteration, 0
-        flag = {"stop": False}
+        flag, self._sparsity = {"stop": False}, None
         with _deferred_sigint(flag), contextlib.closing(self.loader.stream(start // bpe, start % bpe)) as batches:
             for _e, _b, x, y in batches:
                 losses.append(self.step(x, y))
@@ -331,9 +335,12 @@ class Trainer:
         if not math.isfinite(loss):
             raise InvalidOptionError(f"the loss became {loss} at iteration {it}; lower --lr")
         smooth = float(np.mean(losses[-LOSS_WINDOW:]))  # what the summary's final_loss reports
-        sparsity = self.sparsity.total_sparsity(self.w)
+        due = bool(cfg.display) and (it % cfg.display == 0 or it == self.max_iter)
+        if due or cfg.stage in ("l1", "sparse") or self._sparsity is None:  # else it moves only by chance
+            self._sparsity = self.sparsity.total_sparsity(self.w)
+        sparsity = self._sparsity
         shown = self.shows_sparsity(sparsity)
-        if cfg.display and (it % cfg.display == 0 or it == self.max_iter):
+        if due:
             log.info("iter %d/%d  loss %.4f  lr %.4g%s", it, self.max_iter, smooth, self.last_lr,
                      f"  sparsity {sparsity:.4f}" if shown else "")
         if cfg.display_sparsity and it % cfg.display_sparsity == 0:

@@ -20,6 +20,10 @@ import numpy as np
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
+def _no_mask(*_arrays: np.ndarray) -> None:
+    pass
+
+
 class Optimizer:
     """SGD-momentum or AdamW state (``slots``) for a fixed set of named arrays."""
 
@@ -31,8 +35,10 @@ class Optimizer:
         self.scratch = {n: [np.empty_like(w) for _ in range(count)] for n, w in weights.items()}
 
     def step(self, name: str, w: np.ndarray, g: np.ndarray, *, lr: float, decay: float, t: int,
-             mask: Callable[..., None]) -> None:
-        """Update ``w`` in place from its gradient ``g`` (iteration ``t``, 1-based); ``mask(*arrays)``."""
+             mask: Callable[..., None] | None = None) -> None:
+        """Update ``w`` in place from its gradient ``g`` (iteration ``t``, 1-based); ``mask(*arrays)``
+        zeroes the masked entries (None: no mask)."""
+        mask = mask or _no_mask
         mask(g)
         if self.kind == "sgd":
             v, (tmp,) = self.slots["v"][name], self.scratch[name]

@@ -66,8 +66,10 @@ def test_the_trainer_updates_onnxruntimes_buffers_in_place(digits, tmp_path):
     trainer._open(tmp_path)
     x, y = digits[0].x[:16], digits[0].y[:16]
     trainer.step(x, y)
+    trainer.step(x, y)
     for n, p in trainer.params.items():
         assert np.shares_memory(trainer.w[n], p.data), n  # no copy of the weights to write back
+        assert np.shares_memory(trainer._grads[n], p.grad), n  # the gradient views taken once stay valid
     for w in trainer.w.values():  # written in place, read by the next onnxruntime step: zero logits
         w[...] = 0
     assert float(np.asarray(trainer.module(x, y)).reshape(-1)[0]) == pytest.approx(np.log(10), rel=1e-6)

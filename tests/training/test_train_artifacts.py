@@ -166,3 +166,26 @@ def test_l1_block_loss_and_gradient_match_numpy():
     for n in graph.trainable:
         extra = lam * np.sign(w[n]) if n in graph.weights else 0.0  # L1 on conv/fc weights only
         np.testing.assert_allclose(grads[n] - base_grads[n], extra, atol=1e-5)
+
+
+@needs_training
+def test_relu_trains_as_a_mask_with_the_same_loss_and_gradients():
+    from onnxsq.training import rewrites
+
+    model = cnn((4, 8), seed=2)
+    graph = build_training_graph(model)
+    assert not any(n.op_type == "Relu" for n in graph.model.graph.node)
+    assert not any(op == "Relu" for _, op, _ in graph.rewrites)  # a speed rewrite: not in the report
+    rng = np.random.default_rng(0)
+    x, y = rng.random((6, 1, 8, 8), dtype=np.float32), rng.integers(0, 10, 6).astype(np.int64)
+    loss, grads, _ = _one_step(model, 0.0, x, y)
+    saved = dict(rewrites.SPEED_REWRITES)
+    rewrites.SPEED_REWRITES.clear()
+    try:
+        ref_loss, ref_grads, ref_graph = _one_step(model, 0.0, x, y)
+    finally:
+        rewrites.SPEED_REWRITES.update(saved)
+    assert any(n.op_type == "Relu" for n in ref_graph.model.graph.node)
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    for n, g in ref_grads.items():
+        np.testing.assert_allclose(grads[n], g, rtol=1e-5, atol=1e-7, err_msg=n)
