@@ -76,14 +76,56 @@ def profile_ops(program, feeds: list[dict]) -> dict[str, float]:
     return dict(sorted(sim.profile.items(), key=lambda kv: -kv[1]))
 
 
+def timing(program, model, feeds: list[dict], rounds: int = 3) -> dict:
+    """Per-batch time of simulate against onnxruntime's optimized QDQ run (default kernels), the least of
+    ``rounds`` rounds over the batches (after one warm-up batch):
+
+    - ``wall``: elapsed time against onnxruntime with its default threads;
+    - ``cpu``: this thread's CPU time against onnxruntime with one intra-op thread (so that its work is
+      this thread's too): the work each does, which a loaded machine does not distort. On a machine
+      shared by many processes a long run is preempted more often than a short one, so the elapsed
+      ratio grows with the load; the CPU-time ratio does not."""
+    from onnxsq.runtime import import_ort
+    from onnxsq.simulate.compare import ort_session
+
+    ort = import_ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    one = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    session, sim = ort_session(model, precise=False), Simulator(program)
+    for s in (session, one):
+        s.run(None, feeds[0])
+    sim.run(feeds[0])
+    t = {"ort": [], "sim": [], "ort_cpu": [], "sim_cpu": []}
+    runs = {"ort": lambda f: session.run(None, f), "sim": sim.run, "ort_cpu": lambda f: one.run(None, f),
+            "sim_cpu": sim.run}
+    for _ in range(rounds):  # each over every batch in turn (onnxruntime's idle threads spin a while after a run)
+        for key, fn in runs.items():
+            clock = time.thread_time if key.endswith("_cpu") else time.perf_counter
+            for feed in feeds:
+                t0 = clock()
+                fn(feed)
+                t[key].append(clock() - t0)
+    least = {k: min(v) for k, v in t.items()}
+    return {"sim_ms": round(least["sim"] * 1e3, 2), "ort_ms": round(least["ort"] * 1e3, 3),
+            "min_ratio": round(least["sim"] / least["ort"], 1),
+            "sim_cpu_ms": round(least["sim_cpu"] * 1e3, 2), "ort_cpu_ms": round(least["ort_cpu"] * 1e3, 3),
+            "cpu_ratio": round(least["sim_cpu"] / max(least["ort_cpu"], 1e-6), 1)}
+
+
 def bench_one(m, workdir: Path, count: int, profile: bool = False, integer_only: bool = False,
-              per_layer: bool = True) -> dict:
+              per_layer: bool = True, timing_only: bool = False) -> dict:
     t0 = time.perf_counter()
     path = quantized(m, workdir, integer_only)
     t_quant = time.perf_counter() - t0
     model = onnx.load(str(path))
     program = load_program(model)
     feeds = list(samples(m, zoo.images(), count, seed=1))
+    if timing_only:
+        return {"model": m.name, "variant": "integer-only" if integer_only else "default",
+                **timing(program, model, feeds)}
     cfg = SimulateConfig(float_model=str(m.path), per_layer=per_layer)
     _, report = simulate(program, feeds, model=model, config=cfg)
     s = report.summary
@@ -102,7 +144,7 @@ def bench_one(m, workdir: Path, count: int, profile: bool = False, integer_only:
             "int_layer_worst_step": layer_worst, "islands": s["float_islands"],
             "island_ops": dict(ops), "t_sim": s.get("time_simulate_warm_s", s["time_simulate_s"]),
             "t_ort": s.get("time_onnxruntime_s"), "t_first": s["time_first_batch_s"],
-            "ratio": s.get("time_ratio"), "t_quantize": round(t_quant, 1),
+            "ratio": s.get("time_ratio"), "t_quantize": round(t_quant, 1), **timing(program, model, feeds),
             **({"profile": {k: round(v, 4) for k, v in list(profile_ops(program, feeds).items())[:8]}}
                if profile else {})}
 
@@ -114,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "simulate")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
     ap.add_argument("--profile", action="store_true", help="also time every op (a second, warm run)")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="only the time per batch against onnxruntime (least of 3 rounds, alternating)")
     ap.add_argument("--no-layers", action="store_true",
                     help="compare the outputs only (no per-layer onnxruntime sessions: much faster on big models)")
     ap.add_argument("--integer-only", action="store_true",
@@ -143,14 +187,18 @@ def _run(args) -> int:
             continue
         for integer_only in (False, True) if args.integer_only else (False,):
             try:
-                row = bench_one(m, args.workdir, args.samples, args.profile, integer_only, not args.no_layers)
+                row = bench_one(m, args.workdir, args.samples, args.profile, integer_only, not args.no_layers,
+                                args.timing_only)
             except Exception as exc:  # noqa: BLE001 - one model's failure is a row, not the end
                 row = {"model": m.name, "variant": "integer-only" if integer_only else "default",
                        "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    _table(rows)
-    if args.integer_only:
+    if args.timing_only:
+        _timing_table(rows)
+    else:
+        _table(rows)
+    if args.integer_only and not args.timing_only:
         _fidelity_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
@@ -160,7 +208,7 @@ def _run(args) -> int:
 def _table(rows: list[dict]) -> None:
     print()
     print("| model | variant | layers | bit-equal outputs | worst step | default-kernel equal | unoptimized equal "
-          "| float islands | tables | simulate s | ort s | ratio |")
+          "| float islands | tables | simulate s | ort s | ratio (sum / least batch) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
@@ -171,7 +219,20 @@ def _table(rows: list[dict]) -> None:
         print(f"| {r['model']} | {r['variant']} | {r['layers']} | {r['equal']:.5f}{mark} | {r['worst_step']:g} | "
               f"{r['default_equal']:.4f} | {r['unoptimized_equal']:.5f} | "
               f"{r['islands']}{' (' + ops + ')' if ops else ''} | {r['tables']} | {r['t_sim']:.3f} | "
-              f"{r['t_ort']:.4f} | {r['ratio']} |")
+              f"{r['t_ort']:.4f} | {r['ratio']} / {r.get('min_ratio')} |")
+
+
+def _timing_table(rows: list[dict]) -> None:
+    print()
+    print("| model | variant | simulate ms | onnxruntime ms | wall ratio | simulate CPU ms | onnxruntime 1-thread "
+          "CPU ms | CPU ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | {r['variant']} | {r['error']} | | | | | |")
+        else:
+            print(f"| {r['model']} | {r['variant']} | {r['sim_ms']} | {r['ort_ms']} | {r['min_ratio']} | "
+                  f"{r['sim_cpu_ms']} | {r['ort_cpu_ms']} | {r['cpu_ratio']} |")
 
 
 def _fidelity_table(rows: list[dict]) -> None:
@@ -189,8 +250,9 @@ def _fidelity_table(rows: list[dict]) -> None:
         cost = round(d["sqnr_db"] - i["sqnr_db"], 2) if d["sqnr_db"] is not None and i["sqnr_db"] is not None \
             else None
         ops = ", ".join(f"{k}×{v}" for k, v in sorted(i["island_ops"].items()))
+        ratio = i.get("min_ratio", i["ratio"])
         print(f"| {name} | {d['sqnr_db']} | {i['sqnr_db']} | {cost} | {d['islands']} → {i['islands']}"
-              f"{' (' + ops + ')' if ops else ''} | {i['equal']:.5f}, {i['worst_step']:g}, {i['ratio']} |")
+              f"{' (' + ops + ')' if ops else ''} | {i['equal']:.5f}, {i['worst_step']:g}, {ratio} |")
 
 
 if __name__ == "__main__":

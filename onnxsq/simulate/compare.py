@@ -33,12 +33,16 @@ log = logging.getLogger(__name__)
 FETCH = "__onnxsq_fetch"
 
 
-def ort_session(model: onnx.ModelProto | str, *, precise: bool = True):
-    """An onnxruntime session with all graph optimizations; ``precise``: exact u8u8 integer kernels."""
+def ort_session(model: onnx.ModelProto | str, *, precise: bool = True, spin: bool = True):
+    """An onnxruntime session with all graph optimizations; ``precise``: exact u8u8 integer kernels;
+    ``spin=False``: its threads sleep between runs (a session that is not timed: its spinning threads
+    would take the cores from the simulation run between its runs)."""
     ort = import_ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if precise:
         opts.add_session_config_entry("session.x64quantprecision", "1")
     src = model if isinstance(model, str) else model.SerializeToString()
@@ -80,10 +84,10 @@ class Reference:
 
     def __post_init__(self) -> None:
         self.default = ort_session(self.model, precise=False)
-        self.unoptimized = make_session(self.model.SerializeToString())  # DQ -> float op -> Q, node by node
+        self.unoptimized = make_session(self.model.SerializeToString(), spin=False)  # DQ -> float op -> Q
         self.kind = "onnxruntime, all optimizations, precise u8u8 kernels (session.x64quantprecision=1)"
         try:
-            self.precise = ort_session(self.model, precise=True)
+            self.precise = ort_session(self.model, precise=True, spin=False)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's u8u8 rewrite fails on some graphs
             log.warning("onnxruntime's precise kernels fail on this model (%s); comparing with its default "
                         "kernels", first_line(exc)[:120])
@@ -155,9 +159,9 @@ class Reference:
                                                       if layer.out is None else onnx.TensorProto.FLOAT, None))
         sub.ir_version = self.model.ir_version
         try:
-            session = ort_session(sub, precise=True)
+            session = ort_session(sub, precise=True, spin=False)
         except Exception:  # noqa: BLE001 - as for the whole model
-            session = ort_session(sub, precise=False)
+            session = ort_session(sub, precise=False, spin=False)
         return LayerRef(session, [i.name for i in g.input if i.name not in {t.name for t in g.initializer}], fetch)
 
 

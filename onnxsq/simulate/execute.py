@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DataError
 from . import kernels as K
 from .fixed import KERNELS, Fixed, NotInteger, align
 from .islands import FloatRunner
@@ -119,7 +120,7 @@ class Simulator:
                 table = stored or build_table(self.program, layer, self.floats, self.rounding)
                 self._tables[layer.name] = table
             q, n = table.lookup(ints[layer.inputs[0]])
-        except (ValueError, IndexError) as exc:
+        except (ValueError, IndexError, DataError) as exc:  # DataError: its steps do not run on the codes
             st.fallback = f"no look-up table ({exc}): computed in float"
             log.info("%s: %s", layer.name, st.fallback)
             return None

@@ -73,7 +73,9 @@ class FloatRunner:
         if session is None:
             model = self._build(steps, feeds, consts, outputs)
             try:
-                session = make_session(model)
+                # one thread, no spinning: an island is small, and idle spinning threads of many
+                # island sessions take the cores from the integer kernels between their runs
+                session = make_session(model, intra_op_threads=1, spin=False)
             except Exception as exc:  # noqa: BLE001 - onnxruntime rejects a node it cannot run
                 raise DataError(f"{key}: its float steps do not run in onnxruntime: {first_line(exc)}") from None
             self._sessions[sig] = session
