@@ -4,11 +4,10 @@
   ``g``) as a **sub-pixel decomposition**, on a static H×W input: output row ``q·s + r`` of the uncropped
   result depends only on the taps ``k ≡ r (mod s)``, so the ``s_h·s_w`` output phases are stride-1
   correlations of ``x`` with the flipped sub-kernels ``W[..., (m-1-t)·s + r]`` (``m = ⌈(k + max(0, op-pe))/s⌉``,
-  the kernel zero-extended to ``m·s`` taps by a Concat where needed: the output padding then falls on
-  zero taps). All phases run as *one* Conv with
-  ``g·s_h·s_w·C_out/g`` output channels (kernel built from ``W`` by Gather → Transpose → Reshape), pads
-  ``m-1``; Reshape → Transpose → Reshape interleaves the phases (DepthToSpace's DCR order, per group),
-  a Slice crops ``pb`` and the end, the bias is added after. Same sums as ConvTranspose, no
+  taps past the kernel are zero: the output padding then falls on zero taps). All phases run as *one*
+  Conv with ``g·s_h·s_w·C_out/g`` output channels (kernel built from ``W`` by a 0/1 selection GEMM →
+  Transpose → Reshape), pads ``m-1``; a Transpose (rows) and a permutation GEMM (columns) interleave
+  the phases, a Slice crops ``pb`` and the end, the bias is added after. Same sums as ConvTranspose, no
   multiply-add on inserted zeros.
 * Otherwise (dynamic height) the older form: ``Conv(zero_insert_s(x), flip(swap(W)), pads = k-1-pb,
   k-1-pe+op-(s-1))``, ``s²`` times the multiply-adds: the input is spread out
@@ -109,24 +108,26 @@ def _taps(geo: dict) -> tuple[int, int]:
 
 
 def _subpixel_kernel(model, node, namer, geo: dict, nodes: list) -> str:
-    """The Conv kernel ``[g·sh·sw·C_out/g, C_in/g, mh, mw]`` of every output phase, built from ``W``."""
+    """The Conv kernel ``[g·C_out/g·sh·sw, C_in/g, mh, mw]`` of every output phase, built from ``W``.
+
+    One GEMM with a 0/1 selection matrix does the flip, the phase split and the zero taps:
+    ``W[C_in·C_out/g, kh·kw] @ S[kh·kw, sh·sw·mh·mw]`` (a column without a tap stays zero), then the
+    output channels are ordered (group, channel, row phase, column phase) for :func:`_interleave`.
+    """
     tag, (kh, kw), (sh, sw), g = node.name or node.output[0], geo["k"], geo["s"], geo["g"]
     cin, cout_g = geo["cin"], geo["cout_g"]
     mh, mw = _taps(geo)
-    w = node.input[1]
-    for axis, extra, shape in ((2, mh * sh - kh, [cin, cout_g, mh * sh - kh, kw]),
-                               (3, mw * sw - kw, [cin, cout_g, mh * sh, mw * sw - kw])):
-        if extra:  # zero taps up to a multiple of the stride
-            zeros = _const(model, namer, f"{tag}/sp_zero{axis}", np.zeros(shape, np.float32))
-            w = _node(nodes, namer, "Concat", [w, zeros], f"{tag}/sp_ext{axis}", axis=axis)
-    shape5 = _const(model, namer, f"{tag}/sp_grp", np.array([g, cin // g, cout_g, mh * sh, mw * sw], np.int64))
-    w = _node(nodes, namer, "Reshape", [w, shape5], f"{tag}/sp_w5")
-    for axis, s_, m_ in ((3, sh, mh), (5, sw, mw)):
-        idx = np.array([[(m_ - 1 - t) * s_ + r for t in range(m_)] for r in range(s_)], np.int64)
-        w = _node(nodes, namer, "Gather", [w, _const(model, namer, f"{tag}/sp_taps{axis}", idx)],
-                  f"{tag}/sp_phase{axis}", axis=axis)
-    # output channels ordered (group, channel, row phase, column phase): see _interleave
-    w = _node(nodes, namer, "Transpose", [w], f"{tag}/sp_order", perm=[0, 2, 3, 5, 1, 4, 6])
+    select = np.zeros((kh * kw, sh * sw * mh * mw), np.float32)
+    for col, (rh, rw, th, tw) in enumerate(np.ndindex(sh, sw, mh, mw)):
+        ah, aw = (mh - 1 - th) * sh + rh, (mw - 1 - tw) * sw + rw  # the tap of phase (rh, rw) at (th, tw)
+        if ah < kh and aw < kw:
+            select[ah * kw + aw, col] = 1.0
+    w = _node(nodes, namer, "Reshape", [node.input[1], _const(model, namer, f"{tag}/sp_wflat", np.array(
+        [cin * cout_g, kh * kw], np.int64))], f"{tag}/sp_wflat")
+    w = _node(nodes, namer, "MatMul", [w, _const(model, namer, f"{tag}/sp_select", select)], f"{tag}/sp_taps")
+    w = _node(nodes, namer, "Reshape", [w, _const(model, namer, f"{tag}/sp_w7", np.array(
+        [g, cin // g, cout_g, sh, sw, mh, mw], np.int64))], f"{tag}/sp_w7")
+    w = _node(nodes, namer, "Transpose", [w], f"{tag}/sp_order", perm=[0, 2, 3, 4, 1, 5, 6])
     target = np.array([g * cout_g * sh * sw, cin // g, mh, mw], np.int64)
     return _node(nodes, namer, "Reshape", [w, _const(model, namer, f"{tag}/sp_kshape", target)], f"{tag}/sp_kernel")
 
