@@ -32,6 +32,7 @@ _API = {
     "TrainConfig": "onnxsq.training.config",
     "evaluate": "onnxsq.evaluation",
     "open_dataset": "onnxsq.data.loader",
+    "calibrate": "onnxsq.passes.quantize.shards",  # statistics of a shard, for quantize(stats=[...])
 }
 
 __all__ = sorted(_API)
