@@ -9,7 +9,9 @@ zoo's photos, or seeded feeds for models that take no image). The three models t
 onnxruntime with every graph optimization (its QDQ fusions turn DequantizeLinear → op → QuantizeLinear
 into integer kernels), batch 1, ``--threads`` intra-op threads, on the first sample: ``--rounds``
 rounds alternate float / onnxsq / ort (each a timed block of runs, ~``--budget`` s), and the table shows
-medians of the per-round means and the speed-up against float.
+medians of the per-round means and the speed-up against float. ``--cpu-time --threads 1`` times
+single-core compute instead (CPU time per run), which a busy shared machine disturbs far less than
+wall time.
 
 To say *why* a model is slow, the optimized graph each session runs is counted: integer kernels
 (QLinear*, *Integer, com.microsoft QLinear*/QGemm...) against float compute ops left (Conv,
@@ -83,16 +85,16 @@ def census(optimized: Path) -> tuple[int, int, int]:
                                                                                          "DequantizeLinear"))
 
 
-def time_block(sess, feed: dict, budget: float) -> float:
-    """Mean ms per run over a block of about ``budget`` seconds (at least 3 runs)."""
+def time_block(sess, feed: dict, budget: float, clock=time.perf_counter) -> float:
+    """Mean ms per run over a block of about ``budget`` seconds (at least 3 runs), by ``clock``."""
     t0 = time.perf_counter()
     sess.run(None, feed)
     one = max(time.perf_counter() - t0, 1e-5)
     n = max(3, int(budget / one))
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(n):
         sess.run(None, feed)
-    return (time.perf_counter() - t0) / n * 1000
+    return (clock() - t0) / n * 1000
 
 
 def bench_model(m, images: list[Path], args, tmp: Path) -> list[str]:
@@ -120,7 +122,8 @@ def bench_model(m, images: list[Path], args, tmp: Path) -> list[str]:
     times: dict[str, list[float]] = {t: [] for t in sessions}
     for _ in range(args.rounds):
         for tool, sess in sessions.items():
-            times[tool].append(time_block(sess, feed, args.budget))
+            times[tool].append(time_block(sess, feed, args.budget,
+                                          time.process_time if args.cpu_time else time.perf_counter))
     med = {t: statistics.median(v) for t, v in times.items()}
     f = med.get("float")
 
@@ -143,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--budget", type=float, default=0.3, help="seconds per timed block")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="CPU time per run instead of wall time (with --threads 1: single-core compute, which a busy "
+                         "shared machine disturbs far less)")
     args = ap.parse_args(argv)
     import onnxruntime
 
@@ -159,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     head = ["model", "float ms", "onnxsq int8 ms (x float)", "ORT QDQ ms (x float)", "onnxsq vs ORT",
             "onnxsq int/float/QDQ ops", "ORT int/float/QDQ ops"]
     print(f"\nbatch 1, onnxruntime {onnxruntime.__version__} CPU, all graph optimizations, {args.threads} "
-          f"threads; medians of {args.rounds} alternating rounds; ops: integer kernels / float Conv-Gemm-MatMul "
-          "left / Q-DQ nodes left in the graph onnxruntime runs\n")
+          f"threads, {'CPU' if args.cpu_time else 'wall'} ms per run; medians of {args.rounds} alternating rounds; "
+          "ops: integer kernels / float Conv-Gemm-MatMul left / Q-DQ nodes left in the graph onnxruntime runs\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
