@@ -85,8 +85,10 @@ def test_quantize_with_gptq_rounding_lowers_the_output_error_of_nearest_rounding
     q1, r1 = quantize(model, calib, config=QuantizeConfig(weight_bits=4, report_samples=8, equalize=False,
                                                           bias_correction=False, weight_rounding="gptq"))
     onnx.checker.check_model(q1)
-    assert r1.summary["weights_rounded"] == 3  # two convs and the fc
-    assert r1.summary["output_sqnr_db"] > r0.summary["output_sqnr_db"] + 3  # measured: 21.9 vs 13.7 dB
+    assert r1.summary["weights_rounded"] == 2  # the two convs; the fc sees 8 input rows for 16 columns:
+    fc = next(c for c in r1.candidates if c.name == "fc")
+    assert "too few" in fc.reason  # its H is not estimated well enough, nearest rounding, said so
+    assert r1.summary["output_sqnr_db"] > r0.summary["output_sqnr_db"] + 1  # measured: 15.7 vs 13.7 dB
     dq0 = {n.input[0] for n in q0.graph.node if n.op_type == "DequantizeLinear"}
     inits0 = {i.name: numpy_helper.to_array(i) for i in q0.graph.initializer if i.name in dq0}
     inits1 = {i.name: numpy_helper.to_array(i) for i in q1.graph.initializer if i.name in inits0}

@@ -12,9 +12,10 @@ U[i, i] * U[i, j]`` for ``j > i``. ``H`` gets ``1%`` of its mean diagonal added 
 whose input never varies is rounded plainly; it is estimated from at most :data:`MAX_ROWS` evenly spaced
 patches per sample. Exact zeros stay zero (their error is spread like any other), so sparsity is kept.
 
-Shifts: per output channel (one per tensor when per-tensor), the fitting shift or one of the two finer
-ones (which clip the largest weights), whichever leaves the smallest output error after this rounding:
-rows are independent given ``H``, so each row's choice is exact.
+Shifts: the fitting shift per output channel (one per tensor when per-tensor): nothing is clipped, the
+rounding spreads every error. Choosing among it and finer shifts (which clip the largest weights) by the
+same output error is exact per row given ``H`` (``round_weight(candidates=...)``) but fits the few report
+samples, not the data: it lost on the zoo (the README's table).
 
 Handled: ``Conv`` (any group count, stride, padding, dilation; 1-D/2-D), ``Gemm`` (``transA = 0``) and
 ``MatMul`` with a constant 2-D weight. Left at nearest rounding, with the reason: ``ConvTranspose``, layers
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_COLUMNS = 4608  # 3x3x512: H is 170 MB in float64 and its inverse a few seconds
 MAX_ROWS = 2048  # input rows (patches) per sample that H is estimated from, evenly spaced
 DAMP = 0.01
+MIN_ROWS_PER_COLUMN = 4  # fewer input rows than this per column: H is too poorly known to round against
 BLOCK = 128
 
 
@@ -179,7 +181,13 @@ def hessians(float_model: onnx.ModelProto, weights: Mapping[str, np.ndarray], us
             cols = np.ascontiguousarray(cols[:, ::-(-cols.shape[1] // MAX_ROWS)])
             sums[name] = sums.get(name, 0.0) + np.matmul(np.swapaxes(cols, -1, -2), cols)
             counts[name] = counts.get(name, 0) + cols.shape[1]
-    return {k: (v if isinstance(v, str) else v / max(1, counts[k])) for k, v in sums.items()}
+    out: dict[str, np.ndarray | str] = {}
+    for k, v in sums.items():
+        if not isinstance(v, str) and counts[k] < MIN_ROWS_PER_COLUMN * v.shape[-1]:
+            v = (f"H from {counts[k]} input rows for {v.shape[-1]} columns: too few to estimate it "
+                 "(nearest rounding; more --report-samples)")
+        out[k] = v if isinstance(v, str) else v / counts[k]
+    return out
 
 
 def row_errors(w: np.ndarray, q: np.ndarray, step: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -189,10 +197,10 @@ def row_errors(w: np.ndarray, q: np.ndarray, step: np.ndarray, h: np.ndarray) ->
 
 
 def round_weight(use: WeightUse, w: np.ndarray, p: TensorQuant, h: np.ndarray, dtype: np.dtype,
-                 candidates: int = 2) -> tuple[np.ndarray, np.ndarray]:
+                 candidates: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``w``'s integers (in ``dtype``, the weight's shape) rounded by :func:`gptq`, and their shifts: per
-    output channel (one for the tensor when ``p`` is per-tensor) the fitting shift or up to ``candidates``
-    finer ones, whichever leaves the smallest output error after rounding."""
+    output channel (one for the tensor when ``p`` is per-tensor) the fitting shift or, with ``candidates``,
+    up to that many finer ones, whichever leaves the smallest output error after rounding."""
     rows = weight_rows(use, w.astype(np.float64), h.shape[0])
     qmax = pow2.int_range(p.bits, True, symmetric=True)[1]
     mags = np.abs(rows).max(axis=-1) if rows.size else np.zeros(rows.shape[:2])
