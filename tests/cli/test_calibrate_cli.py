@@ -97,3 +97,22 @@ def test_sources_that_cannot_be_split_are_one_line_errors(run_cli, net_and_data,
     assert r.code == 0, r.err
     r = run_cli("quantize", path, "--stats", tmp_path / "s.stats", "--jobs", "2", "-o", tmp_path / "q.onnx")
     assert r.code == 0 and "--jobs is ignored" in r.err
+
+
+def test_stats_takes_a_folder_or_a_quoted_pattern(run_cli, net_and_data, tmp_path):
+    path, data = net_and_data
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i in range(2):
+        r = run_cli("calibrate", path, "--calib", data, "--shard", f"{i}/2", "-o", parts / f"part{i}.stats")
+        assert r.code == 0, r.err
+    one, folder, pattern = tmp_path / "one.onnx", tmp_path / "folder.onnx", tmp_path / "pattern.onnx"
+    assert run_cli("quantize", path, "--calib", data, "-o", one, "-q").code == 0
+    assert run_cli("quantize", path, "--stats", parts, "-o", folder, "-q").code == 0
+    assert run_cli("quantize", path, "--stats", str(parts / "part*.stats"), "-o", pattern, "-q").code == 0
+    assert folder.read_bytes() == pattern.read_bytes() == one.read_bytes()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for value, why in ((empty, "no *.stats in the folder"), (str(tmp_path / "nope*.stats"), "matches nothing")):
+        r = run_cli("quantize", path, "--stats", value, "-o", tmp_path / "x.onnx")
+        assert r.code != 0 and why in r.err and len(r.err.strip().splitlines()) == 1, r.err

@@ -1,5 +1,6 @@
 """``onnxsq calibrate MODEL --calib DATA [--shard I/N] -o STATS``: calibration statistics, mergeable by
-``onnxsq quantize MODEL --stats S0 S1 ...`` into exactly what one pass would have gathered."""
+``onnxsq quantize MODEL --stats DIR`` (or ``--stats S0 --stats S1 ...``) into exactly what one pass would
+have gathered."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def command(model: Path, output: Path, report_path: Path | None, calib: str, sha
     """Write MODEL's calibration statistics on --calib (or its shard I/N) to -o STATS.
 
     Run one process per shard anywhere (a Slurm array, Ray, Kubernetes jobs), then
-    `onnxsq quantize MODEL --stats S0 S1 ...` with the same options: shards merged give exactly the
-    one-pass statistics, so the same quantized model.
+    `onnxsq quantize MODEL --stats DIR` (or --stats S0 --stats S1 ...) with the same options: shards merged
+    give exactly the one-pass statistics, so the same quantized model.
     """
     from ...calibration.stats_file import write_stats
     from ...calibration.units import parse_shard

@@ -57,9 +57,10 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--params", "params_in", type=click.Path(dir_okay=False, path_type=Path),
               help="Use these parameters (JSON) instead of calibrating the tensors it names.")
 @click.option("--params-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the parameters (JSON).")
-@click.option("--stats", "stats", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Quantize from these statistics (onnxsq calibrate's shards, all of them; repeatable) instead of "
-                   "calibrating; --calib then only feeds the report.")
+@click.option("--stats", "stats", multiple=True, metavar="FILE|DIR|'GLOB'",
+              help="Quantize from these statistics (onnxsq calibrate's shards, all of them: files, a folder of "
+                   ".stats, or a quoted pattern; repeatable) instead of calibrating; --calib then only feeds the "
+                   "report.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Calibrate in N local processes, one shard each (same result as one) [default: 1].")
 @preprocess_options
@@ -81,7 +82,8 @@ def command(model: Path, output: Path | None, in_place: bool, report_path: Path 
         warn_ignored("--jobs", "--stats gives the statistics: nothing is calibrated")
     with phase_progress(quiet=quiet()) as advance:  # one bar per phase (calibrate, evaluate)
         result, report = quantize(model, o["calib"], config=cfg, params=o["params_in"], progress=advance,
-                                  params_out=o["params_out"], stats=list(o["stats"]) or None, jobs=o["jobs"] or 1)
+                                  params_out=o["params_out"], stats=_stats_files(o["stats"]) or None,
+                                  jobs=o["jobs"] or 1)
     if _image_folder(o["calib"]):  # eval then defaults to the preprocessing the calibration used
         from ...data.stored import store
 
@@ -115,6 +117,25 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         target_sqnr=o["target_sqnr"], effort=o["effort"],
         histograms=o["report_html"] is not None, preprocess=None if pre == Preprocess() else pre)
     return cfg, pre
+
+
+def _stats_files(values: tuple[str, ...]) -> list[Path]:
+    """``--stats`` values as files: a folder gives its ``*.stats``, a pattern (``'part*.stats'``, quoted so
+    the shell leaves it) its matches, in name order; one that names nothing is an error naming it."""
+    import glob
+
+    from ...errors import InvalidOptionError
+
+    files: list[Path] = []
+    for v in values:
+        path = Path(v)
+        found = sorted(path.glob("*.stats")) if path.is_dir() else (
+            [Path(f) for f in sorted(glob.glob(v))] if glob.has_magic(v) else [path])
+        if not found:
+            why = "no *.stats in the folder" if path.is_dir() else "the pattern matches nothing"
+            raise InvalidOptionError(f"--stats {v}: no statistics there ({why})")
+        files += found
+    return files
 
 
 def _require_data() -> None:
