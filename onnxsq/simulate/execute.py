@@ -74,9 +74,11 @@ class Simulator:
         self._tables: dict[str, Table] = {}
         self._plain: dict[tuple, dict[str, Any]] = {}
         self._shifts: dict[str, np.ndarray] = {}
+        self._feeds: Mapping[str, np.ndarray] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Result:
         """Simulate one batch; ``feeds``: the model's float inputs by name."""
+        self._feeds = feeds
         ints: dict[str, np.ndarray] = {}
         floats: dict[str, np.ndarray] = {}
         for layer in self.program.layers:
@@ -193,6 +195,8 @@ class Simulator:
             if shift is None:
                 shift = self._shifts[src] = _frozen(p.tensors[src].shift)
             return Fixed(ints[src], shift, ONE)
+        if name in p.inputs and name not in p.consts:  # a float graph input read for its shape
+            return np.asarray(self._feeds[name])
         c = p.consts[name]
         if c.shift is None:
             return c.values
@@ -275,6 +279,8 @@ class Simulator:
             return shape[step.attrs.get("start", 0):step.attrs.get("end", len(shape))]
         if op == "Split":
             return [x.moved(part) for part in _split(step, x.v, args[1:])]
+        if op in ("ReduceSum", "ReduceMax", "ReduceMin"):
+            return _reduce(step, x, args[1:])
         if op == "Concat":
             if not all(isinstance(a, Fixed) and a.plain for a in args):
                 raise NotInteger("a concat of per-channel or float values")
@@ -308,9 +314,29 @@ def _shape_op(step: Step, v: np.ndarray, rest: list) -> np.ndarray:
         return _slice(v, a, rest)
     if op == "Gather":
         return np.take(v, np.asarray(rest[0]).astype(np.int64), axis=a.get("axis", 0))
+    if op == "Expand":
+        shape = [int(d) for d in np.asarray(rest[0]).ravel()]
+        return np.broadcast_to(v, np.broadcast_shapes(v.shape, tuple(shape)))
     if op in ("Resize", "Upsample"):
         return _resize(step, v, rest)
     raise NotInteger(f"{op} on integers")
+
+
+def _reduce(step: Step, x: Fixed, rest: list) -> Fixed:
+    """ReduceSum (exact in int64), ReduceMax, ReduceMin over ``axes`` (attribute or input)."""
+    if not x.plain:
+        raise NotInteger(f"{step.op} of a per-channel or averaged value")
+    axes = step.attrs.get("axes")
+    if axes is None and rest and rest[0] is not None and np.asarray(rest[0]).size:
+        axes = [int(a) for a in np.asarray(rest[0]).ravel()]
+    if axes is None and step.attrs.get("noop_with_empty_axes", 0):
+        return x
+    axis = tuple(a % x.v.ndim for a in axes) if axes is not None else None
+    keep = bool(step.attrs.get("keepdims", 1))
+    if step.op == "ReduceSum":
+        return Fixed(x.v.sum(axis=axis, keepdims=keep, dtype=np.int64), x.shift, x.div)
+    fn = np.max if step.op == "ReduceMax" else np.min
+    return Fixed(fn(x.v, axis=axis, keepdims=keep), x.shift, x.div)
 
 
 def _split(step: Step, v: np.ndarray, rest: list) -> list[np.ndarray]:

@@ -36,7 +36,10 @@ INT_OPS = frozenset({
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sum", "Sub", "Mul", "Relu", "Clip", "MaxPool",
     "AveragePool", "GlobalAveragePool", "ReduceMean", "GlobalMaxPool", "Resize", "Upsample", "Reshape", "Flatten",
     "Transpose", "Squeeze", "Unsqueeze", "Concat", "Identity", "Dropout", "Shape", "Slice", "Gather", "Split",
+    "Expand", "ReduceSum", "ReduceMax", "ReduceMin",
 })
+MOVES = frozenset({"Slice", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Gather", "Split",
+                   "Concat", "Shape"})  # ops that only rearrange elements
 NP_INT = {np.dtype(np.int8): (8, True), np.dtype(np.uint8): (8, False), np.dtype(np.int16): (16, True),
           np.dtype(np.uint16): (16, False), np.dtype(np.int32): (32, True)}
 
@@ -271,8 +274,10 @@ def classify(layer: Layer, dq: dict[str, str], consts: dict[str, Const], inputs:
         layer.kind, layer.op = "tail", (layer.steps[-1].op if layer.steps else "Identity")
         layer.reason = "graph output computed in float after the last DequantizeLinear"
         return
-    if any(i in inputs for i in layer.inputs):
-        layer.kind = "input" if not layer.steps else "float"
+    read = {i for s in layer.steps if s.op != "Shape" for i in s.inputs}
+    if any(i in inputs and (i in read or not layer.steps) for i in layer.inputs):
+        # rearranging a float input, then quantizing it, is quantizing it: still the input's quantizer
+        layer.kind = "input" if all(s.op in MOVES for s in layer.steps) else "float"
         layer.op = layer.steps[-1].op if layer.steps else "QuantizeLinear"
         layer.reason = "quantizes a float graph input"
         return

@@ -89,7 +89,7 @@ def requantize_saturate(v: np.ndarray, k: np.ndarray | int, rounding: str, divis
     if divisor.size == 1 and int(divisor.flat[0]) == 1 and np.asarray(v).size:
         kmax = int(k) if k.ndim == 0 else int(k.max(initial=0))
         scale = 2.0 ** -int(k) if k.ndim == 0 else np.ldexp(1.0, -k)
-        f = _round_inplace(np.multiply(v, scale, dtype=np.float64), rounding)
+        f = _round_inplace(np.asarray(np.multiply(v, scale, dtype=np.float64)), rounding)  # 0-d: an array too
         fmin, fmax = float(f.min()), float(f.max())
         if (max(-fmin, fmax) + 1.0) * 2.0 ** kmax < FLOAT_EXACT:
             return _clip_cast(f, fmin, fmax, bits, signed)
@@ -105,7 +105,7 @@ def float_saturate(x: np.ndarray, shift: int, rounding: str, bits: int, signed: 
     x = np.asarray(x)
     keep = x.dtype == np.float32 and rounding in ("half-even", "floor")
     dtype = np.float32 if keep else np.float64
-    f = np.multiply(x, dtype(np.ldexp(1.0, shift)), dtype=dtype)  # a power of two: exact (ldexp is slow)
+    f = np.asarray(np.multiply(x, dtype(np.ldexp(1.0, shift)), dtype=dtype))  # a power of two: exact; 0-d too
     f = _round_inplace(f, rounding)
     if not f.size:
         return f.astype(np.int32), 0

@@ -59,6 +59,12 @@ def test_requantize_saturate_is_requantize_then_saturate(rounding):
             assert got.dtype == np.int32 and got.tolist() == want.tolist() and m == n, (k, d, bits, signed)
 
 
+def test_scalars_requantize_and_saturate():
+    assert requantize_saturate(np.int64(300), 1, "half-even", 1, 8, True)[0].tolist() == 127
+    q, n = float_saturate(np.float32(2.5), 0, "half-even", 8, False)
+    assert q.tolist() == 2 and n == 0
+
+
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 def test_float_saturate_matches_round_float(rounding):
     x = (np.arange(-300, 301, dtype=np.float32) / np.float32(8)).astype(np.float32)

@@ -81,7 +81,14 @@ def _split_concat(g: G, x: str) -> str:  # Split's parts keep the input's shift;
     return g.q(g.node("Concat", [b, a], axis=1), 3)
 
 
-CASES = {"gemm": _gemm, "split_concat": _split_concat, "matmul_add": _matmul_add, "pools": _pools,
+def _reduce_expand(g: G, x: str) -> str:  # a row sum (exact) broadcast back and added; a row max
+    s = g.node("ReduceSum", [x, g.const(np.array([1], np.int64))], keepdims=1)
+    e = g.node("Expand", [s, g.const(np.array([2, 12], np.int64))])
+    return g.q(g.node("Add", [g.node("ReduceMax", [x], axes=[1], keepdims=1), e]), 1)
+
+
+CASES = {"gemm": _gemm, "split_concat": _split_concat, "reduce_expand": _reduce_expand, "matmul_add": _matmul_add,
+         "pools": _pools,
          "clip_resize": _clip_resize,
          "mul_left_shift": _mul_left_shift, "softmax_island": _island, "sigmoid_table": _sigmoid,
          "silu_table": _silu, "hardswish_decomposed_table": _hardswish_decomposed,

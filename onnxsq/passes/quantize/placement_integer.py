@@ -51,6 +51,9 @@ def _candidate(node: gs.Node, exclude: tuple[str, ...]) -> bool:
         return False
     if len(node.outputs) != 1 or not _float32(node.outputs[0]):
         return False
+    shapes = [t.shape for t in (*node.inputs, node.outputs[0]) if t is not None and t.name and not is_const(t)]
+    if any(s is None for s in shapes) or any(list(s) != list(shapes[-1]) for s in shapes):
+        return False  # a constant that broadcasts the data to a larger shape makes no table of its elements
     for i in node.inputs:
         if i is None or not i.name:
             continue
