@@ -6,8 +6,10 @@ Variants, cumulative (each adds one change to the one before):
 
 * ``before``: ConvTranspose as a Conv over a zero-inserted input, Relu with onnxruntime's ReluGrad,
   weights copied out of and back into onnxruntime every step (the loop as it was);
-* ``+subpixel``: ConvTranspose as one Conv over its output phases, interleaved by one 6-D Transpose;
-* ``+split transpose``: the interleave as two single-axis Transposes;
+* ``+subpixel``: ConvTranspose as one Conv over its output phases, its kernel built by two Gathers,
+  the phases interleaved by one 6-D Transpose;
+* ``+interleave``: rows by one single-axis Transpose, columns by a permutation GEMM;
+* ``+kernel GEMM``: the phase kernel by one 0/1 selection GEMM instead of the Gathers;
 * ``+relu mask``: Relu as ``x · (x > 0)``;
 * ``+in place``: the update on onnxruntime's own buffers (no copies): today's loop.
 
@@ -28,7 +30,43 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ["before", "+subpixel", "+split transpose", "+relu mask", "+in place"]
+VARIANTS = ["before", "+subpixel", "+interleave", "+kernel GEMM", "+relu mask", "+in place"]
+
+
+def _one_transpose(model, namer, tag, y, c, s, hw, nodes):
+    """The phases interleaved by one general 6-D Transpose."""
+    from onnxsq.training.rewrites import _const, _node
+
+    (sh, sw), (hq, wq) = s, hw
+    y = _node(nodes, namer, "Reshape", [y, _const(model, namer, f"{tag}/split", np.array(
+        [-1, c, sh, sw, hq, wq], np.int64))], f"{tag}/phases")
+    y = _node(nodes, namer, "Transpose", [y], f"{tag}/interleave", perm=[0, 1, 4, 2, 5, 3])
+    return _node(nodes, namer, "Reshape", [y, _const(model, namer, f"{tag}/merge", np.array(
+        [-1, c, hq * sh, wq * sw], np.int64))], f"{tag}/full")
+
+
+def _gather_kernel(model, node, namer, geo, nodes):
+    """The phase kernel by Concat (zero taps) and two Gathers, as first written."""
+    from onnxsq.training.rewrites import _const, _node, _taps
+
+    tag, (kh, kw), (sh, sw), g = node.name or node.output[0], geo["k"], geo["s"], geo["g"]
+    cin, cout_g = geo["cin"], geo["cout_g"]
+    mh, mw = _taps(geo)
+    w = node.input[1]
+    for axis, extra, shape in ((2, mh * sh - kh, [cin, cout_g, mh * sh - kh, kw]),
+                               (3, mw * sw - kw, [cin, cout_g, mh * sh, mw * sw - kw])):
+        if extra:
+            zeros = _const(model, namer, f"{tag}/zero{axis}", np.zeros(shape, np.float32))
+            w = _node(nodes, namer, "Concat", [w, zeros], f"{tag}/ext{axis}", axis=axis)
+    w = _node(nodes, namer, "Reshape", [w, _const(model, namer, f"{tag}/grp", np.array(
+        [g, cin // g, cout_g, mh * sh, mw * sw], np.int64))], f"{tag}/w5")
+    for axis, s_, m_ in ((3, sh, mh), (5, sw, mw)):
+        idx = np.array([[(m_ - 1 - t) * s_ + r for t in range(m_)] for r in range(s_)], np.int64)
+        w = _node(nodes, namer, "Gather", [w, _const(model, namer, f"{tag}/taps{axis}", idx)], f"{tag}/ph{axis}",
+                  axis=axis)
+    w = _node(nodes, namer, "Transpose", [w], f"{tag}/order", perm=[0, 2, 3, 5, 1, 4, 6])
+    return _node(nodes, namer, "Reshape", [w, _const(model, namer, f"{tag}/kshape", np.array(
+        [g * cout_g * sh * sw, cin // g, mh, mw], np.int64))], f"{tag}/kernel")
 
 
 def _patch(variant: str) -> None:
@@ -38,21 +76,17 @@ def _patch(variant: str) -> None:
     if level < 1:
         rewrites._subpixel = rewrites._zero_inserted
     if level < 2:
-        def one_transpose(model, namer, tag, y, c, s, hw, nodes):
-            (sh, sw), (hq, wq) = s, hw
-            y = rewrites._node(nodes, namer, "Reshape", [y, rewrites._const(model, namer, f"{tag}/split", np.array(
-                [-1, c, sh, sw, hq, wq], np.int64))], f"{tag}/phases")
-            y = rewrites._node(nodes, namer, "Transpose", [y], f"{tag}/interleave", perm=[0, 1, 4, 2, 5, 3])
-            return rewrites._node(nodes, namer, "Reshape", [y, rewrites._const(model, namer, f"{tag}/merge", np.array(
-                [-1, c, hq * sh, wq * sw], np.int64))], f"{tag}/full")
-        rewrites._interleave = one_transpose
+        rewrites._interleave = _one_transpose
     if level < 3:
-        rewrites.SPEED_REWRITES.clear()
+        rewrites._subpixel_kernel = _gather_kernel
     if level < 4:
+        rewrites.SPEED_REWRITES.clear()
+    if level < 5:
         def bind_copies(self, state) -> None:
             self.state = state
             self.params = {n: state.parameters[n] for n in self.graph.trainable}
             self.w = {n: np.array(p.data, copy=True) for n, p in self.params.items()}
+            self._grads = {}
 
         def write_back(self) -> None:
             for n, p in self.params.items():
