@@ -51,7 +51,8 @@ def _esc(v: Any) -> str:
 
 
 def _layers(report: dict) -> list[dict]:
-    return [c for c in report.get("candidates", []) if c.get("action") == "quantized"]
+    """The layers a row each: what quantize quantized, or every layer ``inspect`` listed."""
+    return [c for c in report.get("candidates", []) if c.get("action") in ("quantized", "listed")]
 
 
 def _line_chart(points: list[tuple[str, float]], title: str, unit: str = "dB") -> str:
@@ -143,8 +144,17 @@ def _cell(key: str, v: Any) -> Any:
     return v
 
 
+QUANTIZE_COLUMNS = ("bits", "shift", "w_shift", "requant_shift", "range", "clipped", "sqnr_db", "sensitivity_db")
+
+
+def _columns(layers: list[dict]) -> list[str]:
+    """quantize's columns in their order, then any other detail the layers have (inspect's), in theirs."""
+    seen = dict.fromkeys(k for c in layers for k, v in c["details"].items() if not isinstance(v, dict))
+    return [k for k in QUANTIZE_COLUMNS if k in seen] + [k for k in seen if k not in QUANTIZE_COLUMNS]
+
+
 def _table(layers: list[dict], skipped: list[dict]) -> str:
-    cols = ("bits", "shift", "w_shift", "requant_shift", "range", "clipped", "sqnr_db", "sensitivity_db")
+    cols = _columns(layers)
     rows = []
     for c in layers:
         d = c["details"]

@@ -76,3 +76,15 @@ def test_chromium_renders_it(quantized, tmp_path):
     dark = pixels < 128
     assert dark.mean() > 0.01  # text and charts drawn, not a blank page
     assert dark[:, :500].any() and dark[700:, :].any()  # across the width and down the page
+
+
+def test_inspect_html_lists_every_layer(run_cli, quantized, tmp_path):
+    page, report = quantized
+    qmodel = page.with_name("q.onnx")
+    out, rep = tmp_path / "i.html", tmp_path / "i.json"
+    res = run_cli("inspect", qmodel, "--html", out, "--report", rep)
+    assert res.code == 0, res.err
+    listed = [c for c in json.loads(rep.read_text())["candidates"] if c["action"] == "listed"]
+    text = out.read_text()
+    assert listed and all(f"<td>{c['name']}</td>" in text for c in listed)
+    assert "<th>bits</th>" in text and "<th>zero_fraction</th>" in text
