@@ -172,3 +172,18 @@ def test_units_cut_batches_of_multi_sample_items_and_static_batches():
     assert fixed == [(3, 0), (3, 1)]  # the model's static batch of 3; the 7th sample does not fill one
     capped = [n for _, n, _ in unit_batches(_source([1] * 7), batch_size=2, count=5)]
     assert capped == [2, 2, 1]
+
+
+def test_a_failure_in_the_main_process_stops_the_shard_processes(net_and_data, tmp_path):
+    import multiprocessing
+
+    from onnxsq.errors import OnnxsqError
+
+    path, data = net_and_data
+    with pytest.raises(OnnxsqError, match="no such parameters file"):  # the main process fails, fast
+        quantize(path, str(data), config=QuantizeConfig(), jobs=2, params=tmp_path / "missing.json")
+    children = multiprocessing.active_children()
+    assert children  # the shard processes were started ...
+    for child in children:
+        child.join(timeout=10)
+    assert all(c.exitcode is not None and c.exitcode < 0 for c in children)  # ... and killed, not run to the end

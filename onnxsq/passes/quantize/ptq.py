@@ -34,6 +34,7 @@ reordered ones; the README's benchmark section has the figures.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import logging
@@ -97,12 +98,12 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
         from .shards import start_jobs
 
         pending = start_jobs(model, calib, cfg, jobs)  # the shards run while this process loads and plans
-    ctx, graph, meta, opset, large, clock = prepare(model, cfg, params)
+    with pending or contextlib.nullcontext():  # a failure here stops the shard processes
+        ctx, graph, meta, opset, large, clock = prepare(model, cfg, params)
+        float_model, float_weights = runnable(graph, meta)
+        clock.lap("split weights")
+        stats = stats if pending is None else pending.result(progress)
     report = ctx.report
-    float_model, float_weights = runnable(graph, meta)
-    clock.lap("split weights")
-    if pending is not None:
-        stats = pending.result(progress)
     kept, samples = _calibrate(ctx, graph, calib, float_model, float_weights, progress, clock, stats)
     tparams = _resolve(ctx, graph, float_model, float_weights, kept)
     clock.lap("resolve")

@@ -117,10 +117,28 @@ def _shard_worker(model: str, calib: Any, cfg: QuantizeConfig, shard: tuple[int,
 
 
 class Jobs:
-    """Shard processes in flight; :meth:`result` waits for them and returns their statistics."""
+    """Shard processes in flight; :meth:`result` waits for them and returns their statistics. As a
+    context manager: an exception inside stops the processes (instead of waiting for them at exit)."""
 
     def __init__(self, pool: ProcessPoolExecutor, futures: list[Future], tmp: tempfile.TemporaryDirectory | None):
         self.pool, self.futures, self.tmp = pool, futures, tmp
+
+    def __enter__(self) -> Jobs:
+        return self
+
+    def __exit__(self, kind: type | None, *rest: object) -> None:
+        if kind is not None:
+            self.stop()
+
+    def stop(self) -> None:
+        """Cancel what has not started and terminate the running processes."""
+        procs = list((getattr(self.pool, "_processes", None) or {}).values())  # the executor has no public kill
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
 
     def result(self, progress: Progress | None = None) -> list[CalibrationStats]:
         try:
@@ -139,6 +157,7 @@ class Jobs:
             self.pool.shutdown(cancel_futures=True)
             if self.tmp is not None:
                 self.tmp.cleanup()
+                self.tmp = None
 
 
 def start_jobs(model: ModelLike, calib: Any, cfg: QuantizeConfig, jobs: int) -> Jobs:
