@@ -227,7 +227,8 @@ class Trainer:
         lr = lr_at(self.cfg, self.iteration, self.max_iter)
         labels = y[y != self.cfg.ignore_label] if self.task == "segmentation" else y
         if labels.size and (labels.min() < 0 or (self.classes and labels.max() >= self.classes)):
-            raise DataError(f"{self.data.where}: label {int(labels.max())} outside the model's "
+            where = getattr(self.data, "label_where", self.data.where)  # the label list, not the images
+            raise DataError(f"{where}: label {int(labels.max())} outside the model's "
                             f"{self.classes} classes (0..{self.classes - 1})")
         try:
             outputs = self.module(x, y)

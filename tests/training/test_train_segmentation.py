@@ -101,3 +101,17 @@ def test_segmentation_trains_on_cpu_and_keeps_its_ops(tmp_path):
     # the user's model comes back with its own ops, IR and opset
     assert [n.op_type for n in trained.graph.node] == [n.op_type for n in model.graph.node]
     assert trained.ir_version == 6 and trained.opset_import[0].version == 11
+
+
+def test_a_label_out_of_range_names_the_label_list(tmp_path):
+    import onnxsq
+    from onnxsq.data.images import Preprocess
+    from onnxsq.data.loader import open_dataset
+    from onnxsq.errors import DataError
+
+    images, labels = shapes_dataset(tmp_path / "bad", 4, 3)
+    Image.fromarray(np.full((32, 32), 7, np.uint8), mode="L").save(tmp_path / "bad" / "lab0.png")
+    pre = Preprocess(size=(32, 32), mean=(128.0, 128.0, 128.0), std=(64.0, 64.0, 64.0))
+    data = open_dataset(images, labels=labels, pre=pre)
+    with pytest.raises(DataError, match=r"labels\.txt: label 7 outside the model's 3 classes"):
+        onnxsq.train(seg_model(), data, iters=1, batch_size=4, display=0)
