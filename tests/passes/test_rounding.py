@@ -85,9 +85,9 @@ def test_quantize_with_gptq_rounding_lowers_the_output_error_of_nearest_rounding
     q1, r1 = quantize(model, calib, config=QuantizeConfig(weight_bits=4, report_samples=8, equalize=False,
                                                           bias_correction=False, weight_rounding="gptq"))
     onnx.checker.check_model(q1)
-    assert r1.summary["weights_rounded"] == 2  # the two convs; the fc sees 8 input rows for 16 columns:
+    assert r1.summary["weights_rounded"] >= 1  # a conv's channels where GPTQ won on the held-out samples
     fc = next(c for c in r1.candidates if c.name == "fc")
-    assert "too few" in fc.reason  # its H is not estimated well enough, nearest rounding, said so
+    assert "too few" in fc.reason  # 4 input rows per half for 16 columns: H unknown, nearest, said so
     assert r1.summary["output_sqnr_db"] > r0.summary["output_sqnr_db"] + 1  # measured: 15.7 vs 13.7 dB
     dq0 = {n.input[0] for n in q0.graph.node if n.op_type == "DequantizeLinear"}
     inits0 = {i.name: numpy_helper.to_array(i) for i in q0.graph.initializer if i.name in dq0}
@@ -106,3 +106,31 @@ def test_batched_groups_equal_one_group_at_a_time():
     both = gptq(w, inverse_factor(h), step, 7)
     for i in range(g):
         np.testing.assert_array_equal(both[i], _gptq(w[i], h[i], step[i], 7))
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_round_weight_is_never_worse_than_nearest_on_the_held_out_moment(per_channel, seed):
+    from onnxsq.calibration import pow2
+    from onnxsq.params import TensorQuant
+    from onnxsq.passes.quantize.rounding import round_weight, row_errors
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    use = WeightUse("conv", "Conv", "w", 0 if per_channel else None, "x", "y", attrs={})
+    x_a, x_b = (rng.standard_normal((40, 27)) @ rng.standard_normal((27, 27)) for _ in range(2))
+    h = ((x_a.T @ x_a / 40)[None], (x_b.T @ x_b / 40)[None])
+    shift = pow2.weight_shift(w, 4, axis=0 if per_channel else None, method="mse")
+    p = TensorQuant("w", "weight", 4, True, shift.tolist() if per_channel else int(shift), 0 if per_channel else None)
+    nearest = pow2.quantize(w, shift, 4, True, symmetric=True, axis=0 if per_channel else None, dtype=np.int8)
+    q, new_shift, took = round_weight(use, w, p, h, nearest)
+    assert q.dtype == np.int8 and q.shape == w.shape and np.abs(q).max() <= 7
+    rows = w.reshape(1, 6, -1).astype(np.float64)
+    step = lambda s: pow2.scale_of(np.broadcast_to(np.asarray(s), (6,))).astype(np.float64)[None]  # noqa: E731
+    got = row_errors(rows, q.reshape(1, 6, -1).astype(np.float64), step(new_shift), h[1])
+    near = row_errors(rows, nearest.reshape(1, 6, -1).astype(np.float64), step(shift), h[1])
+    if per_channel:
+        assert np.all(got <= near + 1e-12)
+    else:
+        assert got.sum() <= near.sum() + 1e-12 and len(set(new_shift.tolist())) == 1
+    assert np.array_equal(q.reshape(6, -1)[~took], nearest.reshape(6, -1)[~took])

@@ -122,9 +122,11 @@ def means_wanted(weights: Iterable[Any], given: Mapping[str, TensorQuant], graph
 
 
 def correct_bias(use: Any, wp: TensorQuant, consts: dict[str, np.ndarray], given: Mapping[str, TensorQuant],
-                 means: Mapping[str, ChannelMean], q: np.ndarray | None = None) -> list[float] | None:
-    """Replace ``use.bias``'s values in ``consts`` by the corrected ones;
-    a given bias brings its correction along (a parameters file reproduces the model). Returns it."""
+                 means: Mapping[str, ChannelMean], q: np.ndarray | None = None,
+                 skip: np.ndarray | None = None) -> list[float] | None:
+    """Replace ``use.bias``'s values in ``consts`` by the corrected ones (none for the output channels
+    ``skip`` marks); a given bias brings its correction along (a parameters file reproduces the model).
+    Returns it."""
     b = consts[use.bias]
     if use.bias in given:
         corr = given[use.bias].correction
@@ -143,6 +145,8 @@ def correct_bias(use: Any, wp: TensorQuant, consts: dict[str, np.ndarray], given
         except (ValueError, IndexError) as exc:  # channel counts that do not line up: leave the bias alone
             use.notes.append(f"no bias correction: {exc}")
             return None
+        if skip is not None and skip.size == np.size(e):
+            e = np.where(skip.reshape(np.shape(e)), 0.0, e)
     b64 = np.asarray(b, np.float64)
     try:
         fixed = ((b64.reshape(()) if b64.size == 1 else b64) - e).astype(np.float32)

@@ -46,6 +46,7 @@ class QuantizeContext:
     corrected: dict[str, np.ndarray] = field(default_factory=dict)  # bias name → corrected float values
     qweights: dict[str, np.ndarray] = field(default_factory=dict)  # weight name → its integers (computed once)
     hessians: dict[str, Any] = field(default_factory=dict)  # weight → per-group E[x x^T], or why none (.rounding)
+    gptq_rows: dict[str, np.ndarray] = field(default_factory=dict)  # weight → its output channels GPTQ rounded
 
 
 def known_clipped(ctx: QuantizeContext, tparams: dict[str, TensorQuant]) -> dict[str, float]:
@@ -132,10 +133,9 @@ def resolve_params(ctx: QuantizeContext) -> dict[str, TensorQuant]:
                                              else None)
             _round_weight(ctx, use, out[use.weight])
         if use.bias is not None:
-            # a GPTQ-rounded weight minimized its error with the input's mean in it: no second correction
-            rounded = out[use.weight].estimator == "gptq"
-            corr = None if rounded else correct_bias(use, out[use.weight], ctx.consts, ctx.given, ctx.means,
-                                                     ctx.qweights.get(use.weight))
+            # GPTQ's channels minimized their error with the input's mean in it: no second correction there
+            corr = correct_bias(use, out[use.weight], ctx.consts, ctx.given, ctx.means,
+                                ctx.qweights.get(use.weight), skip=ctx.gptq_rows.get(use.weight))
             if corr is not None:
                 ctx.corrected[use.bias] = ctx.consts[use.bias]
             out[use.bias] = _bias_params(ctx, use.bias, out[use.input], out[use.weight], use.bias_axis)
@@ -153,10 +153,14 @@ def _round_weight(ctx: QuantizeContext, use: Any, p: TensorQuant) -> None:
         return
     from .rounding import round_weight
 
-    q, shift = round_weight(use, ctx.consts[use.weight], p, h, ctx.qweights[use.weight].dtype)
+    q, shift, took = round_weight(use, ctx.consts[use.weight], p, h, ctx.qweights[use.weight])
+    if not took.any():
+        use.notes.append("weight rounding: nearest (GPTQ's rounding was no better on the held-out samples)")
+        return
     ctx.qweights[use.weight] = q
     p.shift = shift.tolist() if p.per_channel else int(shift[0])
-    p.estimator = "gptq"
+    p.estimator = "gptq" if took.all() else f"gptq ({int(took.sum())} of {took.size} channels)"
+    ctx.gptq_rows[use.weight] = took
     ctx.report.summary["weights_rounded"] = ctx.report.summary.get("weights_rounded", 0) + 1
 
 

@@ -12,6 +12,11 @@ U[i, i] * U[i, j]`` for ``j > i``. ``H`` gets ``1%`` of its mean diagonal added 
 whose input never varies is rounded plainly; it is estimated from at most :data:`MAX_ROWS` evenly spaced
 patches per sample. Exact zeros stay zero (their error is spread like any other), so sparsity is kept.
 
+Held out: ``H`` is measured twice, on the even and on the odd report samples; the rounding runs against
+the first, and an output channel (the whole tensor when per-tensor) keeps GPTQ's integers only where
+they leave a smaller error than nearest rounding at the default shifts on the second (else nearest, as
+without this option). GPTQ's channels get no bias correction (the input's mean is in their objective).
+
 Shifts: the fitting shift per output channel (one per tensor when per-tensor): nothing is clipped, the
 rounding spreads every error. Choosing among it and finer shifts (which clip the largest weights) by the
 same output error is exact per row given ``H`` (``round_weight(candidates=...)``) but fits the few report
@@ -136,22 +141,10 @@ def gptq(w: np.ndarray, u: np.ndarray, step: np.ndarray, qmax: int) -> np.ndarra
     return q
 
 
-def hessians(float_model: onnx.ModelProto, weights: Mapping[str, np.ndarray], uses: list[WeightUse],
-             consts: Mapping[str, np.ndarray], feeds: list[dict[str, np.ndarray]],
-             quantized: Mapping[str, TensorQuant] | None = None) -> dict[str, np.ndarray | str]:
-    """Each weight's ``H = E[x x^T]`` per group (``[groups, K, K]``) over ``feeds`` (or why none); with
-    ``quantized`` (nearest-rounding parameters of every tensor), of the inputs as the quantized model
-    computes them (every tensor fake-quantized, :mod:`.sensitivity`'s switches all on)."""
-    wanted = {}
-    for use in uses:
-        w = consts.get(use.weight)
-        if w is None or use.op not in ("Conv", "Gemm", "MatMul"):
-            wanted[use.weight] = f"{use.op}: not handled (nearest rounding)"
-        elif int(np.prod(w.shape[1:])) > MAX_COLUMNS and use.op == "Conv":
-            wanted[use.weight] = f"{int(np.prod(w.shape[1:]))} input columns > {MAX_COLUMNS}: nearest rounding"
-        else:
-            wanted[use.weight] = use
-    inputs = sorted({u.input for u in wanted.values() if isinstance(u, WeightUse)})
+def _session(float_model: onnx.ModelProto, weights: Mapping[str, np.ndarray], inputs: list[str],
+             quantized: Mapping[str, TensorQuant] | None) -> tuple[FedSession, dict[str, str], dict]:
+    """A session fetching ``inputs`` (as the quantized model computes them, with ``quantized``): the
+    session, input → the name to fetch, and the switch feeds."""
     fetch, masks = dict(zip(inputs, inputs)), {}
     if quantized is not None:
         from .sensitivity import switch_model
@@ -165,29 +158,55 @@ def hessians(float_model: onnx.ModelProto, weights: Mapping[str, np.ndarray], us
         model.CopyFrom(float_model)
     have = {o.name for o in model.graph.output}
     model.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in fetch.values() if t not in have)
-    session = FedSession(model.SerializeToString(), weights, mismatch=MISMATCH)
-    sums: dict[str, np.ndarray | str] = {k: v for k, v in wanted.items() if isinstance(v, str)}
-    counts: dict[str, int] = {}
-    for feed in feeds:
+    return FedSession(model.SerializeToString(), weights, mismatch=MISMATCH), fetch, masks
+
+
+def hessians(float_model: onnx.ModelProto, weights: Mapping[str, np.ndarray], uses: list[WeightUse],
+             consts: Mapping[str, np.ndarray], feeds: list[dict[str, np.ndarray]],
+             quantized: Mapping[str, TensorQuant] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray] | str]:
+    """Each weight's ``H = E[x x^T]`` per group (``[groups, K, K]``) over the even and over the odd
+    ``feeds`` (one to round against, one to check on), or why none; with ``quantized`` (nearest-rounding
+    parameters of every tensor), of the inputs as the quantized model computes them."""
+    wanted: dict[str, WeightUse | str] = {}
+    for use in uses:
+        w = consts.get(use.weight)
+        if w is None or use.op not in ("Conv", "Gemm", "MatMul"):
+            wanted[use.weight] = f"{use.op}: not handled (nearest rounding)"
+        elif int(np.prod(w.shape[1:])) > MAX_COLUMNS and use.op == "Conv":
+            wanted[use.weight] = f"{int(np.prod(w.shape[1:]))} input columns > {MAX_COLUMNS}: nearest rounding"
+        else:
+            wanted[use.weight] = use
+    inputs = sorted({u.input for u in wanted.values() if isinstance(u, WeightUse)})
+    session, fetch, masks = _session(float_model, weights, inputs, quantized)
+    sums: dict[str, list | str] = {k: v for k, v in wanted.items() if isinstance(v, str)}
+    counts: dict[str, list[int]] = {}
+    for i, feed in enumerate(feeds):
         got = dict(zip(inputs, session.run([fetch[t] for t in inputs], {**feed, **masks})))
         for name, use in wanted.items():
-            if isinstance(use, str) or isinstance(sums.get(name), str):
-                continue
-            cols = columns(use, consts[name], got[use.input])
-            if isinstance(cols, str):
-                sums[name] = cols
-                continue
-            # every k-th patch: H's estimate, not its cost (contiguous: matmul is slow on strided views)
-            cols = np.ascontiguousarray(cols[:, ::-(-cols.shape[1] // MAX_ROWS)])
-            sums[name] = sums.get(name, 0.0) + np.matmul(np.swapaxes(cols, -1, -2), cols)
-            counts[name] = counts.get(name, 0) + cols.shape[1]
-    out: dict[str, np.ndarray | str] = {}
-    for k, v in sums.items():
-        if not isinstance(v, str) and counts[k] < MIN_ROWS_PER_COLUMN * v.shape[-1]:
-            v = (f"H from {counts[k]} input rows for {v.shape[-1]} columns: too few to estimate it "
-                 "(nearest rounding; more --report-samples)")
-        out[k] = v if isinstance(v, str) else v / counts[k]
-    return out
+            if not isinstance(use, str) and not isinstance(sums.get(name), str):
+                _accumulate(sums, counts, name, columns(use, consts[name], got[use.input]), i % 2)
+    return {k: _finish(v, counts.get(k)) for k, v in sums.items()}
+
+
+def _accumulate(sums: dict, counts: dict, name: str, cols: np.ndarray | str, half: int) -> None:
+    if isinstance(cols, str):
+        sums[name] = cols
+        return
+    # every k-th patch: H's estimate, not its cost (contiguous: matmul is slow on strided views)
+    cols = np.ascontiguousarray(cols[:, ::-(-cols.shape[1] // MAX_ROWS)])
+    both = sums.setdefault(name, [0.0, 0.0])
+    both[half] = both[half] + np.matmul(np.swapaxes(cols, -1, -2), cols)
+    counts.setdefault(name, [0, 0])[half] += cols.shape[1]
+
+
+def _finish(v: list | str, n: list[int] | None) -> tuple[np.ndarray, np.ndarray] | str:
+    if isinstance(v, str):
+        return v
+    k = v[0].shape[-1] if isinstance(v[0], np.ndarray) else v[1].shape[-1]
+    if min(n) < MIN_ROWS_PER_COLUMN * k:
+        return (f"H from {min(n)} input rows (per half of the report samples) for {k} columns: too few to "
+                "estimate it (nearest rounding; more --report-samples)")
+    return v[0] / n[0], v[1] / n[1]
 
 
 def row_errors(w: np.ndarray, q: np.ndarray, step: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -196,29 +215,26 @@ def row_errors(w: np.ndarray, q: np.ndarray, step: np.ndarray, h: np.ndarray) ->
     return np.einsum("grk,gkl,grl->gr", d, h, d)
 
 
-def round_weight(use: WeightUse, w: np.ndarray, p: TensorQuant, h: np.ndarray, dtype: np.dtype,
-                 candidates: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``w``'s integers (in ``dtype``, the weight's shape) rounded by :func:`gptq`, and their shifts: per
-    output channel (one for the tensor when ``p`` is per-tensor) the fitting shift or, with ``candidates``,
-    up to that many finer ones, whichever leaves the smallest output error after rounding."""
-    rows = weight_rows(use, w.astype(np.float64), h.shape[0])
+def round_weight(use: WeightUse, w: np.ndarray, p: TensorQuant, h: tuple[np.ndarray, np.ndarray],
+                 nearest: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``w``'s integers (``nearest``'s dtype, the weight's shape) and shifts: per output channel (the
+    whole tensor when ``p`` is per-tensor) GPTQ's rounding at the fitting shift against the first ``H``,
+    where it leaves a smaller output error than ``nearest`` (at ``p``'s shifts) on the second ``H``; else
+    ``nearest``. Also which output channels took GPTQ's."""
+    h_fit, h_check = h
+    rows = weight_rows(use, w.astype(np.float64), h_fit.shape[0])
     qmax = pow2.int_range(p.bits, True, symmetric=True)[1]
     mags = np.abs(rows).max(axis=-1) if rows.size else np.zeros(rows.shape[:2])
     fit = np.asarray(pow2.fit_shift(-mags, mags, p.bits, True, symmetric=True), dtype=np.int64).reshape(mags.shape)
     if not p.per_channel:
         fit = np.full(mags.shape, int(fit.min()) if fit.size else int(p.shift), np.int64)
-    u = inverse_factor(h)  # one factorization for every candidate shift
-    best_q = best_err = best_shift = None
-    for extra in range(candidates + 1):
-        shift = fit + extra
-        step = pow2.scale_of(shift).astype(np.float64)
-        q = gptq(rows, u, step, qmax)
-        err = row_errors(rows, q, step, h)
-        if not p.per_channel:
-            err = np.full(err.shape, err.sum())
-        if best_q is None:
-            best_q, best_err, best_shift = q, err, shift
-            continue
-        better = err < best_err  # ties keep the coarser shift
-        best_q[better], best_err[better], best_shift[better] = q[better], err[better], shift[better]
-    return back_to_weight(use, best_q, w).astype(dtype), best_shift.reshape(-1)
+    step = pow2.scale_of(fit).astype(np.float64)
+    q = gptq(rows, inverse_factor(h_fit), step, qmax)
+    shift_n = np.broadcast_to(p.shift_array, (mags.size,)).reshape(mags.shape)
+    q_n = weight_rows(use, nearest.astype(np.float64), h_fit.shape[0])
+    err = row_errors(rows, q, step, h_check)
+    err_n = row_errors(rows, q_n, pow2.scale_of(shift_n).astype(np.float64), h_check)
+    take = err < err_n if p.per_channel else np.full(err.shape, err.sum() < err_n.sum())
+    out = np.where(take[..., None], q, q_n)
+    shift = np.where(take, fit, shift_n)
+    return back_to_weight(use, out, w).astype(nearest.dtype), shift.reshape(-1), take.reshape(-1)
