@@ -260,7 +260,7 @@ def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, e
             walk.entry(node, "skipped", f"stays float: {why}")
             return
         _plan_compute(graph, node, walk.plan, walk.demand, per_channel, exclude, walk.quantized_nodes, walk.fused)
-    elif node.op in ADD + CONCAT or (walk.products and node.op == "Mul" and not any(map(is_const, node.inputs))):
+    elif node.op in ADD + CONCAT or (walk.products and node.op == "Mul" and _product(node)):
         if not all(_is_float(i) for i in node.inputs) or not _is_float(node.outputs[0]):
             walk.entry(node, "skipped", "stays float: not float32")
             return
@@ -275,6 +275,22 @@ def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, e
         if node.op in CONCAT:
             for i in node.inputs:
                 walk.groups.union(out.name, i.name)
+
+
+NOT_ACTIVATIONS = ("DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "Cast", "ConvInteger",
+                   "MatMulInteger", "Shape", "Size")
+
+
+def _product(node: gs.Node) -> bool:
+    """A Mul of two activations (integer-only quantizes it like Add): not of a constant, a one-element
+    value (a scale: 8 bits would not hold it) or the output of quantization or integer machinery."""
+    for t in node.inputs:
+        if is_const(t) or (t.shape is not None and all(isinstance(d, int) for d in t.shape)
+                           and int(np.prod(t.shape)) == 1):
+            return False
+        if t.inputs and t.inputs[0].op in NOT_ACTIVATIONS:
+            return False
+    return True
 
 
 def _place_node(node: gs.Node, walk: _Walk, quantized: dict[str, None]) -> None:
