@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--quark-python", help="python of an AMD Quark environment (bench/quark_quantize.py): adds "
                     "its power-of-two XINT8 and XINT8_ADAROUND columns")
+    ap.add_argument("--quark-configs", nargs="*", default=["XINT8", "XINT8_ADAROUND"],
+                    help="which of Quark's configurations (AdaRound is slow: tens of minutes per model here)")
     args = ap.parse_args(argv)
-    quark = ("XINT8", "XINT8_ADAROUND") if args.quark_python else ()
+    quark = tuple(args.quark_configs) if args.quark_python else ()
     models = [m for m in zoo.ensure(check=False) if takes_images(m) and m.trained]
     if args.models:
         models = [m for m in models if m.name in set(args.models)]
