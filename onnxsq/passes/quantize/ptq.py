@@ -238,10 +238,10 @@ def _resolve(ctx: QuantizeContext, graph: gs.Graph, float_model: onnx.ModelProto
             from .rounding import hessians
 
             todo = [u for u in ctx.plan.weights if u.weight not in ctx.given]
-            warned = len(ctx.report.warnings)
+            warned, consts = len(ctx.report.warnings), dict(ctx.consts)  # bias correction replaces biases there
             nearest = resolve_params(ctx)  # the inputs as the nearest-rounded model computes them
             del ctx.report.warnings[warned:]
-            ctx.qweights, ctx.corrected = {}, {}
+            ctx.qweights, ctx.corrected, ctx.consts = {}, {}, consts
             ctx.hessians = hessians(float_model, float_weights, todo, ctx.consts, kept, nearest)
         else:
             ctx.report.warnings.append("--weight-rounding gptq measures on the report samples; there are none: "
