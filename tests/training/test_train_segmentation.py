@@ -103,6 +103,7 @@ def test_segmentation_trains_on_cpu_and_keeps_its_ops(tmp_path):
     assert trained.ir_version == 6 and trained.opset_import[0].version == 11
 
 
+@needs_training
 def test_a_label_out_of_range_names_the_label_list(tmp_path):
     import onnxsq
     from onnxsq.data.images import Preprocess
