@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,18 +61,24 @@ class Report:
         return write_json(self.to_dict(), path)
 
 
-def write_json(data: Any, path: str | os.PathLike) -> Path:
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any], what: str = "the report") -> Path:
+    """``write(tmp)`` beside ``path``, then renamed onto it: readers never see half a file; a path that
+    cannot be written (missing folder, a folder in the way, permissions) is one line naming ``what``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
-    except OSError as exc:  # missing directory, a directory in the way, permissions: the user's path
+    except OSError as exc:
         if tmp.is_file():
             tmp.unlink()
-        raise InvalidOptionError(f"{path}: cannot write the report ({exc.strerror or exc})") from None
+        raise InvalidOptionError(f"{path}: cannot write {what} ({exc.strerror or exc})") from None
     return path
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def _jsonable(obj: Any) -> Any:

@@ -87,17 +87,13 @@ def fingerprint(model: onnx.ModelProto, weights: Mapping[str, np.ndarray]) -> st
 
 def write_stats(stats: CalibrationStats, path: str | os.PathLike) -> Path:
     """Write ``stats`` to ``path`` atomically (aside, then renamed)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    from ..report import write_atomic
+
+    def write(tmp: Path) -> None:
         with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as f:
             json.dump(stats.to_dict(), f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp.is_file():
-            tmp.unlink()
-        raise InvalidOptionError(f"{path}: cannot write the statistics ({exc.strerror or exc})") from None
-    return path
+
+    return write_atomic(path, write, "the statistics")
 
 
 def read_stats(path: str | os.PathLike) -> CalibrationStats:

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidOptionError
+from ..report import write_atomic
 
 W, H, PAD = 760, 220, 40
 STEP_KEYS = (
@@ -202,13 +202,5 @@ def render(report: dict, title: str = "onnxsq quantize") -> str:
 
 def write_html(report: dict, path: str | os.PathLike, title: str = "onnxsq quantize") -> Path:
     """Write :func:`render`'s page to ``path`` atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(render(report, title), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp.is_file():
-            tmp.unlink()
-        raise InvalidOptionError(f"{path}: cannot write the HTML report ({exc.strerror or exc})") from None
-    return path
+    page = render(report, title)
+    return write_atomic(path, lambda tmp: tmp.write_text(page, encoding="utf-8"), "the HTML report")
