@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import statistics
 import sys
@@ -41,11 +42,11 @@ from zoo.cli_args import samples  # noqa: E402
 FLOAT_COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "NchwcConv"}
 
 
-def quantize_onnxsq(m, calib: list[dict], out: Path) -> str:
+def quantize_onnxsq(m, calib: list[dict], out: Path, integer_only: bool = False) -> str:
     from onnxsq.model_io import save_model
     from onnxsq.passes.quantize import QuantizeConfig, quantize
 
-    q, _ = quantize(m.path, iter(calib), config=QuantizeConfig(report_samples=0))
+    q, _ = quantize(m.path, iter(calib), config=QuantizeConfig(report_samples=0, integer_only=integer_only))
     save_model(q, out)
     return "ok"
 
@@ -101,7 +102,8 @@ def bench_model(m, images: list[Path], args, tmp: Path) -> list[str]:
     calib = samples(m, images, args.calib)
     paths = {"float": m.path, "onnxsq": tmp / f"{m.name}.onnxsq.onnx", "ort": tmp / f"{m.name}.ort.onnx"}
     status = {"float": "ok"}
-    for tool, fn in (("onnxsq", quantize_onnxsq), ("ort", quantize_ort)):
+    onnxsq = functools.partial(quantize_onnxsq, integer_only=args.integer_only)
+    for tool, fn in (("onnxsq", onnxsq), ("ort", quantize_ort)):
         try:
             status[tool] = fn(m, calib, paths[tool])
         except Exception as exc:  # noqa: BLE001 - a tool refusing a model is a table entry
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--budget", type=float, default=0.3, help="seconds per timed block")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    ap.add_argument("--integer-only", action="store_true", help="onnxsq's models with quantize --integer-only")
     ap.add_argument("--cpu-time", action="store_true",
                     help="CPU time per run instead of wall time (with --threads 1: single-core compute, which a busy "
                          "shared machine disturbs far less)")
