@@ -131,11 +131,17 @@ class Jobs:
             self.stop()
 
     def stop(self) -> None:
-        """Cancel what has not started and terminate the running processes."""
-        procs = list((getattr(self.pool, "_processes", None) or {}).values())  # the executor has no public kill
+        """Cancel what has not started and end the running processes (terminate, then kill what is left)."""
+        procs = dict(getattr(self.pool, "_processes", None) or {})  # the executor has no public kill
         self.pool.shutdown(wait=False, cancel_futures=True)
-        for proc in procs:
+        procs.update(getattr(self.pool, "_processes", None) or {})
+        for proc in procs.values():
             proc.terminate()
+        for proc in procs.values():
+            proc.join(timeout=5)
+            if proc.exitcode is None:  # still starting up, or ignoring SIGTERM: no process is left behind
+                proc.kill()
+                proc.join(timeout=5)
         if self.tmp is not None:
             self.tmp.cleanup()
             self.tmp = None
