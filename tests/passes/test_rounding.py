@@ -142,3 +142,13 @@ def test_round_weight_takes_gptq_only_where_it_beats_corrected_nearest_on_held_o
         assert np.all(got[took] < near[took])
     else:
         assert len(set(new_shift.tolist())) == 1 and (not took.any() or got.sum() < near.sum())
+
+
+def test_a_wide_gemm_is_not_given_a_huge_h():
+    from onnxsq.passes.quantize.rounding import MAX_COLUMNS, _columns_of
+
+    w = np.zeros((10, MAX_COLUMNS + 1), np.float32)  # transB=1: [N, K]
+    assert _columns_of(WeightUse("fc", "Gemm", "w", 0, "x", "y", attrs={"transB": 1}), w) == MAX_COLUMNS + 1
+    assert _columns_of(WeightUse("fc", "Gemm", "w", 1, "x", "y", attrs={}), w.T) == MAX_COLUMNS + 1
+    assert _columns_of(WeightUse("mm", "MatMul", "w", 1, "x", "y"), w.T) == MAX_COLUMNS + 1
+    assert _columns_of(WeightUse("c", "Conv", "w", 0, "x", "y"), np.zeros((4, 8, 3, 3))) == 72

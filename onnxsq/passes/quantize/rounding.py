@@ -174,8 +174,8 @@ def hessians(float_model: onnx.ModelProto, weights: Mapping[str, np.ndarray], us
         w = consts.get(use.weight)
         if w is None or use.op not in ("Conv", "Gemm", "MatMul"):
             wanted[use.weight] = f"{use.op}: not handled (nearest rounding)"
-        elif int(np.prod(w.shape[1:])) > MAX_COLUMNS and use.op == "Conv":
-            wanted[use.weight] = f"{int(np.prod(w.shape[1:]))} input columns > {MAX_COLUMNS}: nearest rounding"
+        elif _columns_of(use, w) > MAX_COLUMNS:
+            wanted[use.weight] = f"{_columns_of(use, w)} input columns > {MAX_COLUMNS}: nearest rounding"
         else:
             wanted[use.weight] = use
     inputs = sorted({u.input for u in wanted.values() if isinstance(u, WeightUse)})
@@ -188,6 +188,14 @@ def hessians(float_model: onnx.ModelProto, weights: Mapping[str, np.ndarray], us
             if not isinstance(use, str) and not isinstance(sums.get(name), str):
                 _accumulate(sums, counts, name, columns(use, consts[name], got[use.input]), i % 2)
     return {k: _finish(v, counts.get(k)) for k, v in sums.items()}
+
+
+def _columns_of(use: WeightUse, w: np.ndarray) -> int:
+    """K, the width of the layer's input rows (H is K x K): every Conv weight axis but the first, a Gemm's or
+    MatMul's reduced axis."""
+    if use.op == "Conv":
+        return int(np.prod(w.shape[1:]))
+    return int(w.shape[1] if use.op == "Gemm" and int(use.attrs.get("transB", 0)) else w.shape[0])
 
 
 def _accumulate(sums: dict, counts: dict, name: str, cols: np.ndarray | str, half: int) -> None:
