@@ -19,6 +19,8 @@ import numpy as np
 
 from ..errors import DataError
 from . import kernels as K
+from . import moves as M
+from . import plan as P
 from .fixed import KERNELS, Fixed, NotInteger, align
 from .islands import FloatRunner
 from .lut import Table, build_table
@@ -62,7 +64,8 @@ class Simulator:
     rounding: str = "half-even"
     acc_bits: int = 32
     stats: dict[str, LayerStats] = field(default_factory=dict)
-    profile: dict[str, float] | None = None  # when a dict: seconds spent per op (float islands: "float:OP")
+    profile: dict[str, float] | None = None  # when a dict: seconds spent per layer kind and op ("int:Conv")
+    compiled: bool = True  # layers compiled for their shapes after their first run (:mod:`.plan`)
 
     def __post_init__(self) -> None:
         if self.rounding not in ROUNDINGS:
@@ -75,43 +78,58 @@ class Simulator:
         self._plain: dict[tuple, dict[str, Any]] = {}
         self._shifts: dict[str, np.ndarray] = {}
         self._feeds: Mapping[str, np.ndarray] = {}
+        self._plans: dict[str, P.Plan] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Result:
         """Simulate one batch; ``feeds``: the model's float inputs by name."""
         self._feeds = feeds
         ints: dict[str, np.ndarray] = {}
         floats: dict[str, np.ndarray] = {}
+        prof, plans = self.profile, self._plans
         for layer in self.program.layers:
-            st = self.stats[layer.name]
-            if layer.kind == "lut" and not st.fallback:
-                t0 = time.perf_counter()
-                q = self._lut_layer(layer, ints, st)
-                self._tick("table", t0)
-                if q is not None:
-                    ints[layer.output] = q
-                    continue
-            if layer.kind == "int" and not st.fallback:
-                try:
-                    value = self._int_layer(layer, ints, st)
-                except NotInteger as exc:
-                    st.fallback = f"no exact integer form on this data ({exc}): computed in float"
-                    log.info("%s: %s", layer.name, st.fallback)
-                    value = self._float_layer(layer, ints, feeds)
-                except (ValueError, IndexError, TypeError) as exc:  # a case the integer kernels do not cover
-                    st.fallback = f"integer kernel failed ({type(exc).__name__}: {exc}): computed in float"
-                    log.warning("%s: %s", layer.name, st.fallback)
-                    value = self._float_layer(layer, ints, feeds)
+            t0 = time.perf_counter() if prof is not None else 0.0
+            plan = plans.get(layer.name)
+            if plan is not None and plan.fits(ints, feeds):
+                ints[layer.output] = plan.run(ints, feeds)
             else:
-                t0 = time.perf_counter()
-                value = self._float_layer(layer, ints, feeds)
-                self._tick(f"float:{layer.op}", t0)
-            if layer.out is None:
-                floats[layer.output] = value
-                continue
-            t0 = time.perf_counter()
-            ints[layer.output] = self._requantize(value, layer, st)
-            self._tick("requantize", t0)
+                self._layer(layer, ints, floats, feeds, plan is not P.NOPLAN and self.compiled)
+            if prof is not None:
+                key = f"{layer.kind}:{layer.op}"
+                prof[key] = prof.get(key, 0.0) + time.perf_counter() - t0
         return Result(ints, self._outputs(ints, floats, feeds))
+
+    def _layer(self, layer: Layer, ints: dict, floats: dict, feeds: Mapping[str, np.ndarray], compile_: bool) -> None:
+        """One layer by the generic interpreter; ``compile_``: then compile it for these shapes (:mod:`.plan`)."""
+        st = self.stats[layer.name]
+        env: dict[str, Any] = {}
+        trace: list | None = [] if compile_ else None
+        if layer.kind == "lut" and not st.fallback:
+            q = self._lut_layer(layer, ints, st)
+            if q is not None:
+                ints[layer.output] = q
+                if compile_:
+                    self._plans[layer.name] = P.compile_layer(self, layer, ints, feeds, None, None)
+                return
+        if layer.kind == "int" and not st.fallback:
+            try:
+                value = self._int_layer(layer, ints, st, env, trace)
+            except NotInteger as exc:
+                st.fallback = f"no exact integer form on this data ({exc}): computed in float"
+                log.info("%s: %s", layer.name, st.fallback)
+                value = self._float_layer(layer, ints, feeds)
+            except (ValueError, IndexError, TypeError) as exc:  # a case the integer kernels do not cover
+                st.fallback = f"integer kernel failed ({type(exc).__name__}: {exc}): computed in float"
+                log.warning("%s: %s", layer.name, st.fallback)
+                value = self._float_layer(layer, ints, feeds)
+        else:
+            value = self._float_layer(layer, ints, feeds)
+        if layer.out is None:
+            floats[layer.output] = value
+            return
+        ints[layer.output] = self._requantize(value, layer, st)
+        if compile_:
+            self._plans[layer.name] = (P.NOPLAN if st.fallback else
+                                       P.compile_layer(self, layer, ints, feeds, env, trace))
 
     def _lut_layer(self, layer: Layer, ints: dict, st: LayerStats) -> np.ndarray | None:
         """The layer's output codes by table look-up (None: no table after all; it runs in float)."""
@@ -129,10 +147,6 @@ class Simulator:
         st.saturated += n
         st.elements += q.size
         return q
-
-    def _tick(self, key: str, t0: float) -> None:
-        if self.profile is not None:
-            self.profile[key] = self.profile.get(key, 0.0) + time.perf_counter() - t0
 
     def _requantize(self, value: Any, layer: Layer, st: LayerStats) -> np.ndarray:
         out = layer.out
@@ -206,20 +220,21 @@ class Simulator:
             self._weights[name] = fixed
         return fixed
 
-    def _int_layer(self, layer: Layer, ints: dict, st: LayerStats) -> Any:
-        env: dict[str, Any] = {}
+    def _int_layer(self, layer: Layer, ints: dict, st: LayerStats, env: dict, trace: list | None) -> Any:
+        """The layer's value (``env``: every tensor's; ``trace``: when a list, ``(step, args, result)``
+        of each step is appended)."""
         for step in layer.steps:
             args = [self._value(i, env, ints) for i in step.inputs]
             if not any(isinstance(a, Fixed) for a in args):
                 env.update(self._plain_step(layer, step, args))
                 continue
-            t0 = time.perf_counter()
             result = self._step(step, args)
-            self._tick(step.op, t0)
             if step.op == "Dropout" and len(step.outputs) > 1 and step.outputs[1]:
                 env[step.outputs[1]] = np.ones(result.v.shape, dtype=bool)  # inference: keep everything
             if step.op in MAC_OPS:
                 result = self._check_acc(result, st)
+            if trace is not None:
+                trace.append((step, args, result))
             if step.op == "Split":
                 env.update((o, r) for o, r in zip(step.outputs, result) if o)
                 continue
@@ -278,113 +293,12 @@ class Simulator:
             shape = np.asarray(x.v.shape, dtype=np.int64)
             return shape[step.attrs.get("start", 0):step.attrs.get("end", len(shape))]
         if op == "Split":
-            return [x.moved(part) for part in _split(step, x.v, args[1:])]
+            return [x.moved(part) for part in M.split(step, x.v, args[1:])]
         if op in ("ReduceSum", "ReduceMax", "ReduceMin"):
-            return _reduce(step, x, args[1:])
+            return M.reduce(step, x, args[1:])
         if op == "Concat":
             if not all(isinstance(a, Fixed) and a.plain for a in args):
                 raise NotInteger("a concat of per-channel or float values")
             vs, common = align(args)
             return Fixed.of(np.concatenate(vs, axis=step.attrs["axis"]), common)
-        return x.moved(_shape_op(step, x.v, args[1:]))
-
-
-def _shape_op(step: Step, v: np.ndarray, rest: list) -> np.ndarray:
-    """Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice, Gather, Resize/Upsample (nearest)."""
-    op, a = step.op, step.attrs
-    if op == "Reshape":
-        shape = [int(d) for d in np.asarray(rest[0]).ravel()]
-        if not a.get("allowzero", 0):
-            shape = [v.shape[i] if d == 0 else d for i, d in enumerate(shape)]
-        return v.reshape(shape)
-    if op == "Flatten":
-        axis = a.get("axis", 1) % max(v.ndim, 1) if v.ndim else 0
-        return v.reshape(int(np.prod(v.shape[:axis])), -1)
-    if op == "Transpose":
-        return np.transpose(v, a.get("perm"))
-    if op in ("Squeeze", "Unsqueeze"):
-        axes = a.get("axes")
-        if axes is None and rest and rest[0] is not None:
-            axes = [int(i) for i in np.asarray(rest[0]).ravel()]
-        if op == "Squeeze":
-            return np.squeeze(v, axis=tuple(i % v.ndim for i in axes) if axes is not None else None)
-        out_rank = v.ndim + len(axes)
-        return np.expand_dims(v, tuple(sorted(i % out_rank for i in axes)))
-    if op == "Slice":
-        return _slice(v, a, rest)
-    if op == "Gather":
-        return np.take(v, np.asarray(rest[0]).astype(np.int64), axis=a.get("axis", 0))
-    if op == "Expand":
-        shape = [int(d) for d in np.asarray(rest[0]).ravel()]
-        return np.broadcast_to(v, np.broadcast_shapes(v.shape, tuple(shape)))
-    if op in ("Resize", "Upsample"):
-        return _resize(step, v, rest)
-    raise NotInteger(f"{op} on integers")
-
-
-def _reduce(step: Step, x: Fixed, rest: list) -> Fixed:
-    """ReduceSum (exact in int64), ReduceMax, ReduceMin over ``axes`` (attribute or input)."""
-    if not x.plain:
-        raise NotInteger(f"{step.op} of a per-channel or averaged value")
-    axes = step.attrs.get("axes")
-    if axes is None and rest and rest[0] is not None and np.asarray(rest[0]).size:
-        axes = [int(a) for a in np.asarray(rest[0]).ravel()]
-    if axes is None and step.attrs.get("noop_with_empty_axes", 0):
-        return x
-    axis = tuple(a % x.v.ndim for a in axes) if axes is not None else None
-    keep = bool(step.attrs.get("keepdims", 1))
-    if step.op == "ReduceSum":
-        return Fixed(x.v.sum(axis=axis, keepdims=keep, dtype=np.int64), x.shift, x.div)
-    fn = np.max if step.op == "ReduceMax" else np.min
-    return Fixed(fn(x.v, axis=axis, keepdims=keep), x.shift, x.div)
-
-
-def _split(step: Step, v: np.ndarray, rest: list) -> list[np.ndarray]:
-    """Split by the ``split`` input or attribute, else into equal parts (the last one smaller)."""
-    axis = step.attrs.get("axis", 0) % v.ndim
-    sizes = rest[0] if rest and rest[0] is not None else step.attrs.get("split")
-    if sizes is None:
-        parts = step.attrs.get("num_outputs", len(step.outputs))
-        size = -(-v.shape[axis] // parts)
-        sizes = [size] * (parts - 1) + [v.shape[axis] - size * (parts - 1)]
-    return np.split(v, np.cumsum(np.asarray(sizes, dtype=np.int64).ravel())[:-1], axis=axis)
-
-
-def _slice(v: np.ndarray, a: dict, rest: list) -> np.ndarray:
-    if rest:
-        starts, ends = (np.asarray(r).ravel().tolist() for r in rest[:2])
-        axes = np.asarray(rest[2]).ravel().tolist() if len(rest) > 2 and rest[2] is not None else None
-        steps = np.asarray(rest[3]).ravel().tolist() if len(rest) > 3 and rest[3] is not None else None
-    else:
-        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
-    axes = axes if axes is not None else list(range(len(starts)))
-    steps = steps if steps is not None else [1] * len(starts)
-    index = [slice(None)] * v.ndim
-    for s, e, ax, st in zip(starts, ends, axes, steps):
-        n = v.shape[ax]
-        index[ax] = slice(*slice(int(s), int(max(min(e, 2**62), -2**62)), int(st)).indices(n))
-    return v[tuple(index)]
-
-
-def _resize(step: Step, v: np.ndarray, rest: list) -> np.ndarray:
-    a = step.attrs
-    scales = sizes = None
-    if step.op == "Upsample" or len(rest) == 1:
-        scales = np.asarray(rest[0], dtype=np.float32)
-    else:
-        if len(rest) > 1 and rest[1] is not None and np.asarray(rest[1]).size:
-            scales = np.asarray(rest[1], dtype=np.float32)
-        if len(rest) > 2 and rest[2] is not None and np.asarray(rest[2]).size:
-            sizes = np.asarray(rest[2], dtype=np.int64)
-    if a.get("axes") is not None:
-        raise NotInteger("Resize with axes")
-    if sizes is not None:
-        out_shape = [int(s) for s in sizes]
-        scales = [o / i for o, i in zip(out_shape, v.shape)]
-    else:
-        out_shape = [int(np.floor(i * s)) for i, s in zip(v.shape, scales)]
-    mode = a.get("coordinate_transformation_mode", "half_pixel" if step.op == "Resize" else "asymmetric")
-    if step.op == "Upsample":
-        mode = "asymmetric"
-    nearest = a.get("nearest_mode", "round_prefer_floor")
-    return K.resize_nearest(v, out_shape, [float(s) for s in scales], mode, nearest)
+        return x.moved(M.shape_op(step, x.v, args[1:]))

@@ -65,6 +65,11 @@ class FloatRunner:
         model.ir_version = self.ir_version
         return model
 
+    def session_of(self, key: str):
+        """The one session built for ``key`` (None: none, or several, e.g. for feeds of other dtypes)."""
+        found = [s for sig, s in self._sessions.items() if sig[0] == key]
+        return found[0] if len(found) == 1 else None
+
     def run(self, key: str, steps: Sequence[Step], feeds: Mapping[str, np.ndarray], consts: Mapping[str, Const],
             outputs: Sequence[str]) -> list[np.ndarray]:
         """``outputs`` of ``steps`` on ``feeds`` (float arrays by tensor name)."""

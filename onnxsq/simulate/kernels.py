@@ -311,14 +311,29 @@ def pool_geometry(in_shape: Sequence[int], attrs: dict) -> tuple[list[int], list
 
 
 def max_pool(x: np.ndarray, attrs: dict) -> np.ndarray:
-    """Integer max pooling (padding never wins)."""
+    """Integer max pooling (padding never wins): an elementwise maximum over the kernel's taps, each a
+    strided view of the (padded) input."""
     nd = len(attrs["kernel_shape"])
     kernel, strides, dilations, pads, extra = pool_geometry(x.shape[2:], attrs)
-    low = np.iinfo(x.dtype).min if x.dtype.kind in "iu" else -np.inf
-    widths = [(0, 0)] * (x.ndim - nd) + [(pads[i], pads[i + nd] + extra[i]) for i in range(nd)]
-    xp = np.pad(x, widths, constant_values=low) if any(pads) or any(extra) else x
-    win = _windows(xp, kernel, strides, dilations)
-    return win.max(axis=tuple(range(-nd, 0)))
+    lead = x.ndim - nd
+    if any(pads) or any(extra):
+        low = np.iinfo(x.dtype).min if x.dtype.kind in "iu" else -np.inf
+        sp = x.shape[lead:]
+        xp = np.full(x.shape[:lead] + tuple(s + pads[i] + pads[i + nd] + extra[i] for i, s in enumerate(sp)), low,
+                     dtype=x.dtype)
+        xp[(Ellipsis,) + tuple(slice(pads[i], pads[i] + s) for i, s in enumerate(sp))] = x
+    else:
+        xp = x
+    out_sp = [(xp.shape[lead + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(nd)]
+    out = None
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        index = (Ellipsis,) + tuple(slice(t * d, t * d + (o - 1) * st + 1, st)
+                                    for t, d, o, st in zip(tap, dilations, out_sp, strides))
+        if out is None:
+            out = xp[index].copy(order="K")  # the input's memory order (channels last stays so)
+        else:
+            np.maximum(out, xp[index], out=out)
+    return out
 
 
 def avg_pool_sums(x: np.ndarray, attrs: dict) -> tuple[np.ndarray, np.ndarray]:

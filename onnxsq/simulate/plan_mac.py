@@ -1,0 +1,226 @@
+"""Compiled MAC steps (Conv, Gemm, MatMul with constant weights) for :mod:`.plan`: the weights
+converted and laid out once, the padded input and the accumulator preallocated, the bias added in
+place, and the float dtype chosen from *static* bounds (the input's integer type and the weights),
+so that no call measures its data to stay exact.
+
+Every partial sum of a product is bounded by ``max|x| * sum|w|`` of its output channel (plus the
+bias): below ``2**24`` float32 is exact whatever the summation order, below ``2**53`` float64 is.
+Beyond, or where an accumulator of ``acc_bits`` could overflow (the generic step wraps it), no plan
+is made and the generic kernel runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+
+from . import kernels as K
+from .fixed import Fixed
+
+Range = tuple[int, int]  # the least and largest integer a value can hold
+F32_EXACT, F64_EXACT = 1 << 24, 1 << 53
+
+
+def mac_step(step, args: list, result: Fixed, x_range: Range | None, acc_bits: int,
+             on_acc: Callable[[np.ndarray], None]) -> tuple[Callable, Range] | None:
+    """``(fn, range)``: ``fn(x)`` the step's accumulator (bias included) for the integer input ``x``;
+    None where no compiled form applies (the generic kernel runs). ``on_acc`` records the
+    accumulator's largest magnitude (the report's observed accumulator bits)."""
+    if x_range is None or len(args) < 2 or not isinstance(args[1], Fixed) or not args[1].const:
+        return None
+    x, w = args[0], args[1]
+    b = args[2] if len(args) > 2 and isinstance(args[2], Fixed) else None
+    if b is not None and not b.const:
+        return None
+    if step.op == "Conv" and w.v.ndim == 4 and x.v.ndim == 4:
+        made = _conv(step, x, w, b, result, x_range)
+    elif step.op in ("Gemm", "MatMul") and w.v.ndim == 2 and not step.attrs.get("transA", 0):
+        made = _matmul(step, x, w, b, result, x_range)
+    else:
+        return None
+    if made is None:
+        return None
+    fn, rng, bound = made
+    if bound >= 1 << (acc_bits - 1):
+        return None
+
+    def run(xv: np.ndarray) -> np.ndarray:
+        acc = fn(xv)
+        if acc.size:
+            on_acc(acc)
+        return acc
+
+    return run, rng
+
+
+def _bounds(wk: np.ndarray, bias: np.ndarray, x_range: Range) -> tuple[Range, int, np.dtype | None]:
+    """``wk`` ``(K, M)`` integer weights: the accumulator's range, its magnitude bound and the exact dtype."""
+    w = wk.astype(np.int64)
+    pos, neg = np.clip(w, 0, None).sum(axis=0), np.clip(w, None, 0).sum(axis=0)
+    lo_x, hi_x = x_range
+    hi = pos * hi_x + neg * lo_x + bias
+    lo = pos * lo_x + neg * hi_x + bias
+    bound = int((np.abs(w).sum(axis=0) * max(-lo_x, hi_x) + np.abs(bias)).max(initial=0))
+    dtype = np.dtype(np.float32) if bound < F32_EXACT else np.dtype(np.float64) if bound < F64_EXACT else None
+    return (int(lo.min(initial=0)), int(hi.max(initial=0))), bound, dtype
+
+
+def _bias_vector(b: Fixed | None, result: Fixed, acc_shift: np.ndarray, m: int) -> np.ndarray | None:
+    """The bias as an int64 vector over the ``m`` output channels, when it adds as is (already at the
+    accumulator's shift); None when it would need a shift (the generic kernel aligns it)."""
+    if not np.all(np.asarray(acc_shift) == result.shift):
+        return None
+    if b is None:
+        return np.zeros(m, dtype=np.int64)
+    if b.v.size != m or not np.all(b.shift.reshape(-1) == np.asarray(result.shift).reshape(-1)):
+        return None
+    return b.v.reshape(-1).astype(np.int64)
+
+
+def _matmul(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Range):
+    wv = w.v.T if step.attrs.get("transB", 0) else w.v
+    ws = w.shift.T if step.attrs.get("transB", 0) and w.shift.size > 1 else w.shift
+    if step.op == "Gemm" and x.v.ndim != 2:
+        return None
+    bias = _bias_vector(b, result, x.shift.reshape(()) + ws, wv.shape[1])
+    if bias is None:
+        return None
+    rng, bound, dtype = _bounds(wv, bias, x_range)
+    if dtype is None:
+        return None
+    wf = np.ascontiguousarray(wv, dtype=dtype)
+    bf = bias.astype(dtype) if bias.any() else None
+
+    def fn(xv: np.ndarray) -> np.ndarray:
+        acc = np.matmul(xv.astype(dtype), wf)
+        if bf is not None:
+            np.add(acc, bf, out=acc)
+        return acc
+
+    return fn, rng, bound
+
+
+def _conv(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Range):
+    a = step.attrs
+    n, c, h, wd = x.v.shape
+    m, cg, kh, kw = w.v.shape
+    group = a.get("group", 1)
+    depthwise = cg == 1 and group == c and m == c
+    if group != 1 and not depthwise:
+        return None
+    strides, dil = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+    pads = K.conv_pads((h, wd), (kh, kw), strides, dil, a.get("pads"), a.get("auto_pad", "NOTSET"))
+    ws = w.shift.reshape(1, -1, 1, 1) if w.shift.size > 1 else w.shift.reshape(())
+    bias = _bias_vector(b, result, x.shift + ws, m)
+    if bias is None:
+        return None
+    wk = w.v.reshape(m, -1).T  # (cg*kh*kw, M): each output channel's weights in one column
+    rng, bound, dtype = _bounds(wk, bias, x_range)
+    if dtype is None:
+        return None
+    geo = _Geometry(n, c, h, wd, kh, kw, strides, dil, pads, dtype)
+    if depthwise:
+        fn = _depthwise(geo, w.v, bias)
+    elif strides == [1, 1]:
+        fn = _taps(geo, w.v, bias)
+    else:
+        fn = _im2col(geo, w.v, bias)
+    return fn, rng, bound
+
+
+class _Geometry:
+    """A 2-D convolution's padded input buffer (channels last, zero borders written once) and sizes."""
+
+    def __init__(self, n, c, h, wd, kh, kw, strides, dil, pads, dtype) -> None:
+        self.n, self.c, self.kh, self.kw, self.strides, self.dil, self.dtype = n, c, kh, kw, strides, dil, dtype
+        self.hp, self.wp = h + pads[0] + pads[2], wd + pads[1] + pads[3]
+        self.oh = (self.hp - (kh - 1) * dil[0] - 1) // strides[0] + 1
+        self.ow = (self.wp - (kw - 1) * dil[1] - 1) // strides[1] + 1
+        self.xbuf = np.zeros((n, self.hp, self.wp, c), dtype=dtype)
+        self.inner = self.xbuf[:, pads[0]:pads[0] + h, pads[1]:pads[1] + wd, :]
+
+    def load(self, xv: np.ndarray) -> None:
+        np.copyto(self.inner, xv.transpose(0, 2, 3, 1))  # integers: exact in the float dtype
+
+    def tap_views(self) -> list[np.ndarray]:
+        """Per kernel tap, the strided view of the padded input that tap multiplies."""
+        (s0, s1), (d0, d1) = self.strides, self.dil
+        return [self.xbuf[:, a * d0:a * d0 + (self.oh - 1) * s0 + 1:s0, b * d1:b * d1 + (self.ow - 1) * s1 + 1:s1, :]
+                for a, b in itertools.product(range(self.kh), range(self.kw))]
+
+
+def _taps(g: _Geometry, w: np.ndarray, bias: np.ndarray) -> Callable:
+    """Stride 1: one product per tap of a contiguous slice of the padded input flattened over its
+    width, summed (see :func:`onnxsq.simulate.kernels._conv_taps`)."""
+    n, m, wp = g.n, w.shape[0], g.wp
+    length = g.oh * wp - (g.kw - 1) * g.dil[1]
+    taps = np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(g.kh * g.kw, g.c, m), dtype=g.dtype)
+    offs = [a * g.dil[0] * wp + b * g.dil[1] for a, b in itertools.product(range(g.kh), range(g.kw))]
+    flat = g.xbuf.reshape(n, g.hp * wp, g.c)
+    acc = np.zeros((n, g.oh * wp, m), dtype=g.dtype)
+    part = np.empty((n, length, m), dtype=g.dtype)
+    head, rows = acc[:, :length], acc.reshape(n, g.oh, wp, m)[:, :, :g.ow]
+    res = np.empty((n, g.oh, g.ow, m), dtype=g.dtype)  # compact: what follows runs over contiguous memory
+    view = res.transpose(0, 3, 1, 2)
+    bf = bias.astype(g.dtype) if bias.any() else None
+
+    def fn(xv: np.ndarray) -> np.ndarray:
+        g.load(xv)
+        np.matmul(flat[:, offs[0]:offs[0] + length], taps[0], out=head)
+        for t in range(1, len(offs)):
+            np.matmul(flat[:, offs[t]:offs[t] + length], taps[t], out=part)
+            np.add(head, part, out=head)
+        if bf is not None:
+            np.add(rows, bf, out=res)
+        else:
+            np.copyto(res, rows)
+        return view
+
+    return fn
+
+
+def _im2col(g: _Geometry, w: np.ndarray, bias: np.ndarray) -> Callable:
+    """Strided: the taps copied side by side into a preallocated column buffer, one product."""
+    n, m, kk = g.n, w.shape[0], g.kh * g.kw
+    cols = np.empty((n, g.oh, g.ow, kk, g.c), dtype=g.dtype)
+    views = g.tap_views()
+    flat = cols.reshape(n * g.oh * g.ow, kk * g.c)
+    wk = np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(kk * g.c, m), dtype=g.dtype)
+    out = np.empty((n * g.oh * g.ow, m), dtype=g.dtype)
+    view = out.reshape(n, g.oh, g.ow, m).transpose(0, 3, 1, 2)
+    bf = bias.astype(g.dtype) if bias.any() else None
+
+    def fn(xv: np.ndarray) -> np.ndarray:
+        g.load(xv)
+        for t, v in enumerate(views):
+            np.copyto(cols[:, :, :, t, :], v)
+        np.matmul(flat, wk, out=out)
+        if bf is not None:
+            np.add(out, bf, out=out)
+        return view
+
+    return fn
+
+
+def _depthwise(g: _Geometry, w: np.ndarray, bias: np.ndarray) -> Callable:
+    """One multiply-add per tap over channels-last data (see :func:`onnxsq.simulate.kernels._depthwise`)."""
+    wc = np.ascontiguousarray(w.reshape(g.c, g.kh * g.kw).T, dtype=g.dtype)
+    views = g.tap_views()
+    out = np.empty((g.n, g.oh, g.ow, g.c), dtype=g.dtype)
+    tmp = np.empty_like(out)
+    view = out.transpose(0, 3, 1, 2)
+    bf = bias.astype(g.dtype) if bias.any() else None
+
+    def fn(xv: np.ndarray) -> np.ndarray:
+        g.load(xv)
+        np.multiply(views[0], wc[0], out=out)
+        for t in range(1, len(views)):
+            np.multiply(views[t], wc[t], out=tmp)
+            np.add(out, tmp, out=out)
+        if bf is not None:
+            np.add(out, bf, out=out)
+        return view
+
+    return fn
