@@ -164,7 +164,7 @@ KINDS: dict[str, Kind] = {
     ),
     "quantize": Kind(
         pass_name="quantize", call=_quantize_call,
-        aliases={"exclude": ("exclude", _strings)},
+        aliases={"exclude": ("exclude", _strings), "int16": ("int16", _strings)},
         runner_keys=frozenset({"calib", "params"}),
         path_keys=frozenset({"calib", "params"}),
         forbidden={"params_out": "the pipeline writes the parameters file to WORKDIR (NN-name.params.json)",

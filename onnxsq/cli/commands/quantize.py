@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ...calibration.stats import METHODS
-from ...passes.quantize.config import EFFORTS, WEIGHT_METHODS, WEIGHT_ROUNDINGS, QuantizeConfig
+from ...passes.quantize.config import EFFORTS, PROMOTIONS, WEIGHT_METHODS, WEIGHT_ROUNDINGS, QuantizeConfig
 from ..options import common_model_command, input_shape_option, preprocess_options, quiet, resolve_output, warn_ignored
 
 DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show them
@@ -51,7 +51,14 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--sensitivity", is_flag=True,
               help="Measure each layer's output SQNR with that layer alone quantized (on the report samples).")
 @click.option("--target-sqnr", type=float, metavar="DB",
-              help="Keep the fewest most sensitive layers float so that the output SQNR reaches DB.")
+              help="Keep the fewest most sensitive layers float (or 16-bit: --promote) so that the output SQNR "
+                   "reaches DB.")
+@click.option("--promote", type=click.Choice(PROMOTIONS), default=DEFAULTS.promote, show_default=True,
+              help="What --target-sqnr does with the layers it picks: keep them float, or quantize them at 16 bits "
+                   "(targets that run 16-bit layers; needs opset 21, the model is converted).")
+@click.option("--int16", multiple=True, metavar="PATTERN",
+              help="Quantize the weights and outputs of the layers whose name matches at 16 bits (repeatable; "
+                   "opset 21).")
 @click.option("--report-html", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a self-contained page: SQNR through the network, sensitivity, histograms and ranges.")
 @click.option("--params", "params_in", type=click.Path(dir_okay=False, path_type=Path),
@@ -114,7 +121,7 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         calib_count=o["calib_count"],
         batch_size=o["batch_size"], report_samples=o["report_samples"], bias_correction=not o["no_bias_correction"],
         equalize=not o["no_equalize"], integer_only=o["integer_only"], sensitivity=o["sensitivity"],
-        target_sqnr=o["target_sqnr"], effort=o["effort"],
+        target_sqnr=o["target_sqnr"], promote=o["promote"], int16=o["int16"], effort=o["effort"],
         histograms=o["report_html"] is not None, preprocess=None if pre == Preprocess() else pre)
     return cfg, pre
 

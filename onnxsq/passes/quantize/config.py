@@ -21,6 +21,7 @@ from ...errors import InvalidOptionError
 DEFAULT_METHOD = "auto"
 WEIGHT_METHODS = ("minmax", "mse")
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
+PROMOTIONS = ("float", "int16")  # what --target-sqnr does with the layers it picks
 # --effort: presets over the steps, each also its own option (an option left at its default takes the
 # preset's value; one given another value keeps it). Why these: the README's fidelity table (bench/fidelity.py).
 EFFORTS: dict[str, dict[str, object]] = {
@@ -55,6 +56,9 @@ class QuantizeConfig:
     integer_only: bool = False  # no float island where an integer form exists (look-up tables, products)
     sensitivity: bool = False  # per-layer output SQNR with that layer alone quantized (.sensitivity)
     target_sqnr: float | None = None  # keep the fewest most sensitive layers float to reach this output SQNR (dB)
+    # float: runs anywhere, the opset unchanged; int16: the layers stay integer (TIDL-class targets), opset 21
+    promote: str = "float"
+    int16: tuple[str, ...] = ()  # layers (patterns as --exclude) with 16-bit weights and outputs (.wide)
     histograms: bool = False  # each activation's calibration histogram in the report (--report-html draws them)
     effort: str = "default"  # fast | default | max: a preset over the options above (EFFORTS)
 
@@ -85,6 +89,8 @@ class QuantizeConfig:
             raise InvalidOptionError(f"report samples must be 0 or more, not {self.report_samples}")
         if self.batch_size < 1:
             raise InvalidOptionError(f"batch size must be at least 1, not {self.batch_size}")
+        if self.promote not in PROMOTIONS:
+            raise InvalidOptionError(f"--promote must be one of {', '.join(PROMOTIONS)}, not {self.promote!r}")
         if self.target_sqnr is not None and not math.isfinite(self.target_sqnr):
             raise InvalidOptionError(f"--target-sqnr must be a number of dB, not {self.target_sqnr}")
         if (self.sensitivity or self.target_sqnr is not None) and self.report_samples < 1:

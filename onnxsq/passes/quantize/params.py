@@ -47,6 +47,7 @@ class QuantizeContext:
     qweights: dict[str, np.ndarray] = field(default_factory=dict)  # weight name → its integers (computed once)
     hessians: dict[str, Any] = field(default_factory=dict)  # weight → per-group E[x x^T], or why none (.rounding)
     gptq_rows: dict[str, np.ndarray] = field(default_factory=dict)  # weight → its output channels GPTQ rounded
+    wide: dict[str, int] = field(default_factory=dict)  # tensor → bits where a 16-bit layer widens it (.wide)
 
 
 def known_clipped(ctx: QuantizeContext, tparams: dict[str, TensorQuant]) -> dict[str, float]:
@@ -64,7 +65,7 @@ def known_clipped(ctx: QuantizeContext, tparams: dict[str, TensorQuant]) -> dict
     return out
 
 
-def _group_signed(ctx: QuantizeContext, members: list[str]) -> bool:
+def _group_signed(ctx: QuantizeContext, members: list[str], bits: int) -> bool:
     for m in members:
         if m in ctx.given:
             if ctx.given[m].signed:
@@ -72,18 +73,18 @@ def _group_signed(ctx: QuantizeContext, members: list[str]) -> bool:
         elif m in ctx.consts:
             if float(np.min(ctx.consts[m])) < 0:
                 return True
-        elif m in ctx.stats and _wants_signed(ctx, ctx.stats[m]):
+        elif m in ctx.stats and _wants_signed(ctx, ctx.stats[m], bits):
             return True
     return False
 
 
-def _wants_signed(ctx: QuantizeContext, st: TensorStats) -> bool:
+def _wants_signed(ctx: QuantizeContext, st: TensorStats, bits: int) -> bool:
     """Signed when the tensor has negatives; with ``auto``, only when a signed format's expected error
     is the lower one (an unsigned format may clip a few small negatives: HardSwish, SiLU)."""
     if st.nonnegative:
         return False
     if ctx.cfg.method == "auto" and st.histogram:
-        return mse_format(st, ctx.cfg.bits)[1]
+        return mse_format(st, bits)[1]
     return True
 
 
@@ -95,8 +96,7 @@ def constant_shift(values: np.ndarray, bits: int, signed: bool) -> tuple[int, tu
     return int(pow2.fit_shift(min(lo, 0.0) if signed else 0.0, max(hi, 0.0), bits, signed)), (lo, hi)
 
 
-def _member_shift(ctx: QuantizeContext, m: str, signed: bool) -> tuple[int, tuple[float, float] | None, str]:
-    bits = ctx.cfg.bits
+def _member_shift(ctx: QuantizeContext, m: str, signed: bool, bits: int) -> tuple[int, tuple[float, float] | None, str]:
     if m in ctx.given:
         g = ctx.given[m]
         return int(np.min(g.shift_array)), g.observed_range, g.estimator or "params file"
@@ -115,10 +115,10 @@ def resolve_params(ctx: QuantizeContext) -> dict[str, TensorQuant]:
     plan, cfg, out = ctx.plan, ctx.cfg, {}
     for root in plan.group_roots():
         members = plan.members(root)
-        signed = _group_signed(ctx, members)
-        found = {m: _member_shift(ctx, m, signed) for m in members}
+        bits = next((ctx.given[m].bits for m in members if m in ctx.given), ctx.wide.get(root, cfg.bits))
+        signed = _group_signed(ctx, members, bits)
+        found = {m: _member_shift(ctx, m, signed, bits) for m in members}
         shift = min(s for s, _, _ in found.values())
-        bits = next((ctx.given[m].bits for m in members if m in ctx.given), cfg.bits)
         for m, (s, rng, how) in found.items():
             if m in ctx.given and (s != shift or ctx.given[m].signed != signed):
                 ctx.report.warnings.append(f"{m}: given shift {s} changed to {shift} (signed={signed}): it shares "
@@ -174,11 +174,12 @@ def _weight_params(ctx: QuantizeContext, name: str, axis: int | None) -> TensorQ
                                      f"{list(w.shape)}")
         return TensorQuant(name, "weight", g.bits, True, g.shift, g.axis if g.per_channel else None, rng,
                            g.estimator or "params file")
-    shift = pow2.weight_shift(w, ctx.cfg.wbits, axis=axis, method=ctx.cfg.weight_method)
+    bits = ctx.wide.get(name, ctx.cfg.wbits)
+    shift = pow2.weight_shift(w, bits, axis=axis, method=ctx.cfg.weight_method)
     if w.dtype == np.float32:  # what insert_qdq_graph writes; bias correction reads it too
-        ctx.qweights[name] = pow2.quantize(w, shift, ctx.cfg.wbits, True, symmetric=True, axis=axis,
-                                           dtype=carrier_dtype(ctx.cfg.wbits, True))
-    return TensorQuant(name, "weight", ctx.cfg.wbits, True, shift.tolist() if axis is not None else int(shift),
+        ctx.qweights[name] = pow2.quantize(w, shift, bits, True, symmetric=True, axis=axis,
+                                           dtype=carrier_dtype(bits, True))
+    return TensorQuant(name, "weight", bits, True, shift.tolist() if axis is not None else int(shift),
                        axis, rng, ctx.cfg.weight_method)
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import logging
 import os
 import time
@@ -66,6 +65,8 @@ from .insert import insert_qdq_graph
 from .params import QuantizeContext, check_bits, known_clipped, resolve_params
 from .placement import plan_qdq
 from .report import fill_report
+from .target import own_stats, quantize_for_target
+from .wide import needed_opset, widen
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,8 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     sens = _sensitivity(ctx, float_model, float_weights, kept, tparams, progress, clock)
     if sens is not None and sens.keep_float:  # again from this pass's statistics; its arrays go first
         reuse, graph, quantized_runnable, float_model, float_weights = (
-            _own_stats(ctx, float_model, float_weights, samples), None, None, None, None)
-        return _keep_float(model, kept, cfg, params, progress, params_out, sens, reuse)
+            own_stats(ctx, float_model, float_weights, samples), None, None, None, None)
+        return quantize_for_target(model, kept, cfg, params, progress, params_out, sens, reuse)
     # Exported last, after the float weights are gone: the peak is then the quantized model, not
     # float weights + quantized model + the report's onnxruntime session together.
     del float_model, float_weights, kept, quantized_runnable
@@ -146,6 +147,7 @@ def prepare(model: ModelLike, cfg: QuantizeConfig, params: Any = None
     # From here on the weights live once, as the numpy arrays of ``graph`` (loading them here ends
     # its references into the proto, which then goes); onnxruntime sessions run skeletons fed with them.
     ctx = QuantizeContext(cfg, report, plan, _constants(graph), given=_given(params, report))
+    widen(ctx)
     large = sum(v.nbytes for v in ctx.consts.values()) >= RELEASE_BYTES
     if large:  # a full garbage collection costs ~15 ms: only worth it when there is much to hand back
         release_memory()  # the parsed model is garbage now; return it before calibration allocates
@@ -171,7 +173,7 @@ def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
     if cfg.equalize:  # after folding: a BN between two convs no longer hides the pair
         report.summary["equalized_pairs"] = equalize_graph(graph).summary["equalized"]
         clock.lap("equalize")
-    if default_opset(original) < _needed_opset(cfg):
+    if default_opset(original) < needed_opset(cfg)[0]:
         original, cfg = _ensure_opset(export_like(graph, original), report, cfg)
         _infer_shapes(original)
         graph = import_graph(original)
@@ -289,31 +291,6 @@ def _sensitivity(ctx: QuantizeContext, float_model: onnx.ModelProto, float_weigh
     return sens
 
 
-def _own_stats(ctx: QuantizeContext, float_model: onnx.ModelProto, float_weights: dict[str, np.ndarray],
-               samples: int) -> Any:
-    """This run's calibration statistics, to quantize again without calibrating again."""
-    from ...calibration.stats_file import CalibrationStats, fingerprint
-
-    return CalibrationStats(fingerprint(float_model, float_weights), ctx.cfg.method in HIST_METHODS,
-                            dict(ctx.stats), dict(ctx.means), samples, units=1, covered=[(0, 1)])
-
-
-def _keep_float(model: ModelLike, kept: list[dict], cfg: QuantizeConfig, params: Any, progress: Progress | None,
-                params_out: Any, sens: Any, stats: Any) -> tuple[onnx.ModelProto, Report]:
-    """Quantize again from the same statistics with the layers ``sens`` keeps float excluded; the report
-    says which, and what the target asked for."""
-    exclude = tuple(cfg.exclude) + tuple(glob.escape(name) for name in sens.keep_float)
-    again = dataclasses.replace(cfg, exclude=exclude, target_sqnr=None, sensitivity=True)
-    quantized, report = quantize(model, kept, config=again, params=params, progress=progress,
-                                 params_out=params_out, stats=[stats])
-    report.summary.update(target_sqnr=cfg.target_sqnr, kept_float_for_target=list(sens.keep_float),
-                          target_reached=bool(sens.reached is not None and sens.reached >= cfg.target_sqnr))
-    if sens.reached is not None and sens.reached < cfg.target_sqnr:
-        report.warnings.append(f"--target-sqnr {cfg.target_sqnr:g}: even with every layer float but the lone "
-                               f"tensors the output SQNR is {sens.reached:g} dB")
-    return quantized, report
-
-
 class _Clock:
     """Wall time per phase (logged at debug level; ``bench/bench_quantize.py --phases`` prints it)."""
 
@@ -355,16 +332,11 @@ def _check_bits(model: onnx.ModelProto, cfg: QuantizeConfig) -> None:
     check_bits(cfg.bits, cfg.wbits, default_opset(model))
 
 
-def _needed_opset(cfg: QuantizeConfig) -> int:
-    return 13 if cfg.per_channel else 10
-
-
 def _ensure_opset(model: onnx.ModelProto, report: Report,
                   cfg: QuantizeConfig) -> tuple[onnx.ModelProto, QuantizeConfig]:
     """``model`` at the opset ``cfg``'s QDQ form needs, and the config that holds there."""
     opset = default_opset(model)
-    need = _needed_opset(cfg)
-    why = "per-channel DequantizeLinear (axis)" if cfg.per_channel else "QuantizeLinear/DequantizeLinear"
+    need, why = needed_opset(cfg)
     _check_bits(model, cfg)
     if opset >= need:
         return model, cfg
@@ -373,7 +345,7 @@ def _ensure_opset(model: onnx.ModelProto, report: Report,
     try:
         converted = version_converter.convert_version(model, need)
     except Exception as exc:  # noqa: BLE001 - the converter raises assorted errors
-        if cfg.per_channel:  # per-tensor QDQ needs less: quantize per tensor rather than not at all
+        if cfg.per_channel and not cfg.int16:  # per-tensor QDQ needs less: quantize per tensor rather than not at all
             report.warnings.append(f"per-channel weights need opset {need}; converting the model from opset {opset} "
                                    f"failed ({first_line(exc)}): weights are quantized per tensor")
             report.summary["per_channel_fallback"] = True
