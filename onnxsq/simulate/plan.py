@@ -72,25 +72,44 @@ def _lut(table, layer, shape: tuple[int, ...], st) -> Callable | None:
     values = np.ascontiguousarray(table.values.reshape(-1))
     clipped = np.ascontiguousarray(table.clipped.reshape(-1)) if table.clipped.any() else None
     low, src = table.low, layer.inputs[0]
-    offsets = None
     if positions > 1:
         if len(shape) < len(table.shape) or np.broadcast_shapes(shape, table.shape) != shape:
             return None
-        offsets = np.arange(positions, dtype=np.int64).reshape(table.shape)
+        return _lut_positions(values, clipped, low, positions, np.arange(positions).reshape(table.shape), src, st)
+    codes = values.size
+    wrap = np.dtype(np.uint8) if codes == 256 else np.dtype(np.uint16) if codes == 65536 else None
+    if wrap is not None:  # indexed by the code's own bits: a cast, no subtraction
+        where = (np.arange(codes) + low) % codes
+        values = np.empty_like(values)
+        values[where] = table.values.reshape(-1)
+        if clipped is not None:
+            clipped = np.empty_like(clipped)
+            clipped[where] = table.clipped.reshape(-1)
 
     def run(ints: dict, feeds: Mapping) -> np.ndarray:
-        q = ints[src]
-        if offsets is None:
-            q, back = memory_order(q)
-        idx = np.subtract(q, low, dtype=np.int64)
-        if offsets is not None:
-            idx *= positions
-            idx += offsets
+        q, back = memory_order(ints[src])
+        idx = q.astype(wrap) if wrap is not None else np.subtract(q, low, dtype=np.int64)
+        out = values.take(idx, mode="clip")  # every code is in range: no bounds check
+        if clipped is not None:
+            st.saturated += int(np.count_nonzero(clipped.take(idx, mode="clip")))
+        st.elements += out.size
+        return out if back is None else out.transpose(back)
+
+    return run
+
+
+def _lut_positions(values, clipped, low: int, positions: int, offsets: np.ndarray, src: str, st) -> Callable:
+    """A table per position of the constants' broadcast shape: ``values[(code - low) * positions + position]``."""
+
+    def run(ints: dict, feeds: Mapping) -> np.ndarray:
+        idx = np.subtract(ints[src], low, dtype=np.int64)
+        idx *= positions
+        idx += offsets
         out = values.take(idx)
         if clipped is not None:
             st.saturated += int(np.count_nonzero(clipped.take(idx)))
         st.elements += out.size
-        return out if offsets is not None or back is None else out.transpose(back)
+        return out
 
     return run
 
@@ -161,6 +180,9 @@ def _int(sim, layer, env: dict, trace: list, st) -> Callable | None:
     k, div = value.shift - layer.out.shift, value.div
     requant = _requant(k, div, ranges.get(layer.source), layer.out, sim.rounding, st)
     read_items, src = tuple(reads.items()), layer.source
+    if len(ops) == 1 and len(read_items) == 1 and ops[0][1] == (read_items[0][0],) and ops[0][2] == (src,):
+        fn, tensor = ops[0][0], read_items[0][1]  # one step of one input (most layers): no environment
+        return lambda ints, feeds: requant(fn(ints[tensor]))
 
     def run(ints: dict, feeds: Mapping) -> np.ndarray:
         e = {d: ints[s] for d, s in read_items}
@@ -209,6 +231,11 @@ def _fast(sim, step, args: list, result: Any, names: list[str], rngs: list, st) 
         return mac_step(step, args, result, rngs[0], sim.acc_bits, on_acc)
     if op in ("Add", "Sum", "Sub", "Concat"):
         return _sum(step, args, result, names, rngs)
+    if op == "Mul" and len(names) == 2 and all(r is not None for r in rngs):
+        (a, b), (c, d) = rngs
+        corners = (a * c, a * d, b * c, b * d)
+        if max(-min(corners), max(corners)) < 1 << 31:  # int32 products stay exact
+            return np.multiply, (min(corners), max(corners))
     if len(names) != 1 or step.inputs[0] != names[0]:
         return None
     x, rest, rng = args[0], args[1:], rngs[0]

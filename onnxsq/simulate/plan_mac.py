@@ -123,8 +123,8 @@ def _conv(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Ran
     geo = _Geometry(n, c, h, wd, kh, kw, strides, dil, pads, dtype)
     if depthwise:
         fn = _depthwise(geo, w.v, bias)
-    elif strides == [1, 1]:
-        fn = _taps(geo, w.v, bias)
+    elif strides == [1, 1] and c >= 2 and geo.oh * geo.ow >= 1024:  # measured: one product per tap wins on
+        fn = _taps(geo, w.v, bias)  # large images; few channels or small images favour one im2col product
     else:
         fn = _im2col(geo, w.v, bias)
     return fn, rng, bound

@@ -164,3 +164,16 @@ def test_memory_order_finds_a_channels_last_layout():
     np.testing.assert_array_equal(flat.transpose(back), nchw)
     same, none = P.memory_order(np.ascontiguousarray(nchw))
     assert none is None and same.shape == nchw.shape
+
+
+@pytest.mark.parametrize("zero", [np.int16(0), np.uint16(0), np.uint8(0)])
+def test_compiled_tables_of_wide_and_unsigned_codes(zero):
+    """A table indexed by the codes' own bits (a 16-bit one too, signed and not) against the generic one."""
+    g = G()
+    scale = g.const(np.float32(2.0 ** -8), "s")
+    zp = g.const(zero, "z")
+    x = g.node("DequantizeLinear", [g.node("QuantizeLinear", ["x", scale, zp]), scale, zp])
+    out = g.node("Identity", [g.q(g.node("Tanh", [x]), 7)])  # tanh -> 1 saturates 127
+    program = load_program(g.model([2, 3, 40, 40], out))
+    assert [lay.kind for lay in program.layers].count("lut") == 1
+    _same(Simulator(program), Simulator(program, compiled=False), _feeds((2, 3, 40, 40), (0.1, 1.0, 60.0)) * 2)
