@@ -137,17 +137,39 @@ def _island(sim, layer, st) -> Callable | None:
     wanted = {i.name for i in session.get_inputs()}
     reads = [(i, p.dq[i], np.float32(np.ldexp(1.0, -p.tensors[p.dq[i]].shift))) for i in wanted if i in p.dq]
     fed = [i for i in wanted if i not in p.dq]
-    outputs, rounding = [layer.source], sim.rounding
+    outputs, quantize = [layer.source], _float_quantizer(out, sim.rounding, st)
 
     def run(ints: dict, feeds: Mapping) -> np.ndarray:
         feed = {i: np.multiply(ints[s], scale, dtype=np.float32) for i, s, scale in reads}
         for i in fed:
             feed[i] = np.asarray(feeds[i], order="C")
         (y,) = session.run(outputs, feed)
-        q, n = float_saturate(y, out.shift, rounding, out.bits, out.signed)
-        st.saturated += n
-        st.elements += q.size
-        return q
+        return quantize(y)
+
+    return run
+
+
+def _float_quantizer(out, rounding: str, st) -> Callable:
+    """A float island's output quantized at ``2**-shift``: for a float32 output and half-even or floor
+    rounding, the scaling (by a power of two) and the rounding in float32, exact, in place; else
+    :func:`~.rounding.float_saturate`."""
+    lo, hi = int_limits(out.bits, out.signed)
+    scale = np.float32(np.ldexp(1.0, out.shift))
+    rnd = np.rint if rounding == "half-even" else np.floor if rounding == "floor" else None
+
+    def run(y: np.ndarray) -> np.ndarray:
+        if rnd is None or y.dtype != np.float32 or not y.size:
+            q, n = float_saturate(y, out.shift, rounding, out.bits, out.signed)
+            st.saturated += n
+            st.elements += q.size
+            return q
+        f = np.multiply(y, scale)
+        rnd(f, out=f)
+        st.elements += f.size
+        if f.min() < lo or f.max() > hi:
+            st.saturated += int(np.count_nonzero(f < lo)) + int(np.count_nonzero(f > hi))
+            np.clip(f, lo, hi, out=f)
+        return f.astype(np.int32)
 
     return run
 
