@@ -42,11 +42,12 @@ from zoo.cli_args import samples  # noqa: E402
 FLOAT_COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "NchwcConv"}
 
 
-def quantize_onnxsq(m, calib: list[dict], out: Path, integer_only: bool = False) -> str:
+def quantize_onnxsq(m, calib: list[dict], out: Path, integer_only: bool = False, carrier: str | None = None) -> str:
     from onnxsq.model_io import save_model
     from onnxsq.passes.quantize import QuantizeConfig, quantize
 
-    q, _ = quantize(m.path, iter(calib), config=QuantizeConfig(report_samples=0, integer_only=integer_only))
+    extra = {"carrier": carrier} if carrier else {}
+    q, _ = quantize(m.path, iter(calib), config=QuantizeConfig(report_samples=0, integer_only=integer_only, **extra))
     save_model(q, out)
     return "ok"
 
@@ -102,7 +103,7 @@ def bench_model(m, images: list[Path], args, tmp: Path) -> list[str]:
     calib = samples(m, images, args.calib)
     paths = {"float": m.path, "onnxsq": tmp / f"{m.name}.onnxsq.onnx", "ort": tmp / f"{m.name}.ort.onnx"}
     status = {"float": "ok"}
-    onnxsq = functools.partial(quantize_onnxsq, integer_only=args.integer_only)
+    onnxsq = functools.partial(quantize_onnxsq, integer_only=args.integer_only, carrier=args.carrier)
     for tool, fn in (("onnxsq", onnxsq), ("ort", quantize_ort)):
         try:
             status[tool] = fn(m, calib, paths[tool])
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=0.3, help="seconds per timed block")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     ap.add_argument("--integer-only", action="store_true", help="onnxsq's models with quantize --integer-only")
+    ap.add_argument("--carrier", choices=("uint8", "native"),
+                    help="onnxsq's signed activations: uint8 at zero point 128, or int8 (default: QuantizeConfig's)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="CPU time per run instead of wall time (with --threads 1: single-core compute, which a busy "
                          "shared machine disturbs far less)")

@@ -177,6 +177,8 @@ def _constant_params(dq: Dequantized, shift: int | list[int]) -> TensorQuant:
     t = dq.integers
     bits, signed = _bits_signed(t.data_type)
     q = numpy_helper.to_array(t)
+    if dq.zero_point is not None and np.any(dq.zero_point != 0):  # signed integers on a uint8 carrier (offset)
+        q, signed = q.astype(np.int64) - dq.zero_point, True
     kind = "bias" if t.data_type == onnx.TensorProto.INT32 else "weight"
     src = dq.node.input[0]
     name = src[: -len("_quantized")] if src.endswith("_quantized") else src
@@ -192,6 +194,8 @@ def _constant_params(dq: Dequantized, shift: int | list[int]) -> TensorQuant:
 def _activation_params(dq: Dequantized, shift: int | list[int], graph_inputs: set[str]) -> TensorQuant:
     elem = dq.q_zero_point.data_type if dq.q_zero_point is not None else onnx.TensorProto.UINT8
     bits, signed = _bits_signed(elem)
+    if dq.q_zero_point is not None and np.any(numpy_helper.to_array(dq.q_zero_point) != 0):
+        signed = True  # a signed tensor carried as uint8 at zero point 128 (quantize --carrier uint8)
     if dq.clip_max is not None:
         levels = int(round(dq.clip_max / float(dq.scale))) + 1
         bits = max(2, int(levels - 1).bit_length() + (1 if signed else 0))

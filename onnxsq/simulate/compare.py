@@ -117,7 +117,8 @@ class Reference:
         feed = {}
         for name in ref.inputs:
             if name in self.program.tensors:
-                feed[name] = ints[name].astype(_np_type(self.program.tensors[name]))
+                qt = self.program.tensors[name]
+                feed[name] = (ints[name] + qt.zero).astype(_np_type(qt))
             else:
                 feed[name] = feeds[name]
         try:
@@ -151,7 +152,11 @@ class Reference:
             scale = fetch + "_scale"
             step = np.asarray(np.ldexp(1.0, -layer.out.shift), np.float32)
             g.initializer.append(numpy_helper.from_array(step, scale))
-            g.node.append(helper.make_node("DequantizeLinear", [layer.output, scale], [fetch], name=fetch))
+            zp = []
+            if layer.out.zero:  # the codes of a signed tensor on an unsigned carrier
+                zp = [fetch + "_zero_point"]
+                g.initializer.append(numpy_helper.from_array(np.array(layer.out.zero, _np_type(layer.out)), zp[0]))
+            g.node.append(helper.make_node("DequantizeLinear", [layer.output, scale, *zp], [fetch], name=fetch))
         else:
             g.node.append(helper.make_node("Identity", [layer.output], [fetch], name=fetch))
         del g.output[:]
@@ -166,4 +171,5 @@ class Reference:
 
 
 def _np_type(qt) -> np.dtype:
-    return np.dtype(f"{'int' if qt.signed else 'uint'}{qt.bits}")
+    """The carrier onnxruntime holds ``qt``'s codes in."""
+    return np.dtype(f"{'int' if qt.signed and not qt.zero else 'uint'}{qt.bits}")

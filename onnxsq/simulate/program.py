@@ -10,8 +10,10 @@ functions of one integer tensor: then it is a ``lut`` layer, a look-up table of 
 (:mod:`.lut`). The graph input's quantizer is
 an ``input`` layer; a graph output computed in float after the last DQ is a ``tail`` layer.
 
-Every Q/DQ scale must be ``2**-shift`` and every zero point 0; anything else is refused with a
-one-line :class:`~onnxsq.errors.UnsupportedModelError` naming the tensor.
+Every Q/DQ scale must be ``2**-shift`` and every zero point 0 — or 2**(n-1) on an n-bit unsigned
+carrier, which holds a signed tensor's integers offset (``quantize --carrier uint8``): the program
+reads them as the signed integers they are; anything else is refused with a one-line
+:class:`~onnxsq.errors.UnsupportedModelError` naming the tensor.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class QType:
     bits: int
     signed: bool
     shift: int
+    zero: int = 0  # onnxruntime's codes are the integers + zero (a signed tensor on an unsigned carrier)
 
     def to_json(self) -> dict[str, Any]:
         return {"bits": self.bits, "signed": self.signed, "shift": self.shift}
@@ -138,8 +141,12 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
-def _scale_shift(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.dtype]:
-    """The shift(s) and integer type of a Q/DQ node; refuses non-power-of-two scales, nonzero zero points."""
+OFFSET_TYPES = {np.dtype(np.uint8): np.dtype(np.int8), np.dtype(np.uint16): np.dtype(np.int16)}
+
+
+def _scale_shift(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.dtype, int]:
+    """The shift(s), integer type and zero point of a Q/DQ node (an unsigned carrier at zero point 2**(n-1):
+    the signed type); refuses non-power-of-two scales, other nonzero zero points."""
     tensor = node.output[0] if node.op_type == "QuantizeLinear" else node.input[0]
     if node.input[1] not in consts:
         raise UnsupportedModelError(f"{tensor}: {node.op_type} scale {node.input[1]!r} is not a constant")
@@ -150,19 +157,22 @@ def _scale_shift(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> tuple[n
         raise UnsupportedModelError(f"{tensor}: {node.op_type} scale {scale.ravel()[:3].tolist()} is not a "
                                     "power of two (2**-shift); only onnxsq's power-of-two QDQ models "
                                     "simulate") from None
-    dtype = np.dtype(np.uint8)
+    dtype, zero = np.dtype(np.uint8), 0
     if len(node.input) > 2 and node.input[2]:
         if node.input[2] not in consts:
             raise UnsupportedModelError(f"{tensor}: {node.op_type} zero point is not a constant")
         zp = consts[node.input[2]]
-        if np.any(zp != 0):
-            raise UnsupportedModelError(f"{tensor}: {node.op_type} zero point {zp.ravel()[:3].tolist()} is not 0")
         dtype = zp.dtype
-    if node.op_type == "DequantizeLinear" and node.input[0] in consts:
+        if np.any(zp != 0):
+            if dtype not in OFFSET_TYPES or np.any(zp != 1 << (8 * dtype.itemsize - 1)):
+                raise UnsupportedModelError(f"{tensor}: {node.op_type} zero point {zp.ravel()[:3].tolist()} is not 0 "
+                                            "(nor 2**(n-1) on an n-bit unsigned carrier)")
+            dtype, zero = OFFSET_TYPES[dtype], 1 << (8 * dtype.itemsize - 1)
+    if node.op_type == "DequantizeLinear" and node.input[0] in consts and not zero:
         dtype = consts[node.input[0]].dtype
     if dtype not in NP_INT:
         raise UnsupportedModelError(f"{tensor}: integer type {dtype} is not simulated (int8/uint8/int16/uint16/int32)")
-    return shift, dtype
+    return shift, dtype, zero
 
 
 def _weight_const(values: np.ndarray, shift: np.ndarray, axis: int | None, name: str) -> Const:
@@ -195,18 +205,19 @@ def load_program(model: onnx.ModelProto) -> Program:
     quantizers = []
     for node in graph.node:
         if node.op_type == "QuantizeLinear":
-            shift, dtype = _scale_shift(node, raw)
+            shift, dtype, zero = _scale_shift(node, raw)
             if shift.ndim and shift.size > 1:
                 raise UnsupportedModelError(f"{node.output[0]}: per-axis activation scales are not simulated")
             bits, signed = NP_INT[dtype]
-            tensors[node.output[0]] = QType(bits, signed, int(shift.ravel()[0]))
+            tensors[node.output[0]] = QType(bits, signed, int(shift.ravel()[0]), zero)
             quantizers.append(node)
         elif node.op_type == "DequantizeLinear":
-            shift, _ = _scale_shift(node, raw)
+            shift, dtype, zero = _scale_shift(node, raw)
             src = node.input[0]
             if src in raw:
                 axis = _attrs(node).get("axis", 1)
-                consts[node.output[0]] = _weight_const(raw[src], shift, axis, src)
+                values = (raw[src].astype(np.int32) - zero).astype(dtype) if zero else raw[src]
+                consts[node.output[0]] = _weight_const(values, shift, axis, src)
             elif src in tensors:
                 if shift.ndim and shift.size > 1 or int(shift.ravel()[0]) != tensors[src].shift:
                     raise UnsupportedModelError(f"{src}: DequantizeLinear scale differs from its QuantizeLinear's")

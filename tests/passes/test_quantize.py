@@ -70,18 +70,27 @@ def sqnr(a: np.ndarray, b: np.ndarray) -> float:
     return pow2.sqnr_db(float(np.sum(a.astype(np.float64) ** 2)), float(np.sum((a.astype(np.float64) - b) ** 2)))
 
 
-@pytest.mark.parametrize("method", ["minmax", "ema", "percentile", "mse"])
-def test_scales_are_powers_of_two_and_zero_points_zero(method):
+@pytest.mark.parametrize(("method", "carrier"), [("minmax", "native"), ("ema", "uint8"), ("percentile", "native"),
+                                                 ("mse", "uint8")])
+def test_scales_are_powers_of_two_and_zero_points_zero(method, carrier):
+    """Zero points 0; with the uint8 carrier a signed activation sits at zero point 128 (the same integers)."""
     model = build_net()
-    q, report = quantize(model, feeds(), config=QuantizeConfig(method=method))
+    q, report = quantize(model, feeds(), config=QuantizeConfig(method=method, carrier=carrier))
     onnx.checker.check_model(q)
     inits, nodes = qdq_nodes(q)
     assert len(nodes) > 10
+    offset = 0
     for nd in nodes:
         scale = inits[nd.input[1]]
         mant, _ = np.frexp(scale)
         assert np.all(mant == 0.5), (nd.name, scale)
-        assert np.all(inits[nd.input[2]] == 0)
+        zp = inits[nd.input[2]]
+        if carrier == "uint8" and zp.dtype == np.uint8 and np.any(zp):
+            assert np.all(zp == 128)
+            offset += 1
+        else:
+            assert np.all(zp == 0)
+    assert (offset > 0) == (carrier == "uint8")
     assert q.ir_version == model.ir_version and q.opset_import[0].version == 13
     assert report.summary["method"] == method
 
@@ -101,9 +110,15 @@ def test_weights_bias_and_activation_types():
         axis = next((a.i for a in dq_w.attribute if a.name == "axis"), 1) if sw.ndim else None
         assert np.array_equal(inits[f"{w}_quantized"],
                               pow2.quantize(w_float, pow2.shift_of(sw), 8, True, symmetric=True, axis=axis))
-    # after ReLU: unsigned; the signed conv2 output feeds Add: its Q is int8
-    zp = {nd.input[0]: inits[nd.input[2]].dtype for nd in q.graph.node if nd.op_type == "QuantizeLinear"}
-    assert zp["r1_prequant"] == np.uint8 and zp["c2_prequant"] == np.int8
+    # after ReLU: unsigned; the signed conv2 output feeds Add: uint8 at zero point 128 (the uint8 carrier),
+    # int8 natively
+    zp = {nd.input[0]: inits[nd.input[2]] for nd in q.graph.node if nd.op_type == "QuantizeLinear"}
+    assert zp["r1_prequant"].dtype == np.uint8 and zp["r1_prequant"] == 0
+    assert zp["c2_prequant"].dtype == np.uint8 and zp["c2_prequant"] == 128
+    native, _ = quantize(build_net(), feeds(), config=QuantizeConfig(carrier="native"))
+    zp = {nd.input[0]: numpy_helper.to_array(i) for nd in native.graph.node if nd.op_type == "QuantizeLinear"
+          for i in native.graph.initializer if i.name == nd.input[2]}
+    assert zp["c2_prequant"].dtype == np.int8 and zp["c2_prequant"] == 0
     layers = {c.name: c for c in report.candidates}
     assert layers["relu1"].action == "fused" and layers["conv1"].details["tensor"] == "r1"
     assert layers["conv1"].details["signed"] is False and "sqnr_db" in layers["conv1"].details

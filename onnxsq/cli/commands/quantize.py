@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ...calibration.stats import METHODS
-from ...passes.quantize.config import EFFORTS, PROMOTIONS, WEIGHT_METHODS, WEIGHT_ROUNDINGS, QuantizeConfig
+from ...passes.quantize.config import CARRIERS, EFFORTS, PROMOTIONS, WEIGHT_METHODS, WEIGHT_ROUNDINGS, QuantizeConfig
 from ..options import common_model_command, input_shape_option, preprocess_options, quiet, resolve_output, warn_ignored
 
 DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show them
@@ -48,6 +48,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--integer-only", is_flag=True, default=DEFAULTS.integer_only,
               help="No float islands where an integer form exists: elementwise activations become look-up "
                    "tables (Q/DQ around them), Mul of two tensors an integer product.")
+@click.option("--carrier", type=click.Choice(CARRIERS), default=DEFAULTS.carrier, show_default=True,
+              help="How signed activations are stored: uint8 at zero point 128 (one type everywhere, so onnxruntime "
+                   "fuses every layer into its integer kernels), or native int8 (zero points 0). The same integers.")
 @click.option("--sensitivity", is_flag=True,
               help="Measure each layer's output SQNR with that layer alone quantized (on the report samples).")
 @click.option("--target-sqnr", type=float, metavar="DB",
@@ -120,7 +123,8 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         method=o["method"], weight_method=o["weight_method"], weight_rounding=o["weight_rounding"],
         calib_count=o["calib_count"],
         batch_size=o["batch_size"], report_samples=o["report_samples"], bias_correction=not o["no_bias_correction"],
-        equalize=not o["no_equalize"], integer_only=o["integer_only"], sensitivity=o["sensitivity"],
+        equalize=not o["no_equalize"], integer_only=o["integer_only"], carrier=o["carrier"],
+        sensitivity=o["sensitivity"],
         target_sqnr=o["target_sqnr"], promote=o["promote"], int16=o["int16"], effort=o["effort"],
         histograms=o["report_html"] is not None, preprocess=None if pre == Preprocess() else pre)
     return cfg, pre

@@ -15,6 +15,12 @@ quantization-aware training later). For each entry of ``params`` (a :class:`onnx
 Scales are ``2**-shift`` (exact powers of two), zero points 0 (exact zeros stay zero). Per-channel
 parameters use DequantizeLinear's ``axis`` (opset 13); 16-bit carriers need opset 21. The caller
 raises the opset when it must; this function only checks.
+
+``offset=True`` (``QuantizeConfig.carrier = "uint8"``): a signed activation of 8 bits or fewer (and a
+constant operand in its shared-scale group) is carried as uint8 with zero point 128 — the same
+integers, ``q_uint8 = q_int8 + 128``, zero still exactly representable — so that every activation has
+one type: onnxruntime fuses ``DQ → op → Q`` into its integer kernels (QLinearConv, QLinearAdd, ...) only
+where the op's inputs and output have the same type. Weights stay int8 and biases int32, zero point 0.
 """
 
 from __future__ import annotations
@@ -53,20 +59,27 @@ def required_opset(params: dict[str, TensorQuant]) -> tuple[int, str]:
     return need, why
 
 
-def insert_qdq(model: onnx.ModelProto, params: dict[str, TensorQuant]) -> onnx.ModelProto:
+def offset_zero(p: TensorQuant, offset: bool) -> int:
+    """The zero point of ``p``'s carrier: 128 for a signed 8-bit-or-narrower activation carried as uint8
+    (``offset``), else 0."""
+    return 1 << 7 if offset and p.kind == "activation" and p.signed and p.bits <= 8 else 0
+
+
+def insert_qdq(model: onnx.ModelProto, params: dict[str, TensorQuant], *, offset: bool = False) -> onnx.ModelProto:
     """A copy of ``model`` with a QDQ pair (or a quantized constant) for every tensor in ``params``."""
     graph = import_graph(model)
-    insert_qdq_graph(graph, params, default_opset(model))
+    insert_qdq_graph(graph, params, default_opset(model), offset=offset)
     return export_like(graph, model)
 
 
 def insert_qdq_graph(graph: gs.Graph, params: dict[str, TensorQuant], opset: int,
-                     quantized: Mapping[str, np.ndarray] | None = None) -> None:
+                     quantized: Mapping[str, np.ndarray] | None = None, *, offset: bool = False) -> None:
     """:func:`insert_qdq` on an onnx-graphsurgeon graph of default-domain ``opset``, in place.
 
     Quantized constants replace the float ones in the graph; the float arrays themselves are not
     modified (a caller may still hold and use them). ``quantized``: integer arrays the caller already
     computed (:func:`onnxsq.calibration.pow2.quantize` with the same parameters), used as they are.
+    ``offset``: signed activations carried as uint8 with zero point 128 (the module docstring).
     """
     need, why = required_opset(params)
     if opset < need:
@@ -77,24 +90,26 @@ def insert_qdq_graph(graph: gs.Graph, params: dict[str, TensorQuant], opset: int
         t = tensors.get(name)
         if t is None:
             raise UnsupportedModelError(f"cannot quantize {name!r}: no such tensor in the model")
+        zero = offset_zero(p, offset)
         if is_const(t):
-            _quantize_constant(graph, names, t, p, (quantized or {}).get(name))
+            _quantize_constant(graph, names, t, p, (quantized or {}).get(name), zero)
         else:
             if p.per_channel:
                 raise UnsupportedModelError(f"{name}: per-channel parameters for an activation are not supported")
-            _insert_pair(graph, names, t, p, opset)
+            _insert_pair(graph, names, t, p, opset, zero)
 
 
-def _qparams(graph: gs.Graph, names: UniqueNames, base: str, p: TensorQuant, carrier: np.dtype):
+def _qparams(graph: gs.Graph, names: UniqueNames, base: str, p: TensorQuant, carrier: np.dtype, zero: int = 0):
     scale = np.asarray(p.scale, dtype=np.float32)
     scale_c = gs.Constant(names.fresh(f"{base}_scale"), scale)
-    zp_c = gs.Constant(names.fresh(f"{base}_zero_point"), np.zeros(scale.shape, dtype=carrier))
+    zp_c = gs.Constant(names.fresh(f"{base}_zero_point"), np.full(scale.shape, zero, dtype=carrier))
     return scale_c, zp_c
 
 
-def _insert_pair(graph: gs.Graph, names: UniqueNames, t: gs.Variable, p: TensorQuant, opset: int) -> None:
-    carrier = carrier_dtype(p.bits, p.signed)
-    scale_c, zp_c = _qparams(graph, names, t.name, p, carrier)
+def _insert_pair(graph: gs.Graph, names: UniqueNames, t: gs.Variable, p: TensorQuant, opset: int,
+                 zero: int = 0) -> None:
+    carrier = np.dtype(np.uint8) if zero else carrier_dtype(p.bits, p.signed)
+    scale_c, zp_c = _qparams(graph, names, t.name, p, carrier, zero)
     qv = gs.Variable(names.fresh(f"{t.name}_quantized"), dtype=carrier, shape=t.shape)
     if t.inputs:  # produced inside the graph: rename the producer's side, readers keep the name
         src = gs.Variable(names.fresh(f"{t.name}_prequant"), dtype=t.dtype, shape=t.shape)
@@ -129,7 +144,7 @@ def _insert_pair(graph: gs.Graph, names: UniqueNames, t: gs.Variable, p: TensorQ
 
 
 def _quantize_constant(graph: gs.Graph, names: UniqueNames, t: gs.Tensor, p: TensorQuant,
-                       q: np.ndarray | None = None) -> None:
+                       q: np.ndarray | None = None, zero: int = 0) -> None:
     values = np.asarray(const_value(t))
     if values.dtype != np.float32:
         raise UnsupportedModelError(f"{t.name}: only float32 constants are quantized (it is {values.dtype})")
@@ -142,8 +157,10 @@ def _quantize_constant(graph: gs.Graph, names: UniqueNames, t: gs.Tensor, p: Ten
     if q is None or q.shape != values.shape or q.dtype != carrier:
         q = pow2.quantize(values, p.shift_array, p.bits, p.signed, symmetric=p.kind == "weight", axis=axis,
                           dtype=carrier)
+    if zero:  # the same integers on the uint8 carrier
+        q, carrier = (q.astype(np.int16) + zero).astype(np.uint8), np.dtype(np.uint8)
     qc = gs.Constant(names.fresh(f"{t.name}_quantized"), np.require(q, requirements="C"))
-    scale_c, zp_c = _qparams(graph, names, t.name, p, carrier)
+    scale_c, zp_c = _qparams(graph, names, t.name, p, carrier, zero)
     dq_out = gs.Variable(names.fresh(f"{t.name}_dq"), dtype=np.float32, shape=list(values.shape))
     attrs = {"axis": axis} if axis is not None else {}
     graph.nodes.append(gs.Node("DequantizeLinear", names.fresh(f"{t.name}_DequantizeLinear"), attrs=attrs,

@@ -67,6 +67,8 @@ def known_clipped(ctx: QuantizeContext, tparams: dict[str, TensorQuant]) -> dict
 
 def _group_signed(ctx: QuantizeContext, members: list[str], bits: int) -> bool:
     for m in members:
+        if ctx.plan.bounded.get(m) and m not in ctx.given:  # Tanh: signed by its range (-1, 1)
+            return True
         if m in ctx.given:
             if ctx.given[m].signed:
                 return True
@@ -100,6 +102,9 @@ def _member_shift(ctx: QuantizeContext, m: str, signed: bool, bits: int) -> tupl
     if m in ctx.given:
         g = ctx.given[m]
         return int(np.min(g.shift_array)), g.observed_range, g.estimator or "params file"
+    if m in ctx.plan.bounded:  # Sigmoid, Tanh, ...: the function's range, not calibration (|y| <= 1)
+        st = ctx.stats.get(m)
+        return bits - int(signed), (st.min, st.max) if st is not None and st.batches else None, "function range"
     if m in ctx.consts:
         shift, rng = constant_shift(ctx.consts[m], bits, signed)
         return shift, rng, "values"

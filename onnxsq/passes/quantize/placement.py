@@ -40,6 +40,7 @@ import onnx_graphsurgeon as gs
 
 from ...graph import const_value, is_const, is_graph_output, node_label
 from .placement_bias import bias_add, bias_add_constant, plan_bias
+from .placement_forms import bounded_outputs, rewrite_forms
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ADD = ("Add",)
@@ -103,6 +104,9 @@ class Plan:
     groups: dict[str, str] = field(default_factory=dict)  # tensor → group root (shared scale)
     weights: list[WeightUse] = field(default_factory=list)
     layers: list[LayerEntry] = field(default_factory=list)
+    # outputs of bounded functions (|y| <= 1: Sigmoid, HardSigmoid, Tanh, Softsign) → signed (Tanh, Softsign);
+    # their format comes from that range (unsigned 2**-bits, signed 2**-(bits-1)), not from calibration
+    bounded: dict[str, bool] = field(default_factory=dict)
 
     def members(self, root: str) -> list[str]:
         return [t for t, r in self.groups.items() if r == root]
@@ -214,8 +218,11 @@ def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, 
     First walk: which nodes quantize (layers, Add, Concat) and what they read. Second walk, in
     topological order: the quantization points, the ops that share a scale or take their own, and why
     everything else stays float. Mutates ``graph`` only to clone biases shared between layers.
-    ``integer_only``: no float island where an integer form exists (:mod:`.placement_integer`).
+    ``integer_only``: no float island where an integer form exists (:mod:`.placement_integer`). First
+    the exact rewrites into onnxruntime's integer forms (:mod:`.placement_forms`: Sum as Add, a channel
+    shuffle as a Gather).
     """
+    rewrite_forms(graph)
     if integer_only:
         from .placement_integer import plan_integer_only
 
@@ -240,6 +247,7 @@ def plan_walks(graph: gs.Graph, per_channel: bool, exclude: tuple[str, ...], pro
         walk.groups.add(name)
     walk.plan.activations, walk.plan.constants = list(quantized), list(walk.const_demanded)
     walk.plan.groups = {t: walk.groups.find(t) for t in walk.groups.parent}
+    walk.plan.bounded = bounded_outputs(graph, quantized)
     return walk.plan
 
 

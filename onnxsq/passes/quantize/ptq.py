@@ -108,7 +108,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     kept, samples = _calibrate(ctx, graph, calib, float_model, float_weights, progress, clock, stats)
     tparams = _resolve(ctx, graph, float_model, float_weights, kept)
     clock.lap("resolve")
-    insert_qdq_graph(graph, tparams, opset, ctx.qweights)
+    insert_qdq_graph(graph, tparams, opset, ctx.qweights, offset=ctx.cfg.carrier == "uint8")
     ctx.qweights = {}
     quantized_runnable = runnable(graph, meta) if kept else None
     clock.lap("insert qdq")
