@@ -141,3 +141,32 @@ def test_simulate_reads_an_image_folder_with_preprocessing(run_cli, data, tmp_pa
     res = run_cli("simulate", path, "--data", folder, "--input-shape", "1x3x32x32", "--outputs", out, "-q",
                   "--no-compare")
     assert res.code == 0, res.err
+
+
+def test_simulate_takes_the_preprocessing_the_model_stores(run_cli, tmp_path):
+    """quantize on images stores its --mean/--std in the model; simulate on an image folder uses them
+    (as eval does) unless given, and warns about a given one that differs."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    repo = Path(__file__).resolve().parents[2]
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    qpath, pre = tmp_path / "m.q.onnx", ["--mean", "120", "110", "100", "--std", "60", "50", "70"]
+    res = run_cli("quantize", repo / "sample_models" / "small_cls_torch.onnx", "--calib", folder, *pre,
+                  "--report-samples", "0", "-o", qpath, "-q")
+    assert res.code == 0, res.err
+    stored, given, other = (tmp_path / f"{n}.npz" for n in ("stored", "given", "other"))
+    rep = tmp_path / "r.json"
+    res = run_cli("simulate", qpath, "--data", folder, "--outputs", stored, "--report", rep, "-q", "--no-compare")
+    assert res.code == 0, res.err
+    assert "mean=120/110/100" in json.loads(rep.read_text())["summary"]["preprocessing"]
+    assert run_cli("simulate", qpath, "--data", folder, *pre, "--outputs", given, "-q", "--no-compare").code == 0
+    np.testing.assert_array_equal(np.load(stored)["logits"], np.load(given)["logits"])
+    res = run_cli("simulate", qpath, "--data", folder, "--mean", "0", "0", "0", "--outputs", other, "--no-compare")
+    assert res.code == 0 and "overrides the model's stored preprocessing" in res.err
+    assert not np.array_equal(np.load(stored)["logits"], np.load(other)["logits"])

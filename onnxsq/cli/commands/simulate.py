@@ -39,6 +39,9 @@ def command(model: Path, data: str, outputs_path: Path | None, report_path: Path
     an arithmetic right shift with --rounding, saturation; ops without an integer form run in float
     between their DequantizeLinear and QuantizeLinear (float islands, listed in the report). The report
     compares every layer and output with onnxruntime's optimized (fused integer) run of the model.
+
+    An image folder takes the --mean/--std/--channel-order/--layout the model stores (onnxsq quantize
+    on images writes them) where they are not given; a given one that differs is warned about.
     """
     from ...calibration.sources import Preprocess, batches, open_source
     from ...model_io import load_model
@@ -57,7 +60,13 @@ def command(model: Path, data: str, outputs_path: Path | None, report_path: Path
         qmodel = load_model(model)
         program = load_program(qmodel)
     size = tuple(size) if size else _size_from_shapes(input_shapes, layout)
-    pre = Preprocess(size=size, mean=mean, std=std, channel_order=channel_order, layout=layout)
+    options = dict(mean=mean, std=std, channel_order=channel_order, layout=layout)
+    stored_note = None
+    if qmodel is not None and _image_folder(data):  # images take the preprocessing quantize stored, as eval does
+        from .eval import _preprocessing
+
+        options, stored_note = _preprocessing(qmodel, options)
+    pre = Preprocess(size=size, **options)
     source = open_source(data, qmodel if qmodel is not None else _inputs_model(program),
                          preprocess=None if pre == Preprocess() else pre)
     feeds = (feed for feed, _ in batches(source, source.inputs, batch_size=batch_size, count=count))
@@ -70,9 +79,22 @@ def command(model: Path, data: str, outputs_path: Path | None, report_path: Path
         _write_npz(outputs, outputs_path)
         report.summary["outputs"] = str(outputs_path)
     report.summary["model"] = str(model)
+    if stored_note:
+        report.summary["preprocessing"] = stored_note
     finish(report, report_path, quiet=quiet(),
            detail_keys=["bits", "signed", "shift", "steps", "max_step", "differ", "acc_worst_bits", "acc_seen_bits",
                         "overflow", "saturated", *(["vs_half_even"] if rounding != "half-even" else [])])
+
+
+def _image_folder(data: str) -> bool:
+    """``data`` is a folder of images (not of .npy/.npz tensors, which take no preprocessing)."""
+    from ...data.images import is_image
+
+    path = Path(data)
+    if not path.is_dir():
+        return False
+    files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    return not any(p.suffix.lower() in (".npy", ".npz") for p in files) and any(is_image(p) for p in files)
 
 
 def _size_from_shapes(input_shapes: dict | None, layout: str) -> tuple[int, int] | None:
