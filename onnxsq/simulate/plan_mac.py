@@ -36,6 +36,8 @@ def mac_step(step, args: list, result: Fixed, x_range: Range | None, acc_bits: i
         return None
     if step.op == "Conv" and w.v.ndim == 4 and x.v.ndim == 4:
         made = _conv(step, x, w, b, result, x_range)
+    elif step.op == "ConvTranspose" and w.v.ndim == 4 and x.v.ndim == 4:
+        made = _conv_transpose(step, x, w, b, result, x_range)
     elif step.op in ("Gemm", "MatMul") and w.v.ndim == 2 and not step.attrs.get("transA", 0):
         made = _matmul(step, x, w, b, result, x_range)
     else:
@@ -224,3 +226,45 @@ def _depthwise(g: _Geometry, w: np.ndarray, bias: np.ndarray) -> Callable:
         return view
 
     return fn
+
+
+def _conv_transpose(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Range):
+    """A 2-D transposed convolution: one product of the channels-last input with the weights of every
+    tap, then each tap's part added into its strided place of the full output, which is cropped.
+    Every partial sum of an output is one over some of its channel's terms: the bound holds."""
+    a = step.attrs
+    n, c, h, wd = x.v.shape
+    _, m, kh, kw = w.v.shape
+    if a.get("group", 1) != 1 or (w.shift.size > 1 and w.shift.shape[1] != m):
+        return None
+    (s0, s1), (d0, d1) = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+    pads, opad = K.conv_transpose_pads((h, wd), (kh, kw), [s0, s1], [d0, d1], a)
+    ws = w.shift.reshape(1, -1, 1, 1) if w.shift.size > 1 else w.shift.reshape(())
+    bias = _bias_vector(b, result, x.shift + ws, m)
+    if bias is None:
+        return None
+    per_tap = np.transpose(w.v, (0, 2, 3, 1))  # (C, kh, kw, M)
+    rng, bound, dtype = _bounds(per_tap.reshape(c * kh * kw, m), bias, x_range)
+    if dtype is None:
+        return None
+    full = ((h - 1) * s0 + (kh - 1) * d0 + 1 + opad[0], (wd - 1) * s1 + (kw - 1) * d1 + 1 + opad[1])
+    buf = np.zeros((n, *full, m), dtype=dtype)
+    xin = np.empty((n, h, wd, c), dtype=dtype)
+    wf = np.ascontiguousarray(per_tap.reshape(c, kh * kw * m), dtype=dtype)
+    crop = buf[:, pads[0]:full[0] - pads[2], pads[1]:full[1] - pads[3], :]
+    res = np.empty(crop.shape, dtype=dtype)
+    view = res.transpose(0, 3, 1, 2)
+    targets = [buf[:, i * d0:i * d0 + (h - 1) * s0 + 1:s0, j * d1:j * d1 + (wd - 1) * s1 + 1:s1, :]
+               for i, j in itertools.product(range(kh), range(kw))]
+    bf = bias.astype(dtype)
+
+    def fn(xv: np.ndarray) -> np.ndarray:
+        np.copyto(xin, xv.transpose(0, 2, 3, 1))
+        cols = np.matmul(xin.reshape(n * h * wd, c), wf).reshape(n, h, wd, kh * kw, m)
+        buf.fill(0)
+        for t, target in enumerate(targets):
+            np.add(target, cols[:, :, :, t, :], out=target)
+        np.add(crop, bf, out=res)
+        return view
+
+    return fn, rng, bound

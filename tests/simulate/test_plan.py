@@ -19,16 +19,23 @@ RNG = np.random.default_rng(11)
 
 
 def _conv(g: G, x: str, x_shift: int, *, k: int = 3, stride: int = 1, group: int = 1, dil: int = 1,
-          bias: str = "", relu: bool = False, out_shift: int = 3, c: int = 4, m: int = 6) -> str:
+          bias: str = "", relu: bool = False, out_shift: int = 3, c: int = 4, m: int = 6,
+          transposed: bool = False) -> str:
     """A Conv of ``x`` (``c`` channels at ``2**-x_shift``); ``bias``: "acc" at the accumulator's shift (added
     as is), "other" at another one (aligned by a shift: the generic kernel), "" none."""
     ws = RNG.integers(6, 9, m)
-    inputs = [x, g.w(RNG.integers(-127, 128, (m, c // group, k, k)), ws, axis=0)]
+    if transposed:  # weights (C, M, k, k), per output channel along axis 1
+        inputs = [x, g.w(RNG.integers(-127, 128, (c, m, k, k)), ws, axis=1)]
+    else:
+        inputs = [x, g.w(RNG.integers(-127, 128, (m, c // group, k, k)), ws, axis=0)]
     if bias:
         shifts = ws + x_shift if bias == "acc" else np.full(m, 9)
         inputs.append(g.w(RNG.integers(-3000, 3000, m), shifts, dtype=np.int32))
-    y = g.node("Conv", inputs, kernel_shape=[k, k], strides=[stride, stride], pads=[(k // 2) * dil] * 4, group=group,
-               dilations=[dil, dil])
+    attrs = dict(kernel_shape=[k, k], strides=[stride, stride], pads=[(k // 2) * dil] * 4, dilations=[dil, dil])
+    if transposed:
+        y = g.node("ConvTranspose", inputs, **attrs, output_padding=[stride - 1] * 2)
+    else:
+        y = g.node("Conv", inputs, **attrs, group=group)
     return g.q(g.node("Relu", [y]) if relu else y, out_shift, signed=not relu)
 
 
@@ -54,6 +61,8 @@ CONVS = {
     "depthwise": dict(group=4, m=4, bias="acc", relu=True),
     "depthwise_strided": dict(group=4, m=4, stride=2),
     "grouped": dict(group=2, relu=True),  # no compiled form: the generic kernel inside the plan
+    "transposed": dict(transposed=True, stride=2, bias="acc", relu=True),
+    "transposed_dilated": dict(transposed=True, dil=2),
 }
 
 
