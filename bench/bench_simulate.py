@@ -1,7 +1,7 @@
 """onnxsq simulate against onnxruntime on the real-model zoo: bit equality and speed.
 
     .venv-ort/bin/python bench/bench_simulate.py [--models NAME ...] [--samples 4] [--workdir DIR] [--json OUT]
-        [--integer-only] [--profile]
+        [--integer-only] [--profile] [--timing-only] [--generic] [--no-layers]
 
 For every zoo model that ``onnxsq quantize`` handles: quantize it (``--calib`` the zoo's photos,
 ``--calib-count 4``, its preprocessing; seeded feeds for a model that takes no image; cached in
@@ -63,9 +63,10 @@ def quantized(m, workdir: Path, integer_only: bool = False) -> Path:
     return out
 
 
-def profile_ops(program, feeds: list[dict]) -> dict[str, float]:
-    """Seconds per op over ``feeds`` (a warm run: weight conversions and island sessions made before)."""
-    sim = Simulator(program)
+def profile_ops(program, feeds: list[dict], compiled: bool = True) -> dict[str, float]:
+    """Seconds per layer kind and main op ("int:Conv", "lut:Sigmoid", "float:Softmax") over ``feeds``
+    (a warm run: layers compiled, weight conversions and island sessions made before)."""
+    sim = Simulator(program, compiled=compiled)
     for feed in feeds[:1]:
         sim.run(feed)
     sim.profile = {}
@@ -76,7 +77,7 @@ def profile_ops(program, feeds: list[dict]) -> dict[str, float]:
     return dict(sorted(sim.profile.items(), key=lambda kv: -kv[1]))
 
 
-def timing(program, model, feeds: list[dict], rounds: int = 3) -> dict:
+def timing(program, model, feeds: list[dict], rounds: int = 3, generic: bool = False) -> dict:
     """Per-batch time of simulate against onnxruntime's optimized QDQ run (default kernels), the least of
     ``rounds`` rounds over the batches (after one warm-up batch):
 
@@ -84,7 +85,10 @@ def timing(program, model, feeds: list[dict], rounds: int = 3) -> dict:
     - ``cpu``: this thread's CPU time against onnxruntime with one intra-op thread (so that its work is
       this thread's too): the work each does, which a loaded machine does not distort. On a machine
       shared by many processes a long run is preempted more often than a short one, so the elapsed
-      ratio grows with the load; the CPU-time ratio does not."""
+      ratio grows with the load; the CPU-time ratio does not.
+
+    ``generic``: also the CPU time of the generic interpreter (``Simulator(compiled=False)``: no layer
+    compiled for its shapes), in the same rounds: what the compiled plans gain."""
     from onnxsq.runtime import import_ort
     from onnxsq.simulate.compare import ort_session
 
@@ -101,6 +105,10 @@ def timing(program, model, feeds: list[dict], rounds: int = 3) -> dict:
     t = {"ort": [], "sim": [], "ort_cpu": [], "sim_cpu": []}
     runs = {"ort": lambda f: session.run(None, f), "sim": sim.run, "ort_cpu": lambda f: one.run(None, f),
             "sim_cpu": sim.run}
+    if generic:
+        plain = Simulator(program, compiled=False)
+        plain.run(feeds[0])
+        t["generic_cpu"], runs["generic_cpu"] = [], plain.run
     for _ in range(rounds):  # each over every batch in turn (onnxruntime's idle threads spin a while after a run)
         for key, fn in runs.items():
             clock = time.thread_time if key.endswith("_cpu") else time.perf_counter
@@ -112,11 +120,13 @@ def timing(program, model, feeds: list[dict], rounds: int = 3) -> dict:
     return {"sim_ms": round(least["sim"] * 1e3, 2), "ort_ms": round(least["ort"] * 1e3, 3),
             "min_ratio": round(least["sim"] / least["ort"], 1),
             "sim_cpu_ms": round(least["sim_cpu"] * 1e3, 2), "ort_cpu_ms": round(least["ort_cpu"] * 1e3, 3),
-            "cpu_ratio": round(least["sim_cpu"] / max(least["ort_cpu"], 1e-6), 1)}
+            "cpu_ratio": round(least["sim_cpu"] / max(least["ort_cpu"], 1e-6), 1),
+            **({"generic_cpu_ms": round(least["generic_cpu"] * 1e3, 2),
+                "generic_cpu_ratio": round(least["generic_cpu"] / max(least["ort_cpu"], 1e-6), 1)} if generic else {})}
 
 
 def bench_one(m, workdir: Path, count: int, profile: bool = False, integer_only: bool = False,
-              per_layer: bool = True, timing_only: bool = False) -> dict:
+              per_layer: bool = True, timing_only: bool = False, generic: bool = False) -> dict:
     t0 = time.perf_counter()
     path = quantized(m, workdir, integer_only)
     t_quant = time.perf_counter() - t0
@@ -125,7 +135,7 @@ def bench_one(m, workdir: Path, count: int, profile: bool = False, integer_only:
     feeds = list(samples(m, zoo.images(), count, seed=1))
     if timing_only:
         return {"model": m.name, "variant": "integer-only" if integer_only else "default",
-                **timing(program, model, feeds)}
+                **timing(program, model, feeds, generic=generic)}
     cfg = SimulateConfig(float_model=str(m.path), per_layer=per_layer)
     _, report = simulate(program, feeds, model=model, config=cfg)
     s = report.summary
@@ -144,9 +154,12 @@ def bench_one(m, workdir: Path, count: int, profile: bool = False, integer_only:
             "int_layer_worst_step": layer_worst, "islands": s["float_islands"],
             "island_ops": dict(ops), "t_sim": s.get("time_simulate_warm_s", s["time_simulate_s"]),
             "t_ort": s.get("time_onnxruntime_s"), "t_first": s["time_first_batch_s"],
-            "ratio": s.get("time_ratio"), "t_quantize": round(t_quant, 1), **timing(program, model, feeds),
+            "ratio": s.get("time_ratio"), "t_quantize": round(t_quant, 1),
+            **timing(program, model, feeds, generic=generic),
             **({"profile": {k: round(v, 4) for k, v in list(profile_ops(program, feeds).items())[:8]}}
-               if profile else {})}
+               if profile else {}),
+            **({"profile_generic": {k: round(v, 4) for k, v in list(profile_ops(program, feeds, False).items())[:8]}}
+               if profile and generic else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="compare the outputs only (no per-layer onnxruntime sessions: much faster on big models)")
     ap.add_argument("--integer-only", action="store_true",
                     help="also quantize with --integer-only: both rows, and the fidelity cost in dB")
+    ap.add_argument("--generic", action="store_true",
+                    help="also time the generic interpreter (no compiled layers): the CPU ratio before and after")
     ap.add_argument("--blas-threads", type=int, default=1, help="numpy's BLAS threads (0: as it is)")
     args = ap.parse_args(argv)
     with _blas_threads(args.blas_threads):
@@ -188,7 +203,7 @@ def _run(args) -> int:
         for integer_only in (False, True) if args.integer_only else (False,):
             try:
                 row = bench_one(m, args.workdir, args.samples, args.profile, integer_only, not args.no_layers,
-                                args.timing_only)
+                                args.timing_only, args.generic)
             except Exception as exc:  # noqa: BLE001 - one model's failure is a row, not the end
                 row = {"model": m.name, "variant": "integer-only" if integer_only else "default",
                        "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
@@ -224,15 +239,18 @@ def _table(rows: list[dict]) -> None:
 
 def _timing_table(rows: list[dict]) -> None:
     print()
+    generic = any("generic_cpu_ms" in r for r in rows)
+    extra = " generic CPU ms | generic CPU ratio |" if generic else ""
     print("| model | variant | simulate ms | onnxruntime ms | wall ratio | simulate CPU ms | onnxruntime 1-thread "
-          "CPU ms | CPU ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"CPU ms | CPU ratio |{extra}")
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if generic else ""))
     for r in rows:
         if "error" in r:
             print(f"| {r['model']} | {r['variant']} | {r['error']} | | | | | |")
         else:
+            more = f" {r.get('generic_cpu_ms')} | {r.get('generic_cpu_ratio')} |" if generic else ""
             print(f"| {r['model']} | {r['variant']} | {r['sim_ms']} | {r['ort_ms']} | {r['min_ratio']} | "
-                  f"{r['sim_cpu_ms']} | {r['ort_cpu_ms']} | {r['cpu_ratio']} |")
+                  f"{r['sim_cpu_ms']} | {r['ort_cpu_ms']} | {r['cpu_ratio']} |{more}")
 
 
 def _fidelity_table(rows: list[dict]) -> None:
