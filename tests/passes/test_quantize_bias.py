@@ -122,3 +122,34 @@ def test_given_weights_are_not_corrected(tmp_path):
     given, rep = quantize(model, data, params=tmp_path / "p.json")  # no corrections in that file
     assert "bias_corrected" not in rep.summary
     assert given.SerializeToString() == off.SerializeToString()
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_near_zero_weight_channel_keeps_its_bias(per_channel):
+    """A channel of near-zero weights would fit a huge shift (2**-50 steps) that its bias cannot follow
+    at int32 (s_b = s_in + s_w): the weight shift is lowered instead, the bias stays exact."""
+    from builders import build_conv_model, run
+
+    model = build_conv_model(bn=False, relu=False, cout=4)
+    w = next(i for i in model.graph.initializer if i.name == "conv.weight")
+    b = next(i for i in model.graph.initializer if i.name == "conv.bias")
+    wv, bv = numpy_helper.to_array(w).copy(), numpy_helper.to_array(b).copy()
+    wv[1] *= 1e-13  # a dead channel (exported networks have them), with a bias that matters
+    bv[1] = 0.75
+    w.CopyFrom(numpy_helper.from_array(wv, "conv.weight"))
+    b.CopyFrom(numpy_helper.from_array(bv, "conv.bias"))
+    rng = np.random.default_rng(1)
+    calib = [{"input": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    q, report = quantize(model, calib, config=QuantizeConfig(per_channel=per_channel, report_samples=0,
+                                                             bias_correction=False, equalize=False))
+    onnx.checker.check_model(q)
+    assert not any("saturate" in w for w in report.warnings), report.warnings
+    if per_channel:
+        assert any("conv.weight: the shift of 1 channel(s) lowered" in w for w in report.warnings), report.warnings
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    qb = next(v for k, v in inits.items() if k.startswith("conv.bias") and v.dtype == np.int32)
+    scale = next(v for k, v in inits.items() if k.startswith("conv.bias") and k.endswith("scale"))
+    assert float(np.broadcast_to(scale, qb.shape)[1] * qb[1]) == pytest.approx(0.75, abs=1e-3)
+    got = run(q, calib[0])[0][0, 1]
+    want = run(model, calib[0])[0][0, 1]
+    np.testing.assert_allclose(got, want, atol=0.07)  # channel 1 is its bias: the output step (input 8 bits) apart

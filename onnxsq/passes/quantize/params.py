@@ -135,7 +135,7 @@ def resolve_params(ctx: QuantizeContext) -> dict[str, TensorQuant]:
     for use in plan.weights:
         if use.weight not in out:
             out[use.weight] = _weight_params(ctx, use.weight, next(iter(axes[use.weight])) if len(axes[use.weight]) == 1
-                                             else None)
+                                             else None, _bias_cap(ctx, use, out.get(use.input)))
             _round_weight(ctx, use, out[use.weight])
         if use.bias is not None:
             # GPTQ's channels minimized their error with the input's mean in it: no second correction there
@@ -169,7 +169,19 @@ def _round_weight(ctx: QuantizeContext, use: Any, p: TensorQuant) -> None:
     ctx.report.summary["weights_rounded"] = ctx.report.summary.get("weights_rounded", 0) + 1
 
 
-def _weight_params(ctx: QuantizeContext, name: str, axis: int | None) -> TensorQuant:
+def _bias_cap(ctx: QuantizeContext, use: Any, x: TensorQuant | None) -> np.ndarray | None:
+    """The finest weight shift per output channel at which ``use``'s bias still fits int32 (shifts add:
+    ``|b| * 2**(s_in + s_w) < 2**30``, a bit of headroom for bias correction), or None without a bias.
+    A channel of near-zero weights would otherwise take a shift its bias cannot follow (saturated int32)."""
+    if use.bias is None or x is None or use.bias in ctx.given or use.weight in ctx.given:
+        return None
+    mag = np.abs(np.asarray(ctx.consts[use.bias], dtype=np.float64)).reshape(-1)
+    with np.errstate(divide="ignore"):
+        cap = np.floor(np.log2(np.ldexp(1.0, pow2.BIAS_BITS - 2) / mag)) - int(x.shift)
+    return np.minimum(cap, pow2.MAX_SHIFT).astype(np.int64)
+
+
+def _weight_params(ctx: QuantizeContext, name: str, axis: int | None, cap: np.ndarray | None = None) -> TensorQuant:
     w = ctx.consts[name]
     rng = (float(w.min()), float(w.max())) if w.size else (0.0, 0.0)
     g = ctx.given.get(name)
@@ -181,6 +193,13 @@ def _weight_params(ctx: QuantizeContext, name: str, axis: int | None) -> TensorQ
                            g.estimator or "params file")
     bits = ctx.wide.get(name, ctx.cfg.wbits)
     shift = pow2.weight_shift(w, bits, axis=axis, method=ctx.cfg.weight_method)
+    if cap is not None:  # a bias per output channel (or one for all): no int32 saturation
+        fits = cap.size == np.size(shift) or cap.size == 1
+        capped = np.minimum(shift, cap if fits else cap.min()) if np.ndim(shift) else min(int(shift), int(cap.min()))
+        if np.any(np.asarray(capped) != shift):
+            ctx.report.warnings.append(f"weight {name}: the shift of {int(np.sum(np.asarray(capped) != shift))} "
+                                       "channel(s) lowered so that the bias fits int32")
+        shift = np.asarray(capped, dtype=np.int64) if np.ndim(shift) else int(capped)
     if w.dtype == np.float32:  # what insert_qdq_graph writes; bias correction reads it too
         ctx.qweights[name] = pow2.quantize(w, shift, bits, True, symmetric=True, axis=axis,
                                            dtype=carrier_dtype(bits, True))

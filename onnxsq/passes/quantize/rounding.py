@@ -240,9 +240,10 @@ def round_weight(use: WeightUse, w: np.ndarray, p: TensorQuant, h: tuple, neares
     fit = np.asarray(pow2.fit_shift(-mags, mags, p.bits, True, symmetric=True), dtype=np.int64).reshape(mags.shape)
     if not p.per_channel:
         fit = np.full(mags.shape, int(fit.min()) if fit.size else int(p.shift), np.int64)
+    shift_n = np.broadcast_to(p.shift_array, (mags.size,)).reshape(mags.shape)
+    fit = np.minimum(fit, shift_n)  # never finer than nearest's shift (lowered where the bias needs it)
     step = pow2.scale_of(fit).astype(np.float64)
     q = gptq(rows, inverse_factor(h_fit), step, qmax)
-    shift_n = np.broadcast_to(p.shift_array, (mags.size,)).reshape(mags.shape)
     q_n = weight_rows(use, nearest.astype(np.float64), h_fit.shape[0])
     cov = h_check - mu[..., :, None] * mu[..., None, :]
     err = row_errors(rows, q, step, h_check)
