@@ -23,7 +23,8 @@ from . import moves as M
 from . import plan as P
 from .fixed import KERNELS, Fixed, NotInteger, align
 from .islands import FloatRunner
-from .lut import Table, build_table
+from .lut import Table, build_table, moved_form
+from .lut_moves import moves_layer
 from .program import Layer, Program, Step
 from .rounding import ROUNDINGS, float_saturate, int_limits, requantize_saturate, wrap
 
@@ -79,6 +80,7 @@ class Simulator:
         self._shifts: dict[str, np.ndarray] = {}
         self._feeds: Mapping[str, np.ndarray] = {}
         self._plans: dict[str, P.Plan] = {}
+        self._moved: dict[str, Any] = {}  # lut layers that also move elements: their split (.lut_moves)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Result:
         """Simulate one batch; ``feeds``: the model's float inputs by name."""
@@ -104,12 +106,13 @@ class Simulator:
         env: dict[str, Any] = {}
         trace: list | None = [] if compile_ else None
         if layer.kind == "lut" and not st.fallback:
-            q = self._lut_layer(layer, ints, st)
+            q = self._lut_layer(layer, ints, st, env, trace)
             if q is not None:
                 ints[layer.output] = q
                 if compile_:
-                    self._plans[layer.name] = P.compile_layer(self, layer, ints, feeds, None, None)
+                    self._plans[layer.name] = P.compile_layer(self, layer, ints, feeds, env, trace)
                 return
+            env, trace = {}, [] if compile_ else None
         if layer.kind == "int" and not st.fallback:
             try:
                 value = self._int_layer(layer, ints, st, env, trace)
@@ -131,16 +134,23 @@ class Simulator:
             self._plans[layer.name] = (P.NOPLAN if st.fallback else
                                        P.compile_layer(self, layer, ints, feeds, env, trace))
 
-    def _lut_layer(self, layer: Layer, ints: dict, st: LayerStats) -> np.ndarray | None:
-        """The layer's output codes by table look-up (None: no table after all; it runs in float)."""
+    def _lut_layer(self, layer: Layer, ints: dict, st: LayerStats, env: dict, trace: list | None) -> np.ndarray | None:
+        """The layer's output codes by table look-up (None: no table after all; it runs in float). A
+        layer that also moves elements (:mod:`.lut_moves`) moves its input's codes first (``env``,
+        ``trace``: of that integer run, as :meth:`_int_layer`'s)."""
         try:
             table = self._tables.get(layer.name)
             if table is None:
                 stored = layer.table if self.rounding == "half-even" else None  # a package's (half-even) table
                 table = stored or build_table(self.program, layer, self.floats, self.rounding)
                 self._tables[layer.name] = table
-            q, n = table.lookup(ints[layer.inputs[0]])
-        except (ValueError, IndexError, DataError) as exc:  # DataError: its steps do not run on the codes
+                self._moved[layer.name] = moved_form(self.program, layer)
+            moved = self._moved.get(layer.name)
+            codes = ints[layer.inputs[0]]
+            if moved is not None:
+                codes = self._int_layer(moves_layer(layer, moved), ints, st, env, trace).v
+            q, n = table.lookup(codes)
+        except (ValueError, IndexError, TypeError, DataError, NotInteger) as exc:  # DataError: steps fail on the codes
             st.fallback = f"no look-up table ({exc}): computed in float"
             log.info("%s: %s", layer.name, st.fallback)
             return None

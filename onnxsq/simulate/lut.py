@@ -7,7 +7,9 @@ The table is what onnxruntime computes for ``DequantizeLinear → op → Quantiz
 float steps run (in one onnxruntime session, as a float island's) on the dequantized codes, exact in
 float32, then the layer's quantizer rounds (``--rounding``) and saturates. Constants that vary along
 some axes (a PRelu slope or a multiplier per channel) make one table per position of their broadcast
-shape: ``table[code, position]``.
+shape: ``table[code, position]``. A layer that also moves elements (Slice, Split, Reshape, ...: one
+input, scalar constants) is the table of its elementwise steps on its input's codes moved first
+(:mod:`.lut_moves`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .lut_moves import Moved, split_moves, table_layer
 from .rounding import int_limits, round_float
 
 if TYPE_CHECKING:
@@ -65,6 +68,12 @@ def lut_form(program_consts: dict, dq: dict, tensors: dict, layer: Layer) -> str
     qt = tensors[src]
     produced: set[str] = set()
     shapes = []
+    if any(step.domain not in ("", "ai.onnx") or step.op not in ELEMENTWISE for step in layer.steps):
+        moved = split_moves(layer, src, dq, program_consts, ELEMENTWISE)
+        if not isinstance(moved, Moved):  # None: no move, yet a step that is not elementwise
+            step = next(s for s in layer.steps if s.domain not in ("", "ai.onnx") or s.op not in ELEMENTWISE)
+            return moved or f"{step.op} is not elementwise"
+        layer = table_layer(layer, moved)
     for step in layer.steps:
         if step.domain not in ("", "ai.onnx") or step.op not in ELEMENTWISE:
             return f"{step.op} is not elementwise"
@@ -99,10 +108,21 @@ def table_shape(program: Program, layer: Layer) -> tuple[int, ...]:
     return tuple(np.broadcast_shapes(*shapes)) if shapes else ()
 
 
+def moved_form(program: Program, layer: Layer) -> Moved | None:
+    """A ``lut`` layer's split into its table and the moves of its input's codes (None: no moves)."""
+    if all(s.domain in ("", "ai.onnx") and s.op in ELEMENTWISE for s in layer.steps):
+        return None
+    moved = split_moves(layer, layer.inputs[0], program.dq, program.consts, ELEMENTWISE)
+    return moved if isinstance(moved, Moved) else None
+
+
 def build_table(program: Program, layer: Layer, runner, rounding: str) -> Table:
     """The layer's table: its float steps on every dequantized input code (``runner``: a
     :class:`~.islands.FloatRunner`), quantized by the layer's output type with ``rounding``."""
     src = layer.inputs[0]
+    moved = moved_form(program, layer)
+    if moved is not None:  # the table of the elementwise steps; the moves run on the codes (.lut_moves)
+        layer = table_layer(layer, moved)
     qt, out = program.tensors[src], layer.out
     low, high = int_limits(qt.bits, qt.signed)
     shape = table_shape(program, layer)

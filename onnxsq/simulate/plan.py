@@ -22,8 +22,10 @@ import numpy as np
 from . import kernels as K
 from . import moves as M
 from .fixed import Fixed
+from .lut_moves import moves_layer
 from .plan_mac import F32_EXACT, Range, mac_step
-from .rounding import float_saturate, int_limits, requantize_saturate
+from .plan_tables import island_plan, lut_plan
+from .rounding import int_limits, requantize_saturate
 
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
@@ -58,9 +60,9 @@ def compile_layer(sim, layer, ints: dict, feeds: Mapping, env: dict | None, trac
     st = sim.stats[layer.name]
     run = None
     if layer.kind == "lut" and layer.name in sim._tables:
-        run = _lut(sim._tables[layer.name], layer, ints[layer.inputs[0]].shape, st)
+        run = _table(sim, layer, ints, env, trace, st)
     elif layer.kind == "float" and layer.out is not None:
-        run = _island(sim, layer, st)
+        run = island_plan(sim, layer, st)
     elif layer.kind == "int" and trace is not None:
         run = _int(sim, layer, env, trace, st)
     if run is None:
@@ -70,114 +72,28 @@ def compile_layer(sim, layer, ints: dict, feeds: Mapping, env: dict | None, trac
     return Plan(shapes, fed, run)
 
 
-def _lut(table, layer, shape: tuple[int, ...], st) -> Callable | None:
-    positions = int(np.prod(table.shape))
-    values = np.ascontiguousarray(table.values.reshape(-1))
-    clipped = np.ascontiguousarray(table.clipped.reshape(-1)) if table.clipped.any() else None
-    low, src = table.low, layer.inputs[0]
-    if positions > 1:
-        if len(shape) < len(table.shape) or np.broadcast_shapes(shape, table.shape) != shape:
-            return None
-        return _lut_positions(values, clipped, low, positions, np.arange(positions).reshape(table.shape), src, st)
-    codes = values.size
-    wrap = np.dtype(np.uint8) if codes == 256 else np.dtype(np.uint16) if codes == 65536 else None
-    if wrap is not None:  # indexed by the code's own bits: a cast, no subtraction
-        where = (np.arange(codes) + low) % codes
-        values = np.empty_like(values)
-        values[where] = table.values.reshape(-1)
-        if clipped is not None:
-            clipped = np.empty_like(clipped)
-            clipped[where] = table.clipped.reshape(-1)
-
-    def run(ints: dict, feeds: Mapping) -> np.ndarray:
-        q, back = memory_order(ints[src])
-        idx = q.astype(wrap) if wrap is not None else np.subtract(q, low, dtype=np.int64)
-        out = values.take(idx, mode="clip")  # every code is in range: no bounds check
-        if clipped is not None:
-            st.saturated += int(np.count_nonzero(clipped.take(idx, mode="clip")))
-        st.elements += out.size
-        return out if back is None else out.transpose(back)
-
-    return run
-
-
-def _lut_positions(values, clipped, low: int, positions: int, offsets: np.ndarray, src: str, st) -> Callable:
-    """A table per position of the constants' broadcast shape: ``values[(code - low) * positions + position]``."""
-
-    def run(ints: dict, feeds: Mapping) -> np.ndarray:
-        idx = np.subtract(ints[src], low, dtype=np.int64)
-        idx *= positions
-        idx += offsets
-        out = values.take(idx)
-        if clipped is not None:
-            st.saturated += int(np.count_nonzero(clipped.take(idx)))
-        st.elements += out.size
-        return out
-
-    return run
-
-
-def memory_order(a: np.ndarray) -> tuple[np.ndarray, tuple[int, ...] | None]:
-    """``a`` with its axes in memory order (C-contiguous where ``a`` is a transposed contiguous array,
-    e.g. channels-last data seen as NCHW), and the permutation back (None: already in order). An
-    elementwise op over the first runs over contiguous memory, and keeps the layout."""
-    if a.ndim < 3 or a.flags.c_contiguous or a.size < 4096:
-        return a, None
-    perm = tuple(sorted(range(a.ndim), key=lambda i: -a.strides[i]))
-    t = a.transpose(perm)
-    if not t.flags.c_contiguous:
-        return a, None
-    return t, tuple(int(i) for i in np.argsort(perm))
-
-
-def _island(sim, layer, st) -> Callable | None:
-    p, out = sim.program, layer.out
-    if not layer.steps:
+def _table(sim, layer, ints: dict, env: dict | None, trace: list | None, st) -> Callable | None:
+    table, moved = sim._tables[layer.name], sim._moved.get(layer.name)
+    if moved is None:
+        return lut_plan(table, layer, ints[layer.inputs[0]].shape, st)
+    made = _evaluator(sim, moves_layer(layer, moved), env or {}, trace or [], st)
+    if made is None:
         return None
-    session = sim.floats.session_of(layer.name)
-    if session is None:
-        return None
-    wanted = {i.name for i in session.get_inputs()}
-    reads = [(i, p.dq[i], np.float32(np.ldexp(1.0, -p.tensors[p.dq[i]].shift))) for i in wanted if i in p.dq]
-    fed = [i for i in wanted if i not in p.dq]
-    outputs, quantize = [layer.source], _float_quantizer(out, sim.rounding, st)
-
-    def run(ints: dict, feeds: Mapping) -> np.ndarray:
-        feed = {i: np.multiply(ints[s], scale, dtype=np.float32) for i, s, scale in reads}
-        for i in fed:
-            feed[i] = np.asarray(feeds[i], order="C")
-        (y,) = session.run(outputs, feed)
-        return quantize(y)
-
-    return run
-
-
-def _float_quantizer(out, rounding: str, st) -> Callable:
-    """A float island's output quantized at ``2**-shift``: for a float32 output and half-even or floor
-    rounding, the scaling (by a power of two) and the rounding in float32, exact, in place; else
-    :func:`~.rounding.float_saturate`."""
-    lo, hi = int_limits(out.bits, out.signed)
-    scale = np.float32(np.ldexp(1.0, out.shift))
-    rnd = np.rint if rounding == "half-even" else np.floor if rounding == "floor" else None
-
-    def run(y: np.ndarray) -> np.ndarray:
-        if rnd is None or y.dtype != np.float32 or not y.size:
-            q, n = float_saturate(y, out.shift, rounding, out.bits, out.signed)
-            st.saturated += n
-            st.elements += q.size
-            return q
-        f = np.multiply(y, scale)
-        rnd(f, out=f)
-        st.elements += f.size
-        if f.min() < lo or f.max() > hi:
-            st.saturated += int(np.count_nonzero(f < lo)) + int(np.count_nonzero(f > hi))
-            np.clip(f, lo, hi, out=f)
-        return f.astype(np.int32)
-
-    return run
+    evaluate, value, _ = made
+    return lut_plan(table, layer, value.v.shape, st, evaluate)
 
 
 def _int(sim, layer, env: dict, trace: list, st) -> Callable | None:
+    made = _evaluator(sim, layer, env, trace, st)
+    if made is None:
+        return None
+    evaluate, value, rng = made
+    requant = _requant(value.shift - layer.out.shift, value.div, rng, layer.out, sim.rounding, st)
+    return lambda ints, feeds: requant(evaluate(ints))
+
+
+def _evaluator(sim, layer, env: dict, trace: list, st) -> tuple[Callable, Fixed, Range | None] | None:
+    """``(evaluate(ints) -> the layer's value (integers), its trace Fixed, its range)`` from the trace."""
     p = sim.program
     value = env.get(layer.source)
     if not isinstance(value, Fixed):
@@ -202,14 +118,12 @@ def _int(sim, layer, env: dict, trace: list, st) -> Callable | None:
         ops.append((fn, tuple(names), outs))
         for o in outs:
             ranges[o] = rng
-    k, div = value.shift - layer.out.shift, value.div
-    requant = _requant(k, div, ranges.get(layer.source), layer.out, sim.rounding, st)
     read_items, src = tuple(reads.items()), layer.source
     if len(ops) == 1 and len(read_items) == 1 and ops[0][1] == (read_items[0][0],) and ops[0][2] == (src,):
         fn, tensor = ops[0][0], read_items[0][1]  # one step of one input (most layers): no environment
-        return lambda ints, feeds: requant(fn(ints[tensor]))
+        return (lambda ints: fn(ints[tensor])), value, ranges.get(src)
 
-    def run(ints: dict, feeds: Mapping) -> np.ndarray:
+    def evaluate(ints: dict) -> np.ndarray:
         e = {d: ints[s] for d, s in read_items}
         for fn, ins, outs in ops:
             r = fn(*[e[i] for i in ins])
@@ -217,9 +131,9 @@ def _int(sim, layer, env: dict, trace: list, st) -> Callable | None:
                 e[outs[0]] = r
             else:
                 e.update(zip(outs, r))
-        return requant(e[src])
+        return e[src]
 
-    return run
+    return evaluate, value, ranges.get(src)
 
 
 def _generic(sim, step, args: list, names: list[str], st) -> Callable:

@@ -5,6 +5,8 @@ so that no call measures its data to stay exact.
 
 Every partial sum of a product is bounded by ``max|x| * sum|w|`` of its output channel (plus the
 bias): below ``2**24`` float32 is exact whatever the summation order, below ``2**53`` float64 is.
+Where the static bound is past ``2**24`` but below ``2**53``, each call checks its input's magnitude and
+takes float32 when that keeps the sums below ``2**24`` (as the generic kernels decide), else float64.
 Beyond, or where an accumulator of ``acc_bits`` could overflow (the generic step wraps it), no plan
 is made and the generic kernel runs.
 """
@@ -44,9 +46,19 @@ def mac_step(step, args: list, result: Fixed, x_range: Range | None, acc_bits: i
         return None
     if made is None:
         return None
-    fn, rng, bound = made
-    if bound >= 1 << (acc_bits - 1):
+    build, rng, (bound, dtype, per_max, bias_max) = made
+    if bound >= 1 << (acc_bits - 1) or dtype is None:
         return None
+    fn = build(dtype)
+    if dtype == np.float64:  # float32 where the data's own magnitude keeps every sum below 2**24
+        fn32, fn64 = build(np.dtype(np.float32)), fn
+        limit = (F32_EXACT - 1 - bias_max) // max(per_max, 1)
+
+        def pick(xv: np.ndarray) -> np.ndarray:
+            small = xv.size and max(-int(xv.min()), int(xv.max())) <= limit
+            return fn32(xv) if small else fn64(xv)
+
+        fn = pick
 
     def run(xv: np.ndarray) -> np.ndarray:
         acc = fn(xv)
@@ -57,16 +69,19 @@ def mac_step(step, args: list, result: Fixed, x_range: Range | None, acc_bits: i
     return run, rng
 
 
-def _bounds(wk: np.ndarray, bias: np.ndarray, x_range: Range) -> tuple[Range, int, np.dtype | None]:
-    """``wk`` ``(K, M)`` integer weights: the accumulator's range, its magnitude bound and the exact dtype."""
+def _bounds(wk: np.ndarray, bias: np.ndarray, x_range: Range) -> tuple[Range, tuple[int, np.dtype | None, int, int]]:
+    """``wk`` ``(K, M)`` integer weights: the accumulator's range, and (its magnitude bound, the exact
+    dtype, the largest ``sum|w|`` of a channel, the largest ``|bias|``)."""
     w = wk.astype(np.int64)
     pos, neg = np.clip(w, 0, None).sum(axis=0), np.clip(w, None, 0).sum(axis=0)
     lo_x, hi_x = x_range
     hi = pos * hi_x + neg * lo_x + bias
     lo = pos * lo_x + neg * hi_x + bias
-    bound = int((np.abs(w).sum(axis=0) * max(-lo_x, hi_x) + np.abs(bias)).max(initial=0))
+    per = np.abs(w).sum(axis=0)
+    bound = int((per * max(-lo_x, hi_x) + np.abs(bias)).max(initial=0))
     dtype = np.dtype(np.float32) if bound < F32_EXACT else np.dtype(np.float64) if bound < F64_EXACT else None
-    return (int(lo.min(initial=0)), int(hi.max(initial=0))), bound, dtype
+    sizes = (bound, dtype, int(per.max(initial=0)), int(np.abs(bias).max(initial=0)))
+    return (int(lo.min(initial=0)), int(hi.max(initial=0))), sizes
 
 
 def _bias_vector(b: Fixed | None, result: Fixed, acc_shift: np.ndarray, m: int) -> np.ndarray | None:
@@ -89,19 +104,21 @@ def _matmul(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: R
     bias = _bias_vector(b, result, x.shift.reshape(()) + ws, wv.shape[1])
     if bias is None:
         return None
-    rng, bound, dtype = _bounds(wv, bias, x_range)
-    if dtype is None:
-        return None
-    wf = np.ascontiguousarray(wv, dtype=dtype)
-    bf = bias.astype(dtype) if bias.any() else None
+    rng, sizes = _bounds(wv, bias, x_range)
 
-    def fn(xv: np.ndarray) -> np.ndarray:
-        acc = np.matmul(xv.astype(dtype), wf)
-        if bf is not None:
-            np.add(acc, bf, out=acc)
-        return acc
+    def build(dtype: np.dtype) -> Callable:
+        wf = np.ascontiguousarray(wv, dtype=dtype)
+        bf = bias.astype(dtype) if bias.any() else None
 
-    return fn, rng, bound
+        def fn(xv: np.ndarray) -> np.ndarray:
+            acc = np.matmul(xv.astype(dtype), wf)
+            if bf is not None:
+                acc += bf
+            return acc
+
+        return fn
+
+    return build, rng, sizes
 
 
 def _conv(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Range):
@@ -119,17 +136,17 @@ def _conv(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Ran
     if bias is None:
         return None
     wk = w.v.reshape(m, -1).T  # (cg*kh*kw, M): each output channel's weights in one column
-    rng, bound, dtype = _bounds(wk, bias, x_range)
-    if dtype is None:
-        return None
-    geo = _Geometry(n, c, h, wd, kh, kw, strides, dil, pads, dtype)
-    if depthwise:
-        fn = _depthwise(geo, w.v, bias)
-    elif strides == [1, 1] and c >= 2 and geo.oh * geo.ow >= 1024:  # measured: one product per tap wins on
-        fn = _taps(geo, w.v, bias)  # large images; few channels or small images favour one im2col product
-    else:
-        fn = _im2col(geo, w.v, bias)
-    return fn, rng, bound
+    rng, sizes = _bounds(wk, bias, x_range)
+
+    def build(dtype: np.dtype) -> Callable:
+        geo = _Geometry(n, c, h, wd, kh, kw, strides, dil, pads, dtype)
+        if depthwise:
+            return _depthwise(geo, w.v, bias)
+        if strides == [1, 1] and c >= 2 and geo.oh * geo.ow >= 1024:  # measured: one product per tap wins on
+            return _taps(geo, w.v, bias)  # large images; few channels or small images favour one im2col product
+        return _im2col(geo, w.v, bias)
+
+    return build, rng, sizes
 
 
 class _Geometry:
@@ -244,27 +261,29 @@ def _conv_transpose(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_
     if bias is None:
         return None
     per_tap = np.transpose(w.v, (0, 2, 3, 1))  # (C, kh, kw, M)
-    rng, bound, dtype = _bounds(per_tap.reshape(c * kh * kw, m), bias, x_range)
-    if dtype is None:
-        return None
+    rng, sizes = _bounds(per_tap.reshape(c * kh * kw, m), bias, x_range)
     full = ((h - 1) * s0 + (kh - 1) * d0 + 1 + opad[0], (wd - 1) * s1 + (kw - 1) * d1 + 1 + opad[1])
-    buf = np.zeros((n, *full, m), dtype=dtype)
-    xin = np.empty((n, h, wd, c), dtype=dtype)
-    wf = np.ascontiguousarray(per_tap.reshape(c, kh * kw * m), dtype=dtype)
-    crop = buf[:, pads[0]:full[0] - pads[2], pads[1]:full[1] - pads[3], :]
-    res = np.empty(crop.shape, dtype=dtype)
-    view = res.transpose(0, 3, 1, 2)
-    targets = [buf[:, i * d0:i * d0 + (h - 1) * s0 + 1:s0, j * d1:j * d1 + (wd - 1) * s1 + 1:s1, :]
-               for i, j in itertools.product(range(kh), range(kw))]
-    bf = bias.astype(dtype)
 
-    def fn(xv: np.ndarray) -> np.ndarray:
-        np.copyto(xin, xv.transpose(0, 2, 3, 1))
-        cols = np.matmul(xin.reshape(n * h * wd, c), wf).reshape(n, h, wd, kh * kw, m)
-        buf.fill(0)
-        for t, target in enumerate(targets):
-            np.add(target, cols[:, :, :, t, :], out=target)
-        np.add(crop, bf, out=res)
-        return view
+    def build(dtype: np.dtype) -> Callable:
+        buf = np.zeros((n, *full, m), dtype=dtype)
+        xin = np.empty((n, h, wd, c), dtype=dtype)
+        wf = np.ascontiguousarray(per_tap.reshape(c, kh * kw * m), dtype=dtype)
+        crop = buf[:, pads[0]:full[0] - pads[2], pads[1]:full[1] - pads[3], :]
+        res = np.empty(crop.shape, dtype=dtype)
+        view = res.transpose(0, 3, 1, 2)
+        targets = [buf[:, i * d0:i * d0 + (h - 1) * s0 + 1:s0, j * d1:j * d1 + (wd - 1) * s1 + 1:s1, :]
+                   for i, j in itertools.product(range(kh), range(kw))]
+        bf = bias.astype(dtype)
 
-    return fn, rng, bound
+        def fn(xv: np.ndarray) -> np.ndarray:
+            np.copyto(xin, xv.transpose(0, 2, 3, 1))
+            cols = np.matmul(xin.reshape(n * h * wd, c), wf).reshape(n, h, wd, kh * kw, m)
+            buf.fill(0)
+            for t, target in enumerate(targets):
+                np.add(target, cols[:, :, :, t, :], out=target)
+            np.add(crop, bf, out=res)
+            return view
+
+        return fn
+
+    return build, rng, sizes

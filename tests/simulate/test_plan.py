@@ -12,6 +12,7 @@ from test_ops import CASES
 from onnxsq.simulate import plan as P
 from onnxsq.simulate.compare import ort_session
 from onnxsq.simulate.execute import Simulator
+from onnxsq.simulate.plan_tables import memory_order
 from onnxsq.simulate.program import load_program
 from onnxsq.simulate.rounding import requantize_saturate
 
@@ -168,10 +169,10 @@ def _limits(bits: int, signed: bool) -> tuple[int, int]:
 def test_memory_order_finds_a_channels_last_layout():
     base = np.arange(2 * 8 * 9 * 64).reshape(2, 8, 9, 64)
     nchw = base.transpose(0, 3, 1, 2)
-    flat, back = P.memory_order(nchw)
+    flat, back = memory_order(nchw)
     assert flat.flags.c_contiguous and np.shares_memory(flat, base)
     np.testing.assert_array_equal(flat.transpose(back), nchw)
-    same, none = P.memory_order(np.ascontiguousarray(nchw))
+    same, none = memory_order(np.ascontiguousarray(nchw))
     assert none is None and same.shape == nchw.shape
 
 
@@ -186,3 +187,22 @@ def test_compiled_tables_of_wide_and_unsigned_codes(zero):
     program = load_program(g.model([2, 3, 40, 40], out))
     assert [lay.kind for lay in program.layers].count("lut") == 1
     _same(Simulator(program), Simulator(program, compiled=False), _feeds((2, 3, 40, 40), (0.1, 1.0, 60.0)) * 2)
+
+
+def test_a_wide_product_takes_float32_where_its_data_allow():
+    """A Gemm over 4096 inputs can reach 2**25 (float64 statically); small inputs take float32, large
+    ones float64 (an input of the weights' signs sums past 2**24): exact, equal to the generic path
+    and onnxruntime."""
+    g = G()
+    weights = RNG.integers(-127, 128, (3, 4096))
+    out = g.node("Identity", [g.q(g.node("Gemm", [g.q("x", 4), g.w(weights, 7)], transB=1), 0)])
+    model = g.model([2, 4096], out)
+    program = load_program(model)
+    compiled = Simulator(program)
+    aligned = {"x": np.stack([np.sign(weights[0]), -np.sign(weights[1])]).astype(np.float32) * 8}
+    feeds = _feeds((2, 4096), (0.05, 30.0)) + [aligned]
+    _same(compiled, Simulator(program, compiled=False), feeds * 2)
+    session = ort_session(model, precise=True)
+    for feed in feeds:
+        np.testing.assert_array_equal(compiled.run(feed).outputs[out], session.run(None, feed)[0])
+    assert max(st.acc_max for st in compiled.stats.values()) >= 1 << 24
