@@ -59,6 +59,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--promote", type=click.Choice(PROMOTIONS), default=DEFAULTS.promote, show_default=True,
               help="What --target-sqnr does with the layers it picks: keep them float, or quantize them at 16 bits "
                    "(targets that run 16-bit layers; needs opset 21, the model is converted).")
+@click.option("--no-ort-kernels", is_flag=True,
+              help="Keep Sigmoid, LeakyRelu and Mul of two activations float (islands) instead of quantizing them "
+                   "as onnxruntime's integer kernels run them (QLinearSigmoid, QLinearLeakyRelu, QLinearMul).")
 @click.option("--int16", multiple=True, metavar="PATTERN",
               help="Quantize the weights and outputs of the layers whose name matches at 16 bits (repeatable; "
                    "opset 21).")
@@ -124,7 +127,7 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         calib_count=o["calib_count"],
         batch_size=o["batch_size"], report_samples=o["report_samples"], bias_correction=not o["no_bias_correction"],
         equalize=not o["no_equalize"], integer_only=o["integer_only"], carrier=o["carrier"],
-        sensitivity=o["sensitivity"],
+        ort_kernels=not o["no_ort_kernels"], sensitivity=o["sensitivity"],
         target_sqnr=o["target_sqnr"], promote=o["promote"], int16=o["int16"], effort=o["effort"],
         histograms=o["report_html"] is not None, preprocess=None if pre == Preprocess() else pre)
     return cfg, pre

@@ -60,6 +60,10 @@ class QuantizeConfig:
     # layer into its integer kernel only where input and output share one type: 0.45x -> 0.83x float on YOLOv8n-like,
     # bench/bench_latency.py); native: int8 for signed tensors, zero points 0
     carrier: str = "uint8"
+    # Sigmoid, LeakyRelu and Mul of two activations quantized where onnxruntime has integer kernels for them
+    # (QLinearSigmoid/LeakyRelu/Mul): SiLU and squeeze-excitation gates leave float (.placement)
+    ort_kernels: bool = True
+    sensitivity: bool = False  # per-layer output SQNR with that layer alone quantized (.sensitivity)
     target_sqnr: float | None = None  # keep the fewest most sensitive layers float to reach this output SQNR (dB)
     # float: runs anywhere, the opset unchanged; int16: the layers stay integer (TIDL-class targets), opset 21
     promote: str = "float"

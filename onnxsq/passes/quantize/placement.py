@@ -23,6 +23,11 @@ Rules (the original's Stage 7, in QDQ form; ``plan_qdq`` applies them to a graph
   input's step wastes bits; the integer kernel divides by the window anyway, and the new scale only
   changes that division's shift.
 - A standalone ``Relu``/``Clip`` after a quantized tensor gets its own (usually unsigned) scale.
+- ``ort_kernels``: where onnxruntime has an integer kernel, so does the placement: ``Sigmoid`` and
+  ``LeakyRelu`` (``UNARY``) after a quantized tensor get their own scale (QLinearSigmoid and
+  QLinearLeakyRelu, look-up tables in :mod:`onnxsq.simulate`) unless they write a graph output, and
+  a ``Mul`` of two activations is an integer product (QLinearMul): SiLU ``x * sigmoid(x)`` and
+  squeeze-excitation gates then run on integers.
 - Everything else stays float and reads dequantized values; every such node gets a reason.
 
 Nodes whose name (or ``op:name``) matches an ``exclude`` pattern (fnmatch) stay float. Only float32
@@ -40,12 +45,13 @@ import onnx_graphsurgeon as gs
 
 from ...graph import const_value, is_const, is_graph_output, node_label
 from .placement_bias import bias_add, bias_add_constant, plan_bias
-from .placement_forms import bounded_outputs, rewrite_forms
+from .placement_forms import bounded_outputs, pad_keeps_zero, rewrite_forms
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ADD = ("Add",)
 CONCAT = ("Concat",)
 ACTIVATIONS = ("Relu", "Clip")
+UNARY = ("Sigmoid", "LeakyRelu")  # onnxruntime fuses DQ → op → Q into QLinearSigmoid / QLinearLeakyRelu
 AVERAGING = ("AveragePool", "GlobalAveragePool", "ReduceMean")
 SHARE = (
     "MaxPool",
@@ -198,6 +204,8 @@ class _Walk:
     quantized_nodes: dict[int, str] = field(default_factory=dict)  # id(node) → output quantization point
     fused: dict[int, str] = field(default_factory=dict)  # id(node) → the layer it is fused into
     products: bool = False  # integer-only: Mul of two activations quantizes like Add
+    unary: tuple[str, ...] = ()  # ops that get their own scale after a quantized tensor (UNARY with ort_kernels)
+    outputs: set[str] = field(default_factory=set)  # graph outputs (a UNARY op writing one stays float)
     tables: dict[int, tuple[str, list[str]]] = field(default_factory=dict)  # id(node) → (root, outputs)
 
     def demand(self, t: gs.Tensor) -> None:
@@ -212,13 +220,14 @@ class _Walk:
 
 
 def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, ...] = (),
-             integer_only: bool = False) -> Plan:
+             integer_only: bool = False, ort_kernels: bool = False) -> Plan:
     """Decide the quantization points of ``graph`` (shape-inferred, so tensors carry dtypes).
 
     First walk: which nodes quantize (layers, Add, Concat) and what they read. Second walk, in
     topological order: the quantization points, the ops that share a scale or take their own, and why
     everything else stays float. Mutates ``graph`` only to clone biases shared between layers.
-    ``integer_only``: no float island where an integer form exists (:mod:`.placement_integer`). First
+    ``integer_only``: no float island where an integer form exists (:mod:`.placement_integer`);
+    ``ort_kernels``: Sigmoid, LeakyRelu and products quantized as onnxruntime's kernels run them. First
     the exact rewrites into onnxruntime's integer forms (:mod:`.placement_forms`: Sum as Add, a channel
     shuffle as a Gather).
     """
@@ -226,16 +235,16 @@ def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, 
     if integer_only:
         from .placement_integer import plan_integer_only
 
-        return plan_integer_only(graph, per_channel=per_channel, exclude=exclude)
-    return plan_walks(graph, per_channel, exclude)
+        return plan_integer_only(graph, per_channel=per_channel, exclude=exclude, ort_kernels=ort_kernels)
+    return plan_walks(graph, per_channel, exclude, products=ort_kernels, unary=UNARY if ort_kernels else ())
 
 
 def plan_walks(graph: gs.Graph, per_channel: bool, exclude: tuple[str, ...], products: bool = False,
-               tables: dict[int, tuple[str, list[str]]] | None = None) -> Plan:
+               tables: dict[int, tuple[str, list[str]]] | None = None, unary: tuple[str, ...] = ()) -> Plan:
     """:func:`plan_qdq`'s two walks; ``products``: a Mul of two activations quantizes like an Add;
     ``tables``: nodes that are look-up tables of one quantized root (id → root, the outputs that get
-    their own quantization point)."""
-    walk = _Walk(products=products, tables=dict(tables or {}))
+    their own quantization point); ``unary``: ops that get their own scale after a quantized tensor."""
+    walk = _Walk(products=products, tables=dict(tables or {}), unary=unary, outputs={t.name for t in graph.outputs})
     graph.toposort()
     for node in graph.nodes:
         _plan_node(graph, node, walk, per_channel, exclude)
@@ -259,7 +268,7 @@ def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, e
         return
     if node.op in IGNORED or id(node) in walk.fused:  # fused: a MatMul's bias Add, planned with it
         return
-    if pat and (node.op in COMPUTE + ADD + CONCAT + SHARE + AVERAGING + ACTIVATIONS):
+    if pat and (node.op in COMPUTE + ADD + CONCAT + SHARE + AVERAGING + ACTIVATIONS + walk.unary):
         walk.entry(node, "skipped", f"excluded by --exclude {pat!r}")
         return
     if node.op in COMPUTE:
@@ -320,9 +329,10 @@ def _place_node(node: gs.Node, walk: _Walk, quantized: dict[str, None]) -> None:
             walk.entry(node, "quantized", "", qp)
     elif id(node) in walk.fused:
         walk.entry(node, "fused", f"fused into {walk.fused[id(node)]}")
-    elif node.op in SHARE + AVERAGING + ACTIVATIONS and node.inputs and node.inputs[0].name in quantized \
-            and all(_is_float(o) for o in node.outputs):
-        if node.op == "Pad" and not _pad_keeps_zero(node):
+    elif node.op in SHARE + AVERAGING + ACTIVATIONS + walk.unary and node.inputs and node.inputs[0].name in quantized \
+            and all(_is_float(o) for o in node.outputs) and not (node.op in walk.unary and
+                                                                 node.outputs[0].name in walk.outputs):
+        if node.op == "Pad" and not pad_keeps_zero(node):
             walk.entry(node, "skipped", "stays float: pads with a non-zero value")
             return
         for o in node.outputs:
@@ -333,6 +343,7 @@ def _place_node(node: gs.Node, walk: _Walk, quantized: dict[str, None]) -> None:
                 walk.groups.add(o.name)
         how = "shares its input's scale" if node.op in SHARE else \
             "own scale (an average is narrower than its input)" if node.op in AVERAGING else \
+            f"own scale (onnxruntime's QLinear{node.op})" if node.op in walk.unary else \
             "own scale (standalone activation)"
         walk.entry(node, "shared" if node.op in SHARE else "quantized", how, node.outputs[0].name)
     elif not walk.listed(node):
@@ -344,15 +355,6 @@ def _place_node(node: gs.Node, walk: _Walk, quantized: dict[str, None]) -> None:
         else:
             why = f"no integer kernel for {node.op} in the QDQ scheme"
         walk.entry(node, "skipped", f"stays float: {why}")
-
-
-def _pad_keeps_zero(node: gs.Node) -> bool:
-    if node.attrs.get("mode", "constant") not in ("constant", b"constant"):
-        return True
-    if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
-        v = const_value(node.inputs[2])
-        return v is not None and bool(np.all(v == 0))
-    return float(node.attrs.get("value", 0.0)) == 0.0
 
 
 def _plan_compute(graph: gs.Graph, node: gs.Node, plan: Plan, demand, per_channel: bool,

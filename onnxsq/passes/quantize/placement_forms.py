@@ -21,7 +21,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...graph import is_graph_output, new_constant
+from ...graph import const_value, is_graph_output, new_constant
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +100,13 @@ def bounded_outputs(graph: gs.Graph, quantized) -> dict[str, bool]:
     """The ``quantized`` tensors that a ``BOUNDED`` function writes → whether its range is signed."""
     return {n.outputs[0].name: BOUNDED[n.op] for n in graph.nodes
             if n.op in BOUNDED and n.outputs and n.outputs[0].name in quantized}
+
+
+def pad_keeps_zero(node: gs.Node) -> bool:
+    """A Pad that pads with zero (or does not pad with a value): it runs on integers unchanged."""
+    if node.attrs.get("mode", "constant") not in ("constant", b"constant"):
+        return True
+    if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
+        v = const_value(node.inputs[2])
+        return v is not None and bool(np.all(v == 0))
+    return float(node.attrs.get("value", 0.0)) == 0.0

@@ -13,6 +13,9 @@ On top of the default rules (:mod:`.placement`):
   rules. Roots are tensors the default placement quantizes, or float graph inputs.
 - **Products.** ``Mul`` of two activations quantizes both inputs and its output, like ``Add``: an
   integer product requantized by a shift.
+- ``ort_kernels``: a chain ends at a ``Sigmoid``/``LeakyRelu`` (their output is quantized): onnxruntime
+  runs that table as QLinearSigmoid/QLinearLeakyRelu and the rest (SiLU's product) as QLinearMul,
+  where a whole SiLU table would run in float between its DQ and Q.
 - Everything else (``Softmax``, ``LayerNormalization``, ``LRN``, a ``Div`` of two tensors, ...) has no
   exact integer form and stays float, with that reason.
 """
@@ -26,18 +29,19 @@ import onnx_graphsurgeon as gs
 
 from ...graph import const_value, is_const, is_graph_output
 from ...simulate.lut import ELEMENTWISE
-from .placement import Plan, excluded, plan_walks
+from .placement import UNARY, Plan, excluded, plan_walks
 
 INTEGER_ALREADY = frozenset({"Relu", "Clip", "Add", "Identity"})  # a chain of only these needs no table
 MAX_POSITIONS = 4096  # a constant's elements: one table per position (per channel, at most this many)
 
 
-def plan_integer_only(graph: gs.Graph, *, per_channel: bool, exclude: tuple[str, ...]) -> Plan:
+def plan_integer_only(graph: gs.Graph, *, per_channel: bool, exclude: tuple[str, ...],
+                      ort_kernels: bool = False) -> Plan:
     """The integer-only placement: the default walks with integer products, then look-up tables
     grown from the tensors they quantize, then the walks again with the tables in place."""
     first = plan_walks(graph, per_channel, exclude, products=True)
     roots = set(first.activations) | {t.name for t in graph.inputs}
-    tables = find_tables(graph, roots, exclude)
+    tables = find_tables(graph, roots, exclude, ends=UNARY if ort_kernels else ())
     plan = plan_walks(graph, per_channel, exclude, products=True, tables=tables) if tables else first
     for e in plan.layers:
         if e.action == "skipped" and e.reason.startswith("stays float: no integer kernel"):
@@ -70,8 +74,10 @@ def _float32(t: gs.Tensor) -> bool:
     return t.dtype is not None and np.dtype(t.dtype) == np.float32
 
 
-def find_tables(graph: gs.Graph, roots: set[str], exclude: tuple[str, ...]) -> dict[int, tuple[str, list[str]]]:
-    """Nodes that become look-up tables: id(node) → (root, the node's outputs that leave its chain)."""
+def find_tables(graph: gs.Graph, roots: set[str], exclude: tuple[str, ...],
+                ends: tuple[str, ...] = ()) -> dict[int, tuple[str, list[str]]]:
+    """Nodes that become look-up tables: id(node) → (root, the node's outputs that leave its chain);
+    a chain grows past no node of an op in ``ends``."""
     graph.toposort()
     order = {id(n): k for k, n in enumerate(graph.nodes)}
     tables: dict[int, tuple[str, list[str]]] = {}
@@ -81,7 +87,7 @@ def find_tables(graph: gs.Graph, roots: set[str], exclude: tuple[str, ...]) -> d
         variables = {i.name for i in node.inputs if i is not None and i.name and not is_const(i)}
         if len(variables) != 1 or next(iter(variables)) not in roots:
             continue
-        chain = _grow(node, next(iter(variables)), order, tables, exclude)
+        chain = _grow(node, next(iter(variables)), order, tables, exclude, ends)
         if all(n.op in INTEGER_ALREADY for n in chain):
             continue
         members = {id(n) for n in chain}
@@ -93,11 +99,12 @@ def find_tables(graph: gs.Graph, roots: set[str], exclude: tuple[str, ...]) -> d
     return tables
 
 
-def _grow(start: gs.Node, root: str, order: dict[int, int], taken: dict, exclude: tuple[str, ...]) -> list[gs.Node]:
+def _grow(start: gs.Node, root: str, order: dict[int, int], taken: dict, exclude: tuple[str, ...],
+          ends: tuple[str, ...] = ()) -> list[gs.Node]:
     """``start`` and every elementwise node after it (in topological order) whose variable inputs are
-    the root or the chain's own tensors."""
+    the root or the chain's own tensors (none past an op in ``ends``)."""
     chain, inside = [start], {start.outputs[0].name}
-    heap = [(order[id(r)], id(r), r) for r in start.outputs[0].outputs]
+    heap = [] if start.op in ends else [(order[id(r)], id(r), r) for r in start.outputs[0].outputs]
     heapq.heapify(heap)
     seen = {id(start)}
     while heap:
@@ -112,6 +119,6 @@ def _grow(start: gs.Node, root: str, order: dict[int, int], taken: dict, exclude
             continue
         chain.append(node)
         inside.add(node.outputs[0].name)
-        for r in node.outputs[0].outputs:
+        for r in ([] if node.op in ends else node.outputs[0].outputs):
             heapq.heappush(heap, (order[id(r)], id(r), r))
     return chain

@@ -142,7 +142,8 @@ def prepare(model: ModelLike, cfg: QuantizeConfig, params: Any = None
     opset, whether its weights are large, the phase clock)``."""
     clock, report = _Clock(), Report(PASS_NAME)
     graph, meta, opset, cfg = _load_and_fold(model, cfg, report, clock)  # cfg: per tensor if the opset forced it
-    plan = plan_qdq(graph, per_channel=cfg.per_channel, exclude=tuple(cfg.exclude), integer_only=cfg.integer_only)
+    plan = plan_qdq(graph, per_channel=cfg.per_channel, exclude=tuple(cfg.exclude), integer_only=cfg.integer_only,
+                    ort_kernels=cfg.ort_kernels)
     clock.lap("plan")
     # From here on the weights live once, as the numpy arrays of ``graph`` (loading them here ends
     # its references into the proto, which then goes); onnxruntime sessions run skeletons fed with them.
