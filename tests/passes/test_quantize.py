@@ -110,15 +110,15 @@ def test_weights_bias_and_activation_types():
         axis = next((a.i for a in dq_w.attribute if a.name == "axis"), 1) if sw.ndim else None
         assert np.array_equal(inits[f"{w}_quantized"],
                               pow2.quantize(w_float, pow2.shift_of(sw), 8, True, symmetric=True, axis=axis))
-    # after ReLU: unsigned; the signed conv2 output feeds Add: uint8 at zero point 128 (the uint8 carrier),
-    # int8 natively
+    # after ReLU: unsigned; the signed conv2 output feeds Add: int8 at zero point 0 (the default, native
+    # carrier), uint8 at zero point 128 with the uint8 carrier
     zp = {nd.input[0]: inits[nd.input[2]] for nd in q.graph.node if nd.op_type == "QuantizeLinear"}
     assert zp["r1_prequant"].dtype == np.uint8 and zp["r1_prequant"] == 0
-    assert zp["c2_prequant"].dtype == np.uint8 and zp["c2_prequant"] == 128
-    native, _ = quantize(build_net(), feeds(), config=QuantizeConfig(carrier="native"))
-    zp = {nd.input[0]: numpy_helper.to_array(i) for nd in native.graph.node if nd.op_type == "QuantizeLinear"
-          for i in native.graph.initializer if i.name == nd.input[2]}
     assert zp["c2_prequant"].dtype == np.int8 and zp["c2_prequant"] == 0
+    u8, _ = quantize(build_net(), feeds(), config=QuantizeConfig(carrier="uint8"))
+    zp = {nd.input[0]: numpy_helper.to_array(i) for nd in u8.graph.node if nd.op_type == "QuantizeLinear"
+          for i in u8.graph.initializer if i.name == nd.input[2]}
+    assert zp["c2_prequant"].dtype == np.uint8 and zp["c2_prequant"] == 128
     layers = {c.name: c for c in report.candidates}
     assert layers["relu1"].action == "fused" and layers["conv1"].details["tensor"] == "r1"
     assert layers["conv1"].details["signed"] is False and "sqnr_db" in layers["conv1"].details

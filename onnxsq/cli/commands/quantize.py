@@ -49,8 +49,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
               help="No float islands where an integer form exists: elementwise activations become look-up "
                    "tables (Q/DQ around them), Mul of two tensors an integer product.")
 @click.option("--carrier", type=click.Choice(CARRIERS), default=DEFAULTS.carrier, show_default=True,
-              help="How signed activations are stored: uint8 at zero point 128 (one type everywhere, so onnxruntime "
-                   "fuses every layer into its integer kernels), or native int8 (zero points 0). The same integers.")
+              help="How signed activations are stored: native int8 (zero points 0, what integer targets read), or "
+                   "uint8 at zero point 128 (one type everywhere, so onnxruntime fuses every layer into its integer "
+                   "kernels: faster there). The same integers.")
 @click.option("--sensitivity", is_flag=True,
               help="Measure each layer's output SQNR with that layer alone quantized (on the report samples).")
 @click.option("--target-sqnr", type=float, metavar="DB",

@@ -56,10 +56,11 @@ class QuantizeConfig:
     equalize: bool = True  # power-of-two cross-layer equalization after folding (exact in float)
     integer_only: bool = False  # no float island where an integer form exists (look-up tables, products)
     sensitivity: bool = False  # per-layer output SQNR with that layer alone quantized (.sensitivity)
+    # native: int8 for signed tensors, every zero point 0 (what integer targets read: symmetric power-of-two);
     # uint8: every 8-bit activation uint8, a signed one at zero point 128 (the same integers; onnxruntime fuses a
-    # layer into its integer kernel only where input and output share one type: 0.45x -> 0.83x float on YOLOv8n-like,
-    # bench/bench_latency.py); native: int8 for signed tensors, zero points 0
-    carrier: str = "uint8"
+    # layer into its integer kernel only where input and output share one type: 0.45x -> 0.83x float on
+    # YOLOv8n-like, bench/bench_latency.py) -- for deployment on onnxruntime, asked for by name
+    carrier: str = "native"
     # Sigmoid, LeakyRelu and Mul of two activations quantized where onnxruntime has integer kernels for them
     # (QLinearSigmoid/LeakyRelu/Mul): SiLU and squeeze-excitation gates leave float (.placement)
     ort_kernels: bool = True
