@@ -105,6 +105,9 @@ def _matmul(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: R
     if bias is None:
         return None
     rng, sizes = _bounds(wv, bias, x_range)
+    cuts = _chunks(wv, max(-x_range[0], x_range[1])) if sizes[1] == np.float64 else None
+    if cuts is not None:  # float32 products over slices of K, each exact; their sum in float64 (exact)
+        return _chunked(wv, bias, cuts), rng, (sizes[0], np.dtype(np.float32), *sizes[2:])
 
     def build(dtype: np.dtype) -> Callable:
         wf = np.ascontiguousarray(wv, dtype=dtype)
@@ -119,6 +122,40 @@ def _matmul(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: R
         return fn
 
     return build, rng, sizes
+
+
+def _chunks(wv: np.ndarray, xmax: int, most: int = 16) -> list[int] | None:
+    """Cuts of the reduced axis into slices whose products stay below ``2**24`` (each partial sum is
+    bounded by ``xmax`` times the slice's sum of its rows' largest ``|w|``); None beyond ``most``."""
+    rowmax = np.abs(wv.astype(np.int64)).max(axis=1) * max(xmax, 1)
+    cuts, total = [0], 0
+    for k, r in enumerate(rowmax.tolist()):
+        if r >= F32_EXACT:
+            return None
+        if total + r >= F32_EXACT:
+            cuts.append(k)
+            total = 0
+        total += r
+    cuts.append(len(rowmax))
+    return cuts if len(cuts) - 1 <= most else None
+
+
+def _chunked(wv: np.ndarray, bias: np.ndarray, cuts: list[int]) -> Callable:
+    def build(dtype: np.dtype) -> Callable:
+        parts = [np.ascontiguousarray(wv[a:b], dtype=np.float32) for a, b in zip(cuts, cuts[1:])]
+        bf = bias.astype(np.float64)
+
+        def fn(xv: np.ndarray) -> np.ndarray:
+            xf = xv.astype(np.float32)
+            acc = np.matmul(xf[..., cuts[0]:cuts[1]], parts[0]).astype(np.float64)
+            for (a, b), part in zip(zip(cuts[1:], cuts[2:]), parts[1:]):
+                acc += np.matmul(xf[..., a:b], part)
+            acc += bf
+            return acc
+
+        return fn
+
+    return build
 
 
 def _conv(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Range):

@@ -206,3 +206,22 @@ def test_a_wide_product_takes_float32_where_its_data_allow():
     for feed in feeds:
         np.testing.assert_array_equal(compiled.run(feed).outputs[out], session.run(None, feed)[0])
     assert max(st.acc_max for st in compiled.stats.values()) >= 1 << 24
+
+
+def test_a_wide_convolution_takes_float32_where_its_data_allow():
+    """A 3x3 Conv over 256 channels can reach 2**24 (float64 statically): float32 for small inputs,
+    float64 for an input of the weights' signs."""
+    g = G()
+    weights = RNG.integers(-127, 128, (2, 256, 3, 3))
+    y = g.node("Conv", [g.q("x", 4), g.w(weights, 7)], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    out = g.node("Identity", [g.q(y, 0)])
+    model = g.model([1, 256, 3, 3], out)
+    program = load_program(model)
+    compiled = Simulator(program)
+    aligned = {"x": (np.sign(weights[:1]) * 8).astype(np.float32)}  # the centre output: 127 * sum|w|
+    feeds = _feeds((1, 256, 3, 3), (0.05, 30.0)) + [aligned]
+    _same(compiled, Simulator(program, compiled=False), feeds * 2)
+    session = ort_session(model, precise=True)
+    for feed in feeds:
+        np.testing.assert_array_equal(compiled.run(feed).outputs[out], session.run(None, feed)[0])
+    assert max(st.acc_max for st in compiled.stats.values()) >= 1 << 24
