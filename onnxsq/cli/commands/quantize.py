@@ -63,6 +63,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--no-ort-kernels", is_flag=True,
               help="Keep Sigmoid, LeakyRelu and Mul of two activations float (islands) instead of quantizing them "
                    "as onnxruntime's integer kernels run them (QLinearSigmoid, QLinearLeakyRelu, QLinearMul).")
+@click.option("--no-pair-safe", is_flag=True,
+              help="8-bit weights everywhere (without --weight-bits, weights of layers that onnxruntime's x86 "
+                   "kernels without VNNI multiply in u8 x s8 pairs take 7 bits: those pairs saturate at int16).")
 @click.option("--int16", multiple=True, metavar="PATTERN",
               help="Quantize the weights and outputs of the layers whose name matches at 16 bits (repeatable; "
                    "opset 21).")
@@ -128,7 +131,7 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         calib_count=o["calib_count"],
         batch_size=o["batch_size"], report_samples=o["report_samples"], bias_correction=not o["no_bias_correction"],
         equalize=not o["no_equalize"], integer_only=o["integer_only"], carrier=o["carrier"],
-        ort_kernels=not o["no_ort_kernels"], sensitivity=o["sensitivity"],
+        ort_kernels=not o["no_ort_kernels"], pair_safe=not o["no_pair_safe"], sensitivity=o["sensitivity"],
         target_sqnr=o["target_sqnr"], promote=o["promote"], int16=o["int16"], effort=o["effort"],
         histograms=o["report_html"] is not None, preprocess=None if pre == Preprocess() else pre)
     return cfg, pre

@@ -64,7 +64,9 @@ class QuantizeConfig:
     # Sigmoid, LeakyRelu and Mul of two activations quantized where onnxruntime has integer kernels for them
     # (QLinearSigmoid/LeakyRelu/Mul): SiLU and squeeze-excitation gates leave float (.placement)
     ort_kernels: bool = True
-    sensitivity: bool = False  # per-layer output SQNR with that layer alone quantized (.sensitivity)
+    # 8-bit models: 7-bit weights where onnxruntime's x86 kernels without VNNI pair u8 x s8 products in int16 and
+    # saturate (vpmaddubsw; Conv, Gemm, MatMul; not depthwise): exact in any session (--weight-bits overrides)
+    pair_safe: bool = True
     target_sqnr: float | None = None  # keep the fewest most sensitive layers float to reach this output SQNR (dB)
     # float: runs anywhere, the opset unchanged; int16: the layers stay integer (TIDL-class targets), opset 21
     promote: str = "float"

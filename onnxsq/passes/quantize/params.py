@@ -181,6 +181,27 @@ def _bias_cap(ctx: QuantizeContext, use: Any, x: TensorQuant | None) -> np.ndarr
     return np.minimum(cap, pow2.MAX_SHIFT).astype(np.int64)
 
 
+PAIR_SAFE_BITS = 7  # |q| <= 63: a pair of u8 x s8 products stays within int16 (2 * 255 * 63 < 2**15)
+
+
+def pair_safe_bits(ctx: QuantizeContext, name: str) -> int:
+    """The bits of weight ``name``: ``--weight-bits`` when given; else with ``pair_safe`` (8-bit models) 7
+    where onnxruntime's x86 kernels without VNNI multiply it in u8 x s8 pairs (``vpmaddubsw``), which
+    saturate at int16 (Conv, grouped Conv, Gemm, MatMul; not a depthwise Conv's int32 kernel nor a
+    ConvTranspose, which runs in float); 8 elsewhere."""
+    cfg = ctx.cfg
+    if cfg.weight_bits is not None or not cfg.pair_safe or cfg.bits != 8:
+        return cfg.wbits
+    w = ctx.consts[name]
+    for use in ctx.plan.weights:
+        if use.weight != name or use.op == "ConvTranspose":
+            continue
+        if use.op == "Conv" and int(use.attrs.get("group", 1)) > 1 and w.ndim > 1 and w.shape[1] == 1:
+            continue  # depthwise
+        return PAIR_SAFE_BITS
+    return cfg.wbits
+
+
 def _weight_params(ctx: QuantizeContext, name: str, axis: int | None, cap: np.ndarray | None = None) -> TensorQuant:
     w = ctx.consts[name]
     rng = (float(w.min()), float(w.max())) if w.size else (0.0, 0.0)
@@ -191,7 +212,7 @@ def _weight_params(ctx: QuantizeContext, name: str, axis: int | None, cap: np.nd
                                      f"{list(w.shape)}")
         return TensorQuant(name, "weight", g.bits, True, g.shift, g.axis if g.per_channel else None, rng,
                            g.estimator or "params file")
-    bits = ctx.wide.get(name, ctx.cfg.wbits)
+    bits = ctx.wide.get(name, pair_safe_bits(ctx, name))
     shift = pow2.weight_shift(w, bits, axis=axis, method=ctx.cfg.weight_method)
     if cap is not None:  # a bias per output channel (or one for all): no int32 saturation
         fits = cap.size == np.size(shift) or cap.size == 1
