@@ -83,6 +83,8 @@ def make_session(
     memory_pattern: bool = True,
     in_node_order: bool = False,
     spin: bool = True,
+    external: Mapping[str, object] | None = None,
+    arena: bool = True,
 ):
     """An InferenceSession with graph optimizations off unless ``optimize``.
 
@@ -102,6 +104,10 @@ def make_session(
     ``spin=False``: the intra-op threads sleep between operators instead of spinning. For long runs of
     large operators (calibration) the spinning is CPU time for nothing: ResNet-50-sized at batch 1 on 2
     shared cores, 215 -> 140 ms CPU per run, and no slower in wall time while other jobs want the cores.
+
+    ``external``: OrtValues for the model's external-data initializers of those names; onnxruntime uses
+    their memory in place (the caller keeps them alive as long as the session). ``arena=False``: activations
+    from malloc, not onnxruntime's CPU arena (which keeps the largest run's blocks).
     """
     ort = import_ort()
     opts = ort.SessionOptions()
@@ -116,6 +122,9 @@ def make_session(
         opts.intra_op_num_threads = intra_op_threads
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if external:
+        opts.add_external_initializers(list(external), list(external.values()))
+    opts.enable_cpu_mem_arena = arena
     src = model if isinstance(model, (str, bytes)) else model.SerializeToString()
     return ort.InferenceSession(src, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
 

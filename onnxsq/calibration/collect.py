@@ -16,12 +16,15 @@ Two ways to observe a tensor ``t``:
   (onnxruntime's ReduceMin/Max may skip a nan; the graph outputs, where a nan ends up, are checked.
   An exact-zero count and an in-graph nan check cost about 40% more time, for nothing the minmax
   and ema estimators use.)
-- *full* (histogram estimators): ``t`` becomes a graph output and each batch's array updates the
-  histogram, then is dropped: memory is one batch of activations, never the calibration set.
+- *sampled* (histogram estimators, large tensors): the reduced statistics above, exact, plus a strided
+  subsample of ``t`` taken in the graph (:mod:`onnxsq.calibration.sampling`), which alone is binned.
+- *whole* (histogram estimators, small tensors or unknown shapes): ``t`` becomes a graph output and each
+  batch's array updates the histogram, then is dropped: memory is one batch of activations, never the
+  calibration set.
 
 Per-channel means (bias correction's input statistics, :class:`~onnxsq.calibration.stats.ChannelMean`)
-are observed the same way: a ``ReduceMean`` over every axis but the channel's plus a ``Size`` in the
-reduced case, numpy on the fetched array in the full one.
+are observed in the graph in every case: a ``ReduceMean`` over every axis but the channel's plus a
+``Size``.
 """
 
 from __future__ import annotations
@@ -39,12 +42,15 @@ from ..errors import DataError
 from ..graph import export_like
 from ..model_io import skeleton, weight_arrays
 from ..runtime import WEIGHT_BYTES, FedSession
+from .sampling import add_sample_nodes, sample_output, sample_strides
+from .session import CalibrationSession
 from .stats import ChannelMean, TensorStats
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, "int | None", str], None]  # (samples done, total or None, stage)
 STAT_SUFFIXES = ("min", "max", "size")
+OPTIMIZE = True  # calibrate on onnxruntime's optimized graph (:mod:`.session`); off: the fed skeleton as it is
 MISMATCH = "calibration data does not fit the model"
 
 
@@ -92,16 +98,19 @@ def _split(model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | None
 
 
 def run_observed(model: onnx.ModelProto, names: list[str], batches: Iterable[tuple[dict, int]], *,
-                 weights: Mapping[str, np.ndarray] | None = None, threads: int = 0
+                 weights: Mapping[str, np.ndarray] | None = None, threads: int = 0, optimize: bool = False
                  ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray], int]]:
     """Yield ``(feed, [observed arrays in names order] + [graph outputs], samples)`` per batch.
 
     ``weights``: when given, ``model`` is a skeleton and these arrays feed its weight inputs.
+    ``optimize``: on onnxruntime's optimized graph, as :func:`collect_stats` runs (the same values); off
+    (the default), the graph as it is (a QDQ model stays simulated in float).
     """
     model, weights = _split(model, weights)
-    session = FedSession(with_outputs(model, names), weights, in_node_order=True, mismatch=MISMATCH,
-                         intra_op_threads=threads, spin=False)
     outputs = [o.name for o in model.graph.output]
+    with_names = onnx.ModelProto()
+    with_names.CopyFrom(model)  # a skeleton: small
+    session = _session(with_names, names, weights, threads, optimize)
     fetch = list(dict.fromkeys(list(names) + outputs))
     index = {n: i for i, n in enumerate(fetch)}
     for feed, n, *_ in batches:
@@ -227,51 +236,62 @@ def collect_stats(model: onnx.ModelProto, names: list[str], batches: Iterable[tu
 def _observe(model: onnx.ModelProto, names: list[str], batches: Iterator[tuple[dict, int, int]], histogram: bool,
              weights: Mapping[str, np.ndarray] | None, stats: dict[str, TensorStats],
              means: dict[str, ChannelMean], threads: int = 0) -> Iterator[tuple[dict, int]]:
-    if histogram:
-        observed = list(dict.fromkeys(list(names) + list(means)))
-        where: list[int] = []
-        for feed, values, n in run_observed(model, observed, _noting(batches, where), weights=weights,
-                                            threads=threads):
-            for name, v in zip(observed, values):
-                if name in stats:
-                    _update(stats[name], name, "update", v, where[0])
-                if name in means:
-                    _update(means[name], name, "update", v, where[0])
-            yield feed, n
-        return
     model, weights = _split(model, weights)
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)  # a skeleton: small
-    outs = add_stat_nodes(augmented, names)
+    strides = sample_strides(augmented, names) if histogram else {}
+    whole = [n for n in names if strides.get(n) == 1]  # fetched and binned whole
+    reduced = [n for n in names if strides.get(n) != 1]
+    outs = add_stat_nodes(augmented, reduced)
+    sampled = {n: strides[n] for n in reduced if n in strides}
+    interleave(augmented, add_sample_nodes(augmented, sampled))
+    samples = {n: sample_output(i) for i, n in enumerate(sampled)}
     mean_outs = add_mean_nodes(augmented, means) if means else {}
-    session = FedSession(augmented.SerializeToString(), weights, in_node_order=True, mismatch=MISMATCH,
-                         intra_op_threads=threads, spin=False)
-    fetch = [o for n in names for o in outs[n] if o]
+    session = _session(augmented, whole, weights, threads)
+    fetch = [o for n in reduced for o in outs[n] if o] + [samples[n] for n in sampled]
     mean_fetch = [o for n in means for o in mean_outs[n]]
     results = [o.name for o in model.graph.output]
     for feed, n, position in batches:
-        values = session.run(fetch + mean_fetch + results, feed)
-        got = dict(zip(fetch, values))
-        for name in names:
+        values = session.run(fetch + whole + mean_fetch + results, feed)
+        got = dict(zip(fetch + whole, values))
+        for name in reduced:
             lo, hi, size = outs[name]
             bmin = float(got[lo]) if lo else 0.0  # a ReLU output: never negative (see add_stat_nodes)
-            _update(stats[name], name, "update_reduced", int(got[size]), bmin, float(got[hi]), position)
+            if name in samples:
+                _update(stats[name], name, "update_sampled", int(got[size]), bmin, float(got[hi]), got[samples[name]],
+                        position)
+            else:
+                _update(stats[name], name, "update_reduced", int(got[size]), bmin, float(got[hi]), position)
+        for name in whole:
+            _update(stats[name], name, "update", got[name], position)
+        at = len(fetch) + len(whole)
         for i, name in enumerate(means):
-            mean, size = values[len(fetch) + 2 * i: len(fetch) + 2 * i + 2]
+            mean, size = values[at + 2 * i: at + 2 * i + 2]
             per = int(size) // max(int(np.size(mean)), 1)  # values per channel in this batch
             _update(means[name], name, "update_sum", np.asarray(mean, np.float64) * per, per, position)
-        for o, v in zip(results, values[len(fetch) + len(mean_fetch):]):
+        for o, v in zip(results, values[at + len(mean_fetch):]):
             # ReduceMin/Max may skip a nan; a nan inside the network reaches its outputs
             if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
                 raise DataError(f"model output {o!r} holds inf or nan on calibration data")
         yield feed, n
 
 
-def _noting(batches: Iterator[tuple[dict, int, int]], where: list[int]) -> Iterator[tuple[dict, int, int]]:
-    """``batches``, with the position of the one taken last in ``where[0]``."""
-    for b in batches:
-        where[:] = [b[2]]
-        yield b
+def _session(model: onnx.ModelProto, outputs: list[str], weights: Mapping[str, np.ndarray], threads: int,
+             optimize: bool = True) -> Any:
+    """The session of :func:`_observe`: ``model`` (a skeleton, ``outputs`` added as graph outputs) over
+    ``weights``; onnxruntime's optimized graph when ``optimize`` and :data:`OPTIMIZE`."""
+    if not (optimize and OPTIMIZE):
+        return FedSession(with_outputs(model, outputs), weights, in_node_order=True, mismatch=MISMATCH,
+                          intra_op_threads=threads, spin=False)
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs
+                              if n not in have)
+    try:
+        return CalibrationSession(model, weights, mismatch=MISMATCH, intra_op_threads=threads)
+    except Exception as exc:  # noqa: BLE001 - an optimizer onnxruntime cannot apply: the same values unoptimized
+        log.info("calibrating on the unoptimized graph: onnxruntime's optimized session failed (%s)", exc)
+        return FedSession(model.SerializeToString(), weights, in_node_order=True, mismatch=MISMATCH,
+                          intra_op_threads=threads, spin=False)
 
 
 def _update(stat: Any, name: str, method: str, *args: Any) -> None:

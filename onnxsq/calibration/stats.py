@@ -83,7 +83,7 @@ class TensorStats:
 
     histogram: bool = False
     count: int = 0
-    zeros: int = 0  # exact zeros, counted with the histogram only (the mse estimator's input)
+    zeros: int = 0  # exact zeros among the values binned (the mse estimator's input)
     min: float = math.inf
     max: float = -math.inf
     batches: int = 0
@@ -116,6 +116,20 @@ class TensorStats:
         if self.histogram:
             raise ValueError("a histogram needs the values: use update()")
         self._add(count, 0, bmin, bmax, position)
+
+    def update_sampled(self, count: int, bmin: float, bmax: float, sample: np.ndarray,
+                       position: int | None = None) -> None:
+        """Add one batch given by its exact size, min and max and a subsample of its values, which alone
+        is binned (:mod:`onnxsq.calibration.sampling`): ``zeros`` and the histogram count the subsample,
+        the histogram's range is that of the exact min/max."""
+        if count == 0:
+            return
+        if not (math.isfinite(bmin) and math.isfinite(bmax)):
+            raise ValueError("tensor holds inf or nan")
+        sample = np.asarray(sample)
+        self._add(count, int(sample.size - np.count_nonzero(sample)) if self.histogram else 0, bmin, bmax, position)
+        if self.histogram and sample.size:
+            self._hist_update(sample, max(abs(bmin), abs(bmax)), negatives=bmin < 0)
 
     def _add(self, count: int, zeros: int, bmin: float, bmax: float, position: int | None) -> None:
         self.count += count
@@ -251,7 +265,7 @@ class TensorStats:
             return None
         edges = np.arange(BINS) * self.bin_width()
         n = int(self.hist_pos[edges >= hi].sum()) + int(self.hist_neg[edges >= -lo].sum())
-        return n / self.count
+        return n / max(int(self.hist_pos.sum() + self.hist_neg.sum()), 1)  # of the values binned
 
 
 def estimate_range(stats: TensorStats, method: str, *, percentile: float = 99.99) -> tuple[float, float]:

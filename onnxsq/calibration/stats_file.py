@@ -11,8 +11,10 @@ Merging (:func:`merge_stats`) puts the parts in unit order and merges each tenso
 order-dependent moving averages and float64 sums are reduced in an order fixed by unit positions
 (:mod:`onnxsq.calibration.dyadic`), so shards merged give the one-pass statistics bit for bit.
 
-The file is gzip-compressed JSON ``{"format": "onnxsq-calibration-stats", "version": 1, ...}``
+The file is gzip-compressed JSON ``{"format": "onnxsq-calibration-stats", "version": 2, ...}``
 (floats written by Python's ``repr``, which reads back exactly); anything else is refused in one line.
+(Version 2: large tensors' histograms hold a strided subsample, :mod:`onnxsq.calibration.sampling`;
+version 1 files binned every value and do not merge with them.)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ..errors import DataError, InvalidOptionError
 from .stats import ChannelMean, TensorStats
 
 FORMAT = "onnxsq-calibration-stats"
-VERSION = 1
+VERSION = 2
 SUFFIX = ".stats"
 
 
