@@ -108,3 +108,15 @@ def test_promote_must_be_a_known_choice():
 
     with pytest.raises(InvalidOptionError, match="--promote"):
         QuantizeConfig(promote="int4").validate()
+
+
+def test_simulate_equals_onnxruntime_on_16_bit_layers(setup):
+    from onnxsq.simulate.api import SimulateConfig, simulate
+    from onnxsq.simulate.program import load_program
+
+    model, calib = setup
+    wide, _ = quantize(model, calib, config=QuantizeConfig(**BASE, int16=("conv1",)))
+    program = load_program(wide)
+    _, report = simulate(program, calib[:3], model=wide, config=SimulateConfig(per_layer=False))
+    for out in program.outputs:
+        assert report.summary[f"ort_equal_fraction:{out}"] == 1.0 and report.summary[f"ort_worst_step:{out}"] == 0
