@@ -73,8 +73,10 @@ def test_int16_layer_is_16_bit_and_the_rest_stay_narrow(setup):
 def test_int16_pattern_that_matches_nothing_is_named(setup):
     model, calib = setup
     q, report = quantize(model, calib, config=QuantizeConfig(**BASE, int16=("nosuch*",)))
-    assert any("--int16 'nosuch*'" in w for w in report.warnings), report.warnings
-    assert "int16_tensors" not in report.summary
+    assert any("--int16 'nosuch*' matches no node or tensor" in w for w in report.warnings), report.warnings
+    assert "int16_tensors" not in report.summary and default_opset(q) == 13
+    _, report = quantize(model, calib, config=QuantizeConfig(**BASE, int16=("relu*",)))  # a node, not a layer
+    assert any("--int16 'relu*' matches no quantized layer" in w for w in report.warnings), report.warnings
 
 
 def test_promote_without_target_warns(setup):

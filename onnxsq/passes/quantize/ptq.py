@@ -66,7 +66,7 @@ from .params import QuantizeContext, check_bits, known_clipped, resolve_params
 from .placement import plan_qdq
 from .report import fill_report
 from .target import own_stats, quantize_for_target
-from .wide import needed_opset, widen
+from .wide import drop_unmatched, needed_opset, widen
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,7 @@ def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
     if cfg.equalize:  # after folding: a BN between two convs no longer hides the pair
         report.summary["equalized_pairs"] = equalize_graph(graph).summary["equalized"]
         clock.lap("equalize")
+    cfg = drop_unmatched(cfg, graph, report)
     if default_opset(original) < needed_opset(cfg)[0]:
         original, cfg = _ensure_opset(export_like(graph, original), report, cfg)
         _infer_shapes(original)

@@ -10,7 +10,8 @@ layers read 8-bit tensors and write 16-bit ones).
 Matching follows ``--exclude``: a pattern (fnmatch) matches a layer's node name or ``op:name``, or the
 name of a lone quantized tensor (a graph input, an Add/Concat output, a constant operand); a
 shared-scale group with one wide member is wide as a whole (one scale, one carrier), which the report's
-``wide`` summary lists. A pattern that matches nothing is reported by name.
+``int16_tensors`` summary lists. A pattern that matches nothing is reported by name (and, matching no
+node or tensor at all, raises no opset).
 
 16-bit QuantizeLinear/DequantizeLinear exist in ONNX from opset 21; a model below it is converted
 (onnx's version converter) only when a pattern is given.
@@ -18,6 +19,7 @@ shared-scale group with one wide member is wide as a whole (one scale, one carri
 
 from __future__ import annotations
 
+import dataclasses
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,9 @@ from .params import SIXTEEN_BIT_OPSET
 from .placement import Plan
 
 if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
+
+    from ...report import Report
     from .config import QuantizeConfig
     from .params import QuantizeContext
 
@@ -69,6 +74,19 @@ def widen(ctx: QuantizeContext) -> None:
         ctx.report.warnings.append(f"--int16 {pattern!r} matches no quantized layer or tensor: ignored")
     if ctx.wide:
         ctx.report.summary["int16_tensors"] = sorted(ctx.wide)
+
+
+def drop_unmatched(cfg: QuantizeConfig, graph: gs.Graph, report: Report) -> QuantizeConfig:
+    """``cfg`` without the ``int16`` patterns that match no node (name or ``op:name``) and no tensor of
+    ``graph``, each warned about: the opset is raised for 16 bits only where a pattern can widen something."""
+    if not cfg.int16:
+        return cfg
+    names = [n for node in graph.nodes for n in (node.name, f"{node.op}:{node.name}")] + list(graph.tensors())
+    keep = tuple(p for p in cfg.int16 if any(fnmatchcase(n, p) for n in names))
+    for pattern in cfg.int16:
+        if pattern not in keep:
+            report.warnings.append(f"--int16 {pattern!r} matches no node or tensor: ignored")
+    return cfg if keep == tuple(cfg.int16) else dataclasses.replace(cfg, int16=keep)
 
 
 def needed_opset(cfg: QuantizeConfig) -> tuple[int, str]:
