@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 from onnx import TensorProto, helper
@@ -234,14 +235,15 @@ def _native_stderr_to(path: Path):
 
 
 def generate(graph: TrainingGraph, workdir: Path, *, task: str, l1: float, ignore_label: int,
-             label_rank: int, extra_outputs: list[str] | tuple[str, ...] = ()) -> tuple[Path, Path]:
+             label_rank: int, extra_outputs: list[str] | tuple[str, ...] = (), loss: Any = None) -> tuple[Path, Path]:
     """Write the training model and its initial checkpoint into ``workdir``; return both paths.
 
     ``extra_outputs``: tensors the training model returns after the loss (they need value_info).
+    ``loss``: an onnxblock loss instead of the task's cross-entropy (fine-tuning's teacher MSE).
     """
     from onnxruntime.training import artifacts
 
-    block = make_loss_block(task, l1, list(graph.weights), ignore_label, label_rank)
+    block = loss if loss is not None else make_loss_block(task, l1, list(graph.weights), ignore_label, label_rank)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         with _native_stderr_to(workdir / "gradient_builder.log"):
@@ -249,7 +251,7 @@ def generate(graph: TrainingGraph, workdir: Path, *, task: str, l1: float, ignor
                                          loss=block, optimizer=None, artifact_directory=str(workdir),
                                          additional_output_names=list(extra_outputs) or None)
     except Exception as exc:  # noqa: BLE001 - the gradient builder raises RuntimeError with C++ text
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].rsplit(" was false. ", 1)[-1]
         raise UnsupportedModelError(f"onnxruntime-training cannot build the gradient graph: {first}") from None
     train_path = workdir / "training_model.onnx"
     tm = onnx.load(str(train_path))

@@ -37,6 +37,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..graph import UniqueNames, attr
 from ..model_io import MAX_IR
+from .rewrites_act import ACT_REWRITES
+from .rewrites_lstm import rewrite_lstm
 
 
 class Shapes(dict):
@@ -322,6 +324,7 @@ def relu_as_mask(model, node, shapes, namer) -> list[onnx.NodeProto] | None:
     return nodes
 
 
-REWRITES = {"ConvTranspose": _rewrite_conv_transpose, "Resize": _rewrite_resize}
+REWRITES = {"ConvTranspose": _rewrite_conv_transpose, "Resize": _rewrite_resize, "LSTM": rewrite_lstm,
+            **ACT_REWRITES}
 # rewrites for speed alone (same function, faster gradient): not listed in the report
 SPEED_REWRITES = {"Relu": relu_as_mask}

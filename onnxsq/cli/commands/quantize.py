@@ -40,6 +40,14 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--weight-rounding", type=click.Choice(WEIGHT_ROUNDINGS), default=DEFAULTS.weight_rounding,
               show_default=True,
               help="Round weights to nearest, or against each layer's output error on the report samples (gptq).")
+@click.option("--finetune/--no-finetune", default=None,
+              help="Label-free fine-tuning as the last step (onnxruntime-training only): the weights train against "
+                   "the float model on the calibration images, shifts fixed, and are kept only where held-out "
+                   "images improve [default: with --effort max].")
+@click.option("--finetune-iters", type=int, default=DEFAULTS.finetune_iters, show_default=True,
+              help="Fine-tuning steps.")
+@click.option("--finetune-lr", type=float, default=DEFAULTS.finetune_lr, show_default=True,
+              help="Fine-tuning learning rate (AdamW, cosine), in units of each weight's quantization step.")
 @click.option("--report-samples", type=int, default=DEFAULTS.report_samples, show_default=True,
               help="Calibration samples the per-layer SQNR report runs on (0: no report).")
 @click.option("--no-bias-correction", is_flag=True, help="Keep the float biases (no mean weight-error correction).")
@@ -95,6 +103,7 @@ def command(model: Path, output: Path | None, in_place: bool, report_path: Path 
     _require_data()
     out = resolve_output(model, output, "quant", in_place)
     cfg, pre = _config(model, o)
+    _warn_finetune_unused(o, cfg)
     if o["stats"] and o["jobs"]:
         warn_ignored("--jobs", "--stats gives the statistics: nothing is calibrated")
     with phase_progress(quiet=quiet()) as advance:  # one bar per phase (calibrate, evaluate)
@@ -128,13 +137,23 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
     cfg = PASSES["quantize"].config_class()(
         bits=o["bits"], weight_bits=o["weight_bits"], per_channel=o["per_channel"], exclude=o["exclude"],
         method=o["method"], weight_method=o["weight_method"], weight_rounding=o["weight_rounding"],
-        calib_count=o["calib_count"],
+        calib_count=o["calib_count"], finetune=o["finetune"], finetune_iters=o["finetune_iters"],
+        finetune_lr=o["finetune_lr"],
         batch_size=o["batch_size"], report_samples=o["report_samples"], bias_correction=not o["no_bias_correction"],
         equalize=not o["no_equalize"], integer_only=o["integer_only"], carrier=o["carrier"],
         ort_kernels=not o["no_ort_kernels"], pair_safe=not o["no_pair_safe"], sensitivity=o["sensitivity"],
         target_sqnr=o["target_sqnr"], promote=o["promote"], int16=o["int16"], effort=o["effort"],
         histograms=o["report_html"] is not None, preprocess=None if pre == Preprocess() else pre)
     return cfg, pre
+
+
+def _warn_finetune_unused(o: dict[str, Any], cfg: Any) -> None:
+    """--finetune-iters/--finetune-lr given while fine-tuning is off: say so by name."""
+    if cfg.resolved().finetune:
+        return
+    for key, flag in (("finetune_iters", "--finetune-iters"), ("finetune_lr", "--finetune-lr")):
+        if o[key] != getattr(DEFAULTS, key):
+            warn_ignored(flag, "fine-tuning is off (--finetune, or --effort max)")
 
 
 def _stats_files(values: tuple[str, ...]) -> list[Path]:

@@ -28,11 +28,12 @@ PROMOTIONS = ("float", "int16")  # what --target-sqnr does with the layers it pi
 EFFORTS: dict[str, dict[str, object]] = {
     "fast": {"method": "minmax", "equalize": False},  # min/max ranges: calibration without histograms
     "default": {},
-    "max": {"weight_rounding": "gptq"},
+    "max": {"weight_rounding": "gptq", "finetune": True},
 }
-# what --effort max would also do where it could, and why it does not here
-EFFORT_MAX_SKIPPED = ("label-free fine-tuning (QAT with the float model as teacher on the calibration images) "
-                      "is not part of quantize: run `onnxsq train --stage qat` in the training environment",)
+# what --effort max would also do where it could, and why it does not here (where onnxruntime-training is
+# not installed: onnxsq.training.finetune drops the line where fine-tuning ran)
+EFFORT_MAX_SKIPPED = ("label-free fine-tuning (QAT with the float model as teacher on the calibration images): "
+                      "needs onnxruntime-training (the training environment), not installed here",)
 
 
 @dataclass
@@ -72,6 +73,16 @@ class QuantizeConfig:
     promote: str = "float"
     int16: tuple[str, ...] = ()  # layers (patterns as --exclude) with 16-bit weights and outputs (.wide)
     histograms: bool = False  # each activation's calibration histogram in the report (--report-html draws them)
+    # label-free fine-tuning (onnxsq.training.finetune; onnxruntime-training only): the weights train with the
+    # float model as teacher, the shifts fixed, on the calibration samples but every `finetune_holdout`-th
+    # one, and are kept only where those held-out samples' output SQNR improves
+    finetune: bool | None = None  # None: as --effort says (max: on)
+    finetune_iters: int = 300
+    finetune_lr: float = 0.02  # AdamW, cosine to 0; in units of each weight's quantization step
+    finetune_batch: int = 2
+    finetune_holdout: int = 3  # every 3rd calibration sample is held out (at least one)
+    finetune_crops: int = 16  # random crops of each calibration image (training and held out)
+    finetune_features: int = 4  # intermediate layer outputs the student also matches (0: the outputs only)
     effort: str = "default"  # fast | default | max: a preset over the options above (EFFORTS)
 
     def resolved(self) -> QuantizeConfig:
@@ -107,6 +118,12 @@ class QuantizeConfig:
             raise InvalidOptionError(f"--promote must be one of {', '.join(PROMOTIONS)}, not {self.promote!r}")
         if self.target_sqnr is not None and not math.isfinite(self.target_sqnr):
             raise InvalidOptionError(f"--target-sqnr must be a number of dB, not {self.target_sqnr}")
+        for name, v in (("--finetune-iters", self.finetune_iters), ("finetune batch", self.finetune_batch),
+                        ("finetune holdout", self.finetune_holdout)):
+            if v < 1:
+                raise InvalidOptionError(f"{name} must be at least 1, not {v}")
+        if not (math.isfinite(self.finetune_lr) and self.finetune_lr > 0):
+            raise InvalidOptionError(f"--finetune-lr must be a positive number, not {self.finetune_lr}")
         if (self.sensitivity or self.target_sqnr is not None) and self.report_samples < 1:
             raise InvalidOptionError("--sensitivity and --target-sqnr measure on the report samples: "
                                      "--report-samples must be at least 1")

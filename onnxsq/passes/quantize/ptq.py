@@ -86,14 +86,14 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     ``progress(samples_done, total, stage)`` is called per batch. ``stats``: calibration statistics
     (``.stats`` files or :class:`~onnxsq.calibration.stats_file.CalibrationStats`, e.g. the shards
     :func:`~onnxsq.passes.quantize.shards.calibrate` wrote) used instead of calibrating; ``calib`` then
-    only feeds the report. ``jobs``: calibrate in that many local processes, one shard each
-    (:mod:`.shards`; the result is the same as in one).
-
-    Phases, each a function of what the last returned: load and fold, plan, calibrate, resolve the
-    shifts (and correct the biases), insert the QDQ pairs, measure the error, export.
+    only feeds the report. ``jobs``: calibrate in that many local processes, one shard each (:mod:`.shards`;
+    the result is the same as in one). Phases, each a function of what the last returned: load and fold,
+    plan, calibrate, resolve the shifts (and correct the biases), insert the QDQ pairs, measure, export.
     """
     cfg = (config or QuantizeConfig()).resolved()  # the --effort preset over the options left at default
     cfg.validate()
+    if cfg.finetune:  # the last step runs around the pass (which it calls with finetune off)
+        return _finetuned(model, calib, cfg, params, progress, params_out, stats, jobs)
     pending = None
     if jobs > 1 and stats is None:
         from .shards import start_jobs
@@ -134,6 +134,13 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     report.summary["seconds"] = round(clock.total(), 3)
     log.debug("quantize phases (s): %s", clock.laps)
     return quantized, report
+
+
+def _finetuned(model: ModelLike, calib: Any, cfg: QuantizeConfig, *args: Any) -> tuple[onnx.ModelProto, Report]:
+    """The pass, then label-free fine-tuning (:mod:`onnxsq.training.finetune`; onnxruntime-training only)."""
+    from ...training.finetune import quantize_and_finetune
+
+    return quantize_and_finetune(model, calib, cfg, *args)
 
 
 def prepare(model: ModelLike, cfg: QuantizeConfig, params: Any = None

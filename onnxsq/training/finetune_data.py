@@ -1,0 +1,60 @@
+"""Fine-tuning's samples: random crops of the calibration images (label-free distillation needs inputs, not
+labels: a handful of images gives a classifier a handful of outputs to fit, which it over-fits at once).
+
+A crop keeps 60-100% of each side at a random place and is stretched back to the input's size (bilinear),
+like ``bench/fidelity.py``'s evaluation crops; images only: a 4-D input whose channel axis (1, 3 or 4
+values) is axis 1 (NCHW) or 3 (NHWC). Other inputs are used as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+CHANNELS = (1, 3, 4)
+
+
+def spatial_axes(x: np.ndarray) -> tuple[int, int] | None:
+    """(H axis, W axis) of an image batch, or None where ``x`` does not look like one."""
+    if x.ndim != 4 or x.dtype != np.float32:
+        return None
+    if x.shape[1] in CHANNELS:
+        return 2, 3
+    if x.shape[3] in CHANNELS:
+        return 1, 2
+    return None
+
+
+def _bilinear(x: np.ndarray, axes: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """The crop ``box = (top, left, height, width)`` of ``x`` stretched back to ``x``'s size."""
+    out = x
+    for axis, start, length in ((axes[0], box[0], box[2]), (axes[1], box[1], box[3])):
+        size = x.shape[axis]
+        pos = start + (np.arange(size) + 0.5) * length / size - 0.5
+        pos = np.clip(pos, start, start + length - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, start + length - 1)
+        shape = [1] * x.ndim
+        shape[axis] = size
+        frac = (pos - lo).astype(np.float32).reshape(shape)
+        out = np.take(out, lo, axis=axis) * (1 - frac) + np.take(out, hi, axis=axis) * frac
+    return out.astype(np.float32)
+
+
+def crops(feeds: Sequence[Mapping[str, np.ndarray]], name: str, per_sample: int, seed: int) -> list[dict]:
+    """``per_sample`` seeded random crops of every feed's image input ``name`` (the feeds themselves first);
+    the feeds alone where ``name`` is no image."""
+    out = [dict(f) for f in feeds]
+    if per_sample < 1 or spatial_axes(np.asarray(feeds[0][name])) is None:
+        return out
+    rng = np.random.default_rng(seed)
+    for f in feeds:
+        x = np.asarray(f[name])
+        axes = spatial_axes(x)
+        h, w = x.shape[axes[0]], x.shape[axes[1]]
+        for _ in range(per_sample):
+            ch, cw = max(1, int(h * rng.uniform(0.6, 1.0))), max(1, int(w * rng.uniform(0.6, 1.0)))
+            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            out.append({**f, name: _bilinear(x, axes, (top, left, ch, cw))})
+    return out
