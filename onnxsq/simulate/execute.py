@@ -25,6 +25,7 @@ from .fixed import KERNELS, Fixed, NotInteger, align
 from .islands import FloatRunner
 from .lut import Table, build_table, moved_form
 from .lut_moves import moves_layer
+from .plan_mac import Scratch
 from .program import Layer, Program, Step
 from .rounding import ROUNDINGS, float_saturate, int_limits, requantize_saturate, wrap
 
@@ -80,6 +81,7 @@ class Simulator:
         self._shifts: dict[str, np.ndarray] = {}
         self._feeds: Mapping[str, np.ndarray] = {}
         self._plans: dict[str, P.Plan] = {}
+        self._scratch = Scratch()  # the compiled layers' buffers
         self._moved: dict[str, Any] = {}  # lut layers that also move elements: their split (.lut_moves)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Result:

@@ -101,7 +101,7 @@ def _evaluator(sim, layer, env: dict, trace: list, st) -> tuple[Callable, Fixed,
     reads: dict[str, str] = {}
     ranges: dict[str, Range | None] = {}
     ops: list[tuple[Callable, tuple[str, ...], tuple[str, ...]]] = []
-    for step, args, result in trace:
+    for slot, (step, args, result) in enumerate(trace):
         if step.op == "Shape" or not any(isinstance(a, Fixed) for a in args):
             continue  # shape arithmetic: its results are the trace's
         names = []
@@ -112,7 +112,7 @@ def _evaluator(sim, layer, env: dict, trace: list, st) -> tuple[Callable, Fixed,
                     t = p.tensors[p.dq[i]]
                     ranges[i] = int_limits(t.bits, t.signed)
                 names.append(i)
-        made = _fast(sim, step, args, result, names, [ranges[n] for n in names], st)
+        made = _fast(sim, step, args, result, names, [ranges[n] for n in names], st, slot)
         fn, rng = made if made is not None else (_generic(sim, step, args, names, st), None)
         outs = tuple(step.outputs) if step.op == "Split" else (step.outputs[0],)
         ops.append((fn, tuple(names), outs))
@@ -155,8 +155,9 @@ def _generic(sim, step, args: list, names: list[str], st) -> Callable:
     return fn
 
 
-def _fast(sim, step, args: list, result: Any, names: list[str], rngs: list, st) -> tuple[Callable, Any] | None:
-    """A compiled form of one step: ``(fn(*values), range of its result)``, or None."""
+def _fast(sim, step, args: list, result: Any, names: list[str], rngs: list, st,
+          slot: int) -> tuple[Callable, Any] | None:
+    """A compiled form of one step (the ``slot``-th of its layer): ``(fn(*values), range of its result)``, or None."""
     op = step.op
     if not isinstance(result, Fixed) or step.domain not in ("", "ai.onnx"):
         return None
@@ -167,7 +168,7 @@ def _fast(sim, step, args: list, result: Any, names: list[str], rngs: list, st) 
         def on_acc(acc: np.ndarray) -> None:
             st.acc_max = max(st.acc_max, int(acc.max()), -int(acc.min()))
 
-        return mac_step(step, args, result, rngs[0], sim.acc_bits, on_acc)
+        return mac_step(step, args, result, rngs[0], sim.acc_bits, on_acc, sim._scratch.at(slot))
     if op in ("Add", "Sum", "Sub", "Concat"):
         return _sum(step, args, result, names, rngs)
     if op == "Mul" and len(names) == 2 and all(r is not None for r in rngs):

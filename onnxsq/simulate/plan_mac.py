@@ -25,11 +25,32 @@ Range = tuple[int, int]  # the least and largest integer a value can hold
 F32_EXACT, F64_EXACT = 1 << 24, 1 << 53
 
 
+class Scratch:
+    """Buffers shared by the compiled layers of one simulator, by role, shape, dtype and the step's place
+    in its layer: layers run one after another, and a layer's buffers are dead once it has returned (its
+    output is always a new array), so layers of the same geometry share them."""
+
+    def __init__(self, arrays: dict | None = None, slot: int = 0) -> None:
+        self.arrays: dict[tuple, np.ndarray] = {} if arrays is None else arrays
+        self.slot = slot
+
+    def at(self, slot: int) -> Scratch:
+        """The buffers of the step at ``slot`` in its layer (never shared by two steps of one layer)."""
+        return Scratch(self.arrays, slot)
+
+    def get(self, role: object, shape: tuple[int, ...], dtype: np.dtype, zero: bool = False) -> np.ndarray:
+        key = (role, self.slot, tuple(shape), np.dtype(dtype).str)
+        a = self.arrays.get(key)
+        if a is None:
+            a = self.arrays[key] = (np.zeros if zero else np.empty)(shape, dtype=dtype)
+        return a
+
+
 def mac_step(step, args: list, result: Fixed, x_range: Range | None, acc_bits: int,
-             on_acc: Callable[[np.ndarray], None]) -> tuple[Callable, Range] | None:
+             on_acc: Callable[[np.ndarray], None], pool: Scratch) -> tuple[Callable, Range] | None:
     """``(fn, range)``: ``fn(x)`` the step's accumulator (bias included) for the integer input ``x``;
     None where no compiled form applies (the generic kernel runs). ``on_acc`` records the
-    accumulator's largest magnitude (the report's observed accumulator bits)."""
+    accumulator's largest magnitude (the report's observed accumulator bits); ``pool`` holds the buffers."""
     if x_range is None or len(args) < 2 or not isinstance(args[1], Fixed) or not args[1].const:
         return None
     x, w = args[0], args[1]
@@ -37,9 +58,9 @@ def mac_step(step, args: list, result: Fixed, x_range: Range | None, acc_bits: i
     if b is not None and not b.const:
         return None
     if step.op == "Conv" and w.v.ndim == 4 and x.v.ndim == 4:
-        made = _conv(step, x, w, b, result, x_range)
+        made = _conv(step, x, w, b, result, x_range, pool)
     elif step.op == "ConvTranspose" and w.v.ndim == 4 and x.v.ndim == 4:
-        made = _conv_transpose(step, x, w, b, result, x_range)
+        made = _conv_transpose(step, x, w, b, result, x_range, pool)
     elif step.op in ("Gemm", "MatMul") and w.v.ndim == 2 and not step.attrs.get("transA", 0):
         made = _matmul(step, x, w, b, result, x_range)
     else:
@@ -49,16 +70,10 @@ def mac_step(step, args: list, result: Fixed, x_range: Range | None, acc_bits: i
     build, rng, (bound, dtype, per_max, bias_max) = made
     if bound >= 1 << (acc_bits - 1) or dtype is None:
         return None
-    fn = build(dtype)
     if dtype == np.float64:  # float32 where the data's own magnitude keeps every sum below 2**24
-        fn32, fn64 = build(np.dtype(np.float32)), fn
-        limit = (F32_EXACT - 1 - bias_max) // max(per_max, 1)
-
-        def pick(xv: np.ndarray) -> np.ndarray:
-            small = xv.size and max(-int(xv.min()), int(xv.max())) <= limit
-            return fn32(xv) if small else fn64(xv)
-
-        fn = pick
+        fn = _pick(build, (F32_EXACT - 1 - bias_max) // max(per_max, 1))
+    else:
+        fn = build(dtype)
 
     def run(xv: np.ndarray) -> np.ndarray:
         acc = fn(xv)
@@ -67,6 +82,20 @@ def mac_step(step, args: list, result: Fixed, x_range: Range | None, acc_bits: i
         return acc
 
     return run, rng
+
+
+def _pick(build: Callable, limit: int) -> Callable:
+    """Float32 for inputs of magnitude up to ``limit``, float64 beyond (each form built when first needed:
+    its buffers are as large as the layer's)."""
+    made: dict[bool, Callable] = {}
+
+    def fn(xv: np.ndarray) -> np.ndarray:
+        small = bool(xv.size) and max(-int(xv.min()), int(xv.max())) <= limit
+        if small not in made:
+            made[small] = build(np.dtype(np.float32 if small else np.float64))
+        return made[small](xv)
+
+    return fn
 
 
 def _bounds(wk: np.ndarray, bias: np.ndarray, x_range: Range) -> tuple[Range, tuple[int, np.dtype | None, int, int]]:
@@ -97,8 +126,9 @@ def _bias_vector(b: Fixed | None, result: Fixed, acc_shift: np.ndarray, m: int) 
 
 
 def _matmul(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Range):
-    wv = w.v.T if step.attrs.get("transB", 0) else w.v
-    ws = w.shift.T if step.attrs.get("transB", 0) and w.shift.size > 1 else w.shift
+    transposed = bool(step.attrs.get("transB", 0))  # the generic kernels' cached copies are shared (memory)
+    wv = K.weight_cached(w.v, "T", lambda: np.ascontiguousarray(w.v.T)) if transposed else w.v
+    ws = w.shift.T if transposed and w.shift.size > 1 else w.shift
     if step.op == "Gemm" and x.v.ndim != 2:
         return None
     bias = _bias_vector(b, result, x.shift.reshape(()) + ws, wv.shape[1])
@@ -110,7 +140,7 @@ def _matmul(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: R
         return _chunked(wv, bias, cuts), rng, (sizes[0], np.dtype(np.float32), *sizes[2:])
 
     def build(dtype: np.dtype) -> Callable:
-        wf = np.ascontiguousarray(wv, dtype=dtype)
+        wf = _float_weights(wv, dtype)
         bf = bias.astype(dtype) if bias.any() else None
 
         def fn(xv: np.ndarray) -> np.ndarray:
@@ -122,6 +152,11 @@ def _matmul(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: R
         return fn
 
     return build, rng, sizes
+
+
+def _float_weights(wv: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``wv`` as a contiguous float array, the copy the generic kernels cache (one copy of the weights)."""
+    return K.weight_cached(wv, dtype.type, lambda: np.ascontiguousarray(wv, dtype=dtype))
 
 
 def _chunks(wv: np.ndarray, xmax: int, most: int = 16) -> list[int] | None:
@@ -142,7 +177,8 @@ def _chunks(wv: np.ndarray, xmax: int, most: int = 16) -> list[int] | None:
 
 def _chunked(wv: np.ndarray, bias: np.ndarray, cuts: list[int]) -> Callable:
     def build(dtype: np.dtype) -> Callable:
-        parts = [np.ascontiguousarray(wv[a:b], dtype=np.float32) for a, b in zip(cuts, cuts[1:])]
+        whole = _float_weights(wv, np.dtype(np.float32))
+        parts = [whole[a:b] for a, b in zip(cuts, cuts[1:])]  # row blocks: contiguous views
         bf = bias.astype(np.float64)
 
         def fn(xv: np.ndarray) -> np.ndarray:
@@ -158,7 +194,7 @@ def _chunked(wv: np.ndarray, bias: np.ndarray, cuts: list[int]) -> Callable:
     return build
 
 
-def _conv(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Range):
+def _conv(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Range, pool: Scratch):
     a = step.attrs
     n, c, h, wd = x.v.shape
     m, cg, kh, kw = w.v.shape
@@ -176,7 +212,7 @@ def _conv(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Ran
     rng, sizes = _bounds(wk, bias, x_range)
 
     def build(dtype: np.dtype) -> Callable:
-        geo = _Geometry(n, c, h, wd, kh, kw, strides, dil, pads, dtype)
+        geo = _Geometry(n, c, h, wd, kh, kw, strides, dil, pads, dtype, pool)
         if depthwise:
             return _depthwise(geo, w.v, bias)
         if strides == [1, 1] and c >= 2 and geo.oh * geo.ow >= 1024:  # measured: one product per tap wins on
@@ -189,12 +225,13 @@ def _conv(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Ran
 class _Geometry:
     """A 2-D convolution's padded input buffer (channels last, zero borders written once) and sizes."""
 
-    def __init__(self, n, c, h, wd, kh, kw, strides, dil, pads, dtype) -> None:
+    def __init__(self, n, c, h, wd, kh, kw, strides, dil, pads, dtype, pool: Scratch) -> None:
         self.n, self.c, self.kh, self.kw, self.strides, self.dil, self.dtype = n, c, kh, kw, strides, dil, dtype
+        self.pool = pool
         self.hp, self.wp = h + pads[0] + pads[2], wd + pads[1] + pads[3]
         self.oh = (self.hp - (kh - 1) * dil[0] - 1) // strides[0] + 1
         self.ow = (self.wp - (kw - 1) * dil[1] - 1) // strides[1] + 1
-        self.xbuf = np.zeros((n, self.hp, self.wp, c), dtype=dtype)
+        self.xbuf = pool.get(("padded", tuple(pads)), (n, self.hp, self.wp, c), dtype, zero=True)  # borders stay 0
         self.inner = self.xbuf[:, pads[0]:pads[0] + h, pads[1]:pads[1] + wd, :]
 
     def load(self, xv: np.ndarray) -> None:
@@ -215,10 +252,10 @@ def _taps(g: _Geometry, w: np.ndarray, bias: np.ndarray) -> Callable:
     taps = np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(g.kh * g.kw, g.c, m), dtype=g.dtype)
     offs = [a * g.dil[0] * wp + b * g.dil[1] for a, b in itertools.product(range(g.kh), range(g.kw))]
     flat = g.xbuf.reshape(n, g.hp * wp, g.c)
-    acc = np.zeros((n, g.oh * wp, m), dtype=g.dtype)
-    part = np.empty((n, length, m), dtype=g.dtype)
+    acc = g.pool.get("acc", (n, g.oh * wp, m), g.dtype)  # read only where written (see ``rows``)
+    part = g.pool.get("part", (n, length, m), g.dtype)
     head, rows = acc[:, :length], acc.reshape(n, g.oh, wp, m)[:, :, :g.ow]
-    res = np.empty((n, g.oh, g.ow, m), dtype=g.dtype)  # compact: what follows runs over contiguous memory
+    res = g.pool.get("res", (n, g.oh, g.ow, m), g.dtype)  # compact: what follows runs over contiguous memory
     view = res.transpose(0, 3, 1, 2)
     bf = bias.astype(g.dtype) if bias.any() else None
 
@@ -240,11 +277,11 @@ def _taps(g: _Geometry, w: np.ndarray, bias: np.ndarray) -> Callable:
 def _im2col(g: _Geometry, w: np.ndarray, bias: np.ndarray) -> Callable:
     """Strided: the taps copied side by side into a preallocated column buffer, one product."""
     n, m, kk = g.n, w.shape[0], g.kh * g.kw
-    cols = np.empty((n, g.oh, g.ow, kk, g.c), dtype=g.dtype)
+    cols = g.pool.get("cols", (n, g.oh, g.ow, kk, g.c), g.dtype)
     views = g.tap_views()
     flat = cols.reshape(n * g.oh * g.ow, kk * g.c)
     wk = np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(kk * g.c, m), dtype=g.dtype)
-    out = np.empty((n * g.oh * g.ow, m), dtype=g.dtype)
+    out = g.pool.get("res", (n * g.oh * g.ow, m), g.dtype)
     view = out.reshape(n, g.oh, g.ow, m).transpose(0, 3, 1, 2)
     bf = bias.astype(g.dtype) if bias.any() else None
 
@@ -264,8 +301,8 @@ def _depthwise(g: _Geometry, w: np.ndarray, bias: np.ndarray) -> Callable:
     """One multiply-add per tap over channels-last data (see :func:`onnxsq.simulate.kernels._depthwise`)."""
     wc = np.ascontiguousarray(w.reshape(g.c, g.kh * g.kw).T, dtype=g.dtype)
     views = g.tap_views()
-    out = np.empty((g.n, g.oh, g.ow, g.c), dtype=g.dtype)
-    tmp = np.empty_like(out)
+    out = g.pool.get("res", (g.n, g.oh, g.ow, g.c), g.dtype)
+    tmp = g.pool.get("part", out.shape, g.dtype)
     view = out.transpose(0, 3, 1, 2)
     bf = bias.astype(g.dtype) if bias.any() else None
 
@@ -282,7 +319,8 @@ def _depthwise(g: _Geometry, w: np.ndarray, bias: np.ndarray) -> Callable:
     return fn
 
 
-def _conv_transpose(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Range):
+def _conv_transpose(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_range: Range,
+                    pool: Scratch):
     """A 2-D transposed convolution: one product of the channels-last input with the weights of every
     tap, then each tap's part added into its strided place of the full output, which is cropped.
     Every partial sum of an output is one over some of its channel's terms: the bound holds."""
@@ -302,11 +340,11 @@ def _conv_transpose(step, x: Fixed, w: Fixed, b: Fixed | None, result: Fixed, x_
     full = ((h - 1) * s0 + (kh - 1) * d0 + 1 + opad[0], (wd - 1) * s1 + (kw - 1) * d1 + 1 + opad[1])
 
     def build(dtype: np.dtype) -> Callable:
-        buf = np.zeros((n, *full, m), dtype=dtype)
-        xin = np.empty((n, h, wd, c), dtype=dtype)
+        buf = pool.get("full", (n, *full, m), dtype)  # zeroed by every call
+        xin = pool.get("input", (n, h, wd, c), dtype)
         wf = np.ascontiguousarray(per_tap.reshape(c, kh * kw * m), dtype=dtype)
         crop = buf[:, pads[0]:full[0] - pads[2], pads[1]:full[1] - pads[3], :]
-        res = np.empty(crop.shape, dtype=dtype)
+        res = pool.get("res", crop.shape, dtype)
         view = res.transpose(0, 3, 1, 2)
         targets = [buf[:, i * d0:i * d0 + (h - 1) * s0 + 1:s0, j * d1:j * d1 + (wd - 1) * s1 + 1:s1, :]
                    for i, j in itertools.product(range(kh), range(kw))]
