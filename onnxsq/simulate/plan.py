@@ -212,7 +212,7 @@ def _average(step, x: Fixed, result: Fixed, rng: Range | None) -> tuple[Callable
     attrs, nd = step.attrs, x.v.ndim
     if step.op == "AveragePool":
         count = int(np.prod(attrs["kernel_shape"]))
-        return (lambda v: K.avg_pool_sums(v, attrs)[0]), (rng[0] * count, rng[1] * count)
+        return (lambda v: K.avg_pool_sums(_ints(v), attrs)[0]), (rng[0] * count, rng[1] * count)
     if step.op == "GlobalAveragePool":
         axes, keep = tuple(range(2, nd)), True
     else:
@@ -222,7 +222,12 @@ def _average(step, x: Fixed, result: Fixed, rng: Range | None) -> tuple[Callable
     count = int(np.prod([x.v.shape[a] for a in axes]))
     if result.v.shape != x.v.sum(axis=axes, keepdims=keep).shape:
         return None
-    return (lambda v: v.sum(axis=axes, keepdims=keep)), (rng[0] * count, rng[1] * count)
+    return (lambda v: _ints(v).sum(axis=axes, keepdims=keep)), (rng[0] * count, rng[1] * count)
+
+
+def _ints(v: np.ndarray) -> np.ndarray:
+    """An accumulator in float (a compiled product's) as int64: sums of many stay exact."""
+    return v if v.dtype.kind in "iu" else v.astype(np.int64)
 
 
 def _clip(step, x: Fixed, rest: list, rng: Range | None) -> tuple[Callable, Any] | None:

@@ -225,3 +225,21 @@ def test_a_wide_convolution_takes_float32_where_its_data_allow():
     for feed in feeds:
         np.testing.assert_array_equal(compiled.run(feed).outputs[out], session.run(None, feed)[0])
     assert max(st.acc_max for st in compiled.stats.values()) >= 1 << 24
+
+
+@pytest.mark.parametrize("pool", ["GlobalAveragePool", "AveragePool", "MaxPool"])
+def test_a_pool_of_a_compiled_product_in_one_layer(pool):
+    """Conv then a pool before the layer's quantizer: the pool reads the product's float accumulator."""
+    g = G()
+    y = g.node("Conv", [g.q("x", 4), g.w(RNG.integers(-127, 128, (5, 4, 3, 3)), 7)], kernel_shape=[3, 3],
+               pads=[1, 1, 1, 1])
+    attrs = {} if pool == "GlobalAveragePool" else dict(kernel_shape=[3, 3], strides=[2, 2])
+    out = g.node("Identity", [g.q(g.node(pool, [g.node("Relu", [y])], **attrs), 2, signed=False)])
+    model = g.model([2, 4, 9, 9], out)
+    program = load_program(model)
+    compiled = Simulator(program)
+    feeds = _feeds((2, 4, 9, 9))
+    _same(compiled, Simulator(program, compiled=False), feeds * 2)
+    session = ort_session(model, precise=True)
+    for feed in feeds:
+        np.testing.assert_array_equal(compiled.run(feed).outputs[out], session.run(None, feed)[0])
