@@ -93,14 +93,24 @@ class Simulator:
         for layer in self.program.layers:
             t0 = time.perf_counter() if prof is not None else 0.0
             plan = plans.get(layer.name)
-            if plan is not None and plan.fits(ints, feeds):
-                ints[layer.output] = plan.run(ints, feeds)
-            else:
-                self._layer(layer, ints, floats, feeds, plan is not P.NOPLAN and self.compiled)
+            if plan is None or not plan.fits(ints, feeds) or not self._planned(plan, layer, ints, feeds):
+                self._layer(layer, ints, floats, feeds, plans.get(layer.name) is not P.NOPLAN and self.compiled)
             if prof is not None:
                 key = f"{layer.kind}:{layer.op}"
                 prof[key] = prof.get(key, 0.0) + time.perf_counter() - t0
         return Result(ints, self._outputs(ints, floats, feeds))
+
+    def _planned(self, plan: P.Plan, layer: Layer, ints: dict, feeds: Mapping[str, np.ndarray]) -> bool:
+        """Run the layer's compiled form; False (and no plan from now on) where it failed: a safety net,
+        the generic interpreter then runs the layer and says what is wrong."""
+        try:
+            ints[layer.output] = plan.run(ints, feeds)
+            return True
+        except Exception as exc:  # noqa: BLE001 - any failure falls back to the generic path
+            log.warning("%s: its compiled form failed (%s: %s); the generic interpreter runs it", layer.name,
+                        type(exc).__name__, exc)
+            self._plans[layer.name] = P.NOPLAN
+            return False
 
     def _layer(self, layer: Layer, ints: dict, floats: dict, feeds: Mapping[str, np.ndarray], compile_: bool) -> None:
         """One layer by the generic interpreter; ``compile_``: then compile it for these shapes (:mod:`.plan`)."""

@@ -243,3 +243,21 @@ def test_a_pool_of_a_compiled_product_in_one_layer(pool):
     session = ort_session(model, precise=True)
     for feed in feeds:
         np.testing.assert_array_equal(compiled.run(feed).outputs[out], session.run(None, feed)[0])
+
+
+def test_a_failing_plan_falls_back_to_the_generic_path(caplog):
+    model, out = _conv_model("taps")
+    program = load_program(model)
+    compiled, generic = Simulator(program), Simulator(program, compiled=False)
+    feeds = _feeds((2, 4, 9, 9))
+    _same(compiled, generic, feeds[:1])
+    conv = next(lay for lay in program.layers if lay.kind == "int")
+
+    def broken(ints, feeds):
+        raise FloatingPointError("boom")
+
+    compiled._plans[conv.name] = P.Plan(compiled._plans[conv.name].ints, (), broken)
+    for feed in feeds:
+        np.testing.assert_array_equal(compiled.run(feed).outputs[out], generic.run(feed).outputs[out])
+    assert "compiled form failed (FloatingPointError: boom)" in caplog.text
+    assert compiled._plans[conv.name] is P.NOPLAN
