@@ -73,7 +73,9 @@ def test_integer_only_tables_end_at_the_sigmoid():
 @pytest.mark.parametrize("integer_only", [False, True])
 def test_onnxruntime_runs_them_on_integers_and_simulate_equals_it(tmp_path, integer_only):
     model = _silu_net()
-    q, _ = quantize(model, _feeds(), config=QuantizeConfig(report_samples=0, integer_only=integer_only))
+    # the uint8 carrier: one type through every layer, which onnxruntime's fusions need (test_quantize_carrier)
+    cfg = QuantizeConfig(report_samples=0, integer_only=integer_only, carrier="uint8")
+    q, _ = quantize(model, _feeds(), config=cfg)
     onnx.checker.check_model(q)
     path, opt = tmp_path / "q.onnx", str(tmp_path / "q.opt.onnx")
     onnx.save(q, str(path))
@@ -92,3 +94,18 @@ def test_onnxruntime_runs_them_on_integers_and_simulate_equals_it(tmp_path, inte
     sim, exact = Simulator(program), ort_session(str(path), precise=True)
     for f in _feeds(3, 9):
         np.testing.assert_array_equal(sim.run(f).outputs[program.outputs[0]], exact.run(None, f)[0])
+
+
+def test_a_sigmoid_reaching_the_output_through_moves_stays_float():
+    b = Builder(seed=4)
+    sig = b.node("Sigmoid", [b.conv("x", 3, 4)])
+    flat = b.node("Reshape", [sig, b.const("shape", np.array([1, -1]), np.int64)])
+    model = b.model({"x": SHAPE}, [flat])
+    entries = _entries(_plan(model, ort_kernels=True))
+    assert [a for a, _ in entries["Sigmoid"] + entries["Reshape"]] == ["skipped", "skipped"]
+    # read by a Conv as well, it is quantized (one reader is no move to the output)
+    b2 = Builder(seed=4)
+    sig2 = b2.node("Sigmoid", [b2.conv("x", 3, 4)])
+    out = b2.node("Reshape", [sig2, b2.const("shape", np.array([1, -1]), np.int64)])
+    model2 = b2.model({"x": SHAPE}, [out, b2.conv(sig2, 4, 4)])
+    assert _entries(_plan(model2, ort_kernels=True))["Sigmoid"][0][0] == "quantized"

@@ -23,11 +23,10 @@ Rules (the original's Stage 7, in QDQ form; ``plan_qdq`` applies them to a graph
   input's step wastes bits; the integer kernel divides by the window anyway, and the new scale only
   changes that division's shift.
 - A standalone ``Relu``/``Clip`` after a quantized tensor gets its own (usually unsigned) scale.
-- ``ort_kernels``: where onnxruntime has an integer kernel, so does the placement: ``Sigmoid`` and
-  ``LeakyRelu`` (``UNARY``) after a quantized tensor get their own scale (QLinearSigmoid and
-  QLinearLeakyRelu, look-up tables in :mod:`onnxsq.simulate`) unless they write a graph output, and
-  a ``Mul`` of two activations is an integer product (QLinearMul): SiLU ``x * sigmoid(x)`` and
-  squeeze-excitation gates then run on integers.
+- ``ort_kernels``: ``Sigmoid``/``LeakyRelu`` (``UNARY``) after a quantized tensor get their own scale
+  (QLinearSigmoid/LeakyRelu; tables in :mod:`onnxsq.simulate`) unless they write a graph output (or
+  one through moves), a ``Mul`` of two activations is an integer product (QLinearMul): SiLU and
+  squeeze-excitation gates run on integers.
 - Everything else stays float and reads dequantized values; every such node gets a reason.
 
 Nodes whose name (or ``op:name``) matches an ``exclude`` pattern (fnmatch) stay float. Only float32
@@ -54,26 +53,9 @@ ACTIVATIONS = ("Relu", "Clip")
 UNARY = ("Sigmoid", "LeakyRelu")  # onnxruntime fuses DQ → op → Q into QLinearSigmoid / QLinearLeakyRelu
 AVERAGING = ("AveragePool", "GlobalAveragePool", "ReduceMean")
 SHARE = (
-    "MaxPool",
-    "GlobalMaxPool",
-    "ReduceMax",
-    "ReduceMin",
-    "Resize",
-    "Upsample",
-    "Reshape",
-    "Flatten",
-    "Transpose",
-    "Squeeze",
-    "Unsqueeze",
-    "Identity",
-    "Slice",
-    "Pad",
-    "DepthToSpace",
-    "SpaceToDepth",
-    "Split",
-    "Gather",
-    "Tile",
-    "Expand",
+    "MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "Resize", "Upsample", "Reshape", "Flatten",
+    "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Pad", "DepthToSpace", "SpaceToDepth", "Split",
+    "Gather", "Tile", "Expand",
 )
 IGNORED = ("Constant", "Shape", "Size", "ConstantOfShape")  # no float data flows through them
 
@@ -205,7 +187,7 @@ class _Walk:
     fused: dict[int, str] = field(default_factory=dict)  # id(node) → the layer it is fused into
     products: bool = False  # integer-only: Mul of two activations quantizes like Add
     unary: tuple[str, ...] = ()  # ops that get their own scale after a quantized tensor (UNARY with ort_kernels)
-    outputs: set[str] = field(default_factory=set)  # graph outputs (a UNARY op writing one stays float)
+    outputs: set[str] = field(default_factory=set)  # graph outputs, or moved into one: a UNARY op there stays float
     tables: dict[int, tuple[str, list[str]]] = field(default_factory=dict)  # id(node) → (root, outputs)
 
     def demand(self, t: gs.Tensor) -> None:
@@ -244,8 +226,8 @@ def plan_walks(graph: gs.Graph, per_channel: bool, exclude: tuple[str, ...], pro
     """:func:`plan_qdq`'s two walks; ``products``: a Mul of two activations quantizes like an Add;
     ``tables``: nodes that are look-up tables of one quantized root (id → root, the outputs that get
     their own quantization point); ``unary``: ops that get their own scale after a quantized tensor."""
-    walk = _Walk(products=products, tables=dict(tables or {}), unary=unary, outputs={t.name for t in graph.outputs})
     graph.toposort()
+    walk = _Walk(products=products, tables=dict(tables or {}), unary=unary, outputs=_output_side(graph))
     for node in graph.nodes:
         _plan_node(graph, node, walk, per_channel, exclude)
     quantized: dict[str, None] = dict.fromkeys(walk.demanded)
@@ -258,6 +240,16 @@ def plan_walks(graph: gs.Graph, per_channel: bool, exclude: tuple[str, ...], pro
     walk.plan.groups = {t: walk.groups.find(t) for t in walk.groups.parent}
     walk.plan.bounded = bounded_outputs(graph, quantized)
     return walk.plan
+
+
+def _output_side(graph: gs.Graph) -> set[str]:
+    """Graph outputs and the tensors that reach one through moves only (Reshape, Transpose, ...)."""
+    out = {t.name for t in graph.outputs}
+    for node in reversed(graph.nodes):  # topological order: readers first
+        t = node.inputs[0] if node.op in SHARE and node.inputs else None
+        if t is not None and all(r.op in SHARE and all(o.name in out for o in r.outputs) for r in t.outputs):
+            out.add(t.name)
+    return out
 
 
 def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, exclude: tuple[str, ...]) -> None:
