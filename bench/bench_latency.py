@@ -3,7 +3,8 @@ QDQ model beside onnxruntime's own QDQ model of it (``quantize_static`` as users
 
     .venv-ort/bin/python bench/bench_latency.py [--models NAME ...] [--calib 8] [--rounds 5] [--threads 2]
 
-Each model is quantized by ``onnxsq.quantize`` (its defaults, no report) and by ``quantize_static(model,
+Each model is quantized by ``onnxsq.quantize`` (its defaults, no report; ``--carrier uint8``: signed activations
+at zero point 128, one type through every layer, which onnxruntime's fusions need) and by ``quantize_static(model,
 out, reader)`` (its defaults: QDQ, MinMax, per tensor, int8), both on the same ``--calib`` samples (the
 zoo's photos, or seeded feeds for models that take no image). The three models then run in
 onnxruntime with every graph optimization (its QDQ fusions turn DequantizeLinear → op → QuantizeLinear
