@@ -127,8 +127,9 @@ def _set_batch_symbolic(model: onnx.ModelProto) -> None:
     del model.graph.value_info[:]
 
 
-def build_training_graph(model: onnx.ModelProto) -> TrainingGraph:
-    """A training copy of ``model``: rewrites, BN in training mode, parameter roles."""
+def build_training_graph(model: onnx.ModelProto, shapes_known: dict[str, list] | None = None) -> TrainingGraph:
+    """A training copy of ``model``: rewrites, BN in training mode, parameter roles. ``shapes_known``: dims
+    measured where shape inference cannot tell them (an LSTM's sequence length behind Shape ops)."""
     inputs = data_inputs(model)
     if len(inputs) != 1:
         raise UnsupportedModelError(f"training needs a model with one input, this one has {len(inputs)}")
@@ -142,6 +143,8 @@ def build_training_graph(model: onnx.ModelProto) -> TrainingGraph:
     tm.ir_version = min(tm.ir_version, MAX_IR)
     tm = _convert_opset(tm)
     shapes = static_shapes(tm)
+    shapes.update({k: v for k, v in (shapes_known or {}).items()
+                   if not shapes.get(k) or not all(isinstance(d, int) for d in shapes[k])})
     namer = UniqueNames(tm)
     rewrites: list[tuple[str, str, str]] = []
     new_nodes: list[onnx.NodeProto] = []

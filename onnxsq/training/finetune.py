@@ -9,9 +9,11 @@ did not help), zeros stay zero (the float model's zero weights are masked: gradi
 and weight). AdamW with a cosine learning rate, ``finetune_iters`` steps of ``finetune_batch`` samples.
 
 Over-fitting a handful of images is the risk, so every ``finetune_holdout``-th calibration sample is held
-out of training, and the fine-tuned weights are kept only where the held-out samples' output SQNR (the
-exported QDQ models run in onnxruntime against the float model, every output pooled) is higher than the
-post-training model's; else the pass's model is returned and the report says why. The report's
+out of training (with as many crops of it), and the fine-tuned weights are kept only where the held-out
+samples' output SQNR (the exported QDQ models run in onnxruntime against the float model, every output
+pooled) beats the post-training model's by ``finetune_min_gain`` dB (three held-out images are a noisy
+measure: on the PP-OCR direction classifier a +0.4 dB held-out gain came with -1.1 dB on other images);
+else the pass's model is returned and the report says why. The report's
 ``finetune`` entry holds the held-out SQNR before and after, the iterations and the seconds;
 ``finetune_gain_db`` the gain kept (0 where none was kept).
 
@@ -203,7 +205,7 @@ def _finetune(quantized: onnx.ModelProto, base: tuple[onnx.ModelProto, Any], rep
     pfile = tmp / "ft.candidate.json"
     tuned, qrep = export(with_initializers(float_model, trained), tparams, samples[:cfg.report_samples], cfg, pfile)
     tuned_db = pooled_sqnr(t_held, _run(tuned, held))
-    kept = tuned_db > base_db
+    kept = tuned_db >= base_db + cfg.finetune_min_gain
     s = report.summary
     s["finetune"] = {"iterations": len(losses), "lr": cfg.finetune_lr, "batch": cfg.finetune_batch,
                      "features": len(feats),
@@ -213,8 +215,9 @@ def _finetune(quantized: onnx.ModelProto, base: tuple[onnx.ModelProto, Any], rep
                      "kept": kept}
     s["finetune_gain_db"] = round(tuned_db - base_db, 2) if kept else 0.0
     if not kept:
-        report.warnings.append(f"{STEP}: held-out output SQNR {tuned_db:.2f} dB, not above the post-training "
-                               f"model's {base_db:.2f}: kept the post-training model")
+        report.warnings.append(f"{STEP}: held-out output SQNR {tuned_db:.2f} dB against the post-training "
+                               f"model's {base_db:.2f} (needs +{cfg.finetune_min_gain:g}): kept the post-training "
+                               "model")
         return quantized
     os.replace(pfile, tmp / "ft.params.json")
     for key in [k for k in qrep.summary if k.startswith(("output_sqnr_db", "top1_agreement"))]:

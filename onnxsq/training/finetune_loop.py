@@ -31,6 +31,19 @@ def _tail(exc: BaseException) -> str:
     return text[-300:]
 
 
+def measured_shapes(model: onnx.ModelProto, x: Mapping[str, np.ndarray]) -> dict[str, list]:
+    """The sequence inputs of the model's LSTMs as one run on ``x`` shows them (``[T, "N", features]``): the
+    LSTM rewrite needs a static length, which shape inference cannot tell behind Shape/Reshape chains."""
+    names = [n.input[0] for n in model.graph.node if n.op_type == "LSTM"]
+    if not names:
+        return {}
+    from ..runtime import make_session
+    from .finetune_graph import with_outputs
+
+    values = make_session(with_outputs(model, names)).run(names, dict(x))
+    return {n: [int(v.shape[0]), "N", *map(int, v.shape[2:])] for n, v in zip(names, values) if v.ndim == 3}
+
+
 class StudentRun:
     """One fine-tuning run of ``model`` (the float model the quantize pass quantized, starting weights in)."""
 
@@ -42,7 +55,11 @@ class StudentRun:
         shapes = {tuple(x[name].shape[1:]) for x in xs}
         model = onnx.ModelProto.FromString(model.SerializeToString())
         fix_input_shape(model, name, xs[0][name].shape if len(shapes) == 1 else None, [t.ndim for t in targets[0]])
-        graph = build_training_graph(model)
+        graph = build_training_graph(model, measured_shapes(model, xs[0]))
+        for out in graph.model.graph.output:  # the batch axis of an output is not always its first (ddddocr: T, N, C)
+            for d in out.type.tensor_type.shape.dim:
+                d.ClearField("dim_param")
+                d.ClearField("dim_value")
         for node, op, how in graph.rewrites:  # a node kept as it is may still train; if not, its error says so
             log.info("fine-tuning graph: %s %s: %s", op, node, how)
         inputs = {vi.name for vi in data_inputs(model)}
@@ -79,6 +96,8 @@ class StudentRun:
                 self.w[n] *= m
         rng = np.random.default_rng(0)
         batch, losses, grads = min(cfg.finetune_batch, len(xs)), [], {}
+        if any(t.shape[:1] != (1,) for t in targets[0]):  # an output's batch axis is not its first: one at a time
+            batch = 1
         for it in range(cfg.finetune_iters):
             pick = rng.choice(len(xs), size=batch, replace=False)
             x = np.concatenate([xs[i][name] for i in pick])

@@ -10,6 +10,7 @@ pytest.importorskip("onnxruntime")
 
 from builders import conv_classifier
 
+from onnxsq import runtime
 from onnxsq.passes.quantize import QuantizeConfig, quantize
 from onnxsq.training import finetune
 
@@ -17,6 +18,7 @@ from onnxsq.training import finetune
 @pytest.fixture
 def no_training(monkeypatch):
     monkeypatch.setattr(finetune, "has_training", lambda: False)
+    monkeypatch.setattr(runtime, "has_training", lambda: False)  # the report's effort_skipped asks it too
 
 
 def _calib():

@@ -34,6 +34,7 @@ EFFORTS: dict[str, dict[str, object]] = {
 # not installed: onnxsq.training.finetune drops the line where fine-tuning ran)
 EFFORT_MAX_SKIPPED = ("label-free fine-tuning (QAT with the float model as teacher on the calibration images): "
                       "needs onnxruntime-training (the training environment), not installed here",)
+EFFORT_MAX_OFF = ("label-free fine-tuning: turned off (--no-finetune)",)
 
 
 @dataclass
@@ -75,14 +76,15 @@ class QuantizeConfig:
     histograms: bool = False  # each activation's calibration histogram in the report (--report-html draws them)
     # label-free fine-tuning (onnxsq.training.finetune; onnxruntime-training only): the weights train with the
     # float model as teacher, the shifts fixed, on the calibration samples but every `finetune_holdout`-th
-    # one, and are kept only where those held-out samples' output SQNR improves
+    # one, and are kept only where those held-out samples' output SQNR rises by finetune_min_gain
     finetune: bool | None = None  # None: as --effort says (max: on)
-    finetune_iters: int = 300
+    finetune_iters: int = 100
     finetune_lr: float = 0.02  # AdamW, cosine to 0; in units of each weight's quantization step
     finetune_batch: int = 2
-    finetune_holdout: int = 3  # every 3rd calibration sample is held out (at least one)
-    finetune_crops: int = 16  # random crops of each calibration image (training and held out)
-    finetune_features: int = 4  # intermediate layer outputs the student also matches (0: the outputs only)
+    finetune_holdout: int = 2  # every 2nd calibration sample is held out (at least one)
+    finetune_crops: int = 8  # random crops of each calibration image (training and held out)
+    finetune_features: int = 0  # intermediate layer outputs the student also matches (0: the outputs only)
+    finetune_min_gain: float = 0.5  # dB of held-out output SQNR the fine-tuned model must gain to be kept
     effort: str = "default"  # fast | default | max: a preset over the options above (EFFORTS)
 
     def resolved(self) -> QuantizeConfig:
@@ -124,6 +126,8 @@ class QuantizeConfig:
                 raise InvalidOptionError(f"{name} must be at least 1, not {v}")
         if not (math.isfinite(self.finetune_lr) and self.finetune_lr > 0):
             raise InvalidOptionError(f"--finetune-lr must be a positive number, not {self.finetune_lr}")
+        if not math.isfinite(self.finetune_min_gain):
+            raise InvalidOptionError(f"finetune min gain must be a number of dB, not {self.finetune_min_gain}")
         if (self.sensitivity or self.target_sqnr is not None) and self.report_samples < 1:
             raise InvalidOptionError("--sensitivity and --target-sqnr measure on the report samples: "
                                      "--report-samples must be at least 1")

@@ -10,7 +10,7 @@ import numpy as np
 
 from ...calibration import pow2
 from ...params import TensorQuant
-from .config import EFFORT_MAX_SKIPPED
+from .config import EFFORT_MAX_OFF, EFFORT_MAX_SKIPPED
 from .params import QuantizeContext
 
 HIST_BARS = 64  # per sign, in the report's compact histograms
@@ -81,7 +81,9 @@ def _summarize(ctx: QuantizeContext, ev: Any, sens: Any, samples: int, seconds: 
     if cfg.effort != "default":
         s["effort"] = cfg.effort
     if cfg.effort == "max":
-        s["effort_skipped"] = list(EFFORT_MAX_SKIPPED)
+        from ...runtime import has_training  # where fine-tuning runs, it drops this line (onnxsq.training.finetune)
+
+        s["effort_skipped"] = list(EFFORT_MAX_OFF if has_training() else EFFORT_MAX_SKIPPED)
     s.update({"method": cfg.method, "bits": cfg.bits, "weight_bits": cfg.wbits, "per_channel": cfg.per_channel,
               "activations_quantized": len(plan.activations) + len(plan.constants), "weights_quantized":
               len({u.weight for u in plan.weights}), "layers_kept_float": sum(
