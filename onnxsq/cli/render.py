@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from ..report import Report
@@ -89,7 +90,7 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
     for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*(fmt(v) for v in r))
+        t.add_row(*(escape(fmt(v)) for v in r))  # a list's "[...]" is text, not markup (it vanished)
     return t
 
 

@@ -40,3 +40,16 @@ def test_an_explicit_finetune_warns_by_name(no_training):
     plain, _ = quantize(model, _calib(), config=QuantizeConfig())
     assert any(w.startswith("--finetune: label-free fine-tuning needs onnxruntime-training") for w in report.warnings)
     assert q.SerializeToString() == plain.SerializeToString()
+
+
+def test_the_cli_prints_the_skipped_line(no_training, run_cli, tmp_path):
+    import onnx
+
+    model = tmp_path / "m.onnx"
+    onnx.save(conv_classifier((8,), size=8, seed=1, bn=None), model)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32))
+    result = run_cli("quantize", model, "--calib", calib, "-o", tmp_path / "q.onnx", "--effort", "max")
+    assert result.code == 0, result.err
+    text = " ".join((result.out + result.err).split())
+    assert "label-free fine-tuning" in text and "onnxruntime-training" in text  # a list cell is not rich markup
