@@ -10,8 +10,8 @@ times, alternating rounds (medians; CPU time of the process, which counts every 
 - ``fed+outputs``: the same fetching every observed tensor (the histogram path's run);
 - ``stats (numpy)``: :meth:`TensorStats.update` on those arrays, split into its parts;
 - ``collect auto`` (every value binned, or large tensors' strided subsample:
-  :mod:`onnxsq.calibration.sampling`) / ``collect minmax``: :func:`collect_stats` end to end per sample
-  (its session build included, over 12 samples);
+  :mod:`onnxsq.calibration.sampling`) / ``collect minmax``: :func:`collect_stats` per sample in the
+  steady state (its first sample, with the session build, apart);
 - and the fixed phases of one whole ``quantize`` (its phase clock).
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-COLLECT_N = 12  # samples per collect_stats call timed
+COLLECT_N = 8  # samples per collect_stats call timed
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
@@ -121,15 +121,20 @@ def main() -> None:
         return run
 
     def collect_run(hist: bool, strides: tuple = sampling.STRIDES, optimize: bool = True):
+        """(CPU ms, wall ms) per sample in the steady state (median over samples 2..N of one call), and the
+        CPU ms of the first sample (session build included)."""
         def run():
             keep = sampling.STRIDES, collect.OPTIMIZE
             sampling.STRIDES, collect.OPTIMIZE = strides, optimize
+            marks = [(time.process_time(), time.perf_counter())]
             try:
-                    collect.collect_stats(skel, names, [(feed(), 1) for _ in range(COLLECT_N)], histogram=hist,
-                                      weights=weights,
-                                      means=None, threads=args.threads)
+                collect.collect_stats(skel, names, [(feed(), 1) for _ in range(COLLECT_N)], histogram=hist,
+                                      weights=weights, threads=args.threads,
+                                      progress=lambda *_: marks.append((time.process_time(), time.perf_counter())))
             finally:
                 sampling.STRIDES, collect.OPTIMIZE = keep
+            d = np.diff(np.array(marks), axis=0) * 1e3
+            return float(np.median(d[1:, 0])), float(np.median(d[1:, 1])), float(d[0, 0])
         return run
 
     jobs = {
@@ -149,18 +154,19 @@ def main() -> None:
     res: dict[str, list] = {k: [] for k in jobs}
     for _ in range(args.rounds):
         for k, fn in jobs.items():
-            res[k].append(cpu_wall(fn, 1 if k.startswith("collect") else 3))
+            res[k].append(fn() if k.startswith("collect") else cpu_wall(fn, 3))
     base = float(np.median([c for c, _ in res["forward (original, ENABLE_ALL)"]]))
     print(f"\nResNet-50-sized, batch 1, {len(names)} observed tensors = {values / 1e6:.1f} M values/sample, "
           f"onnxruntime {ort.__version__}, {args.threads} intra-op thread(s), medians of {args.rounds} "
           f"alternating rounds\n")
-    print(f"(collect: end to end over {COLLECT_N} samples, its session build included, per sample)\n")
-    print("| per sample | CPU ms | wall ms | CPU x forward |")
-    print("|---|---|---|---|")
+    print(f"(collect: collect_stats over {COLLECT_N} samples; per sample in the steady state, samples 2..N; "
+          "its first sample, with the session build, apart)\n")
+    print("| per sample | CPU ms | wall ms | CPU x forward | first sample CPU ms |")
+    print("|---|---|---|---|---|")
     for k, v in res.items():
-        div = COLLECT_N if k.startswith("collect") else 1
-        c, w = (float(np.median([x[i] for x in v])) / div for i in (0, 1))
-        print(f"| {k} | {c:.1f} | {w:.1f} | {c / base:.2f}x |")
+        c, w = (float(np.median([x[i] for x in v])) for i in (0, 1))
+        first = f"{float(np.median([x[2] for x in v])):.0f}" if k.startswith("collect") else ""
+        print(f"| {k} | {c:.1f} | {w:.1f} | {c / base:.2f}x | {first} |")
     print("\nquantize phases (s, wall, one run on", args.samples, "samples):",
           ", ".join(f"{k} {v:.2f}" for k, v in laps.items()))
 
