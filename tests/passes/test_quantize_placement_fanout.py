@@ -1,0 +1,91 @@
+"""The native carrier's shared int8 activations (insert.share_through_clip): a signed 8-bit activation with
+several readers is read through one unbounded Clip after its DequantizeLinear, so that onnxruntime's x86
+QDQS8ToU8 pass (a QuantizeLinear with one output edge only) converts the pair and the producer fuses.
+Structure, onnx.checker, the same values as without the Clip, onnxruntime's graph, simulate bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from builders import Builder
+
+import onnxsq.passes.quantize.insert as insert
+from onnxsq.params import params_from_model
+from onnxsq.passes.quantize import QuantizeConfig, quantize
+from onnxsq.simulate.compare import ort_session
+from onnxsq.simulate.execute import Simulator
+from onnxsq.simulate.program import load_program
+
+ort = pytest.importorskip("onnxruntime")
+SHAPE = [1, 3, 8, 8]
+
+
+def _net() -> onnx.ModelProto:
+    """Conv → decomposed HardSwish (x · clip(x + 3, 0, 6) / 6: x has two readers) → Conv → Relu → Conv."""
+    b = Builder(seed=5)
+    x = b.conv("x", 3, 8)
+    clip = b.node("Clip", [b.const_op("Add", x, np.array(3.0)), b.const("lo", np.array(0.0)),
+                           b.const("hi", np.array(6.0))])
+    hsw = b.const_op("Div", b.node("Mul", [x, clip]), np.array(6.0))
+    out = b.conv(b.node("Relu", [b.conv(hsw, 8, 8)]), 8, 4)
+    return b.model({"x": SHAPE}, [out])
+
+
+def _feeds(n: int = 6, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"x": (rng.standard_normal(SHAPE) * 2).astype(np.float32)} for _ in range(n)]
+
+
+def _quantize(carrier: str = "native", fanout: bool = True, monkeypatch=None) -> onnx.ModelProto:
+    if not fanout:
+        monkeypatch.setattr(insert, "share_through_clip", lambda *a: False)
+    q, _ = quantize(_net(), _feeds(), config=QuantizeConfig(report_samples=0, carrier=carrier))
+    onnx.checker.check_model(q)
+    return q
+
+
+def _fanout_clips(q: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in q.graph.node if n.op_type == "Clip" and len(n.input) == 1]
+
+
+def _unoptimized(q: onnx.ModelProto, feed: dict) -> np.ndarray:
+    so = ort.SessionOptions()
+    so.graph_optimization_level, so.log_severity_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL, 3
+    return ort.InferenceSession(q.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def test_a_shared_int8_activation_is_read_through_one_clip(monkeypatch):
+    q = _quantize()
+    producers = {o: n for n in q.graph.node for o in n.output}
+    readers = {i: [n for n in q.graph.node if i in n.input] for n in q.graph.node for i in n.input}
+    (clip,) = _fanout_clips(q)  # only the HardSwish input has two readers
+    dq = producers[clip.input[0]]
+    assert dq.op_type == "DequantizeLinear" and readers[clip.input[0]] == [clip]
+    zp = next(t for t in q.graph.initializer if t.name == dq.input[2])
+    assert zp.data_type == onnx.TensorProto.INT8 and not onnx.numpy_helper.to_array(zp).any()
+    assert sorted(n.op_type for n in readers[clip.output[0]]) == ["Add", "Mul"]
+    assert not _fanout_clips(_quantize("uint8"))  # one uint8 type already: nothing to convert
+    without = _quantize(fanout=False, monkeypatch=monkeypatch)
+    assert params_from_model(q) == params_from_model(without)  # the DequantizeLinear keeps the tensor's name
+    for feed in _feeds(3, 4):  # the Clip is the identity: the same values
+        np.testing.assert_array_equal(_unoptimized(q, feed), _unoptimized(without, feed))
+
+
+def test_onnxruntime_fuses_the_producer_and_simulate_equals_it(tmp_path, monkeypatch):
+    def float_convs(q: onnx.ModelProto, tag: str) -> list[str]:
+        path, opt = tmp_path / f"{tag}.onnx", str(tmp_path / f"{tag}.opt.onnx")
+        onnx.save(q, str(path))
+        so = ort.SessionOptions()
+        so.optimized_model_filepath, so.log_severity_level = opt, 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(opt).graph.node if n.op_type in ("Conv", "FusedConv", "QLinearConv")]
+
+    q = _quantize()
+    assert float_convs(q, "fanout") == ["QLinearConv"] * 3
+    assert "Conv" in float_convs(_quantize(fanout=False, monkeypatch=monkeypatch), "plain")  # the bug it fixes
+    onnx.save(q, str(tmp_path / "fanout.onnx"))
+    program = load_program(q)
+    sim, exact = Simulator(program), ort_session(str(tmp_path / "fanout.onnx"), precise=True)
+    for f in _feeds(3, 9):
+        np.testing.assert_array_equal(sim.run(f).outputs[program.outputs[0]], exact.run(None, f)[0])
