@@ -203,7 +203,7 @@ def _finetune(quantized: onnx.ModelProto, base: tuple[onnx.ModelProto, Any], rep
                                     feats)
     seconds = time.perf_counter() - t0
     pfile = tmp / "ft.candidate.json"
-    tuned, qrep = export(with_initializers(float_model, trained), tparams, samples[:cfg.report_samples], cfg, pfile)
+    tuned, _ = export(with_initializers(float_model, trained), tparams, samples[:cfg.report_samples], cfg, pfile)
     tuned_db = pooled_sqnr(t_held, _run(tuned, held))
     kept = tuned_db >= base_db + cfg.finetune_min_gain
     s = report.summary
@@ -220,10 +220,26 @@ def _finetune(quantized: onnx.ModelProto, base: tuple[onnx.ModelProto, Any], rep
                                "model")
         return quantized
     os.replace(pfile, tmp / "ft.params.json")
-    for key in [k for k in qrep.summary if k.startswith(("output_sqnr_db", "top1_agreement"))]:
-        s[key] = qrep.summary[key]
-    report.candidates[:] = qrep.candidates
+    s.update(output_fidelity(float_model, tuned, samples[:cfg.report_samples]))
+    s["finetune"]["layer_table"] = "the post-training model's (same shifts; its per-layer SQNR before fine-tuning)"
     return tuned
+
+
+def output_fidelity(float_model: onnx.ModelProto, quantized: onnx.ModelProto, feeds: list[dict]) -> dict[str, float]:
+    """The summary's ``output_sqnr_db`` and ``top1_agreement`` of ``quantized`` against the float model on
+    ``feeds``, as the pass's report measures them (each output pooled over the samples; argmax on axis 1).
+    The export's own report compares against the trained float weights, not the float model."""
+    names = [o.name for o in float_model.graph.output]
+    ref, got = _run(float_model, feeds), _run(quantized, feeds)
+    out: dict[str, float] = {}
+    for k, name in enumerate(names):
+        tag = "" if len(names) == 1 else f" ({name})"
+        out[f"output_sqnr_db{tag}"] = round(pooled_sqnr([[r[k]] for r in ref], [[g[k]] for g in got]), 2)
+        pairs = [(r[k], g[k]) for r, g in zip(ref, got) if r[k].ndim >= 2 and r[k].shape[1] > 1]
+        if pairs:
+            hits = sum(int(np.count_nonzero(np.argmax(a, 1) == np.argmax(b, 1))) for a, b in pairs)
+            out[f"top1_agreement{tag}"] = round(hits / sum(a.size // a.shape[1] for a, _ in pairs), 4)
+    return out
 
 
 def ptq_integers(quantized: onnx.ModelProto, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

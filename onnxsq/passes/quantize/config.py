@@ -78,7 +78,7 @@ class QuantizeConfig:
     # float model as teacher, the shifts fixed, on the calibration samples but every `finetune_holdout`-th
     # one, and are kept only where those held-out samples' output SQNR rises by finetune_min_gain
     finetune: bool | None = None  # None: as --effort says (max: on)
-    finetune_iters: int = 100
+    finetune_iters: int = 250
     finetune_lr: float = 0.02  # AdamW, cosine to 0; in units of each weight's quantization step
     finetune_batch: int = 2
     finetune_holdout: int = 2  # every 2nd calibration sample is held out (at least one)
