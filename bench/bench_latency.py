@@ -4,7 +4,8 @@ QDQ model beside onnxruntime's own QDQ model of it (``quantize_static`` as users
     .venv-ort/bin/python bench/bench_latency.py [--models NAME ...] [--calib 8] [--rounds 5] [--threads 2]
 
 Each model is quantized by ``onnxsq.quantize`` (its defaults, no report; ``--carrier uint8``: signed activations
-at zero point 128, one type through every layer, which onnxruntime's fusions need) and by ``quantize_static(model,
+at zero point 128, one type through every layer, which onnxruntime's fusions need; ``--ort-kernels``: Sigmoid,
+LeakyRelu and Mul of two activations as its QLinearSigmoid/QLinearLeakyRelu/QLinearMul) and by ``quantize_static(model,
 out, reader)`` (its defaults: QDQ, MinMax, per tensor, int8), both on the same ``--calib`` samples (the
 zoo's photos, or seeded feeds for models that take no image). The three models then run in
 onnxruntime with every graph optimization (its QDQ fusions turn DequantizeLinear → op → QuantizeLinear
@@ -43,11 +44,12 @@ from zoo.cli_args import samples  # noqa: E402
 FLOAT_COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "NchwcConv"}
 
 
-def quantize_onnxsq(m, calib: list[dict], out: Path, integer_only: bool = False, carrier: str | None = None) -> str:
+def quantize_onnxsq(m, calib: list[dict], out: Path, integer_only: bool = False, carrier: str | None = None,
+                    ort_kernels: bool | None = None) -> str:
     from onnxsq.model_io import save_model
     from onnxsq.passes.quantize import QuantizeConfig, quantize
 
-    extra = {"carrier": carrier} if carrier else {}
+    extra = {k: v for k, v in (("carrier", carrier), ("ort_kernels", ort_kernels)) if v is not None}
     q, _ = quantize(m.path, iter(calib), config=QuantizeConfig(report_samples=0, integer_only=integer_only, **extra))
     save_model(q, out)
     return "ok"
@@ -104,7 +106,8 @@ def bench_model(m, images: list[Path], args, tmp: Path) -> list[str]:
     calib = samples(m, images, args.calib)
     paths = {"float": m.path, "onnxsq": tmp / f"{m.name}.onnxsq.onnx", "ort": tmp / f"{m.name}.ort.onnx"}
     status = {"float": "ok"}
-    onnxsq = functools.partial(quantize_onnxsq, integer_only=args.integer_only, carrier=args.carrier)
+    onnxsq = functools.partial(quantize_onnxsq, integer_only=args.integer_only, carrier=args.carrier,
+                               ort_kernels=args.ort_kernels)
     for tool, fn in (("onnxsq", onnxsq), ("ort", quantize_ort)):
         try:
             status[tool] = fn(m, calib, paths[tool])
@@ -153,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--integer-only", action="store_true", help="onnxsq's models with quantize --integer-only")
     ap.add_argument("--carrier", choices=("uint8", "native"),
                     help="onnxsq's signed activations: uint8 at zero point 128, or int8 (default: QuantizeConfig's)")
+    ap.add_argument("--ort-kernels", action="store_true", default=None,
+                    help="onnxsq's Sigmoid/LeakyRelu/Mul of two activations as onnxruntime's integer kernels run them")
     ap.add_argument("--cpu-time", action="store_true",
                     help="CPU time per run instead of wall time (with --threads 1: single-core compute, which a busy "
                          "shared machine disturbs far less)")

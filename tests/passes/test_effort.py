@@ -22,7 +22,7 @@ def test_presets_apply_to_options_left_at_their_defaults():
     assert (fast.method, fast.equalize) == ("minmax", False)
     assert QuantizeConfig(effort="fast", method="mse").resolved().method == "mse"
     assert QuantizeConfig(effort="max").resolved().weight_rounding == "gptq"
-    assert QuantizeConfig(effort="max").resolved().ort_kernels is False  # measured: GPTQ gains more without
+    assert QuantizeConfig(effort="max").resolved().ort_kernels is False  # measured: GPTQ gains more without them
     for name, preset in EFFORTS.items():
         cfg = QuantizeConfig(effort=name).resolved()
         assert all(getattr(cfg, k) == v for k, v in preset.items())

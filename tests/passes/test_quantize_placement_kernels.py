@@ -1,4 +1,4 @@
-"""Placement with ort_kernels (QuantizeConfig.ort_kernels, the default): Sigmoid and LeakyRelu after a
+"""Placement with ort_kernels (QuantizeConfig.ort_kernels, --ort-kernels): Sigmoid and LeakyRelu after a
 quantized tensor get their own scale and a Mul of two activations is an integer product, as onnxruntime
 runs them (QLinearSigmoid, QLinearLeakyRelu, QLinearMul); with --integer-only a look-up table ends at
 them. Structure, onnxruntime's graph and numerics, simulate bit for bit."""
@@ -74,7 +74,7 @@ def test_integer_only_tables_end_at_the_sigmoid():
 def test_onnxruntime_runs_them_on_integers_and_simulate_equals_it(tmp_path, integer_only):
     model = _silu_net()
     # the uint8 carrier: one type through every layer, which onnxruntime's fusions need (test_quantize_carrier)
-    cfg = QuantizeConfig(report_samples=0, integer_only=integer_only, carrier="uint8")
+    cfg = QuantizeConfig(report_samples=0, integer_only=integer_only, carrier="uint8", ort_kernels=True)
     q, _ = quantize(model, _feeds(), config=cfg)
     onnx.checker.check_model(q)
     path, opt = tmp_path / "q.onnx", str(tmp_path / "q.opt.onnx")

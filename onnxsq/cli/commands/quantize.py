@@ -68,9 +68,10 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--promote", type=click.Choice(PROMOTIONS), default=DEFAULTS.promote, show_default=True,
               help="What --target-sqnr does with the layers it picks: keep them float, or quantize them at 16 bits "
                    "(targets that run 16-bit layers; needs opset 21, the model is converted).")
-@click.option("--no-ort-kernels", is_flag=True,
-              help="Keep Sigmoid, LeakyRelu and Mul of two activations float (islands) instead of quantizing them "
-                   "as onnxruntime's integer kernels run them (QLinearSigmoid, QLinearLeakyRelu, QLinearMul).")
+@click.option("--ort-kernels/--no-ort-kernels", default=DEFAULTS.ort_kernels, show_default=True,
+              help="Quantize Sigmoid, LeakyRelu and Mul of two activations as onnxruntime's integer kernels run them "
+                   "(QLinearSigmoid, QLinearLeakyRelu, QLinearMul: faster there, with --carrier uint8), or keep them "
+                   "float (islands; the more faithful on the zoo).")
 @click.option("--no-pair-safe", is_flag=True,
               help="8-bit weights everywhere (without --weight-bits, weights of layers that onnxruntime's x86 "
                    "kernels without VNNI multiply in u8 x s8 pairs take 7 bits: those pairs saturate at int16).")
@@ -141,7 +142,7 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         finetune_lr=o["finetune_lr"],
         batch_size=o["batch_size"], report_samples=o["report_samples"], bias_correction=not o["no_bias_correction"],
         equalize=not o["no_equalize"], integer_only=o["integer_only"], carrier=o["carrier"],
-        ort_kernels=not o["no_ort_kernels"], pair_safe=not o["no_pair_safe"], sensitivity=o["sensitivity"],
+        ort_kernels=o["ort_kernels"], pair_safe=not o["no_pair_safe"], sensitivity=o["sensitivity"],
         target_sqnr=o["target_sqnr"], promote=o["promote"], int16=o["int16"], effort=o["effort"],
         histograms=o["report_html"] is not None, preprocess=None if pre == Preprocess() else pre)
     return cfg, pre

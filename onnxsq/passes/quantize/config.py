@@ -28,9 +28,7 @@ PROMOTIONS = ("float", "int16")  # what --target-sqnr does with the layers it pi
 EFFORTS: dict[str, dict[str, object]] = {
     "fast": {"method": "minmax", "equalize": False},  # min/max ranges: calibration without histograms
     "default": {},
-    # max keeps Sigmoid/Mul-of-two-activations float (no ort_kernels): with GPTQ that measured +0.4..+3.3 dB on
-    # ppocrv4_rec / cls / ddddocr_common, -0.5 on ddddocr_det, 0 elsewhere (README's fidelity table)
-    "max": {"weight_rounding": "gptq", "finetune": True, "ort_kernels": False},
+    "max": {"weight_rounding": "gptq", "finetune": True},
 }
 # what --effort max would also do where it could, and why it does not here (where onnxruntime-training is
 # not installed: onnxsq.training.finetune drops the line where fine-tuning ran)
@@ -66,8 +64,10 @@ class QuantizeConfig:
     # YOLOv8n-like, bench/bench_latency.py) -- for deployment on onnxruntime, asked for by name
     carrier: str = "native"
     # Sigmoid, LeakyRelu and Mul of two activations quantized where onnxruntime has integer kernels for them
-    # (QLinearSigmoid/LeakyRelu/Mul): SiLU and squeeze-excitation gates leave float (.placement)
-    ort_kernels: bool = True
+    # (QLinearSigmoid/LeakyRelu/Mul): SiLU and squeeze-excitation gates leave float (.placement). Off by default:
+    # on the trained zoo it cost up to 2.6 dB (ddddocr_common_old; cls -1.5, with GPTQ -3.3) for +0.4..+0.7 on
+    # three others; for onnxruntime deployment (with --carrier uint8) it is what fuses SiLU nets
+    ort_kernels: bool = False
     # 8-bit models: 7-bit weights where onnxruntime's x86 kernels without VNNI pair u8 x s8 products in int16 and
     # saturate (vpmaddubsw; Conv, Gemm, MatMul; not depthwise): exact in any session (--weight-bits overrides)
     pair_safe: bool = True
