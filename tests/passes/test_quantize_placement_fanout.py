@@ -89,3 +89,43 @@ def test_onnxruntime_fuses_the_producer_and_simulate_equals_it(tmp_path, monkeyp
     sim, exact = Simulator(program), ort_session(str(tmp_path / "fanout.onnx"), precise=True)
     for f in _feeds(3, 9):
         np.testing.assert_array_equal(sim.run(f).outputs[program.outputs[0]], exact.run(None, f)[0])
+
+
+def _lrn_net() -> onnx.ModelProto:
+    """Conv → Relu → LRN (a float island) → MaxPool → Conv → Relu: the pool's input is float."""
+    b = Builder(seed=8)
+    lrn = b.node("LRN", [b.node("Relu", [b.conv("x", 3, 16)])], size=5)
+    pool = b.node("MaxPool", [lrn], kernel_shape=[2, 2], strides=[2, 2])
+    return b.model({"x": SHAPE}, [b.node("Relu", [b.conv(pool, 16, 8)])])
+
+
+@pytest.mark.parametrize("carrier", ["native", "uint8"])
+def test_a_max_pool_after_a_float_island_stays_float(tmp_path, monkeypatch, carrier):
+    def pool_inputs(q: onnx.ModelProto, tag: str) -> list[str]:
+        path, opt = tmp_path / f"{tag}.onnx", str(tmp_path / f"{tag}.opt.onnx")
+        onnx.save(q, str(path))
+        so = ort.SessionOptions()
+        so.optimized_model_filepath, so.log_severity_level = opt, 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        g = onnx.load(opt).graph
+        producers = {o: n.op_type for n in g.node for o in n.output}
+        return [producers.get(n.input[0], "input") for n in g.node if "MaxPool" in n.op_type]
+
+    cfg = QuantizeConfig(report_samples=0, carrier=carrier)
+    q, _ = quantize(_lrn_net(), _feeds(), config=cfg)
+    onnx.checker.check_model(q)
+    producers = {o: n for n in q.graph.node for o in n.output}
+    readers = {i: n for n in q.graph.node for i in n.input}
+    (pool,) = [n for n in q.graph.node if n.op_type == "MaxPool"]
+    clip = readers[pool.output[0]]
+    assert producers[pool.input[0]].op_type == "LRN" and clip.op_type == "Clip" and len(clip.input) == 1
+    assert readers[clip.output[0]].op_type == "QuantizeLinear"
+    assert "QuantizeLinear" not in pool_inputs(q, "kept")  # the pool runs on float
+    monkeypatch.setattr(insert, "pool_stays_float", lambda *a: False)
+    plain, _ = quantize(_lrn_net(), _feeds(), config=cfg)
+    assert "QuantizeLinear" in pool_inputs(plain, "plain")  # onnxruntime moved the Q above the pool
+    program = load_program(q)
+    sim, exact = Simulator(program), ort_session(str(tmp_path / "kept.onnx"), precise=True)
+    for f in _feeds(3, 9):
+        np.testing.assert_array_equal(_unoptimized(q, f), _unoptimized(plain, f))
+        np.testing.assert_array_equal(sim.run(f).outputs[program.outputs[0]], exact.run(None, f)[0])

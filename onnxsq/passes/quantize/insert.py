@@ -29,6 +29,12 @@ QuantizeLinear with a single output edge, and ``EnsureUniqueDQForNodeUnit`` has 
 its own DequantizeLinear; so the producer of a shared int8 tensor (a Conv before a decomposed HardSwish)
 stayed float. With the Clip as the only reader the pair is converted and the producer fuses (ppocrv4_det:
 40 → 11 float Convs). Readers are unchanged: they read the same float values.
+
+A MaxPool of a float input (after an LRN float island) quantized at its output gets an unbounded ``Clip``
+before the QuantizeLinear (opset 12+): onnxruntime's ``QDQPropagationTransformer`` otherwise moves the
+QuantizeLinear above a MaxPool-12 and runs the pool on uint8 in NCHW, ~70x slower than its float NCHWc
+pool (light_bvlc_alexnet, zfnet, inception_v1); with the Clip the pool stays float, as in onnxruntime's
+own QDQ models of them (opset 11: MaxPool-11 does not propagate). The Clip is the identity.
 """
 
 from __future__ import annotations
@@ -104,9 +110,25 @@ def insert_qdq_graph(graph: gs.Graph, params: dict[str, TensorQuant], opset: int
         else:
             if p.per_channel:
                 raise UnsupportedModelError(f"{name}: per-channel parameters for an activation are not supported")
+            if opset >= 12:
+                pool_stays_float(graph, names, t, params)
             _insert_pair(graph, names, t, p, opset, zero)
             if not zero and opset >= 11:
                 share_through_clip(graph, names, t, p)
+
+
+def pool_stays_float(graph: gs.Graph, names: UniqueNames, t: gs.Variable, params: Mapping[str, TensorQuant]) -> bool:
+    """Put an unbounded ``Clip`` between a MaxPool of a float input and ``t``'s QuantizeLinear (the module
+    docstring); whether it was inserted."""
+    pool = t.inputs[0] if t.inputs else None
+    if pool is None or pool.op != "MaxPool" or len(pool.outputs) != 1 or not pool.inputs:
+        return False
+    if pool.inputs[0].name in params:  # a quantized pool: it runs on integers, sharing its input's scale
+        return False
+    pooled = gs.Variable(names.fresh(f"{t.name}_pooled"), dtype=t.dtype, shape=t.shape)
+    pool.outputs[0] = pooled
+    graph.nodes.append(gs.Node("Clip", names.fresh(f"{t.name}_after_pool"), inputs=[pooled], outputs=[t]))
+    return True
 
 
 def share_through_clip(graph: gs.Graph, names: UniqueNames, t: gs.Variable, p: TensorQuant) -> bool:
