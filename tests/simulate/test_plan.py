@@ -11,6 +11,7 @@ import pytest
 from simulate_helpers import G
 from test_ops import CASES
 
+from onnxsq.runtime import make_session
 from onnxsq.simulate import plan as P
 from onnxsq.simulate.compare import ort_session
 from onnxsq.simulate.execute import Simulator
@@ -105,8 +106,18 @@ def test_compiled_convolutions_equal_generic_and_onnxruntime(case):
     kinds = ("int", "lut", "float")
     assert [lay.name for lay in program.layers if lay.kind in kinds and compiled._plans[lay.name].run is None] == []
     session = ort_session(model, precise=True)
+    if CONVS[case].get("bias") == "other" and _ort_version() < (1, 20):
+        # onnxruntime 1.19 fuses a bias at another shift than s_in + s_w into QLinearConv as if it were at
+        # s_in + s_w (its output is off by the bias's error); its unoptimized run is ONNX's semantics
+        session = make_session(model)
     for feed in feeds:
         np.testing.assert_array_equal(compiled.run(feed).outputs[out], session.run(None, feed)[0])
+
+
+def _ort_version() -> tuple[int, ...]:
+    import onnxruntime
+
+    return tuple(int(p) for p in onnxruntime.__version__.split(".")[:2])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
