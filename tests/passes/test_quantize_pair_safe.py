@@ -46,6 +46,8 @@ def test_paired_weights_take_seven_bits_depthwise_and_transposed_keep_eight():
     assert set(off.values()) == {8}
     given = _weight_bits(quantize(model, _feeds(), config=QuantizeConfig(report_samples=0, weight_bits=8))[0])
     assert set(given.values()) == {8}  # --weight-bits is what the user asked for
+    per_tensor = _weight_bits(quantize(model, _feeds(), config=QuantizeConfig(report_samples=0, per_channel=False))[0])
+    assert set(per_tensor.values()) == {8}  # one shift per weight: 7 bits would cost more than the pairs
 
 
 def _run(q: onnx.ModelProto, feed: dict, precise: bool) -> np.ndarray:

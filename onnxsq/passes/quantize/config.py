@@ -68,8 +68,9 @@ class QuantizeConfig:
     # on the trained zoo it cost up to 2.6 dB (ddddocr_common_old; cls -1.5, with GPTQ -3.3) for +0.4..+0.7 on
     # three others; for onnxruntime deployment (with --carrier uint8) it is what fuses SiLU nets
     ort_kernels: bool = False
-    # 8-bit models: 7-bit weights where onnxruntime's x86 kernels without VNNI pair u8 x s8 products in int16 and
-    # saturate (vpmaddubsw; Conv, Gemm, MatMul; not depthwise): exact in any session (--weight-bits overrides)
+    # 8-bit models with per-channel weights: 7-bit weights where onnxruntime's x86 kernels without VNNI pair u8 x s8
+    # products in int16 and saturate (vpmaddubsw; Conv, Gemm, MatMul; not depthwise): exact in any session
+    # (--weight-bits overrides; per tensor it costs more than it saves: 8 bits there)
     pair_safe: bool = True
     target_sqnr: float | None = None  # keep the fewest most sensitive layers float to reach this output SQNR (dB)
     # float: runs anywhere, the opset unchanged; int16: the layers stay integer (TIDL-class targets), opset 21
