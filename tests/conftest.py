@@ -32,6 +32,21 @@ def conv_model() -> Callable[..., onnx.ModelProto]:
 
 
 @pytest.fixture
+def model_and_data(conv_model, tmp_path):
+    """``(net.onnx, calib/)``: the conv model saved, and a folder of six seeded 3×8×8 ``.npy`` samples."""
+    import numpy as np
+
+    model = tmp_path / "net.onnx"
+    model.write_bytes(conv_model().SerializeToString())
+    data = tmp_path / "calib"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        np.save(data / f"{i}.npy", rng.standard_normal((3, 8, 8)).astype(np.float32))
+    return model, data
+
+
+@pytest.fixture
 def gemm_model() -> Callable[..., onnx.ModelProto]:
     """Factory: ``gemm_model(**kw)`` builds a one-Gemm model."""
     return build_gemm_model

@@ -18,18 +18,6 @@ from onnxsq.calibration import pow2
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def model_and_data(conv_model, tmp_path):
-    model = tmp_path / "net.onnx"
-    model.write_bytes(conv_model().SerializeToString())
-    data = tmp_path / "calib"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        np.save(data / f"{i}.npy", rng.standard_normal((3, 8, 8)).astype(np.float32))
-    return model, data
-
-
 def _scales(path: Path) -> list[np.ndarray]:
     m = onnx.load(str(path))
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}

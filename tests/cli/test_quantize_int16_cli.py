@@ -7,21 +7,8 @@ import json
 
 import numpy as np
 import onnx
-import pytest
 
 from onnxsq.model_io import default_opset
-
-
-@pytest.fixture
-def model_and_data(conv_model, tmp_path):
-    model = tmp_path / "net.onnx"
-    model.write_bytes(conv_model().SerializeToString())
-    data = tmp_path / "calib"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        np.save(data / f"{i}.npy", rng.standard_normal((3, 8, 8)).astype(np.float32))
-    return model, data
 
 
 def test_int16_layer_through_the_cli(run_cli, model_and_data, tmp_path, untouched):

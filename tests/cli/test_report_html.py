@@ -16,14 +16,8 @@ from onnxsq.cli.report_html import render
 
 
 @pytest.fixture
-def quantized(run_cli, conv_model, tmp_path):
-    model = tmp_path / "net.onnx"
-    model.write_bytes(conv_model().SerializeToString())
-    data = tmp_path / "calib"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        np.save(data / f"{i}.npy", rng.standard_normal((3, 8, 8)).astype(np.float32))
+def quantized(run_cli, model_and_data, tmp_path):
+    model, data = model_and_data
     page, rep = tmp_path / "r.html", tmp_path / "r.json"
     res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / "q.onnx", "--sensitivity",
                   "--report-html", page, "--report", rep, "-q")

@@ -72,14 +72,20 @@ def test_a_shared_int8_activation_is_read_through_one_clip(monkeypatch):
         np.testing.assert_array_equal(_unoptimized(q, feed), _unoptimized(without, feed))
 
 
+def _optimized(q: onnx.ModelProto, tmp_path, tag: str) -> onnx.GraphProto:
+    """The graph onnxruntime runs for ``q`` (all optimizations), as it saves it."""
+    path, opt = tmp_path / f"{tag}.onnx", str(tmp_path / f"{tag}.opt.onnx")
+    onnx.save(q, str(path))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath, so.log_severity_level = opt, 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return onnx.load(opt).graph
+
+
 def test_onnxruntime_fuses_the_producer_and_simulate_equals_it(tmp_path, monkeypatch):
     def float_convs(q: onnx.ModelProto, tag: str) -> list[str]:
-        path, opt = tmp_path / f"{tag}.onnx", str(tmp_path / f"{tag}.opt.onnx")
-        onnx.save(q, str(path))
-        so = ort.SessionOptions()
-        so.optimized_model_filepath, so.log_severity_level = opt, 3
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return [n.op_type for n in onnx.load(opt).graph.node if n.op_type in ("Conv", "FusedConv", "QLinearConv")]
+        return [n.op_type for n in _optimized(q, tmp_path, tag).node if n.op_type in ("Conv", "FusedConv",
+                                                                                       "QLinearConv")]
 
     q = _quantize()
     assert float_convs(q, "fanout") == ["QLinearConv"] * 3
@@ -102,12 +108,7 @@ def _lrn_net() -> onnx.ModelProto:
 @pytest.mark.parametrize("carrier", ["native", "uint8"])
 def test_a_max_pool_after_a_float_island_stays_float(tmp_path, monkeypatch, carrier):
     def pool_inputs(q: onnx.ModelProto, tag: str) -> list[str]:
-        path, opt = tmp_path / f"{tag}.onnx", str(tmp_path / f"{tag}.opt.onnx")
-        onnx.save(q, str(path))
-        so = ort.SessionOptions()
-        so.optimized_model_filepath, so.log_severity_level = opt, 3
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        g = onnx.load(opt).graph
+        g = _optimized(q, tmp_path, tag)
         producers = {o: n.op_type for n in g.node for o in n.output}
         return [producers.get(n.input[0], "input") for n in g.node if "MaxPool" in n.op_type]
 
