@@ -73,8 +73,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
                    "(QLinearSigmoid, QLinearLeakyRelu, QLinearMul: faster there, with --carrier uint8), or keep them "
                    "float (islands; the more faithful on the zoo).")
 @click.option("--no-pair-safe", is_flag=True,
-              help="8-bit weights everywhere (without --weight-bits, weights of layers that onnxruntime's x86 "
-                   "kernels without VNNI multiply in u8 x s8 pairs take 7 bits: those pairs saturate at int16).")
+              help="8-bit weights everywhere (without --weight-bits, per-channel weights of layers that "
+                   "onnxruntime's x86 kernels without VNNI multiply in u8 x s8 pairs take 7 bits: those pairs "
+                   "saturate at int16).")
 @click.option("--int16", multiple=True, metavar="PATTERN",
               help="Quantize the weights and outputs of the layers whose name matches at 16 bits (repeatable; "
                    "opset 21).")
