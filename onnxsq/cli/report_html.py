@@ -25,7 +25,11 @@ STEP_KEYS = (
     ("affine_folded_first", "constant Mul/Add folded into layers"),
     ("equalized_pairs", "layer pairs equalized (power-of-two factors)"),
     ("bias_corrected", "biases corrected for the weights' mean error"),
+    ("weights_rounded", "weights rounded by GPTQ"),
+    ("finetune_gain_db", "dB gained by label-free fine-tuning (held-out images)"),
     ("kept_float_for_target", "layers kept float for --target-sqnr"),
+    ("int16_for_target", "layers at 16 bits for --target-sqnr --promote int16"),
+    ("int16_tensors", "tensors at 16 bits (--int16)"),
     ("per_channel_fallback", "per-tensor weights (the opset allowed no per-channel)"),
 )
 CSS = """

@@ -58,6 +58,14 @@ def test_without_measurements_the_page_says_so():
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no headless Chromium on this machine (Debian: chromium)")
+def test_what_each_step_changed_is_listed():
+    text = render({"candidates": [], "summary": {"weights_rounded": 3, "finetune_gain_db": 1.25,
+                                                 "int16_tensors": ["conv1.weight", "r1"]}})
+    assert "weights rounded by GPTQ: 3" in text and "fine-tuning (held-out images): 1.25" in text
+    line = next(ln for ln in text.split("<li>") if ln.startswith("tensors at 16 bits (--int16)"))
+    assert "conv1.weight" in line and "r1" in line
+
+
 def test_chromium_renders_it(quantized, tmp_path):
     from PIL import Image
 
