@@ -217,12 +217,13 @@ def _weight_params(ctx: QuantizeContext, name: str, axis: int | None, cap: np.nd
     bits = ctx.wide.get(name, pair_safe_bits(ctx, name))
     shift = pow2.weight_shift(w, bits, axis=axis, method=ctx.cfg.weight_method)
     if cap is not None:  # a bias per output channel (or one for all): no int32 saturation
-        fits = cap.size == np.size(shift) or cap.size == 1
-        capped = np.minimum(shift, cap if fits else cap.min()) if np.ndim(shift) else min(int(shift), int(cap.min()))
-        if np.any(np.asarray(capped) != shift):
-            ctx.report.warnings.append(f"weight {name}: the shift of {int(np.sum(np.asarray(capped) != shift))} "
-                                       "channel(s) lowered so that the bias fits int32")
-        shift = np.asarray(capped, dtype=np.int64) if np.ndim(shift) else int(capped)
+        limit = cap if np.ndim(shift) and cap.size == np.size(shift) else cap.min()
+        capped = np.minimum(shift, limit)
+        lowered = int(np.sum(capped != shift))
+        if lowered:
+            ctx.report.warnings.append(f"weight {name}: the shift of {lowered} channel(s) lowered so that the bias "
+                                       "fits int32")
+        shift = capped.astype(np.int64) if np.ndim(shift) else int(capped)
     if w.dtype == np.float32:  # what insert_qdq_graph writes; bias correction reads it too
         ctx.qweights[name] = pow2.quantize(w, shift, bits, True, symmetric=True, axis=axis,
                                            dtype=carrier_dtype(bits, True))

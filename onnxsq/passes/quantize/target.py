@@ -43,20 +43,21 @@ def quantize_for_target(model: ModelLike, kept: list[dict], cfg: QuantizeConfig,
     picked = tuple(glob.escape(name) for name in sens.keep_float)
     again = dataclasses.replace(cfg, exclude=tuple(cfg.exclude) + picked, target_sqnr=None, sensitivity=True,
                                 promote="float")
-    wide = dataclasses.replace(again, exclude=cfg.exclude, int16=tuple(cfg.int16) + picked, promote="float")
-    try:
-        if cfg.promote != "int16":
-            quantized, report = quantize(model, kept, config=again, params=params, progress=progress,
-                                         params_out=params_out, stats=[stats])
-        else:  # the opset is raised to 21 on the way: the same computation, another model file
-            quantized, report = quantize(model, kept, config=wide, params=params, progress=progress,
-                                         params_out=params_out, stats=[dataclasses.replace(stats, model=SAME_RUN)])
-    except UnsupportedModelError as exc:  # no opset 21 for this model: float still reaches the target
-        if cfg.promote != "int16":
-            raise
-        quantized, report = quantize(model, kept, config=again, params=params, progress=progress,
-                                     params_out=params_out, stats=[stats])
-        report.warnings.append(f"--promote int16: {exc}; the layers are kept float instead")
+
+    def run(config: QuantizeConfig, part: Any) -> tuple[onnx.ModelProto, Report]:
+        return quantize(model, kept, config=config, params=params, progress=progress, params_out=params_out,
+                        stats=[part])
+
+    result, fallback = None, None
+    if cfg.promote == "int16":
+        wide = dataclasses.replace(again, exclude=cfg.exclude, int16=tuple(cfg.int16) + picked)
+        try:  # the opset is raised to 21 on the way: the same computation, another model file
+            result = run(wide, dataclasses.replace(stats, model=SAME_RUN))
+        except UnsupportedModelError as exc:  # no opset 21 for this model: float still reaches the target
+            fallback = f"--promote int16: {exc}; the layers are kept float instead"
+    quantized, report = result or run(again, stats)
+    if fallback:
+        report.warnings.append(fallback)
     wide_done = cfg.promote == "int16" and "int16_tensors" in report.summary
     reached = report.summary.get("output_sqnr_db") if wide_done else sens.reached  # 16 bits: as measured again
     report.summary.update(target_sqnr=cfg.target_sqnr,
