@@ -34,6 +34,8 @@ def task_for_labels(y: np.ndarray, where: str) -> str:
 class ArrayDataset:
     """In-memory arrays (``x`` N×C×H×W float32, ``y`` int) for either task."""
 
+    in_memory = True  # a batch is an indexing: the loader makes it in the caller's thread
+
     def __init__(self, x: np.ndarray, y: np.ndarray, *, where: str = "arrays", task: str | None = None) -> None:
         if x.ndim < 2 or len(x) != len(y):
             raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}" if x.ndim >= 2 else

@@ -3,7 +3,10 @@
 Determinism: epoch ``e`` is ordered by ``default_rng([seed, e])`` and batch ``b`` of it is augmented
 with ``default_rng([seed, e, b])``, so a run resumed at (e, b) sees exactly the batches an
 uninterrupted run would, whatever the thread timing. A producer thread assembles the next batches
-(decoding, augmentation) while the caller computes on the current one.
+(decoding, augmentation) while the caller computes on the current one; for in-memory data
+(``in_memory`` datasets: a batch is an indexing, microseconds) the batches are made in the caller's
+thread instead: the same batches, without the thread's hand-offs (~0.2 ms of CPU per batch measured
+in a training loop).
 """
 
 from __future__ import annotations
@@ -111,13 +114,17 @@ class Loader:
     """Batches of a dataset; ``shuffle``/augmentation seeded by (seed, epoch, batch)."""
 
     def __init__(self, data: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False, augment: bool = False, prefetch: int = 2) -> None:
+                 drop_last: bool = False, augment: bool = False, prefetch: int | None = None) -> None:
+        """``prefetch``: batches made ahead in a thread; 0 makes them in the caller's thread, None
+        chooses (0 for ``in_memory`` data, else 2)."""
         if len(data) == 0:
             raise DataError(f"{data.where}: no samples")
         self.data = data
         self.batch_size = min(batch_size, len(data)) if drop_last else batch_size
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.augment, self.prefetch = augment, max(1, prefetch)
+        if prefetch is None:
+            prefetch = 0 if getattr(data, "in_memory", False) else 2
+        self.augment, self.prefetch = augment, max(0, prefetch)
 
     def batches_per_epoch(self) -> int:
         n = len(self.data)
@@ -137,9 +144,23 @@ class Loader:
         for _, _, x, y in self.stream(epoch, 0, stop_after_epoch=True):
             yield x, y
 
+    def _positions(self, e: int, b: int, stop_after_epoch: bool) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        """The stream made in the caller's thread."""
+        while True:
+            order = self._order(e)
+            while b < self.batches_per_epoch():
+                yield (e, b, *self._make(e, b, order))
+                b += 1
+            if stop_after_epoch:
+                return
+            e, b = e + 1, 0
+
     def stream(self, start_epoch: int = 0, start_batch: int = 0, *,
                stop_after_epoch: bool = False) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-        """(epoch, batch, x, y) from (start_epoch, start_batch) on, prefetched in a thread."""
+        """(epoch, batch, x, y) from (start_epoch, start_batch) on, prefetched in a thread (``prefetch`` > 0)."""
+        if not self.prefetch:
+            yield from self._positions(start_epoch, start_batch, stop_after_epoch)
+            return
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 

@@ -9,7 +9,8 @@ Training-time rewrites (ops without a CPU gradient in onnxruntime-training 1.19)
 BatchNormalization trains on batch statistics (``training_mode=1``, opset >= 14: older training copies
 are converted to opset 15); its running mean/var are frozen parameters that onnxruntime updates.
 
-Losses: cross-entropy (classification; per pixel with the ignore label for segmentation) plus the
+Losses: cross-entropy (classification; per pixel with the ignore label for segmentation, from fast
+whole-tensor ops in :mod:`onnxsq.training.losses`) plus the
 L1 term ``l1 * sum|w|`` over conv/fc weights. Every term is rank 0 (see the notes: a rank-0 + shape-[1]
 sum breaks the gradient builder).
 """
@@ -31,6 +32,7 @@ from ..errors import UnsupportedModelError, first_line
 from ..graph import UniqueNames, attr, data_inputs
 from ..model_io import MAX_IR, opsets
 from ..sparsity import CONV_OPS
+from .losses import add_pixel_cross_entropy
 from .rewrites import REWRITES, SPEED_REWRITES, static_shapes
 
 log = logging.getLogger(__name__)
@@ -200,15 +202,17 @@ def make_loss_block(task: str, l1: float, l1_weights: list[str], ignore_label: i
 
     class OnnxsqLoss(onnxblock.Block):
         def build(self, output_name: str, *_others: str):
-            ce = onnxblock.loss.CrossEntropyLoss(
-                ignore_index=ignore_label if task == "segmentation" else None)
-            total = ce(output_name, LABELS)
-            # onnxblock declares labels as the logits minus their *last* axis ((N,C,H) for NCHW
-            # logits); the labels really are the logits minus the class axis 1.
+            # the labels are the logits minus the class axis 1 (onnxblock's own block would drop the last)
             dims = ["N"] + [f"d{i}" for i in range(1, label_rank)]
-            for vi in self.base.graph.input:
-                if vi.name == LABELS:
-                    vi.CopyFrom(helper.make_tensor_value_info(LABELS, TensorProto.INT64, dims))
+            if task == "segmentation":  # per pixel, from fast whole-tensor ops (see .losses)
+                self.base.graph.input.append(helper.make_tensor_value_info(LABELS, TensorProto.INT64, dims))
+                total = add_pixel_cross_entropy(self.base, output_name, LABELS, ignore_label,
+                                                onnxblock._graph_utils.generate_graph_name)
+            else:
+                total = onnxblock.loss.CrossEntropyLoss()(output_name, LABELS)
+                for vi in self.base.graph.input:
+                    if vi.name == LABELS:
+                        vi.CopyFrom(helper.make_tensor_value_info(LABELS, TensorProto.INT64, dims))
             if l1 > 0:
                 for name in l1_weights:
                     term = onnxblock.blocks.ReduceSum(keepdims=False)(

@@ -225,11 +225,7 @@ class Trainer:
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
         lr = lr_at(self.cfg, self.iteration, self.max_iter)
-        labels = y[y != self.cfg.ignore_label] if self.task == "segmentation" else y
-        if labels.size and (labels.min() < 0 or (self.classes and labels.max() >= self.classes)):
-            where = getattr(self.data, "label_where", self.data.where)  # the label list, not the images
-            raise DataError(f"{where}: label {int(labels.max())} outside the model's "
-                            f"{self.classes} classes (0..{self.classes - 1})")
+        self._check_labels(y)
         try:
             outputs = self.module(x, y)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors carry the useful first line
@@ -243,6 +239,16 @@ class Trainer:
         self.module.lazy_reset_grad()
         self.last_lr = lr
         return float(np.asarray(loss).reshape(-1)[0])
+
+    def _check_labels(self, y: np.ndarray) -> None:
+        """DataError naming the label list for a label outside the model's classes (the ignore label aside)."""
+        if not y.size or (y.min() >= 0 and (not self.classes or y.max() < self.classes)):
+            return  # the common case: two reductions, no masked copy
+        labels = y[y != self.cfg.ignore_label] if self.task == "segmentation" else y
+        if labels.size and (labels.min() < 0 or (self.classes and labels.max() >= self.classes)):
+            where = getattr(self.data, "label_where", self.data.where)  # the label list, not the images
+            raise DataError(f"{where}: label {int(labels.max())} outside the model's "
+                            f"{self.classes} classes (0..{self.classes - 1})")
 
     # -- checkpoints ------------------------------------------------------------------------------
     def values(self) -> dict[str, np.ndarray]:

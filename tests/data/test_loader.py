@@ -40,7 +40,25 @@ class _Broken(ArrayDataset):
         return super().batch(indices, rng)
 
 
-def test_errors_in_the_prefetch_thread_reach_the_caller():
+@pytest.mark.parametrize("prefetch", [2, 0])
+def test_errors_in_the_prefetch_thread_or_the_callers_reach_the_caller(prefetch):
     data = _Broken(np.zeros((10, 1, 1, 1), np.float32), np.arange(10))
     with pytest.raises(DataError, match="bad sample 7"):
-        list(Loader(data, 2).epoch())
+        list(Loader(data, 2, prefetch=prefetch).epoch())
+
+
+def test_in_memory_data_is_batched_in_the_callers_thread_with_the_same_batches():
+    data = ArrayDataset(np.random.default_rng(0).standard_normal((10, 1, 4, 4)).astype(np.float32),
+                        np.arange(10))
+    assert Loader(data, 3).prefetch == 0 and Loader(data, 3, prefetch=2).prefetch == 2
+
+    def batches(prefetch):
+        loader = Loader(data, 3, shuffle=True, seed=2, drop_last=True, prefetch=prefetch)
+        return list(itertools.islice(loader.stream(1, 2), 5))
+
+    threaded, direct = batches(2), batches(0)
+    assert [(e, b) for e, b, _, _ in direct] == [(1, 2), (2, 0), (2, 1), (2, 2), (3, 0)]
+    for (e1, b1, x1, y1), (e2, b2, x2, y2) in zip(threaded, direct, strict=True):
+        assert (e1, b1) == (e2, b2)
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
