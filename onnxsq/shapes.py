@@ -35,12 +35,18 @@ NHWC_CHANNELS = (1, 3, 4)
 
 def parse_input_shape(spec: str) -> tuple[str | None, tuple[int, ...]]:
     """``NAME:1x3x224x224`` → ``("NAME", (1, 3, 224, 224))``; a bare ``1x3x224x224`` → ``(None, ...)``
-    (for a one-input model). The name may contain ``:`` (``input:0:1x3``): the last one splits."""
+    (for a one-input model). The name may contain ``:`` (``input:0:1x3``): the last one splits. The dims
+    may also be spelled with commas, bracketed or not (``x:1,3,224,224``, ``x:[1,3,224,224]``), as other
+    tools write them; a spec names one input (the option repeats), so a comma is never ambiguous."""
     name, colon, dims_text = spec.rpartition(":")
     name = name.strip()
     if colon and not name:
         raise InvalidOptionError(f"--input-shape {spec!r}: no input name before ':' (expected {SPELLING})")
-    parts = [p.strip() for p in dims_text.strip().split("x")]
+    dims_text = dims_text.strip()
+    if dims_text.startswith("[") and dims_text.endswith("]"):
+        dims_text = dims_text[1:-1]
+    sep = "," if "," in dims_text and "x" not in dims_text else "x"
+    parts = [p.strip() for p in dims_text.strip().split(sep)]
     if not dims_text.strip() or not all(parts):
         raise InvalidOptionError(f"--input-shape {spec!r}: no dims after the name (expected {SPELLING})")
     dims = []

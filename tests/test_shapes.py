@@ -112,6 +112,9 @@ def _one(name: str, shape: list) -> onnx.ModelProto:
     ("input:0:1x3", ("input:0", (1, 3))),  # TF-style names: split on the last ':'
     (" images : 2 x 3 ", ("images", (2, 3))),
     ("seq:7", ("seq", (7,))),
+    ("x:1,3,224,224", ("x", (1, 3, 224, 224))),  # other tools' spellings
+    ("x:[1, 3, 48, 320]", ("x", (1, 3, 48, 320))),
+    ("[2,3]", (None, (2, 3))),
 ])
 def test_parse_input_shape(spec, expected):
     assert parse_input_shape(spec) == expected
@@ -120,7 +123,7 @@ def test_parse_input_shape(spec, expected):
 @pytest.mark.parametrize("spec, needle", [
     ("", "no dims"), ("x:", "no dims"), (":1x3", "no input name"), ("x:1xx3", "no dims"),
     ("x:1x0", "positive"), ("x:1xax3", "'a' is not a dim"), ("x:1x-3", "'-3' is not a dim"),
-    ("x:1,3", "'1,3' is not a dim"), ("x:1x3.5", "not a dim"),
+    ("x:1,3x2", "'1,3' is not a dim"), ("x:1x3.5", "not a dim"), ("x:1,,3", "no dims"), ("x:[1,3", "'[1' is not"),
 ])
 def test_bad_specs_are_one_line_errors(spec, needle):
     with pytest.raises(InvalidOptionError) as info:
