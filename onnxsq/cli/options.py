@@ -99,8 +99,9 @@ def input_shape_option(f: Callable) -> Callable:
     return click.option(
         "--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
         callback=lambda _ctx, _param, value: parse_input_shapes(value),
-        help="Shape of a model input, e.g. images:1x3x224x224 or images:1,3,224,224 (repeatable; a bare 1x3x224x224 for a "
-             "one-input model) [default: static dims; batch 1, image H W 224, other dynamic dims 32].")(f)
+        help="Shape of a model input, e.g. images:1x3x224x224 or images:1,3,224,224 (repeatable; a bare "
+             "1x3x224x224 for a one-input model) [default: static dims; batch 1, image H W 224, other dynamic "
+             "dims 32].")(f)
 
 
 def python_version() -> tuple[int, int]:
