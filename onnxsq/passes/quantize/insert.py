@@ -35,6 +35,10 @@ before the QuantizeLinear (opset 12+): onnxruntime's ``QDQPropagationTransformer
 QuantizeLinear above a MaxPool-12 and runs the pool on uint8 in NCHW, ~70x slower than its float NCHWc
 pool (light_bvlc_alexnet, zfnet, inception_v1); with the Clip the pool stays float, as in onnxruntime's
 own QDQ models of them (opset 11: MaxPool-11 does not propagate). The Clip is the identity.
+
+Last, an LRN float island is written as Pow, a channel-window AveragePool and elementwise ops
+(:func:`.placement_forms.decompose_lrn`, opset 13+): ~2x faster than onnxruntime's LRN kernel, equal up to
+float rounding.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from ...errors import UnsupportedModelError
 from ...graph import UniqueNames, const_value, export_like, import_graph, is_const
 from ...model_io import default_opset
 from ...params import TensorQuant
+from .placement_forms import decompose_lrn
 
 
 def carrier_dtype(bits: int, signed: bool) -> np.dtype:
@@ -115,6 +120,7 @@ def insert_qdq_graph(graph: gs.Graph, params: dict[str, TensorQuant], opset: int
             _insert_pair(graph, names, t, p, opset, zero)
             if not zero and opset >= 11:
                 share_through_clip(graph, names, t, p)
+    decompose_lrn(graph, names)
 
 
 def pool_stays_float(graph: gs.Graph, names: UniqueNames, t: gs.Variable, params: Mapping[str, TensorQuant]) -> bool:
