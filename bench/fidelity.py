@@ -4,7 +4,8 @@ estimator choices side by side with onnxruntime's ``quantize_static`` at its bes
     .venv-ort/bin/python bench/fidelity.py [--models NAME ...] [--calib 9] [--eval 5] [--variants ...]
 
 Calibration: the first ``--calib`` photos scikit-image ships (whole, stretched to the model's input size,
-its own preprocessing); evaluation: two seeded crops of each of the next ``--eval`` photos. Measured:
+its own preprocessing; a text detector's photos have seeded text drawn on them, ``zoo.text_overlay``);
+evaluation: two seeded crops of each of the next ``--eval`` photos. Measured:
 output SQNR against the float model (every output, samples pooled) and top-1 agreement. Variants are
 ``onnxsq.quantize`` configurations (``name=key:value,key:value``; the default set compares activation
 estimators and per-tensor/per-channel weights); ORT best: with/without ``quant_pre_process`` ×
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import zoo  # noqa: E402
-from zoo.cli_args import crops, samples, takes_images  # noqa: E402
+from zoo.cli_args import bench_images, crops, samples, takes_images  # noqa: E402
 from zoo.measure import fidelity, ort_best  # noqa: E402
 
 DEFAULT_VARIANTS = (
@@ -119,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * len(head), flush=True)
     with tempfile.TemporaryDirectory(prefix="onnxsq-fidelity-") as tmp:
         for m in models:
-            calib = samples(m, images, args.calib)
-            feeds = crops(m, images[args.calib:args.calib + args.eval], per_image=2)
+            imgs = bench_images(m, images[:args.calib + args.eval], Path(tmp) / m.name)
+            calib = samples(m, imgs, args.calib)
+            feeds = crops(m, imgs[args.calib:args.calib + args.eval], per_image=2)
             res = [run_variant(m, calib, feeds, o, Path(tmp) / f"{m.name}.{n}.onnx") for n, o in variants]
             ort = (float("nan"), float("nan"), "skipped") if args.no_ort else ort_best(m, calib, feeds, Path(tmp))
             qk = [run_quark(args.quark_python, m, calib, feeds, c, Path(tmp) / f"{m.name}.quark.{c}.onnx")

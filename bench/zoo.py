@@ -8,7 +8,8 @@ and time of ``optimize`` (with its self-check), ``verify``, ``threshold`` (defau
 0.8``), ``quantize`` and ``inspect``, each run as a user runs it (the CLI, default options); BN and
 affine ops folded; conv/gemm sparsity after ``threshold``. Fidelity: calibration on the first
 ``--calib`` photos scikit-image ships (whole, stretched to the model's input size, its own
-preprocessing), judged on two seeded random crops of each of the next ``--eval`` photos: output
+preprocessing; text detectors get the photos with seeded text drawn on them, ``zoo.text_overlay``),
+judged on two seeded random crops of each of the next ``--eval`` photos: output
 SQNR against the float model (all outputs and samples pooled) and top-1 agreement (argmax over the last
 axis of the first output, at every position). The peer, on the same calibration and evaluation data:
 ``quantize_static`` (QDQ, MinMax) with and without ``quant_pre_process``, per-tensor and per-channel
@@ -33,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import zoo  # noqa: E402
-from zoo.cli_args import crops, preprocess_args, samples, takes_images  # noqa: E402
+from zoo.cli_args import bench_images, crops, preprocess_args, samples, takes_images  # noqa: E402
 from zoo.measure import fidelity, ort_best  # noqa: E402
 
 COMMANDS = ("optimize", "verify", "threshold", "threshold-global", "quantize", "inspect")
@@ -98,6 +99,7 @@ def _sparsity(summary: dict) -> str:
 def bench_model(m, images: list[Path], args, root: Path) -> dict:
     work = root / m.name
     work.mkdir()
+    images = bench_images(m, images[:args.calib + args.eval], work)  # text detectors: photos with text drawn on
     calib = samples(m, images, args.calib)
     calib_dir = work / "calib"
     calib_dir.mkdir()

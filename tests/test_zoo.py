@@ -307,3 +307,30 @@ def test_image_input_runs(zoo, name):
     so.log_severity_level = 3
     outs = ort.InferenceSession(str(m.path), so, providers=["CPUExecutionProvider"]).run(None, {m.inputs[0]["name"]: x})
     assert all(np.isfinite(o).all() for o in outs if o.dtype.kind == "f")
+
+
+def test_text_overlay_gives_the_text_detectors_a_signal(zoo, tmp_path):
+    """Drawn text is seeded (same pixels twice, other pixels than the photo) and is what the real text
+    detectors respond to: their probability map is ~0 on the plain photo and clearly on with text."""
+    from PIL import Image
+
+    from onnxsq.runtime import make_session
+    from zoo.cli_args import bench_images
+    from zoo.text_overlay import with_text
+
+    photo = next(p for p in zoo_pkg.images() if p.name == "astronaut.png")
+    a, b = np.asarray(with_text(photo, 3)), np.asarray(with_text(photo, 3))
+    assert np.array_equal(a, b) and not np.array_equal(a, np.asarray(with_text(photo, 4)))
+    with Image.open(photo) as src:
+        rgb = np.asarray(src.convert("RGB"))
+    assert a.shape == rgb.shape and not np.array_equal(a, rgb)
+    det = next((m for m in zoo if m.kind == "ocr-det"), None)
+    if det is None:
+        pytest.skip("no text detector in the zoo cache")
+    texted = bench_images(det, [photo], tmp_path)
+    assert texted[0].parent == tmp_path / "text-images"
+    assert bench_images(next(m for m in zoo if m.kind == "classifier"), [photo], tmp_path) == [photo]
+    session = make_session(str(det.path), optimize=True)
+    plain = session.run(None, {det.inputs[0]["name"]: det.image_input(photo)})[0]
+    drawn = session.run(None, {det.inputs[0]["name"]: det.image_input(texted[0])})[0]
+    assert float(np.mean(plain > 0.3)) < 1e-3 < 0.005 < float(np.mean(drawn > 0.3))

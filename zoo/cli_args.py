@@ -73,3 +73,14 @@ def samples(m: ZooModel, images: list[Path], count: int, seed: int = 0) -> list[
     if takes_images(m):
         return [{m.inputs[0]["name"]: m.image_input(p)} for p in images[:count]]
     return [m.feeds(seed + i) for i in range(count)]
+
+
+def bench_images(m: ZooModel, images: list[Path], work: Path) -> list[Path]:
+    """The photos a bench calibrates and evaluates ``m`` on: for a text detector (``ocr-det``) the same
+    photos with seeded text drawn on them (written under ``work``: its output is ~0 on plain photos, see
+    :mod:`zoo.text_overlay`), else ``images`` themselves."""
+    if m.kind != "ocr-det":
+        return images
+    from .text_overlay import text_images
+
+    return text_images(images, Path(work) / "text-images")
