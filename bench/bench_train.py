@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_train.py [--nets digits decoder cnn32] [--rounds 3] [--iters 60]
     .venv/bin/python bench/bench_train.py --profile [--nets ...]   # where onnxsq's step time goes
+    .venv/bin/python bench/bench_train.py --baseline DIR           # + onnxsq from another tree (before/after)
 
 Nets (same architecture, identical initial weights, same batches, same optimizer on both sides):
 
@@ -24,11 +25,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -237,17 +240,22 @@ def profile(args) -> dict:
 
 
 def _side(args, net: str, side: str) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, "--net", net, "--iters", str(args.iters), "--device", args.device,
-           "--threads", str(args.threads), *(["--ort-ops"] if args.ort_ops else [])]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    """One side's run in a fresh process; "baseline" is onnxsq imported from ``--baseline DIR``."""
+    env = dict(os.environ)
+    if side == "baseline":
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(args.baseline).resolve()), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, __file__, "--side", "onnxsq" if side == "baseline" else side, "--net", net,
+           "--iters", str(args.iters), "--device", args.device, "--threads", str(args.threads),
+           *(["--ort-ops"] if args.ort_ops else [])]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(f"{side} on {net} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _ratios(runs: dict[str, list[dict]], key: str) -> list[float]:
-    """onnxsq over PyTorch per round (rounds pair up: the same round ran both sides back to back)."""
-    return [a[key] / b[key] for a, b in zip(runs["onnxsq"], runs["torch"], strict=True)]
+def _ratios(runs: dict[str, list[dict]], key: str, side: str = "onnxsq") -> list[float]:
+    """``side`` over PyTorch per round (rounds pair up: the same round ran every side back to back)."""
+    return [a[key] / b[key] for a, b in zip(runs[side], runs["torch"], strict=True)]
 
 
 def main() -> None:
@@ -259,6 +267,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads of both sides (0: their defaults)")
     ap.add_argument("--profile", action="store_true", help="print where onnxsq's step time goes instead")
     ap.add_argument("--ort-ops", action="store_true", help="with --profile: onnxruntime's time per op type")
+    ap.add_argument("--baseline", metavar="DIR", help="also run onnxsq imported from DIR (another checkout's root, "
+                    "e.g. `git archive COMMIT onnxsq | tar -x -C DIR`) in the same rounds: before/after rows")
     ap.add_argument("--side", choices=["onnxsq", "torch", "profile"], help=argparse.SUPPRESS)
     ap.add_argument("--net", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -284,26 +294,34 @@ def main() -> None:
                 for k, v in list(ops.items())[:15]:
                     print(f"| {k} | {v * 1e3:.2f} |")
         return
+    _table(args)
+
+def _table(args) -> None:
+    """The same-run table: every side in its own process, the order rotating each round, medians."""
+    sides = ["onnxsq", "torch", *(["baseline"] if args.baseline else [])]
     print(f"training throughput, {args.iters} iterations per run, {args.rounds} alternating rounds, medians; "
           f"threads: {args.threads or 'defaults'}; img/s from the median step after {WARMUP} warm-up steps "
-          "(wall clock, and per second of process CPU time), 'loop' from the whole loop's wall clock")
+          "(wall clock, and per second of process CPU time), 'loop' from the whole loop's wall clock"
+          + (f"; baseline: onnxsq from {args.baseline}" if args.baseline else ""))
     print("| net | onnxsq img/s | PyTorch img/s | ratio (min-max) | CPU-time ratio | loop ratio | onnxsq / PyTorch "
           "RSS MiB | final loss onnxsq / PyTorch |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for net in args.nets:
-        runs: dict[str, list[dict]] = {"onnxsq": [], "torch": []}
+        runs: dict[str, list[dict]] = {side: [] for side in sides}
         for r in range(args.rounds):
-            for side in (("onnxsq", "torch") if r % 2 == 0 else ("torch", "onnxsq")):
+            for side in sides[r % len(sides):] + sides[:r % len(sides)]:
                 runs[side].append(_side(args, net, side))
-
-        ratio = functools.partial(_ratios, runs)
         med = {s: {k: statistics.median(d[k] for d in v) for k in ("images_per_s", "peak_rss_mib", "loss")}
                for s, v in runs.items()}
-        a, b, wall = med["onnxsq"], med["torch"], ratio("images_per_s")
-        print(f"| {net} | {a['images_per_s']:.0f} | {b['images_per_s']:.0f} | {statistics.median(wall):.2f} "
-              f"({min(wall):.2f}-{max(wall):.2f}) | {statistics.median(ratio('images_per_cpu_s')):.2f} | "
-              f"{statistics.median(ratio('loop_images_per_s')):.2f} | {a['peak_rss_mib']:.0f} / "
-              f"{b['peak_rss_mib']:.0f} | {a['loss']:.3f} / {b['loss']:.3f} |")
+        b = med["torch"]
+        for side in [s for s in sides if s != "torch"]:
+            ratio = functools.partial(_ratios, runs, side=side)
+            a, wall = med[side], ratio("images_per_s")
+            print(f"| {net}{' (baseline)' if side == 'baseline' else ''} | {a['images_per_s']:.0f} | "
+                  f"{b['images_per_s']:.0f} | {statistics.median(wall):.2f} ({min(wall):.2f}-{max(wall):.2f}) | "
+                  f"{statistics.median(ratio('images_per_cpu_s')):.2f} | "
+                  f"{statistics.median(ratio('loop_images_per_s')):.2f} | {a['peak_rss_mib']:.0f} / "
+                  f"{b['peak_rss_mib']:.0f} | {a['loss']:.3f} / {b['loss']:.3f} |")
 
 
 if __name__ == "__main__":

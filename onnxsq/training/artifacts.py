@@ -33,7 +33,7 @@ from ..graph import UniqueNames, attr, data_inputs
 from ..model_io import MAX_IR, opsets
 from ..sparsity import CONV_OPS
 from .losses import add_pixel_cross_entropy
-from .rewrites import REWRITES, SPEED_REWRITES, static_shapes
+from .rewrites import REROUNDING_REWRITES, REWRITES, SPEED_REWRITES, static_shapes
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,11 @@ def _set_batch_symbolic(model: onnx.ModelProto) -> None:
     del model.graph.value_info[:]
 
 
-def build_training_graph(model: onnx.ModelProto, shapes_known: dict[str, list] | None = None) -> TrainingGraph:
+def build_training_graph(model: onnx.ModelProto, shapes_known: dict[str, list] | None = None, *,
+                         same_rounding: bool = True) -> TrainingGraph:
     """A training copy of ``model``: rewrites, BN in training mode, parameter roles. ``shapes_known``: dims
-    measured where shape inference cannot tell them (an LSTM's sequence length behind Shape ops)."""
+    measured where shape inference cannot tell them (an LSTM's sequence length behind Shape ops). ``same_rounding``:
+    no speed rewrite that may round otherwise (fine-tuning's student computes the quantized model bit for bit)."""
     inputs = data_inputs(model)
     if len(inputs) != 1:
         raise UnsupportedModelError(f"training needs a model with one input, this one has {len(inputs)}")
@@ -151,7 +153,7 @@ def build_training_graph(model: onnx.ModelProto, shapes_known: dict[str, list] |
     rewrites: list[tuple[str, str, str]] = []
     new_nodes: list[onnx.NodeProto] = []
     for node in tm.graph.node:
-        fast = SPEED_REWRITES.get(node.op_type)
+        fast = None if same_rounding and node.op_type in REROUNDING_REWRITES else SPEED_REWRITES.get(node.op_type)
         faster = fast(tm, node, shapes, namer) if fast is not None else None
         if faster is not None:
             new_nodes.extend(faster)

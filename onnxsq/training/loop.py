@@ -132,7 +132,7 @@ class Trainer:
                              augment=self.task == "segmentation")
         bpe = self.loader.batches_per_epoch()
         self.max_iter = cfg.iters if cfg.iters is not None else max(1, round((cfg.epochs or 1) * bpe))
-        self.graph: TrainingGraph = build_training_graph(model)
+        self.graph: TrainingGraph = build_training_graph(model, same_rounding=False)
         dims = model.graph.output[0].type.tensor_type.shape.dim
         self.classes = dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else 0
 
@@ -207,18 +207,26 @@ class Trainer:
         pass
 
     # -- one iteration ----------------------------------------------------------------------------
+    def _gradients(self) -> dict[str, np.ndarray]:
+        """Views of onnxruntime's gradient buffers (the same memory every step), taken once."""
+        if len(self._grads) < len(self.params):
+            for n, p in self.params.items():
+                if n not in self._grads and p.grad is not None:
+                    self._grads[n] = p.grad
+        return self._grads
+
     def _update(self, lr: float) -> None:
-        t, weights, masks = self.iteration + 1, self.graph.weights, self.sparsity.apply_masks
-        for n, p in self.params.items():
-            g = self._grads.get(n)
-            if g is None:  # a view of onnxruntime's gradient buffer: the same memory every step
-                g = self._grads[n] = p.grad
-                if g is None:
-                    del self._grads[n]
-                    continue
-            self.opt.step(n, self.w[n], g, lr=lr * self.sparsity.lr_mult.get(n, 1.0),
+        t, weights, sp, grads = self.iteration + 1, self.graph.weights, self.sparsity, self._gradients()
+        if self.opt.flat and len(grads) == len(self.opt.names):  # every array at once (see optim)
+            names = self.opt.names
+            self.opt.step_all(self.w, grads, lrs=tuple(lr * sp.lr_mult.get(n, 1.0) for n in names),
+                              decays=tuple(self.cfg.weight_decay if n in weights else 0.0 for n in names), t=t,
+                              masked=[n for n in names if n in sp.masks], mask=sp.apply_masks)
+            return
+        for n, g in grads.items():
+            self.opt.step(n, self.w[n], g, lr=lr * sp.lr_mult.get(n, 1.0),
                           decay=self.cfg.weight_decay if n in weights else 0.0, t=t,
-                          mask=(lambda *arrays, n=n: masks(n, *arrays)) if n in self.sparsity.masks else None)
+                          mask=(lambda *arrays, n=n: sp.apply_masks(n, *arrays)) if n in sp.masks else None)
 
     def _write_weights(self) -> None:
         """Nothing to copy: ``self.w`` are onnxruntime's buffers (a hook: QAT writes its scales here)."""

@@ -22,7 +22,7 @@
   attribute (coordinate transformation, rounding, cubic coefficient, antialias) is honoured exactly.
 
 For speed alone (same function, a faster CPU gradient): ``Relu`` as ``x · float(x > 0)``
-(:func:`relu_as_mask`).
+(:func:`relu_as_mask`), ``GlobalAveragePool`` as a GEMM (:func:`global_average_pool_as_matmul`).
 
 Each rewrite is ``rewrite(model, node, shapes, namer) -> (nodes, how)``: the replacement nodes (new
 constants go into ``model``'s initializers) and one line for the report, or ``ValueError(reason)``
@@ -324,7 +324,29 @@ def relu_as_mask(model, node, shapes, namer) -> list[onnx.NodeProto] | None:
     return nodes
 
 
+def global_average_pool_as_matmul(model, node, shapes, namer) -> list[onnx.NodeProto] | None:
+    """``GlobalAveragePool(x)`` on a static float32 N×C×H×W as ``[N, C, H·W] @ (1/(H·W))·1``, or None.
+
+    The same mean (its rounding where ``1/(H·W)`` is not a power of two); the gradient, an outer
+    product by one GEMM, replaces onnxruntime's Expand (measured 87 µs on 32×64×4×4 where both GEMMs
+    take a few).
+    """
+    x = shapes.get(node.input[0])
+    if getattr(shapes, "types", {}).get(node.input[0]) != TensorProto.FLOAT or not x or len(x) != 4 \
+            or None in x[2:]:
+        return None
+    tag, hw, nodes = node.name or node.output[0], x[2] * x[3], []
+    flat = _node(nodes, namer, "Reshape", [node.input[0], _const(model, namer, f"{tag}/flat", np.array(
+        [0, 0, hw], np.int64))], f"{tag}/flat")
+    mean = _node(nodes, namer, "MatMul", [flat, _const(model, namer, f"{tag}/weights", np.full(
+        (hw, 1), 1.0 / hw, np.float32))], f"{tag}/mean")
+    _node(nodes, namer, "Reshape", [mean, _const(model, namer, f"{tag}/pooled", np.array([0, 0, 1, 1], np.int64))],
+          f"{tag}/pooled", out=node.output[0])
+    return nodes
+
+
 REWRITES = {"ConvTranspose": _rewrite_conv_transpose, "Resize": _rewrite_resize, "LSTM": rewrite_lstm,
             **ACT_REWRITES}
 # rewrites for speed alone (same function, faster gradient): not listed in the report
-SPEED_REWRITES = {"Relu": relu_as_mask}
+SPEED_REWRITES = {"Relu": relu_as_mask, "GlobalAveragePool": global_average_pool_as_matmul}
+REROUNDING_REWRITES = {"GlobalAveragePool"}  # their forward may round otherwise (Relu's is x or a zero exactly)

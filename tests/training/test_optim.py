@@ -73,3 +73,41 @@ def test_the_trainer_updates_onnxruntimes_buffers_in_place(digits, tmp_path):
     for w in trainer.w.values():  # written in place, read by the next onnxruntime step: zero logits
         w[...] = 0
     assert float(np.asarray(trainer.module(x, y)).reshape(-1)[0]) == pytest.approx(np.log(10), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_step_all_equals_the_per_array_step_with_masks_decays_and_multipliers(kind):
+    """The flat update of every array at once: the per-array step's numbers (masks exact zeros)."""
+    rng = np.random.default_rng(3)
+    shapes = {"conv.w": (8, 3, 3, 3), "bn.scale": (8,), "bn.bias": (8,), "fc.w": (10, 8)}
+    start = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    masks = {"conv.w": rng.random(shapes["conv.w"]) > 0.4}
+
+    def apply_masks(name, *arrays):
+        for a in arrays:
+            np.copyto(a, 0, where=~masks[name])
+
+    w_all, w_one = ({n: v.copy() for n, v in start.items()} for _ in range(2))
+    all_, one = Optimizer(kind, w_all, momentum=0.9, flat=True), Optimizer(kind, w_one, momentum=0.9, flat=False)
+    assert all_.flat and all_.names == list(shapes) and not one.flat
+    assert Optimizer(kind, start, momentum=0.9).flat == (kind == "adamw")  # where it pays
+    for t in range(1, 5):
+        g = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+        lrs = {n: 0.01 * (0.5 if n == "fc.w" else 1.0) * (0.9 ** t) for n in shapes}  # a multiplier, a schedule
+        decays = {n: 1e-3 if n.endswith(".w") else 0.0 for n in shapes}
+        all_.step_all(w_all, {n: v.copy() for n, v in g.items()}, lrs=tuple(lrs.values()),
+                      decays=tuple(decays.values()), t=t, masked=["conv.w"], mask=apply_masks)
+        for n in shapes:
+            one.step(n, w_one[n], g[n].copy(), lr=lrs[n], decay=decays[n], t=t,
+                     mask=(lambda *a, n=n: apply_masks(n, *a)) if n in masks else None)
+        for n in shapes:
+            np.testing.assert_array_equal(w_all[n], w_one[n], err_msg=n)
+            for k in all_.slots:
+                np.testing.assert_array_equal(all_.slots[k][n], one.slots[k][n], err_msg=f"{k}/{n}")
+    assert not w_all["conv.w"][~masks["conv.w"]].any()
+    assert not all_.slots["v"]["conv.w"][~masks["conv.w"]].any()
+
+
+def test_mixed_dtypes_keep_the_per_array_step():
+    opt = Optimizer("adamw", {"a": np.zeros(3, np.float32), "b": np.zeros(3, np.float64)}, momentum=0.9)
+    assert not opt.flat and opt.slots["v"]["b"].dtype == np.float64

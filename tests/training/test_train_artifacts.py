@@ -136,12 +136,12 @@ def test_two_input_model_is_refused():
         build_training_graph(model)
 
 
-def _one_step(model, l1, x, y):
+def _one_step(model, l1, x, y, **build):
     from onnxruntime.training.api import CheckpointState, Module
 
     from onnxsq.training.artifacts import generate
 
-    graph = build_training_graph(model)
+    graph = build_training_graph(model, **build)
     with tempfile.TemporaryDirectory() as tmp:
         tp, cp = generate(graph, Path(tmp), task="classification", l1=l1, ignore_label=255, label_rank=1)
         state = CheckpointState.load_checkpoint(str(cp))
@@ -169,23 +169,26 @@ def test_l1_block_loss_and_gradient_match_numpy():
 
 
 @needs_training
-def test_relu_trains_as_a_mask_with_the_same_loss_and_gradients():
+def test_relu_as_a_mask_and_the_pool_as_a_gemm_train_with_the_same_loss_and_gradients():
     from onnxsq.training import rewrites
 
     model = cnn((4, 8), seed=2)
-    graph = build_training_graph(model)
-    assert not any(n.op_type == "Relu" for n in graph.model.graph.node)
-    assert not any(op == "Relu" for _, op, _ in graph.rewrites)  # a speed rewrite: not in the report
+    graph = build_training_graph(model, same_rounding=False)  # training's graph
+    for op in ("Relu", "GlobalAveragePool"):
+        assert not any(n.op_type == op for n in graph.model.graph.node)
+        assert not any(o == op for _, o, _ in graph.rewrites)  # a speed rewrite: not in the report
+    # fine-tuning's (the quantized model's rounding): the mean stays GlobalAveragePool
+    assert {n.op_type for n in build_training_graph(model).model.graph.node} >= {"GlobalAveragePool"}
     rng = np.random.default_rng(0)
     x, y = rng.random((6, 1, 8, 8), dtype=np.float32), rng.integers(0, 10, 6).astype(np.int64)
-    loss, grads, _ = _one_step(model, 0.0, x, y)
+    loss, grads, _ = _one_step(model, 0.0, x, y, same_rounding=False)
     saved = dict(rewrites.SPEED_REWRITES)
     rewrites.SPEED_REWRITES.clear()
     try:
-        ref_loss, ref_grads, ref_graph = _one_step(model, 0.0, x, y)
+        ref_loss, ref_grads, ref_graph = _one_step(model, 0.0, x, y, same_rounding=False)
     finally:
         rewrites.SPEED_REWRITES.update(saved)
-    assert any(n.op_type == "Relu" for n in ref_graph.model.graph.node)
+    assert {"Relu", "GlobalAveragePool"} <= {n.op_type for n in ref_graph.model.graph.node}
     assert loss == pytest.approx(ref_loss, rel=1e-6)
     for n, g in ref_grads.items():
         np.testing.assert_allclose(grads[n], g, rtol=1e-5, atol=1e-7, err_msg=n)
