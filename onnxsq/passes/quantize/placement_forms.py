@@ -108,6 +108,8 @@ def decompose_lrn(graph: gs.Graph, names: UniqueNames) -> list[str]:
     """Every LRN of ``graph`` (default-domain opset 13+) as its elementwise ops and a channel-window
     AveragePool (the module docstring), in place; what was rewritten, one line each."""
     if (graph.opset or 0) < 13:
+        if any(n.op == "LRN" for n in graph.nodes):
+            log.info("LRN kept (onnxruntime's kernel): opset %s < 13 (Unsqueeze's axes input)", graph.opset)
         return []
     done = [d for d in (_lrn_decomposed(graph, names, n) for n in list(graph.nodes) if n.op == "LRN") if d]
     if done:
@@ -123,6 +125,7 @@ def _lrn_decomposed(graph: gs.Graph, names: UniqueNames, lrn: gs.Node) -> str | 
         return None
     x, y = lrn.inputs[0], lrn.outputs[0]
     if x.shape is None or len(x.shape) < 3:
+        log.info("%s: LRN kept (onnxruntime's kernel): the rank of its input is unknown", lrn.name or y.name)
         return None
     rank, size = len(x.shape), int(lrn.attrs["size"])
     alpha, beta = float(lrn.attrs.get("alpha", 1e-4)), float(lrn.attrs.get("beta", 0.75))
