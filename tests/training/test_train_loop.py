@@ -115,10 +115,11 @@ def test_bn_statistics_after_export_match_the_data(digits):
 
 
 @needs_training
-def test_resume_equals_uninterrupted(digits, tmp_path):
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])  # adamw: its state in flat buffers (optim.step_all)
+def test_resume_equals_uninterrupted(digits, tmp_path, optimizer):
     import onnxsq
 
-    cfg = dict(stage="sparse", iters=24, batch_size=32, lr=0.05, lr_policy="cosine", weight_decay=1e-4,
+    cfg = dict(optimizer=optimizer, stage="sparse", iters=24, batch_size=32, lr=0.05, lr_policy="cosine", weight_decay=1e-4,
                sparsity_target=0.5, sparsity_start_iter=4, sparsity_step_iter=4, sparsity_start_factor=0.2,
                sparsity_step_factor=0.1, sparsity_all_layers=True, threshold_value_max=10.0,
                threshold_value_maxratio=1.0, checkpoint_every=12, seed=7)
@@ -153,3 +154,18 @@ def test_labels_out_of_range_is_a_data_error():
     data = ArrayDataset(np.zeros((8, 1, 8, 8), np.float32), np.full(8, 12, np.int64))
     with pytest.raises(DataError, match="outside the model.s 10 classes"):
         onnxsq.train(cnn((4,)), data, iters=1, batch_size=4)
+
+
+@needs_training
+def test_onnxruntime_threads_sleep_between_kernels(digits):
+    from onnxsq.runtime import import_training
+    from onnxsq.training.loop import Trainer
+
+    import_training()
+    import onnxruntime as ort
+
+    for threads in (0, 2):
+        trainer = Trainer(cnn((4,), seed=1), digits[0], TrainConfig(iters=1, threads=threads))
+        opts = trainer._session_options(ort)
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert opts.intra_op_num_threads == threads and opts.use_deterministic_compute
