@@ -119,7 +119,8 @@ def test_bn_statistics_after_export_match_the_data(digits):
 def test_resume_equals_uninterrupted(digits, tmp_path, optimizer):
     import onnxsq
 
-    cfg = dict(optimizer=optimizer, stage="sparse", iters=24, batch_size=32, lr=0.05, lr_policy="cosine", weight_decay=1e-4,
+    cfg = dict(optimizer=optimizer, stage="sparse", iters=24, batch_size=32, lr=0.05, lr_policy="cosine",
+               weight_decay=1e-4,
                sparsity_target=0.5, sparsity_start_iter=4, sparsity_step_iter=4, sparsity_start_factor=0.2,
                sparsity_step_factor=0.1, sparsity_all_layers=True, threshold_value_max=10.0,
                threshold_value_maxratio=1.0, checkpoint_every=12, seed=7)
