@@ -131,3 +131,13 @@ def test_bad_input_is_a_one_line_error_naming_the_file(conv_model, tmp_path, cas
 def test_images_for_a_model_wanting_four_channels(conv_model, tmp_path):
     with pytest.raises(DataError, match="wants 4 channels"):
         open_source(_images(tmp_path / "imgs"), conv_model(cin=4))
+
+
+def test_a_static_batch_takes_whole_batches_and_warns_of_the_rest(caplog):
+    from onnxsq.calibration.sources import InputSpec
+
+    inputs = [InputSpec("x", np.dtype(np.float32), (3, 2))]  # the model's batch is fixed at 3
+    feeds = [{"x": np.full((1, 2), i, np.float32)} for i in range(7)]
+    with caplog.at_level("WARNING"):
+        got = [f["x"][:, 0].tolist() for f, _ in batches(feeds, inputs)]
+    assert got == [[0, 1, 2], [3, 4, 5]] and "dropping the last 1 calibration sample(s)" in caplog.text
