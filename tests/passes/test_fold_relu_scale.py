@@ -66,12 +66,15 @@ def test_a_zero_shift_leaves_no_add_and_two_readers_both_take_the_scale():
     assert _entries(report)[0][1] == "folded" and "became nothing" in report.candidates[-1].reason
 
 
+SCALES = {"negative": [1.0, 2.0, -0.5, 1.0, 1.0, 0.7, 1.1, 0.9], "spread": [1.0, 2.0, 1e-3, 1.0, 1.0, 0.7, 1.1, 0.9]}
+
+
 @pytest.mark.parametrize(("kind", "why"), [("negative", "not positive in every channel (1 of 8)"),
-                                           ("pool", "feeds MaxPool")])
+                                           ("spread", "x across channels (> 16)"), ("pool", "feeds MaxPool")])
 def test_refused_candidates_keep_the_graph_and_say_why(kind, why):
     b = Builder(3)
-    scale = np.array([1.0, 2.0, -0.5, 1.0, 1.0, 0.7, 1.1, 0.9]).reshape(8, 1, 1) if kind == "negative" else None
-    folded, report = _fold(_dense_block(b, scale=scale, readers="conv" if kind == "negative" else "pool"))
+    scale = np.array(SCALES[kind]).reshape(8, 1, 1) if kind in SCALES else None
+    folded, report = _fold(_dense_block(b, scale=scale, readers="pool" if kind == "pool" else "conv"))
     assert ops(folded).count("Mul") == 2 and ops(folded).count("Add") == 2  # BN's Mul/Add and the chain, as they were
     (entry,) = [c for c in report.candidates if c.op == "Relu"]
     assert entry.action == "skipped" and why in entry.reason
