@@ -157,9 +157,10 @@ def params_from_model(model: onnx.ModelProto) -> dict[str, TensorQuant]:
     fewer than 8 bits).
     """
     graph_inputs = {i.name for i in model.graph.input}
+    again = _requantized(model)
     out: dict[str, TensorQuant] = {}
     for dq in read_qdq(model).values():
-        if not pow2.is_power_of_two(dq.scale):
+        if not pow2.is_power_of_two(dq.scale) or (dq.integers is None and dq.float_input in again):
             continue
         shift = pow2.shift_of(dq.scale)
         shift_value = shift.tolist() if np.ndim(shift) else int(shift)
@@ -170,6 +171,20 @@ def params_from_model(model: onnx.ModelProto) -> dict[str, TensorQuant]:
         else:
             continue
         out[p.name] = p
+    return out
+
+
+def _requantized(model: onnx.ModelProto) -> set[str]:
+    """Tensors that are a DequantizeLinear's output read through unbounded Clips: quantized again, they are the
+    same integers for a layer that reads a shared tensor (quantize's insert.requantize_for_layers), no tensor."""
+    prod = {o: n for n in model.graph.node for o in n.output}
+    out = set()
+    for name, node in prod.items():
+        cur = node
+        while cur is not None and cur.op_type == "Clip" and len(cur.input) == 1:
+            cur = prod.get(cur.input[0])
+        if cur is not node and cur is not None and cur.op_type == "DequantizeLinear":
+            out.add(name)
     return out
 
 

@@ -131,3 +131,33 @@ def test_a_max_pool_after_a_float_island_stays_float(tmp_path, monkeypatch, carr
     for f in _feeds(3, 9):
         np.testing.assert_array_equal(_unoptimized(q, f), _unoptimized(plain, f))
         np.testing.assert_array_equal(sim.run(f).outputs[program.outputs[0]], exact.run(None, f)[0])
+
+
+def _two_convs_net() -> onnx.ModelProto:
+    """Conv → t (signed: no activation) read by two Convs → Add → Relu → Conv."""
+    b = Builder(seed=11)
+    t = b.conv("x", 3, 8)
+    return b.model({"x": SHAPE}, [b.conv(b.node("Relu", [b.node("Add", [b.conv(t, 8, 8), b.conv(t, 8, 8)])]), 8, 4)])
+
+
+def test_layers_reading_a_shared_int8_tensor_get_their_own_pair_and_fuse(tmp_path, monkeypatch):
+    def float_convs(q: onnx.ModelProto, tag: str) -> list[str]:
+        return [n.op_type for n in _optimized(q, tmp_path, tag).node if n.op_type in ("Conv", "FusedConv",
+                                                                                       "QLinearConv")]
+
+    cfg = QuantizeConfig(report_samples=0)
+    q, _ = quantize(_two_convs_net(), _feeds(), config=cfg)
+    onnx.checker.check_model(q)
+    (clip,) = _fanout_clips(q)[:1]
+    requant = [n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0].startswith(clip.output[0])]
+    assert len(requant) == 2  # one pair per Conv reader, the second behind one more Clip
+    assert float_convs(q, "own") == ["QLinearConv"] * 4
+    monkeypatch.setattr(insert, "requantize_for_layers", lambda *a: None)
+    plain, _ = quantize(_two_convs_net(), _feeds(), config=cfg)
+    assert "Conv" in float_convs(plain, "plain")  # the readers ran float
+    assert params_from_model(q) == params_from_model(plain)  # the same integers again: no new tensor
+    program = load_program(q)
+    sim, exact = Simulator(program), ort_session(str(tmp_path / "own.onnx"), precise=True)
+    for f in _feeds(3, 9):
+        np.testing.assert_array_equal(_unoptimized(q, f), _unoptimized(plain, f))
+        np.testing.assert_array_equal(sim.run(f).outputs[program.outputs[0]], exact.run(None, f)[0])

@@ -41,10 +41,14 @@ def carried():
 
 def test_offset_tensors_read_as_signed(carried):
     u8, native = load_program(carried["uint8"]), load_program(carried["native"])
-    assert set(u8.tensors) == set(native.tensors)
+    # native only: a Conv reading a shared int8 tensor reads it quantized again (insert.requantize_for_layers)
+    again = set(native.tensors) - set(u8.tensors)
+    assert set(u8.tensors) <= set(native.tensors) and all("_shared_for_" in t for t in again)
     offset = [t for t, qt in u8.tensors.items() if qt.zero]
     assert offset and all(u8.tensors[t].zero == 128 and u8.tensors[t].signed for t in offset)
     for t, qt in native.tensors.items():
+        if t in again:
+            continue
         got = u8.tensors[t]
         assert (got.bits, got.signed, got.shift) == (qt.bits, qt.signed, qt.shift) and not qt.zero
 
