@@ -71,8 +71,10 @@ def run_variant(m, calib: list[dict], feeds: list[dict], overrides: dict, out: P
         src = out.with_suffix(".eq.onnx")  # folded first, as quantize does: BN no longer splits the pairs
         save_model(equalize(fold_batchnorm(m.path)[0])[0], src)
     cfg = QuantizeConfig(**{"report_samples": 0, **overrides})  # a variant may ask for report samples
-    q, _ = quantize(src, iter(calib), config=cfg)
+    q, report = quantize(src, iter(calib), config=cfg)
     seconds = time.perf_counter() - t0
+    if "finetune" in report.summary:  # what the held-out rule saw, for the run's log
+        print(f"# {m.name} {out.stem}: finetune {report.summary['finetune']}", file=sys.stderr)
     save_model(q, out)
     return (*fidelity(m.path, out, feeds), seconds)
 

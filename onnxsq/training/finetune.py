@@ -10,10 +10,13 @@ and weight). AdamW with a cosine learning rate, ``finetune_iters`` steps of ``fi
 
 Over-fitting a handful of images is the risk, so every ``finetune_holdout``-th calibration sample is held
 out of training (with as many crops of it), and the fine-tuned weights are kept only where the held-out
-samples' output SQNR (the exported QDQ models run in onnxruntime against the float model, every output
-pooled) beats the post-training model's by ``finetune_min_gain`` dB (three held-out images are a noisy
-measure: on the PP-OCR direction classifier a +0.4 dB held-out gain came with -1.1 dB on other images);
-else the pass's model is returned and the report says why. The report's
+samples' output SQNR (the exported QDQ models run in onnxruntime against the float model; each sample's
+SQNR in dB averaged, with the pooled SQNR not lower: :func:`held_out_sqnr`) beats the post-training
+model's by ``finetune_min_gain`` dB (four held-out images are a noisy measure: on the PP-OCR direction
+classifier a +0.4 dB held-out gain came with -1.1 dB on other images); else the pass's model is returned
+and the report says why. Once kept, the same training runs again from the same start on every sample,
+the held-out ones too, and that is exported (``finetune_refit``: on PP-OCRv4's recognizer 11.4 -> 12.7 dB
+on the bench's images). The report's
 ``finetune`` entry holds the held-out SQNR before and after, the iterations and the seconds;
 ``finetune_gain_db`` the gain kept (0 where none was kept).
 
@@ -139,6 +142,16 @@ def pooled_sqnr(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.n
     return -math.inf if signal == 0 else 10 * math.log10(signal / noise)
 
 
+def held_out_sqnr(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]]) -> tuple[float, float]:
+    """(mean over the samples of each one's output SQNR in dB, the pooled SQNR): the held-out rule's
+    measures. The pooled figure alone follows the few samples with the most noise (on ddddocr_det a
+    fine-tuning that gained +2.0 dB per held-out sample and +2.1 on the bench's images moved it +0.2), the
+    mean alone can hide one sample made much worse: the rule asks for a mean gain and no pooled loss."""
+    each = [pooled_sqnr([r], [g]) for r, g in zip(ref, got)]
+    each = [min(max(v, -300.0), 300.0) for v in each]  # an exact or a silent sample: bounded, not inf
+    return float(np.mean(each)) if each else math.nan, pooled_sqnr(ref, got)
+
+
 def split(samples: Sequence[Any], every: int) -> tuple[list[Any], list[Any]]:
     """(training, held out): every ``every``-th sample from the second-last position backwards is held out,
     at least one; both empty-free (fewer than two samples: no split, ``([...], [])``)."""
@@ -195,7 +208,7 @@ def _finetune(quantized: onnx.ModelProto, base: tuple[onnx.ModelProto, Any], rep
     feats = features(float_model, plan, tparams, cfg.finetune_features)
     t_train = _run(with_outputs(float_model, feats), train)
     t_held = _run(float_model, held)
-    base_db = pooled_sqnr(t_held, _run(quantized, held))
+    base_db, base_pooled = held_out_sqnr(t_held, _run(quantized, held))
     init = start_weights(weights, tparams, ptq_integers(quantized, weights))
     masks = {n: w != 0 for n, w in weights.items() if w.dtype == np.float32 and w.ndim >= 2 and not w.all()}
     t0 = time.perf_counter()
@@ -204,24 +217,43 @@ def _finetune(quantized: onnx.ModelProto, base: tuple[onnx.ModelProto, Any], rep
     seconds = time.perf_counter() - t0
     pfile = tmp / "ft.candidate.json"
     tuned, _ = export(with_initializers(float_model, trained), tparams, samples[:cfg.report_samples], cfg, pfile)
-    tuned_db = pooled_sqnr(t_held, _run(tuned, held))
-    kept = tuned_db >= base_db + cfg.finetune_min_gain
+    tuned_db, tuned_pooled = held_out_sqnr(t_held, _run(tuned, held))
+    kept = tuned_db >= base_db + cfg.finetune_min_gain and tuned_pooled >= base_pooled
     s = report.summary
     s["finetune"] = {"iterations": len(losses), "lr": cfg.finetune_lr, "batch": cfg.finetune_batch,
                      "features": len(feats),
                      "train_samples": len(train), "held_out_samples": len(held), "seconds": round(seconds, 1),
                      "first_loss": round(losses[0], 6), "final_loss": round(float(np.mean(losses[-10:])), 6),
                      "held_out_sqnr_db_before": round(base_db, 2), "held_out_sqnr_db_after": round(tuned_db, 2),
-                     "kept": kept}
+                     "held_out_pooled_db_before": round(base_pooled, 2),
+                     "held_out_pooled_db_after": round(tuned_pooled, 2), "kept": kept}
     s["finetune_gain_db"] = round(tuned_db - base_db, 2) if kept else 0.0
     if not kept:
-        report.warnings.append(f"{STEP}: held-out output SQNR {tuned_db:.2f} dB against the post-training "
-                               f"model's {base_db:.2f} (needs +{cfg.finetune_min_gain:g}): kept the post-training "
-                               "model")
+        report.warnings.append(f"{STEP}: held-out output SQNR {tuned_db:.2f} dB (pooled {tuned_pooled:.2f}) against "
+                               f"the post-training model's {base_db:.2f} ({base_pooled:.2f}; needs "
+                               f"+{cfg.finetune_min_gain:g}, pooled not lower): kept the post-training model")
         return quantized
+    if cfg.finetune_refit and held:
+        tuned = _refit(float_model, plan, tparams, init, (train, t_train), held, masks, cfg, feats, samples, pfile, s)
     os.replace(pfile, tmp / "ft.params.json")
     s.update(output_fidelity(float_model, tuned, samples[:cfg.report_samples]))
     s["finetune"]["layer_table"] = "the post-training model's (same shifts; its per-layer SQNR before fine-tuning)"
+    return tuned
+
+
+def _refit(float_model: onnx.ModelProto, plan: Any, tparams: Mapping[str, TensorQuant], init: Mapping[str, np.ndarray],
+           train: tuple[list[dict], list], held: list[dict], masks: Mapping[str, np.ndarray], cfg: Any,
+           feats: Sequence[str], samples: list[dict], pfile: Path, summary: dict) -> onnx.ModelProto:
+    """The held-out samples have said the recipe gains: train it again from the same start on every
+    sample (the held-out ones' crops too) and export that (more images, less over-fitting: the eval table
+    in the README)."""
+    xs = [*train[0], *held]
+    targets = [*train[1], *_run(with_outputs(float_model, feats), held)]
+    t0 = time.perf_counter()
+    trained, losses = train_student(with_initializers(float_model, init), plan, tparams, xs, targets, masks, cfg, feats)
+    tuned, _ = export(with_initializers(float_model, trained), tparams, samples[:cfg.report_samples], cfg, pfile)
+    summary["finetune"]["refit"] = {"samples": len(xs), "seconds": round(time.perf_counter() - t0, 1),
+                                    "final_loss": round(float(np.mean(losses[-10:])), 6)}
     return tuned
 
 

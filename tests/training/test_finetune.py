@@ -91,6 +91,39 @@ def test_a_worse_result_on_the_held_out_samples_keeps_the_post_training_model(mo
     np.testing.assert_array_equal(make_session(q).run(None, x)[0], make_session(plain).run(None, x)[0])
 
 
+@pytest.mark.parametrize("refit", [True, False])
+def test_a_kept_recipe_is_trained_again_on_every_sample(monkeypatch, refit):
+    calls = []
+
+    def unchanged(model, plan, tparams, xs, targets, masks, cfg, feats=()):
+        calls.append((len(xs), len(targets)))
+        return ft.initializers(model), [1.0]
+
+    monkeypatch.setattr(ft, "train_student", unchanged)
+    cfg = QuantizeConfig(**CFG, finetune_min_gain=-1e3, finetune_refit=refit)
+    q, report = quantize(_sparse_model(), _calib(), config=cfg)
+    onnx.checker.check_model(q)
+    info = report.summary["finetune"]
+    assert calls[0] == (info["train_samples"],) * 2 and info["kept"]
+    if refit:  # the held-out samples' crops join the training ones, each with its teacher output
+        every = info["train_samples"] + info["held_out_samples"]
+        assert calls[1:] == [(every, every)] and info["refit"]["samples"] == every
+    else:
+        assert len(calls) == 1 and "refit" not in info
+
+
+def test_a_refused_recipe_is_not_trained_again(monkeypatch):
+    calls = []
+
+    def ruined(model, plan, tparams, xs, targets, masks, cfg, feats=()):
+        calls.append(len(xs))
+        return {k: (-v if v.ndim >= 2 else v) for k, v in ft.initializers(model).items()}, [1.0]
+
+    monkeypatch.setattr(ft, "train_student", ruined)
+    _, report = quantize(_sparse_model(), _calib(), config=QuantizeConfig(**CFG))
+    assert len(calls) == 1 and "refit" not in report.summary["finetune"]
+
+
 def _student(model: onnx.ModelProto, calib: list[dict]):
     cfg = QuantizeConfig(**{**CFG, "finetune": False}).resolved()
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,6 +165,25 @@ def test_the_held_out_split():
     train, held = ft.split(list(range(2)), 3)
     assert (train, held) == ([1], [0])
     assert ft.split([0], 3) == ([0], [])
+
+
+def test_the_held_out_measures_are_the_mean_per_sample_and_the_pooled_sqnr():
+    rng = np.random.default_rng(0)
+    ref = [[rng.normal(0, 1, (1, 6)), rng.normal(0, 2, (1, 3))] for _ in range(3)]
+    noise = (0.1, 0.01, 1.0)  # the third sample's noise dominates the pooled figure
+    got = [[r + rng.normal(0, n, r.shape) for r in rs] for rs, n in zip(ref, noise)]
+
+    def db(signal, err):
+        return 10 * np.log10(signal / err)
+
+    each = [db(sum(np.sum(r**2) for r in rs), sum(np.sum((r - g) ** 2) for r, g in zip(rs, gs)))
+            for rs, gs in zip(ref, got)]
+    pooled = db(sum(np.sum(r**2) for rs in ref for r in rs),
+                sum(np.sum((r - g) ** 2) for rs, gs in zip(ref, got) for r, g in zip(rs, gs)))
+    mean, pool = ft.held_out_sqnr(ref, got)
+    assert mean == pytest.approx(np.mean(each), abs=1e-9) and pool == pytest.approx(pooled, abs=1e-9)
+    assert mean > pool + 10  # two good samples of three: the mean says so, the pooled figure does not
+    assert ft.held_out_sqnr(ref, ref) == (300.0, float("inf"))  # exact samples are bounded, not inf
 
 
 def test_too_few_samples_is_said_not_skipped_silently():

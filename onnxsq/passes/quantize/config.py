@@ -49,6 +49,9 @@ class QuantizeConfig:
     weight_method: str = "mse"  # minmax | mse (exact error on the weights)
     weight_rounding: str = "nearest"  # nearest | gptq (each layer's output error on the report samples; .rounding)
     percentile: float = 99.99
+    # mse/auto: a tensor read only by an elementwise function (Sigmoid, Tanh, HardSigmoid, x * Sigmoid(x), ...)
+    # takes the shift and signedness of least error through that function (.through)
+    through_readers: bool = True
     calib_count: int | None = None
     batch_size: int = 1  # per run; larger batches cost activation memory (8: ~6x the peak) for no speed on CPU
     preprocess: Preprocess | None = None
@@ -88,6 +91,7 @@ class QuantizeConfig:
     finetune_crops: int = 8  # random crops of each calibration image (training and held out)
     finetune_features: int = 0  # intermediate layer outputs the student also matches (0: the outputs only)
     finetune_min_gain: float = 0.5  # dB of held-out output SQNR the fine-tuned model must gain to be kept
+    finetune_refit: bool = True  # once kept: trained again from the same start on every sample (held-out ones too)
     effort: str = "default"  # fast | default | max: a preset over the options above (EFFORTS)
 
     def resolved(self) -> QuantizeConfig:

@@ -20,6 +20,7 @@ from .bias import correct_bias
 from .config import QuantizeConfig
 from .insert import carrier_dtype
 from .placement import Plan
+from .through import through_format
 
 SIXTEEN_BIT_OPSET = 21  # QuantizeLinear/DequantizeLinear take int16/uint16 from opset 21
 
@@ -48,6 +49,7 @@ class QuantizeContext:
     hessians: dict[str, Any] = field(default_factory=dict)  # weight → per-group E[x x^T], or why none (.rounding)
     gptq_rows: dict[str, np.ndarray] = field(default_factory=dict)  # weight → its output channels GPTQ rounded
     wide: dict[str, int] = field(default_factory=dict)  # tensor → bits where a 16-bit layer widens it (.wide)
+    through: dict[str, Any] = field(default_factory=dict)  # tensor → the function its readers compute (.through)
 
 
 def known_clipped(ctx: QuantizeContext, tparams: dict[str, TensorQuant]) -> dict[str, float]:
@@ -75,18 +77,19 @@ def _group_signed(ctx: QuantizeContext, members: list[str], bits: int) -> bool:
         elif m in ctx.consts:
             if float(np.min(ctx.consts[m])) < 0:
                 return True
-        elif m in ctx.stats and _wants_signed(ctx, ctx.stats[m], bits):
+        elif m in ctx.stats and _wants_signed(ctx, ctx.stats[m], bits, m):
             return True
     return False
 
 
-def _wants_signed(ctx: QuantizeContext, st: TensorStats, bits: int) -> bool:
+def _wants_signed(ctx: QuantizeContext, st: TensorStats, bits: int, st_name: str = "") -> bool:
     """Signed when the tensor has negatives; with ``auto``, only when a signed format's expected error
     is the lower one (an unsigned format may clip a few small negatives: HardSwish, SiLU)."""
     if st.nonnegative:
         return False
     if ctx.cfg.method == "auto" and st.histogram:
-        return mse_format(st, bits)[1]
+        f = ctx.through.get(st_name)
+        return through_format(st, bits, f)[1] if f is not None else mse_format(st, bits)[1]
     return True
 
 
@@ -111,6 +114,9 @@ def _member_shift(ctx: QuantizeContext, m: str, signed: bool, bits: int) -> tupl
     st = ctx.stats.get(m)
     if st is None or st.batches == 0:
         return bits - 1, None, "no data"
+    if m in ctx.through and ctx.cfg.method in ("mse", "auto") and st.histogram:  # the error its readers see
+        shift = through_format(st, bits, ctx.through[m], signed)[0]
+        return shift, (st.min, st.max), f"{ctx.cfg.method} (through reader)"
     shift, _ = choose_shift(st, ctx.cfg.method, bits, percentile=ctx.cfg.percentile, signed=signed)
     return shift, (st.min, st.max), ctx.cfg.method
 

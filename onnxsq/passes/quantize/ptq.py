@@ -66,6 +66,7 @@ from .params import QuantizeContext, check_bits, known_clipped, resolve_params
 from .placement import plan_qdq
 from .report import fill_report
 from .target import own_stats, quantize_for_target
+from .through import reader_functions
 from .wide import drop_unmatched, needed_opset, widen
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,8 @@ def prepare(model: ModelLike, cfg: QuantizeConfig, params: Any = None
     # From here on the weights live once, as the numpy arrays of ``graph`` (loading them here ends
     # its references into the proto, which then goes); onnxruntime sessions run skeletons fed with them.
     ctx = QuantizeContext(cfg, report, plan, _constants(graph), given=_given(params, report))
+    if cfg.through_readers:  # shifts chosen by the error their readers' function sees (.through)
+        ctx.through = reader_functions(graph, plan.activations)
     widen(ctx)
     large = sum(v.nbytes for v in ctx.consts.values()) >= RELEASE_BYTES
     if large:  # a full garbage collection costs ~15 ms: only worth it when there is much to hand back

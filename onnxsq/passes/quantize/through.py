@@ -1,0 +1,119 @@
+"""Range choice through the function that reads a tensor (``method`` ``mse`` / ``auto``).
+
+A Conv whose output only a SiLU reads (``x * Sigmoid(x)``: YOLO-style detectors), or only a Sigmoid, Tanh
+or HardSigmoid, passes on ``f(Q(x))``, not ``Q(x)``: what the quantization of ``x`` costs is
+``E[(f(x) - f(Q(x)))^2]``. SiLU squashes the negative half to ``[-0.28, 0]`` and Sigmoid both tails, so
+clipping there costs little and a finer step pays; the squared error of ``x`` itself cannot tell.
+
+On the calibration histogram (as :func:`onnxsq.calibration.stats.mse_errors` measures ``x``'s error):
+inside the range a value at bin centre ``v`` costs ``f'(v)^2 step^2 / 12`` (uniform rounding error,
+linearized; exact zeros cost nothing), beyond it ``(f(v) - f(limit))^2``. The shift and the
+signedness of least error are chosen among the min/max-fitting shift and up to ``candidates`` finer
+ones. Measured on the trained zoo (bench/fidelity.py; the README's table).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from ...calibration import pow2
+from ...calibration.stats import BINS, TensorStats
+
+Fn = Callable[[np.ndarray], np.ndarray]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _hard_sigmoid(alpha: float, beta: float) -> Fn:
+    return lambda x: np.clip(alpha * x + beta, 0.0, 1.0)
+
+
+def _gate(node) -> Fn | None:
+    """The elementwise function of a gate node (Sigmoid, HardSigmoid, Tanh), or None."""
+    if node.op == "Sigmoid":
+        return _sigmoid
+    if node.op == "Tanh":
+        return np.tanh
+    if node.op == "HardSigmoid":
+        return _hard_sigmoid(float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5)))
+    return None
+
+
+def reader_function(tensor, outputs: set[str]) -> Fn | None:
+    """``f`` where every reader of ``tensor`` (a graph variable) computes ``f(tensor)``: one gate
+    (``g(x)``), or a gate and the Mul of ``x`` with it (``x * g(x)``: SiLU, HardSwish); else None."""
+    if tensor.name in outputs:
+        return None
+    readers = list(tensor.outputs)
+    gates = [n for n in readers if _gate(n) is not None and len(n.inputs) == 1]
+    if len(readers) == 1 and gates:
+        return _gate(gates[0])
+    if len(readers) != 2 or len(gates) != 1:
+        return None
+    mul = next(n for n in readers if n is not gates[0])
+    names = sorted(i.name for i in mul.inputs)
+    if mul.op != "Mul" or names != sorted([tensor.name, gates[0].outputs[0].name]):
+        return None
+    g = _gate(gates[0])
+    return lambda x: x * g(x)
+
+
+def reader_functions(graph, tensors: Iterable[str]) -> dict[str, Fn]:
+    """:func:`reader_function` of each of ``tensors`` in ``graph`` (an onnx-graphsurgeon graph) that has one."""
+    found = graph.tensors()
+    outputs = {o.name for o in graph.outputs}
+    out = {}
+    for t in tensors:
+        f = reader_function(found[t], outputs) if t in found else None
+        if f is not None:
+            out[t] = f
+    return out
+
+
+def through_errors(stats: TensorStats, bits: int, signed: bool, f: Fn, *, candidates: int = 6
+                   ) -> list[tuple[int, float]]:
+    """``(shift, expected squared error of f)`` for the min/max-fitting shift and up to ``candidates`` finer."""
+    lo, hi = (stats.min, stats.max) if stats.batches else (0.0, 0.0)
+    base = pow2.fit_shift(min(lo, 0.0) if signed else max(lo, 0.0), max(hi, 0.0), bits, signed)
+    qmin, qmax = pow2.int_range(bits, signed)
+    width = stats.bin_width()
+    centres = (np.arange(BINS) + 0.5) * width
+    sides = []
+    for hist, v in ((stats.hist_pos, centres), (stats.hist_neg, -centres)):
+        n = hist.astype(np.float64)
+        slope = (f(v + width / 2) - f(v - width / 2)) / width
+        sides.append((n, v, slope * slope, f(v)))
+    zeros_cost = float(stats.zeros) * float(((f(np.array(width / 2)) - f(np.array(-width / 2))) / width) ** 2)
+    out = []
+    for shift in range(base, min(base + candidates, pow2.MAX_SHIFT) + 1):
+        step = math.ldexp(1.0, -shift)
+        err = -zeros_cost * step * step / 12.0
+        for (n, v, slope2, fv), limit in zip(sides, (qmax * step, qmin * step)):
+            over = np.abs(v) > abs(limit)
+            err += float(np.sum(n[~over] * slope2[~over])) * step * step / 12.0
+            err += float(np.sum(n[over] * np.square(fv[over] - f(np.array(limit)))))
+        out.append((shift, max(err, 0.0)))
+    return out
+
+
+def _best(errors: list[tuple[int, float]]) -> tuple[int, float]:
+    best, best_err = errors[0]
+    for shift, err in errors[1:]:
+        if err < best_err * (1 - 1e-12):  # ties keep the coarser shift
+            best, best_err = shift, err
+    return int(best), best_err
+
+
+def through_format(stats: TensorStats, bits: int, f: Fn, signed: bool | None = None) -> tuple[int, bool]:
+    """``(shift, signed)`` of least expected error through ``f`` (``signed`` given: that one's shift)."""
+    if signed is not None or stats.nonnegative:
+        sign = bool(signed) if signed is not None else False
+        return _best(through_errors(stats, bits, sign, f))[0], sign
+    s_shift, s_err = _best(through_errors(stats, bits, True, f))
+    u_shift, u_err = _best(through_errors(stats, bits, False, f))
+    return (u_shift, False) if u_err < s_err * (1 - 1e-12) else (s_shift, True)

@@ -1,0 +1,111 @@
+"""Range choice through the reader's function (onnxsq.passes.quantize.through): which tensors qualify, the
+histogram error against the squared error measured directly, and the pass using it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxsq.calibration import pow2
+from onnxsq.calibration.stats import TensorStats, mse_errors
+from onnxsq.params import read_params
+from onnxsq.passes.quantize import QuantizeConfig, quantize
+from onnxsq.passes.quantize.through import _sigmoid, reader_functions, through_errors, through_format
+from onnxsq.runtime import make_session
+
+
+def _silu_net(seed: int = 0, shift: float = -4.0) -> onnx.ModelProto:
+    """Conv → SiLU (Sigmoid, Mul) → Conv → Sigmoid; the first conv's outputs lean negative (bias ``shift``)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(0, 1.0, (8, 3, 3, 3)).astype(np.float32), "w0"),
+             numpy_helper.from_array(np.full(8, shift, np.float32), "b0"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 1, 1)).astype(np.float32), "w1")]
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c0"], ["s0"], name="sig0"),
+             helper.make_node("Mul", ["c0", "s0"], ["a0"], name="mul0"),
+             helper.make_node("Conv", ["a0", "w1"], ["c1"], name="conv1"),
+             helper.make_node("Sigmoid", ["c1"], ["y"], name="sig1")]
+    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+
+
+def _calib(n: int = 6, seed: int = 1) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(n)]
+
+
+def _stats(x: np.ndarray) -> TensorStats:
+    st = TensorStats(histogram=True)
+    st.update(x)
+    return st
+
+
+def _q(x: np.ndarray, shift: int, signed: bool) -> np.ndarray:
+    qmin, qmax = pow2.int_range(8, signed)
+    return np.clip(np.round(np.ldexp(x, shift)), qmin, qmax) * np.ldexp(1.0, -shift)
+
+
+def test_the_tensors_read_by_one_function_and_only_those():
+    graph = gs.import_onnx(_silu_net())
+    found = reader_functions(graph, ["x", "c0", "s0", "a0", "c1", "y"])
+    assert set(found) == {"c0", "c1"}  # SiLU's input and the Sigmoid's; y is a graph output, a0 a Conv's input
+    v = np.linspace(-6, 6, 13)
+    np.testing.assert_allclose(found["c0"](v), v * _sigmoid(v))
+    np.testing.assert_allclose(found["c1"](v), 1 / (1 + np.exp(-v)))
+    graph.nodes.append(gs.Node("Relu", inputs=[graph.tensors()["c0"]], outputs=[gs.Variable("extra")]))
+    assert "c0" not in reader_functions(graph, ["c0"])  # another reader: x's own error counts again
+
+
+def test_through_the_identity_it_is_the_histogram_mse():
+    x = np.random.default_rng(0).standard_normal(20000).astype(np.float32) * 3
+    st = _stats(x)
+    for signed in (True, False):
+        ours = through_errors(st, 8, signed, lambda v: v)
+        ref = mse_errors(st, 8, signed)
+        assert [s for s, _ in ours] == [s for s, _ in ref]
+        np.testing.assert_allclose([e for _, e in ours], [e for _, e in ref], rtol=1e-6)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_the_histogram_error_is_the_squared_error_through_silu(signed):
+    rng = np.random.default_rng(2)  # a long negative tail, as pre-SiLU conv outputs have
+    x = np.concatenate([-np.abs(rng.normal(0, 12, 30000)), np.abs(rng.normal(0, 2.5, 30000))]).astype(np.float32)
+    silu = lambda v: v * _sigmoid(v)  # noqa: E731
+    st = _stats(x)
+    for shift, err in through_errors(st, 8, signed, silu):
+        real = float(np.sum(np.square(silu(x.astype(np.float64)) - silu(_q(x.astype(np.float64), shift, signed)))))
+        assert err == pytest.approx(real, rel=0.15), shift
+
+
+def test_silu_takes_a_finer_shift_than_its_input_alone_and_loses_less():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([-np.abs(rng.normal(0, 12, 30000)), np.abs(rng.normal(0, 2.5, 30000))]).astype(np.float64)
+    silu = lambda v: v * _sigmoid(v)  # noqa: E731
+    st = _stats(x.astype(np.float32))
+    plain = min(mse_errors(st, 8, True), key=lambda e: e[1])[0]
+    shift, signed = through_format(st, 8, silu)
+    assert shift > plain
+
+    def real(s: int, sg: bool) -> float:
+        return float(np.mean(np.square(silu(x) - silu(_q(x, s, sg)))))
+
+    assert real(shift, signed) < 0.5 * real(plain, True)
+
+
+def test_the_pass_chooses_through_the_reader_and_says_so(tmp_path):
+    model, calib = _silu_net(), _calib()
+    q, report = quantize(model, calib, config=QuantizeConfig(report_samples=2), params_out=tmp_path / "p.json")
+    plain, plain_report = quantize(model, calib, config=QuantizeConfig(report_samples=2, through_readers=False),
+                                   params_out=tmp_path / "plain.json")
+    onnx.checker.check_model(q)
+    make_session(q).run(None, calib[0])
+    ours, theirs = read_params(tmp_path / "p.json"), read_params(tmp_path / "plain.json")
+    assert ours["c0"].estimator == "auto (through reader)" and theirs["c0"].estimator == "auto"
+    assert ours["a0"].estimator == theirs["a0"].estimator == "auto"  # read by a Conv: its own error
+    assert ours["c0"].shift > theirs["c0"].shift  # the negative tail is clipped: SiLU flattens it
+    assert ours["c0"].scale == np.ldexp(1.0, -int(ours["c0"].shift))
+    assert report.summary["output_sqnr_db"] > plain_report.summary["output_sqnr_db"]
