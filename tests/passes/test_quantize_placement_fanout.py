@@ -161,3 +161,33 @@ def test_layers_reading_a_shared_int8_tensor_get_their_own_pair_and_fuse(tmp_pat
     for f in _feeds(3, 9):
         np.testing.assert_array_equal(_unoptimized(q, f), _unoptimized(plain, f))
         np.testing.assert_array_equal(sim.run(f).outputs[program.outputs[0]], exact.run(None, f)[0])
+
+
+def _pools_net() -> onnx.ModelProto:
+    """Conv → Relu → AveragePool 3x3/1 pad 1 (Inception's pool branch) → Conv → Relu → AveragePool 2x2/2 → Conv."""
+    b = Builder(seed=12)
+    r = b.node("Relu", [b.conv("x", 3, 8)])
+    same = b.node("AveragePool", [r], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+    half = b.node("AveragePool", [b.node("Relu", [b.conv(same, 8, 8)])], kernel_shape=[2, 2], strides=[2, 2])
+    return b.model({"x": SHAPE}, [b.conv(half, 8, 4)])
+
+
+def test_a_same_size_average_pool_runs_float(tmp_path, monkeypatch):
+    def pools(q: onnx.ModelProto, tag: str) -> list[str]:
+        return sorted(n.op_type for n in _optimized(q, tmp_path, tag).node if "AveragePool" in n.op_type)
+
+    cfg = QuantizeConfig(report_samples=0)
+    q, _ = quantize(_pools_net(), _feeds(), config=cfg)
+    onnx.checker.check_model(q)
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    feeding = [producers[n.input[0]] for n in q.graph.node if n.op_type == "AveragePool"]
+    assert sorted(feeding) == ["Clip", "DequantizeLinear"]  # only the stride-1 pool reads through a Clip
+    assert pools(q, "kept") == ["AveragePool", "QLinearAveragePool"]
+    monkeypatch.setattr(insert, "average_pools_read_float", lambda *a: 0)
+    plain, _ = quantize(_pools_net(), _feeds(), config=cfg)
+    assert pools(plain, "plain") == ["QLinearAveragePool"] * 2  # onnxruntime's slow integer pool
+    program = load_program(q)
+    sim, exact = Simulator(program), ort_session(str(tmp_path / "kept.onnx"), precise=True)
+    for f in _feeds(3, 9):
+        np.testing.assert_array_equal(_unoptimized(q, f), _unoptimized(plain, f))
+        np.testing.assert_array_equal(sim.run(f).outputs[program.outputs[0]], exact.run(None, f)[0])
