@@ -391,8 +391,7 @@ def batches(source: Iterable[Feed], inputs: list[InputSpec], *, batch_size: int 
             break
     if have:
         if fixed is not None:
-            log.warning("dropping the last %d calibration sample(s): the model's batch size is fixed at %d", have,
-                        fixed)
+            log.warning("dropping the last %d calibration sample(s): the model's batch is fixed at %d", have, fixed)
         else:
             yield {k: np.concatenate([f[k] for f in pending]) for k in pending[0]}, have
 
