@@ -11,7 +11,7 @@ and weight). AdamW with a cosine learning rate, ``finetune_iters`` steps of ``fi
 Over-fitting a handful of images is the risk, so every ``finetune_holdout``-th calibration sample is held
 out of training (with as many crops of it), and the fine-tuned weights are kept only where the held-out
 samples' output SQNR (the exported QDQ models run in onnxruntime against the float model; each sample's
-SQNR in dB averaged, with the pooled SQNR not lower: :func:`held_out_sqnr`) beats the post-training
+SQNR in dB, averaged: :func:`held_out_sqnr`) beats the post-training
 model's by ``finetune_min_gain`` dB (four held-out images are a noisy measure: on the PP-OCR direction
 classifier a +0.4 dB held-out gain came with -1.1 dB on other images); else the pass's model is returned
 and the report says why. Once kept, the same training runs again from the same start on every sample,
@@ -144,9 +144,9 @@ def pooled_sqnr(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.n
 
 def held_out_sqnr(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]]) -> tuple[float, float]:
     """(mean over the samples of each one's output SQNR in dB, the pooled SQNR): the held-out rule's
-    measures. The pooled figure alone follows the few samples with the most noise (on ddddocr_det a
-    fine-tuning that gained +2.0 dB per held-out sample and +2.1 on the bench's images moved it +0.2), the
-    mean alone can hide one sample made much worse: the rule asks for a mean gain and no pooled loss."""
+    measures. The rule reads the mean: the pooled figure follows the few samples with the most noise (on
+    ddddocr_det a fine-tuning that gained +2.0 dB per held-out sample and +2.1 on the bench's images moved
+    it +0.2; on the PP-OCR classifier it said +0.3 where the bench's images lost 6 dB, the mean -2.1)."""
     each = [pooled_sqnr([r], [g]) for r, g in zip(ref, got)]
     each = [min(max(v, -300.0), 300.0) for v in each]  # an exact or a silent sample: bounded, not inf
     return float(np.mean(each)) if each else math.nan, pooled_sqnr(ref, got)
@@ -218,7 +218,7 @@ def _finetune(quantized: onnx.ModelProto, base: tuple[onnx.ModelProto, Any], rep
     pfile = tmp / "ft.candidate.json"
     tuned, _ = export(with_initializers(float_model, trained), tparams, samples[:cfg.report_samples], cfg, pfile)
     tuned_db, tuned_pooled = held_out_sqnr(t_held, _run(tuned, held))
-    kept = tuned_db >= base_db + cfg.finetune_min_gain and tuned_pooled >= base_pooled
+    kept = tuned_db >= base_db + cfg.finetune_min_gain
     s = report.summary
     s["finetune"] = {"iterations": len(losses), "lr": cfg.finetune_lr, "batch": cfg.finetune_batch,
                      "features": len(feats),
@@ -231,7 +231,7 @@ def _finetune(quantized: onnx.ModelProto, base: tuple[onnx.ModelProto, Any], rep
     if not kept:
         report.warnings.append(f"{STEP}: held-out output SQNR {tuned_db:.2f} dB (pooled {tuned_pooled:.2f}) against "
                                f"the post-training model's {base_db:.2f} ({base_pooled:.2f}; needs "
-                               f"+{cfg.finetune_min_gain:g}, pooled not lower): kept the post-training model")
+                               f"+{cfg.finetune_min_gain:g}): kept the post-training model")
         return quantized
     if cfg.finetune_refit and held:
         tuned = _refit(float_model, plan, tparams, init, (train, t_train), held, masks, cfg, feats, samples, pfile, s)
