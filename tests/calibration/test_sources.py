@@ -138,7 +138,7 @@ def test_a_static_batch_takes_whole_batches_and_warns_of_the_rest(caplog):
 
     inputs = [InputSpec("x", np.dtype(np.float32), (3, 2))]  # the model's batch is fixed at 3
     feeds = [{"x": np.full((1, 2), i, np.float32)} for i in range(7)]
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING", logger="onnxsq"):
         got = [f["x"][:, 0].tolist() for f, _ in batches(feeds, inputs)]
     assert got == [[0, 1, 2], [3, 4, 5]]
     assert "dropping the last 1 calibration sample(s): the model's batch is fixed at 3" in caplog.text

@@ -50,6 +50,8 @@ class QuantizeContext:
     gptq_rows: dict[str, np.ndarray] = field(default_factory=dict)  # weight → its output channels GPTQ rounded
     wide: dict[str, int] = field(default_factory=dict)  # tensor → bits where a 16-bit layer widens it (.wide)
     through: dict[str, Any] = field(default_factory=dict)  # tensor → the function its readers compute (.through)
+    softmax: dict[str, Any] = field(default_factory=dict)  # tensor → the Softmax that reads it (.softmax_range)
+    softmax_shift: dict[str, int] = field(default_factory=dict)  # its shift by that Softmax's error
 
 
 def known_clipped(ctx: QuantizeContext, tparams: dict[str, TensorQuant]) -> dict[str, float]:
@@ -88,6 +90,8 @@ def _wants_signed(ctx: QuantizeContext, st: TensorStats, bits: int, st_name: str
     if st.nonnegative:
         return False
     if ctx.cfg.method == "auto" and st.histogram:
+        if st_name in ctx.softmax:  # read by Softmax: chosen by its error, in the format that holds negatives
+            return True
         f = ctx.through.get(st_name)
         return through_format(st, bits, f)[1] if f is not None else mse_format(st, bits)[1]
     return True
@@ -114,6 +118,11 @@ def _member_shift(ctx: QuantizeContext, m: str, signed: bool, bits: int) -> tupl
     st = ctx.stats.get(m)
     if st is None or st.batches == 0:
         return bits - 1, None, "no data"
+    if m in ctx.softmax and ctx.cfg.method in ("mse", "auto") and bits == ctx.cfg.bits:  # (.softmax_range)
+        if m in ctx.softmax_shift:
+            return ctx.softmax_shift[m], (st.min, st.max), "softmax error (read by Softmax)"
+        shift = pow2.fit_shift(min(st.min, 0.0) if signed else 0.0, max(st.max, 0.0), bits, signed)
+        return int(shift), (st.min, st.max), "minmax (read by Softmax, no samples)"
     if m in ctx.through and ctx.cfg.method in ("mse", "auto") and st.histogram:  # the error its readers see
         shift = through_format(st, bits, ctx.through[m], signed)[0]
         return shift, (st.min, st.max), f"{ctx.cfg.method} (through reader)"

@@ -65,6 +65,8 @@ from .insert import insert_qdq_graph
 from .params import QuantizeContext, check_bits, known_clipped, resolve_params
 from .placement import plan_qdq
 from .report import fill_report
+from .softmax_range import SAMPLES as SOFTMAX_SAMPLES
+from .softmax_range import choose_softmax_shifts, softmax_reads
 from .target import own_stats, quantize_for_target
 from .through import reader_functions
 from .wide import drop_unmatched, needed_opset, widen
@@ -156,8 +158,9 @@ def prepare(model: ModelLike, cfg: QuantizeConfig, params: Any = None
     # From here on the weights live once, as the numpy arrays of ``graph`` (loading them here ends
     # its references into the proto, which then goes); onnxruntime sessions run skeletons fed with them.
     ctx = QuantizeContext(cfg, report, plan, _constants(graph), given=_given(params, report))
-    if cfg.through_readers:  # shifts chosen by the error their readers' function sees (.through)
+    if cfg.through_readers:  # shifts chosen by the error their readers' function sees (.through, .softmax_range)
         ctx.through = reader_functions(graph, plan.activations)
+        ctx.softmax = softmax_reads(graph, plan.activations, opset)
     widen(ctx)
     large = sum(v.nbytes for v in ctx.consts.values()) >= RELEASE_BYTES
     if large:  # a full garbage collection costs ~15 ms: only worth it when there is much to hand back
@@ -211,10 +214,12 @@ def _calibrate(ctx: QuantizeContext, graph: gs.Graph, calib: Any, float_model: o
     todo = [t for t in plan.activations if t not in ctx.given]
     have_data = calib is not None or stats is not None
     ctx.means = (means_wanted(plan.weights, ctx.given, graph, have_data) if cfg.bias_correction else {})
+    keep = max(cfg.report_samples, SOFTMAX_SAMPLES if ctx.softmax else 0)
     if stats is not None:
         from .shards import from_stats
 
-        return from_stats(ctx, todo, stats, calib, float_model, float_weights, clock)
+        kept, samples = from_stats(ctx, todo, stats, calib, float_model, float_weights, clock, keep=keep)
+        return _softmax_shifts(ctx, float_model, float_weights, kept), samples
     full = bool(todo or ctx.means)
     if calib is not None and not full and cfg.report_samples == 0:
         report.summary["calibration_data"] = "not read: every tensor has given parameters and the report is off"
@@ -229,11 +234,27 @@ def _calibrate(ctx: QuantizeContext, graph: gs.Graph, calib: Any, float_model: o
     total = source.total if count is None else min(count, source.total or count)
     batches = unit_batches(source, batch_size=cfg.batch_size, count=count)
     ctx.stats, kept, samples = collect_stats(float_model, todo, batches, histogram=cfg.method in HIST_METHODS,
-                                             progress=progress, total=total, keep=cfg.report_samples,
+                                             progress=progress, total=total, keep=keep,
                                              weights=float_weights, means=ctx.means)
     report.warnings.extend(source.warnings)
     clock.lap("calibrate")
-    return kept, samples
+    return _softmax_shifts(ctx, float_model, float_weights, kept), samples
+
+
+def _softmax_shifts(ctx: QuantizeContext, float_model: onnx.ModelProto, float_weights: dict[str, np.ndarray],
+                    kept: list[dict]) -> list[dict]:
+    """Softmax-read tensors' shifts by the Softmax's error on the kept samples (.softmax_range); returns the
+    report's samples of them."""
+    if not ctx.softmax:
+        return kept
+    ctx.softmax_shift = choose_softmax_shifts(ctx, float_model, float_weights, kept)
+    out, have = [], 0
+    for f in kept:
+        if have >= ctx.cfg.report_samples:
+            break
+        out.append(f)
+        have += int(next(iter(f.values())).shape[0]) if f else 1
+    return out
 
 
 def open_calib(calib: Any, cfg: QuantizeConfig, float_model: onnx.ModelProto,

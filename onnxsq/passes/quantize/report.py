@@ -32,6 +32,12 @@ def _shift_text(p: TensorQuant) -> Any:
     return f"{min(p.shift)}..{max(p.shift)}"
 
 
+def _range_note(p: TensorQuant) -> list[str]:
+    """The range rule where it is not the configured estimator's plain choice (through a reader's function,
+    by a Softmax's error)."""
+    return [f"range: {p.estimator}"] if p.estimator and "(" in p.estimator else []
+
+
 def fill_report(ctx: QuantizeContext, tparams: dict[str, TensorQuant], ev: Any, samples: int, seconds: float,
                 sens: Any = None) -> None:
     """One candidate per planned layer (quantized with its bits, shifts, range, clipped fraction and SQNR;
@@ -60,7 +66,7 @@ def fill_report(ctx: QuantizeContext, tparams: dict[str, TensorQuant], ev: Any, 
             d["sensitivity_db"] = alone[entry.node]
         if cfg.histograms and (h := compact_histogram(ctx.stats.get(entry.output))) is not None:
             d["histogram"] = h
-        notes = "; ".join(([entry.reason] if entry.reason else []) + (use.notes if use else []))
+        notes = "; ".join(([entry.reason] if entry.reason else []) + (use.notes if use else []) + _range_note(p))
         report.add(entry.node, entry.op, "quantized", notes, **d)
     covered = {e.output for e in plan.layers if e.output}
     for t in plan.activations + plan.constants:
@@ -72,7 +78,7 @@ def fill_report(ctx: QuantizeContext, tparams: dict[str, TensorQuant], ev: Any, 
                 d["clipped"], d["sqnr_db"] = ev.layers[t].clipped, ev.layers[t].sqnr_db
             if cfg.histograms and (h := compact_histogram(ctx.stats.get(t))) is not None:
                 d["histogram"] = h
-            report.add(t, "tensor", "quantized", "input of a quantized layer", **d)
+            report.add(t, "tensor", "quantized", "; ".join(["input of a quantized layer", *_range_note(p)]), **d)
     _summarize(ctx, ev, sens, samples, seconds)
 
 

@@ -81,10 +81,11 @@ SAME_RUN = "this quantize run"
 
 
 def from_stats(ctx: QuantizeContext, todo: list[str], stats: Sequence[Any], calib: Any,
-               float_model: onnx.ModelProto, float_weights: dict[str, np.ndarray], clock: Any
+               float_model: onnx.ModelProto, float_weights: dict[str, np.ndarray], clock: Any, *, keep: int = 0
                ) -> tuple[list[dict], int]:
-    """Set ``ctx.stats`` and ``ctx.means`` from merged statistics; the report's samples from ``calib``
-    (when given). Statistics of another model, with parts missing or lacking a tensor are an error."""
+    """Set ``ctx.stats`` and ``ctx.means`` from merged statistics; the first ``keep`` samples of ``calib``
+    (when given: the report's, and those the Softmax ranges measure on). Statistics of another model, with
+    parts missing or lacking a tensor are an error."""
     from .ptq import open_calib
 
     cfg, report = ctx.cfg, ctx.report
@@ -109,9 +110,9 @@ def from_stats(ctx: QuantizeContext, todo: list[str], stats: Sequence[Any], cali
     report.warnings.extend(merged.warnings)
     report.summary["stats_parts"] = len(stats)
     kept: list[dict] = []
-    if calib is not None and cfg.report_samples:
+    if calib is not None and keep:
         source = open_calib(calib, cfg, float_model, float_weights)
-        kept = [f for f, _, _ in unit_batches(source, batch_size=cfg.batch_size, count=cfg.report_samples)]
+        kept = [f for f, _, _ in unit_batches(source, batch_size=cfg.batch_size, count=keep)]
     clock.lap("calibrate")
     return kept, merged.samples
 

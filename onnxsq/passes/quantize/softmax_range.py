@@ -1,0 +1,127 @@
+"""The shift of a tensor that Softmax reads, by the error of the Softmax itself.
+
+``softmax(z)`` along an axis is decided by each row's largest entries, which are rare in the tensor's
+histogram: a squared-error choice on ``z`` happily clips them (PP-OCRv6's recognizer: CTC logits and
+attention scores clipped above 16, the recognized characters' probabilities moved), while a whole-range
+choice rounds the many moderate rows coarsely. So for a tensor every reader of which is a Softmax (directly
+or through shape-only ops: Identity, Reshape, Transpose, Squeeze, Unsqueeze, Flatten), the shift is the one
+among the min/max-fitting shift and :data:`CANDIDATES` finer one(s) with the least
+``sum ||softmax(Q_s(z)) - softmax(z)||^2`` over the first calibration samples (:data:`SAMPLES`), measured
+on the Softmax's own input (the same values; shape ops move them), along its axis (opset < 13: the 2-D
+coercion at ``axis``). Signed when the tensor has negatives. Ties keep the coarser shift; without samples
+the min/max-fitting shift (nothing clipped).
+
+Why one finer shift at most: the error is measured on a few samples, while the range comes from all of
+them. With more candidates the choice fits those few: a synthetic CTC head whose confident rows come now
+and then took a shift two steps finer on its first four samples and then clipped the confident rows of
+the fifth (Softmax error 0.87 against 0.07; tests/passes/test_quantize_softmax_range.py). One step finer
+clips at most the top half of the range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...calibration import pow2
+
+SAMPLES = 4  # calibration samples the candidates are measured on (the report's, or kept for this)
+CANDIDATES = 1  # finer shifts tried beyond the min/max-fitting one (see the module docstring)
+_SHAPE_ONLY = frozenset({"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"})
+
+
+@dataclass(frozen=True)
+class SoftmaxRead:
+    """The Softmax a tensor feeds: its input (the same values, maybe reshaped) and how it reduces."""
+
+    softmax_input: str
+    axis: int
+    coerce_2d: bool  # opset < 13: softmax over the flattened dims from ``axis`` on
+
+
+def softmax_read(tensor, outputs: set[str], opset: int, depth: int = 0) -> SoftmaxRead | None:
+    """The :class:`SoftmaxRead` of ``tensor`` (an onnx-graphsurgeon variable) when every reader is one Softmax
+    or shape-only ops leading only to it; else None."""
+    readers = list(tensor.outputs)
+    if len(readers) != 1 or tensor.name in outputs or depth > 8:
+        return None
+    node = readers[0]
+    if node.op == "Softmax":
+        default = -1 if opset >= 13 else 1
+        return SoftmaxRead(node.inputs[0].name, int(node.attrs.get("axis", default)), opset < 13)
+    if node.op in _SHAPE_ONLY and node.outputs:
+        return softmax_read(node.outputs[0], outputs, opset, depth + 1)
+    return None
+
+
+def _softmax(z: np.ndarray, read: SoftmaxRead) -> np.ndarray:
+    shape = z.shape
+    if read.coerce_2d:
+        axis = read.axis % max(z.ndim, 1)
+        z = z.reshape(int(np.prod(shape[:axis], dtype=np.int64)), -1)
+        axis = 1
+    else:
+        axis = read.axis
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return (e / e.sum(axis=axis, keepdims=True)).reshape(shape)
+
+
+def softmax_errors(values: list[np.ndarray], read: SoftmaxRead, lo: float, hi: float, bits: int,
+                   signed: bool) -> list[tuple[int, float]]:
+    """``(shift, sum of squared Softmax-output errors over values)`` for the min/max-fitting shift and
+    :data:`CANDIDATES` finer one(s)."""
+    base = int(pow2.fit_shift(min(lo, 0.0) if signed else 0.0, max(hi, 0.0), bits, signed))
+    qmin, qmax = pow2.int_range(bits, signed)
+    refs = [_softmax(v.astype(np.float64), read) for v in values]
+    out = []
+    for shift in range(base, min(base + CANDIDATES, pow2.MAX_SHIFT) + 1):
+        err = 0.0
+        for v, ref in zip(values, refs):
+            q = np.clip(np.round(np.ldexp(v.astype(np.float64), shift)), qmin, qmax) * np.ldexp(1.0, -shift)
+            err += float(np.sum(np.square(_softmax(q, read) - ref)))
+        out.append((shift, err))
+    return out
+
+
+def best_shift(errors: list[tuple[int, float]]) -> int:
+    """The shift of least error; ties (within 1e-12 relative) keep the coarser one."""
+    best, best_err = errors[0]
+    for shift, err in errors[1:]:
+        if err < best_err * (1 - 1e-12):
+            best, best_err = shift, err
+    return int(best)
+
+
+def softmax_reads(graph, tensors, opset: int) -> dict[str, SoftmaxRead]:
+    """:func:`softmax_read` of each of ``tensors`` in ``graph`` (onnx-graphsurgeon) that Softmax reads."""
+    found = graph.tensors()
+    outputs = {o.name for o in graph.outputs}
+    out = {}
+    for t in tensors:
+        read = softmax_read(found[t], outputs, opset) if t in found else None
+        if read is not None:
+            out[t] = read
+    return out
+
+
+def choose_softmax_shifts(ctx, float_model, float_weights, feeds: list[dict]) -> dict[str, int]:
+    """The shift of every calibrated tensor in ``ctx.softmax`` by :func:`softmax_errors` on ``feeds`` (the float
+    model, a skeleton fed with ``float_weights``); none without feeds."""
+    from ...calibration.collect import run_observed
+
+    todo = {t: r for t, r in ctx.softmax.items() if t in ctx.stats and ctx.stats[t].batches and t not in ctx.wide}
+    if not todo or not feeds:
+        return {}
+    names = sorted({r.softmax_input for r in todo.values()})
+    values: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    batches = [(f, int(next(iter(f.values())).shape[0]) if f else 1) for f in feeds]
+    for _, arrays, _ in run_observed(float_model, names, batches, weights=float_weights):
+        for n, a in zip(names, arrays):
+            values[n].append(np.asarray(a))
+    out = {}
+    for t, read in todo.items():
+        st = ctx.stats[t]
+        out[t] = best_shift(softmax_errors(values[read.softmax_input], read, st.min, st.max, ctx.cfg.bits,
+                                           not st.nonnegative))
+    return out
