@@ -18,7 +18,7 @@ from ..runtime import make_session
 from .bounds import signed_bits, worst_accumulator
 from .compare import Reference, output_steps, step_diff
 from .execute import Simulator
-from .program import Program
+from .program import KIND_ACTION, Program
 from .rounding import ROUNDINGS
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,7 @@ def _tally_float(program: Program, flt, feed, result, tally: _Tally) -> None:
 
 def _report(program: Program, sim: Simulator, tally: _Tally, cfg: SimulateConfig, ref: Reference | None) -> Report:
     rep = Report("simulate")
-    action = {"int": "integer", "lut": "look-up table", "float": "float island", "input": "input",
-              "tail": "float tail"}
+    action = KIND_ACTION
     worst_over, seen_over = [], []
     for layer in program.layers:
         st = sim.stats[layer.name]

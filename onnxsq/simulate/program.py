@@ -81,10 +81,15 @@ class Step:
     name: str = ""
 
 
+#: how a report names a layer of each kind (simulate's and export-int's)
+KIND_ACTION = {"int": "integer", "lut": "look-up table", "float": "float island", "input": "input",
+               "tail": "float tail"}
+
+
 @dataclass
 class Layer:
     name: str
-    kind: str  # int | lut | float | input | tail
+    kind: str  # int | lut | float | input | tail (KIND_ACTION)
     op: str  # the main op (the first step with an integer-tensor input), or QuantizeLinear
     steps: list[Step]
     inputs: list[str]  # integer tensors read (through their DQ) and float graph inputs

@@ -170,3 +170,30 @@ def test_simulate_takes_the_preprocessing_the_model_stores(run_cli, tmp_path):
     res = run_cli("simulate", qpath, "--data", folder, "--mean", "0", "0", "0", "--outputs", other, "--no-compare")
     assert res.code == 0 and "overrides the model's stored preprocessing" in res.err
     assert not np.array_equal(np.load(stored)["logits"], np.load(other)["logits"])
+
+
+def test_export_int_of_a_model_with_look_up_tables(run_cli, tmp_path):
+    """--integer-only turns a Sigmoid into a look-up table layer: export-int writes and reports it (it used to
+    fail on the report's kind name after writing the package) and the package runs as the model."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(6)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w0"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (2, 4, 1, 1)).astype(np.float32), "w1")]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c0"], ["s0"]), helper.make_node("Conv", ["s0", "w1"], ["y"])]
+    g = helper.make_graph(nodes, "lut", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])], inits)
+    src, q, pkg, rep = tmp_path / "m.onnx", tmp_path / "m.q.onnx", tmp_path / "pkg", tmp_path / "r.json"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), str(src))
+    npz = tmp_path / "calib.npz"
+    np.savez(npz, x=rng.normal(0, 1, (4, 3, 8, 8)).astype(np.float32))
+    assert run_cli("quantize", src, "--calib", npz, "--integer-only", "--report-samples", "0", "-o", q, "-q").code == 0
+    res = run_cli("export-int", q, "-o", pkg, "--report", rep, "-q")
+    assert res.code == 0, res.err
+    actions = {c["action"] for c in json.loads(rep.read_text())["candidates"]}
+    assert "look-up table" in actions, actions
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert run_cli("simulate", q, "--data", npz, "--outputs", a, "-q", "--no-compare").code == 0
+    assert run_cli("simulate", pkg, "--data", npz, "--outputs", b, "-q").code == 0
+    assert np.array_equal(np.load(a)["y"], np.load(b)["y"])

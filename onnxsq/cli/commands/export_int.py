@@ -22,7 +22,7 @@ def command(model: Path, output: Path, report_path: Path | None) -> None:
     from ...model_io import load_model
     from ...report import Report
     from ...simulate.package import JSON_NAME, NPZ_NAME, requant_shift, write_package
-    from ...simulate.program import load_program
+    from ...simulate.program import KIND_ACTION, load_program
     from ..render import finish
 
     program = load_program(load_model(model))
@@ -30,8 +30,7 @@ def command(model: Path, output: Path, report_path: Path | None) -> None:
     report = Report("export-int")
     for lay in program.layers:
         d = lay.out.to_json() if lay.out else {}
-        report.add(lay.name, lay.op, {"int": "integer", "float": "float island", "input": "input",
-                                      "tail": "float tail"}[lay.kind], lay.reason,
+        report.add(lay.name, lay.op, KIND_ACTION[lay.kind], lay.reason,
                    **d, requant_shift=_short(requant_shift(program, lay)))
     report.summary.update(layers=len(program.layers), float_islands=len(program.islands),
                           package=str(out), files=[JSON_NAME, NPZ_NAME])
