@@ -3,7 +3,9 @@
 ``onnxsq quantize`` on images (and ``onnxsq pipeline`` with a ``[data] preprocess`` table) writes it
 into the model's ``metadata_props`` under :data:`KEY`, as JSON: ``{"mean": [R, G, B], "std": [R, G, B],
 "channel_order": "rgb", "layout": "nchw", "by": "onnxsq quantize"}`` (pixel units 0-255, as the
-options take them). ``onnxsq eval`` then uses it where its own options are not given, and says when a
+options take them), and ``"size": [H, W]`` where the calibration resized its images to a size the model
+does not fix itself (a dynamic H or W: a text recognizer calibrated at 48×320 runs at no other height).
+``onnxsq eval`` and ``simulate`` then use it where their own options are not given, and say when a
 given option differs from what is stored, so the numbers of a quantized model are not silently those
 of another preprocessing. The metadata travels with the model through every pass (``export_like``).
 """
@@ -30,6 +32,8 @@ def store(model: onnx.ModelProto, pre: Preprocess, *, by: str) -> None:
     call it on a model of your own, e.g. a pass's output, never on an input)."""
     value = {"mean": [float(v) for v in pre.mean], "std": [float(v) for v in pre.std],
              "channel_order": pre.channel_order, "layout": pre.layout, "by": by}
+    if pre.size is not None:
+        value["size"] = [int(v) for v in pre.size]
     for prop in model.metadata_props:
         if prop.key == KEY:
             prop.value = json.dumps(value)
@@ -47,11 +51,21 @@ def stored(model: onnx.ModelProto) -> dict[str, Any] | None:
         out = {"mean": tuple(float(v) for v in data["mean"]), "std": tuple(float(v) for v in data["std"]),
                "channel_order": str(data["channel_order"]), "layout": str(data["layout"]),
                "by": str(data.get("by", "onnxsq"))}
+        size = data.get("size")
+        out["size"] = None if size is None else (int(size[0]), int(size[1]))
+        if out["size"] is not None and min(out["size"]) <= 0:
+            raise ValueError(f"size {out['size']}")
         Preprocess(mean=out["mean"], std=out["std"], channel_order=out["channel_order"], layout=out["layout"])
     except Exception as exc:  # noqa: BLE001 - JSON, key, type and validation errors alike: not ours to trust
         log.warning("the model's %s metadata is unreadable (%s); using the command's options", KEY, exc)
         return None
     return out
+
+
+def stored_size(model: onnx.ModelProto) -> tuple[int, int] | None:
+    """The (H, W) the model was calibrated at where it does not fix its own size, else None."""
+    meta = stored(model)
+    return None if meta is None else meta["size"]
 
 
 def _show(name: str, value: Any) -> str:

@@ -133,3 +133,34 @@ def test_a_label_out_of_range_names_the_label_list(run_cli, tmp_path):
     err = " ".join(res.err.split())
     assert f"{labels}: label 7 outside the model's 3 classes (0..2, 255 = ignore)" in err, err
     assert str(images) not in err
+
+
+def test_a_dynamic_size_is_stored_and_eval_and_simulate_resize_to_it(run_cli, tmp_path):
+    """A model with dynamic H and W calibrated at --size 6 10: the size is stored with the rest, and eval /
+    simulate on an image folder resize to it unless told otherwise (a text recognizer runs at no other
+    height); a static model stores no size."""
+    from onnxsq.data.stored import KEY, stored_size
+
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                           helper.make_node("Flatten", ["c"], ["y"], name="flat")], "fixed-width",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 60])],
+                          [onnx.numpy_helper.from_array(np.full((1, 3, 1, 1), 0.1, np.float32), "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    onnx.save(m, str(tmp_path / "m.onnx"))  # Flatten to 60 only holds at 6 x 10
+    data = _folder(tmp_path / "imgs", hw=8)
+    res = run_cli("quantize", tmp_path / "m.onnx", "--calib", data / "c0", "--size", "6", "10",
+                  "-o", tmp_path / "q.onnx", "-q")
+    assert res.code == 0, res.err
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert stored_size(q) == (6, 10) and json.loads({p.key: p.value for p in q.metadata_props}[KEY])["size"] == [6, 10]
+    rep = tmp_path / "s.json"
+    res = run_cli("simulate", tmp_path / "q.onnx", "--data", data / "c0", "--report", rep, "-q")
+    assert res.code == 0, res.err
+    assert "--size 6 10 (stored)" in json.loads(rep.read_text())["summary"]["preprocessing"]
+    res = run_cli("eval", tmp_path / "q.onnx", "--data", data, "-q")
+    assert res.code == 0, res.err
+    static = _channel_mean_classifier(tmp_path / "static.onnx")
+    assert run_cli("quantize", static, "--calib", data / "c0", "-o", tmp_path / "sq.onnx", "-q").code == 0
+    assert stored_size(onnx.load(str(tmp_path / "sq.onnx"))) is None

@@ -63,9 +63,13 @@ def command(model: Path, data: str, outputs_path: Path | None, report_path: Path
     options = dict(mean=mean, std=std, channel_order=channel_order, layout=layout)
     stored_note = None
     if qmodel is not None and _image_folder(data):  # images take the preprocessing quantize stored, as eval does
+        from ...data.stored import stored_size
         from .eval import _preprocessing
 
         options, stored_note = _preprocessing(qmodel, options)
+        if size is None and stored_size(qmodel) is not None:  # a dynamic H or W: the calibration's size
+            size = stored_size(qmodel)
+            stored_note = f"{stored_note}; --size {size[0]} {size[1]} (stored)"
     pre = Preprocess(size=size, **options)
     source = open_source(data, qmodel if qmodel is not None else _inputs_model(program),
                          preprocess=None if pre == Preprocess() else pre)
