@@ -24,6 +24,24 @@ def _no_mask(*_arrays: np.ndarray) -> None:
     pass
 
 
+def _adam_direction(m: np.ndarray, v: np.ndarray, g: np.ndarray, a: np.ndarray, b: np.ndarray, t: int) -> None:
+    """AdamW's moment updates in place and its direction ``m̂ / (sqrt(v̂) + eps)`` into ``b`` (``a``: scratch);
+    the per-array and the flat step both call it, so they are the same float32 operations."""
+    b1, b2 = ADAM_BETAS
+    m *= b1
+    np.multiply(g, 1 - b1, out=a)
+    m += a
+    v *= b2
+    np.multiply(g, 1 - b2, out=a)
+    a *= g
+    v += a
+    np.divide(v, 1 - b2 ** t, out=a)  # v̂
+    np.sqrt(a, out=a)
+    a += ADAM_EPS
+    np.divide(m, 1 - b1 ** t, out=b)  # m̂
+    b /= a
+
+
 class Optimizer:
     """SGD-momentum or AdamW state (``slots``) for a fixed set of named arrays.
 
@@ -86,19 +104,7 @@ class Optimizer:
             return
         m, v = self.slots["m"][name], self.slots["v"][name]
         a, b = self.scratch[name]
-        b1, b2 = ADAM_BETAS
-        m *= b1
-        np.multiply(g, 1 - b1, out=a)
-        m += a
-        v *= b2
-        np.multiply(g, 1 - b2, out=a)
-        a *= g
-        v += a
-        np.divide(v, 1 - b2 ** t, out=a)  # v̂
-        np.sqrt(a, out=a)
-        a += ADAM_EPS
-        np.divide(m, 1 - b1 ** t, out=b)  # m̂
-        b /= a
+        _adam_direction(m, v, g, a, b, t)
         if decay:
             np.multiply(w, decay, out=a)
             b += a
@@ -136,20 +142,8 @@ class Optimizer:
     def _adam_flat(self, t: int, decay: np.ndarray, lr: np.ndarray) -> None:
         """AdamW's step into ``tmp1`` (the same operations as :meth:`step`)."""
         buf = self._buffers
-        m, v, g, a, b = buf["m"], buf["v"], buf["g"], buf["tmp0"], buf["tmp1"]
-        b1, b2 = ADAM_BETAS
-        m *= b1
-        np.multiply(g, 1 - b1, out=a)
-        m += a
-        v *= b2
-        np.multiply(g, 1 - b2, out=a)
-        a *= g
-        v += a
-        np.divide(v, 1 - b2 ** t, out=a)
-        np.sqrt(a, out=a)
-        a += ADAM_EPS
-        np.divide(m, 1 - b1 ** t, out=b)
-        b /= a
+        a, b = buf["tmp0"], buf["tmp1"]
+        _adam_direction(buf["m"], buf["v"], buf["g"], a, b, t)
         np.multiply(buf["w"], decay, out=a)
         b += a
         b *= lr
