@@ -297,3 +297,15 @@ def ops(model: onnx.ModelProto) -> list[str]:
 
 def feeds_for(shape: list[int], dtype=np.float32, seed: int = 1, name: str = "x") -> dict[str, np.ndarray]:
     return {name: np.random.default_rng(seed).standard_normal(shape).astype(dtype)}
+
+
+def ort_optimized_graph(model: onnx.ModelProto, tmp_path, tag: str) -> onnx.GraphProto:
+    """The graph onnxruntime runs for ``model`` (all optimizations), as it saves it (under ``tmp_path``)."""
+    import onnxruntime as ort
+
+    path, opt = tmp_path / f"{tag}.onnx", tmp_path / f"{tag}.opt.onnx"
+    onnx.save(model, str(path))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath, so.log_severity_level = str(opt), 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return onnx.load(str(opt)).graph

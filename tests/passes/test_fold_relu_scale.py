@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from builders import Builder, feeds_for, ops, run
+from builders import Builder, feeds_for, ops, ort_optimized_graph, run
 
 import onnxsq.passes.fold_batchnorm.fold as fold_module
 from onnxsq.passes.fold_batchnorm import fold_batchnorm
@@ -81,13 +81,8 @@ def test_refused_candidates_keep_the_graph_and_say_why(kind, why):
 
 
 def _optimized_ops(q: onnx.ModelProto, tmp_path, tag: str) -> list[str]:
-    """The ops of the graph onnxruntime runs for ``q`` (all optimizations), as it saves it."""
-    path, opt = tmp_path / f"{tag}.onnx", tmp_path / f"{tag}.opt.onnx"
-    onnx.save(q, str(path))
-    so = ort.SessionOptions()
-    so.optimized_model_filepath, so.log_severity_level = str(opt), 3
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(str(opt)).graph.node]
+    """The ops of the graph onnxruntime runs for ``q`` (all optimizations)."""
+    return [n.op_type for n in ort_optimized_graph(q, tmp_path, tag).node]
 
 
 def test_quantized_block_runs_without_a_float_mul_and_simulate_equals_onnxruntime(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from builders import Builder
+from builders import Builder, ort_optimized_graph
 
 import onnxsq.passes.quantize.insert as insert
 from onnxsq.graph import UniqueNames, export_like, import_graph
@@ -82,12 +82,7 @@ def _feeds(n: int, seed: int) -> list[dict]:
 
 
 def _optimized_ops(q: onnx.ModelProto, tmp_path, tag: str) -> list[str]:
-    path, opt = tmp_path / f"{tag}.onnx", tmp_path / f"{tag}.opt.onnx"
-    onnx.save(q, str(path))
-    so = ort.SessionOptions()
-    so.optimized_model_filepath, so.log_severity_level = str(opt), 3
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(str(opt)).graph.node]
+    return [n.op_type for n in ort_optimized_graph(q, tmp_path, tag).node]
 
 
 @pytest.mark.parametrize(("relu", "integer_only"), [(True, False), (False, False), (True, True)])

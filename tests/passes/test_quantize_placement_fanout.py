@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from builders import Builder
+from builders import Builder, ort_optimized_graph
 
 import onnxsq.passes.quantize.insert as insert
 from onnxsq.params import params_from_model
@@ -72,14 +72,7 @@ def test_a_shared_int8_activation_is_read_through_one_clip(monkeypatch):
         np.testing.assert_array_equal(_unoptimized(q, feed), _unoptimized(without, feed))
 
 
-def _optimized(q: onnx.ModelProto, tmp_path, tag: str) -> onnx.GraphProto:
-    """The graph onnxruntime runs for ``q`` (all optimizations), as it saves it."""
-    path, opt = tmp_path / f"{tag}.onnx", str(tmp_path / f"{tag}.opt.onnx")
-    onnx.save(q, str(path))
-    so = ort.SessionOptions()
-    so.optimized_model_filepath, so.log_severity_level = opt, 3
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return onnx.load(opt).graph
+_optimized = ort_optimized_graph  # the graph onnxruntime runs (all optimizations)
 
 
 def test_onnxruntime_fuses_the_producer_and_simulate_equals_it(tmp_path, monkeypatch):
