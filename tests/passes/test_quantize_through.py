@@ -60,6 +60,23 @@ def test_the_tensors_read_by_one_function_and_only_those():
     assert "c0" not in reader_functions(graph, ["c0"])  # another reader: x's own error counts again
 
 
+def test_a_hardswish_op_reader_is_its_function():
+    """opset 14's HardSwish (PP-OCRv5's backbone): x * clip(x/6 + 1/2, 0, 1), as onnxruntime computes it."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("HardSwish", ["r"], ["y"])]
+    g = helper.make_graph(nodes, "hs", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    found = reader_functions(gs.import_onnx(model), ["x", "r"])
+    assert set(found) == {"r"}  # x's reader is the Relu
+    v = np.linspace(-5, 5, 21, dtype=np.float32).reshape(1, -1)
+    hs = helper.make_graph([helper.make_node("HardSwish", ["x"], ["y"])], "h",
+                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 21])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 21])])
+    ref = make_session(helper.make_model(hs, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+                       .SerializeToString()).run(None, {"x": v})[0]
+    np.testing.assert_allclose(found["r"](v.astype(np.float64)), ref, rtol=1e-6, atol=1e-7)
+
+
 def test_through_the_identity_it_is_the_histogram_mse():
     x = np.random.default_rng(0).standard_normal(20000).astype(np.float32) * 3
     st = _stats(x)

@@ -1,7 +1,8 @@
 """Range choice through the function that reads a tensor (``method`` ``mse`` / ``auto``).
 
-A Conv whose output only a SiLU reads (``x * Sigmoid(x)``: YOLO-style detectors), or only a Sigmoid, Tanh
-or HardSigmoid, passes on ``f(Q(x))``, not ``Q(x)``: what the quantization of ``x`` costs is
+A Conv whose output only a SiLU reads (``x * Sigmoid(x)``: YOLO-style detectors), a HardSwish (the op, or
+spelled ``x * HardSigmoid(x)``), or only a Sigmoid, Tanh or HardSigmoid, passes on ``f(Q(x))``, not
+``Q(x)``: what the quantization of ``x`` costs is
 ``E[(f(x) - f(Q(x)))^2]``. SiLU squashes the negative half to ``[-0.28, 0]`` and Sigmoid both tails, so
 clipping there costs little and a finer step pays; the squared error of ``x`` itself cannot tell.
 
@@ -44,12 +45,18 @@ def _gate(node) -> Fn | None:
     return None
 
 
+def _hard_swish(x: np.ndarray) -> np.ndarray:
+    return x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)
+
+
 def reader_function(tensor, outputs: set[str]) -> Fn | None:
     """``f`` where every reader of ``tensor`` (a graph variable) computes ``f(tensor)``: one gate
     (``g(x)``), or a gate and the Mul of ``x`` with it (``x * g(x)``: SiLU, HardSwish); else None."""
     if tensor.name in outputs:
         return None
     readers = list(tensor.outputs)
+    if len(readers) == 1 and readers[0].op == "HardSwish":  # opset 14's op: x * HardSigmoid(x) in one
+        return _hard_swish
     gates = [n for n in readers if _gate(n) is not None and len(n.inputs) == 1]
     if len(readers) == 1 and gates:
         return _gate(gates[0])
