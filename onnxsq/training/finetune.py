@@ -15,7 +15,7 @@ SQNR in dB, averaged: :func:`held_out_sqnr`) beats the post-training
 model's by ``finetune_min_gain`` dB (four held-out images are a noisy measure: on the PP-OCR direction
 classifier a +0.4 dB held-out gain came with -1.1 dB on other images); else the pass's model is returned
 and the report says why. Once kept, the same training runs again from the same start on every sample,
-the held-out ones too, and that is exported (``finetune_refit``: on PP-OCRv4's recognizer 11.4 -> 11.6..12.7 dB
+the held-out ones too, and that is exported (``finetune_refit``: on PP-OCRv4's recognizer 11.4 -> 11.6 dB
 on the bench's images, ddddocr_det 24.6 -> 25.3). The report's
 ``finetune`` entry holds the held-out SQNR before and after, the iterations and the seconds;
 ``finetune_gain_db`` the gain kept (0 where none was kept).
