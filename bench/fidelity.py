@@ -70,7 +70,10 @@ def run_variant(m, calib: list[dict], feeds: list[dict], overrides: dict, out: P
 
         src = out.with_suffix(".eq.onnx")  # folded first, as quantize does: BN no longer splits the pairs
         save_model(equalize(fold_batchnorm(m.path)[0])[0], src)
-    cfg = QuantizeConfig(**{"report_samples": 0, **overrides})  # a variant may ask for report samples
+    # no report (time) unless the variant asks; GPTQ measures on the report samples, so `max` and
+    # weight_rounding:gptq keep 8 (with none it would round to nearest and say so only in a warning)
+    gptq = overrides.get("weight_rounding") == "gptq" or overrides.get("effort") == "max"
+    cfg = QuantizeConfig(**{"report_samples": 8 if gptq else 0, **overrides})
     q, report = quantize(src, iter(calib), config=cfg)
     seconds = time.perf_counter() - t0
     if "finetune" in report.summary:  # what the held-out rule saw, for the run's log
