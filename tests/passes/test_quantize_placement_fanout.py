@@ -119,8 +119,14 @@ def test_a_max_pool_after_a_float_island_stays_float(tmp_path, monkeypatch, carr
     monkeypatch.setattr(insert, "pool_stays_float", lambda *a: False)
     plain, _ = quantize(_lrn_net(), _feeds(), config=cfg)
     assert "QuantizeLinear" in pool_inputs(plain, "plain")  # onnxruntime moved the Q above the pool
+    _same_values_and_simulated_exactly(q, plain, tmp_path / "kept.onnx")
+
+
+def _same_values_and_simulated_exactly(q: onnx.ModelProto, plain: onnx.ModelProto, saved) -> None:
+    """``q`` (saved at ``saved``) computes what ``plain`` does unoptimized, and simulate equals onnxruntime's
+    precise fused run of it bit for bit."""
     program = load_program(q)
-    sim, exact = Simulator(program), ort_session(str(tmp_path / "kept.onnx"), precise=True)
+    sim, exact = Simulator(program), ort_session(str(saved), precise=True)
     for f in _feeds(3, 9):
         np.testing.assert_array_equal(_unoptimized(q, f), _unoptimized(plain, f))
         np.testing.assert_array_equal(sim.run(f).outputs[program.outputs[0]], exact.run(None, f)[0])
@@ -149,11 +155,7 @@ def test_layers_reading_a_shared_int8_tensor_get_their_own_pair_and_fuse(tmp_pat
     plain, _ = quantize(_two_convs_net(), _feeds(), config=cfg)
     assert "Conv" in float_convs(plain, "plain")  # the readers ran float
     assert params_from_model(q) == params_from_model(plain)  # the same integers again: no new tensor
-    program = load_program(q)
-    sim, exact = Simulator(program), ort_session(str(tmp_path / "own.onnx"), precise=True)
-    for f in _feeds(3, 9):
-        np.testing.assert_array_equal(_unoptimized(q, f), _unoptimized(plain, f))
-        np.testing.assert_array_equal(sim.run(f).outputs[program.outputs[0]], exact.run(None, f)[0])
+    _same_values_and_simulated_exactly(q, plain, tmp_path / "own.onnx")
 
 
 def _pools_net() -> onnx.ModelProto:
@@ -179,8 +181,4 @@ def test_a_same_size_average_pool_runs_float(tmp_path, monkeypatch):
     monkeypatch.setattr(insert, "average_pools_read_float", lambda *a: 0)
     plain, _ = quantize(_pools_net(), _feeds(), config=cfg)
     assert pools(plain, "plain") == ["QLinearAveragePool"] * 2  # onnxruntime's slow integer pool
-    program = load_program(q)
-    sim, exact = Simulator(program), ort_session(str(tmp_path / "kept.onnx"), precise=True)
-    for f in _feeds(3, 9):
-        np.testing.assert_array_equal(_unoptimized(q, f), _unoptimized(plain, f))
-        np.testing.assert_array_equal(sim.run(f).outputs[program.outputs[0]], exact.run(None, f)[0])
+    _same_values_and_simulated_exactly(q, plain, tmp_path / "kept.onnx")
