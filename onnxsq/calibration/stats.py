@@ -32,6 +32,7 @@ may take an unsigned format and clip its few negatives).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -312,17 +313,30 @@ def mse_errors(stats: TensorStats, bits: int, signed: bool, *, candidates: int =
     return out
 
 
-def _best(errors: list[tuple[int, float]]) -> tuple[int, float]:
+def least_error(errors: list[tuple[int, float]]) -> tuple[int, float]:
+    """``(shift, error)`` of least error among ``(shift, error)`` candidates, coarsest first; ties (within
+    1e-12 relative) keep the coarser shift (nothing clipped more)."""
     best, best_err = errors[0]
     for shift, err in errors[1:]:
-        if err < best_err * (1 - 1e-12):  # ties keep the coarser shift (nothing clipped more)
+        if err < best_err * (1 - 1e-12):
             best, best_err = shift, err
     return int(best), best_err
 
 
+def least_error_format(nonnegative: bool, errors: Callable[[bool], list[tuple[int, float]]]) -> tuple[int, bool]:
+    """``(shift, signed)`` of least error, ``errors(signed)`` giving each format's candidates: unsigned for a
+    never-negative tensor; else the unsigned format only where it is strictly better (a tie keeps the
+    signed one, which clips nothing)."""
+    if nonnegative:
+        return least_error(errors(False))[0], False
+    s_shift, s_err = least_error(errors(True))
+    u_shift, u_err = least_error(errors(False))
+    return (u_shift, False) if u_err < s_err * (1 - 1e-12) else (s_shift, True)
+
+
 def mse_shift(stats: TensorStats, bits: int, signed: bool, *, candidates: int = 6) -> int:
     """The shift minimising the expected squared error on the histogram (:func:`mse_errors`)."""
-    return _best(mse_errors(stats, bits, signed, candidates=candidates))[0]
+    return least_error(mse_errors(stats, bits, signed, candidates=candidates))[0]
 
 
 def mse_format(stats: TensorStats, bits: int, *, candidates: int = 6) -> tuple[int, bool]:
@@ -330,11 +344,7 @@ def mse_format(stats: TensorStats, bits: int, *, candidates: int = 6) -> tuple[i
     (HardSwish's minimum is -3/8, SiLU's -0.28) loses less by clipping its few negatives to zero in an
     unsigned format than by spending one bit of every value on a sign. Never-negative tensors are
     unsigned; a tie keeps the signed format (it clips nothing)."""
-    if stats.nonnegative:
-        return mse_shift(stats, bits, False, candidates=candidates), False
-    s_shift, s_err = _best(mse_errors(stats, bits, True, candidates=candidates))
-    u_shift, u_err = _best(mse_errors(stats, bits, False, candidates=candidates))
-    return (u_shift, False) if u_err < s_err * (1 - 1e-12) else (s_shift, True)
+    return least_error_format(stats.nonnegative, lambda signed: mse_errors(stats, bits, signed, candidates=candidates))
 
 
 def choose_shift(stats: TensorStats, method: str, bits: int, *, percentile: float = 99.99,

@@ -10,9 +10,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxsq.calibration import pow2
+from onnxsq.calibration.stats import least_error
 from onnxsq.params import params_from_model
 from onnxsq.passes.quantize import QuantizeConfig, quantize
-from onnxsq.passes.quantize.softmax_range import CANDIDATES, SoftmaxRead, best_shift, softmax_errors, softmax_reads
+from onnxsq.passes.quantize.softmax_range import CANDIDATES, SoftmaxRead, softmax_errors, softmax_reads
 from onnxsq.runtime import make_session
 
 CLASSES = 64
@@ -85,7 +86,7 @@ def test_softmax_errors_against_a_numpy_oracle(shape, read):
             else:
                 want += float(np.sum((_oracle_softmax(q, read.axis) - _oracle_softmax(z, read.axis)) ** 2))
         assert err == pytest.approx(want, rel=1e-9, abs=1e-15)
-    assert best_shift([(2, 1.0), (3, 1.0), (4, 0.5), (5, 0.5)]) == 4  # ties keep the coarser
+    assert least_error([(2, 1.0), (3, 1.0), (4, 0.5), (5, 0.5)])[0] == 4  # ties keep the coarser
 
 
 def test_the_pass_takes_the_shift_of_least_softmax_error(tmp_path):
@@ -98,7 +99,7 @@ def test_the_pass_takes_the_shift_of_least_softmax_error(tmp_path):
     lo, hi = min(float(v.min()) for v in logits), max(float(v.max()) for v in logits)
     calib_lo = min(float((f["x"] @ w).min()) for f in calib)
     calib_hi = max(float((f["x"] @ w).max()) for f in calib)
-    want = best_shift(softmax_errors(logits, SoftmaxRead("resh", -1, False), calib_lo, calib_hi, 8, True))
+    want = least_error(softmax_errors(logits, SoftmaxRead("resh", -1, False), calib_lo, calib_hi, 8, True))[0]
     p = params_from_model(on)["logits"]
     assert int(p.shift) == want and lo < 0 < hi
     why = {c.name: c.reason for c in rep_on.candidates}

@@ -84,6 +84,5 @@ def _eval_size(proto, data: Path, labels: Path | None, size: tuple[int, int] | N
         return None
     from ...data.stored import stored_size
 
-    if not input_shapes and stored_size(proto) is not None:  # a dynamic H or W: the size it was calibrated at
-        return stored_size(proto)
-    return image_size(proto, input_shapes, layout)
+    stored = None if input_shapes else stored_size(proto)  # a dynamic H or W: the size it was calibrated at
+    return stored if stored is not None else image_size(proto, input_shapes, layout)

@@ -67,8 +67,7 @@ def command(model: Path, data: str, outputs_path: Path | None, report_path: Path
         from .eval import _preprocessing
 
         options, stored_note = _preprocessing(qmodel, options)
-        if size is None and stored_size(qmodel) is not None:  # a dynamic H or W: the calibration's size
-            size = stored_size(qmodel)
+        if size is None and (size := stored_size(qmodel)) is not None:  # dynamic H/W: the calibration's size
             stored_note = f"{stored_note}; --size {size[0]} {size[1]} (stored)"
     pre = Preprocess(size=size, **options)
     source = open_source(data, qmodel if qmodel is not None else _inputs_model(program),

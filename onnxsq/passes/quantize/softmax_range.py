@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...calibration import pow2
+from ...calibration.stats import least_error
 
 SAMPLES = 4  # calibration samples the candidates are measured on (the report's, or kept for this)
 CANDIDATES = 1  # finer shifts tried beyond the min/max-fitting one (see the module docstring)
@@ -84,15 +85,6 @@ def softmax_errors(values: list[np.ndarray], read: SoftmaxRead, lo: float, hi: f
     return out
 
 
-def best_shift(errors: list[tuple[int, float]]) -> int:
-    """The shift of least error; ties (within 1e-12 relative) keep the coarser one."""
-    best, best_err = errors[0]
-    for shift, err in errors[1:]:
-        if err < best_err * (1 - 1e-12):
-            best, best_err = shift, err
-    return int(best)
-
-
 def softmax_reads(graph, tensors, opset: int) -> dict[str, SoftmaxRead]:
     """:func:`softmax_read` of each of ``tensors`` in ``graph`` (onnx-graphsurgeon) that Softmax reads."""
     found = graph.tensors()
@@ -122,6 +114,6 @@ def choose_softmax_shifts(ctx, float_model, float_weights, feeds: list[dict]) ->
     out = {}
     for t, read in todo.items():
         st = ctx.stats[t]
-        out[t] = best_shift(softmax_errors(values[read.softmax_input], read, st.min, st.max, ctx.cfg.bits,
-                                           not st.nonnegative))
+        out[t] = least_error(softmax_errors(values[read.softmax_input], read, st.min, st.max, ctx.cfg.bits,
+                                            not st.nonnegative))[0]
     return out

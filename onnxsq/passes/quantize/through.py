@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from ...calibration import pow2
-from ...calibration.stats import BINS, TensorStats
+from ...calibration.stats import BINS, TensorStats, least_error, least_error_format
 
 Fn = Callable[[np.ndarray], np.ndarray]
 
@@ -108,19 +108,8 @@ def through_errors(stats: TensorStats, bits: int, signed: bool, f: Fn, *, candid
     return out
 
 
-def _best(errors: list[tuple[int, float]]) -> tuple[int, float]:
-    best, best_err = errors[0]
-    for shift, err in errors[1:]:
-        if err < best_err * (1 - 1e-12):  # ties keep the coarser shift
-            best, best_err = shift, err
-    return int(best), best_err
-
-
 def through_format(stats: TensorStats, bits: int, f: Fn, signed: bool | None = None) -> tuple[int, bool]:
     """``(shift, signed)`` of least expected error through ``f`` (``signed`` given: that one's shift)."""
-    if signed is not None or stats.nonnegative:
-        sign = bool(signed) if signed is not None else False
-        return _best(through_errors(stats, bits, sign, f))[0], sign
-    s_shift, s_err = _best(through_errors(stats, bits, True, f))
-    u_shift, u_err = _best(through_errors(stats, bits, False, f))
-    return (u_shift, False) if u_err < s_err * (1 - 1e-12) else (s_shift, True)
+    if signed is not None:
+        return least_error(through_errors(stats, bits, signed, f))[0], signed
+    return least_error_format(stats.nonnegative, lambda sign: through_errors(stats, bits, sign, f))
