@@ -228,7 +228,7 @@ def collect_stats(model: onnx.ModelProto, names: list[str], batches: Iterable[tu
         if progress is not None:
             progress(seen, total, "calibrate")
     if seen == 0 and not allow_empty:
-        raise DataError("no calibration sample reached the model" + _fixed_batch_hint(model))
+        raise DataError("no calibration sample reached the model" + _fixed_batch_hint(model, weights or {}))
     log.info("calibrated %d tensors on %d samples", len(names), seen)
     return stats, kept, seen
 
@@ -276,9 +276,10 @@ def _observe(model: onnx.ModelProto, names: list[str], batches: Iterator[tuple[d
         yield feed, n
 
 
-def _fixed_batch_hint(model: onnx.ModelProto) -> str:
-    """Why none may have: a static batch N > 1 takes exactly N samples per run (fewer are dropped)."""
-    inits = {i.name for i in model.graph.initializer}
+def _fixed_batch_hint(model: onnx.ModelProto, weights: Mapping[str, np.ndarray]) -> str:
+    """Why none may have: a static batch N > 1 takes exactly N samples per run (fewer are dropped). Only
+    the data inputs count (not initializers, nor a skeleton's weight inputs)."""
+    inits = {i.name for i in model.graph.initializer} | set(weights)
     dims = [i.type.tensor_type.shape.dim for i in model.graph.input if i.name not in inits]
     fixed = {d[0].dim_value for d in dims if d and d[0].HasField("dim_value")}
     if len(fixed) == 1 and (n := fixed.pop()) > 1:
