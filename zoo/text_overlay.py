@@ -3,9 +3,10 @@
 A text detector's output is a probability map that is ~0 wherever there is no text, so on the zoo's plain
 photos its output carries no signal and a fidelity figure measured there is noise (ppocrv4_det: 0 or
 below 2e-6 everywhere). :func:`with_text` draws a few seeded lines of words in Pillow's bundled font
-(FreeType, Pillow >= 10.1) on each photo, dark on a light band or light on the photo, at sizes and angles
-from a seeded generator; the same photo and seed give the same pixels. :func:`text_images` writes them once
-into a folder (the calibration and evaluation images the benches hand to ``--calib`` and to the crops).
+(FreeType, Pillow >= 10.1) on each photo, dark on a light band or light or dark on the photo, at sizes
+and positions from a seeded generator; the same photo and seed give the same pixels. :func:`text_images`
+writes them into a folder (the calibration and evaluation images the benches hand to ``--calib`` and to
+the crops).
 """
 
 from __future__ import annotations
