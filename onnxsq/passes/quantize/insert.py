@@ -156,9 +156,7 @@ def average_pools_read_float(graph: gs.Graph, names: UniqueNames) -> int:
         if (len(x.inputs) != 1 or x.inputs[0].op != "DequantizeLinear" or not y.outputs
                 or any(r.op != "QuantizeLinear" for r in y.outputs) or not _same_size_pool(pool)):
             continue
-        read = gs.Variable(names.fresh(f"{x.name}_for_pool"), dtype=x.dtype, shape=x.shape)
-        graph.nodes.append(gs.Node("Clip", names.fresh(f"{x.name}_for_pool"), inputs=[x], outputs=[read]))
-        pool.inputs[0] = read
+        pool.inputs[0] = through_identity_clip(graph, names, x, f"{x.name}_for_pool", f"{x.name}_for_pool")
         done += 1
     return done
 
@@ -175,6 +173,15 @@ def _same_size_pool(pool: gs.Node) -> bool:
     return bool(kernel) and all(s == 1 for s in strides) and max(kernel) > 1 and not one
 
 
+def through_identity_clip(graph: gs.Graph, names: UniqueNames, x: gs.Variable, var_name: str, node_name: str
+                          ) -> gs.Variable:
+    """A new variable: ``x`` through an unbounded ``Clip`` (the identity, which onnxruntime keeps where no
+    QuantizeLinear follows it), appended to ``graph``; its readers are the caller's to attach."""
+    out = gs.Variable(names.fresh(var_name), dtype=x.dtype, shape=x.shape)
+    graph.nodes.append(gs.Node("Clip", names.fresh(node_name), inputs=[x], outputs=[out]))
+    return out
+
+
 def share_through_clip(graph: gs.Graph, names: UniqueNames, t: gs.Variable, p: TensorQuant) -> bool:
     """Read the dequantized ``t`` (a signed int8 activation of several readers) through one unbounded
     ``Clip`` (the module docstring); whether it was inserted."""
@@ -183,12 +190,12 @@ def share_through_clip(graph: gs.Graph, names: UniqueNames, t: gs.Variable, p: T
     if (dq is None or dq.op != "DequantizeLinear" or p.kind != "activation" or not p.signed or p.bits > 8
             or len(readers) < 2 or any(o is t for o in graph.outputs)):
         return False
-    shared = gs.Variable(names.fresh(f"{t.name}_shared"), dtype=t.dtype, shape=t.shape)
-    for reader in list(t.outputs):  # the DequantizeLinear keeps ``t``'s name (read back by params/eval)
+    old_readers = list(t.outputs)
+    shared = through_identity_clip(graph, names, t, f"{t.name}_shared", f"{t.name}_fanout")
+    for reader in old_readers:  # the DequantizeLinear keeps ``t``'s name (read back by params/eval)
         for i, inp in enumerate(reader.inputs):
             if inp is t:
                 reader.inputs[i] = shared
-    graph.nodes.append(gs.Node("Clip", names.fresh(f"{t.name}_fanout"), inputs=[t], outputs=[shared]))
     requantize_for_layers(graph, names, shared, dq)
     return True
 
@@ -202,10 +209,8 @@ def requantize_for_layers(graph: gs.Graph, names: UniqueNames, shared: gs.Variab
     layers = [r for r in shared.outputs if r.op in ("Conv", "Gemm", "MatMul") and r.inputs[0] is shared
               and not any(i is shared for i in r.inputs[1:])]
     for k, layer in enumerate(layers):
-        src = shared
-        if k:
-            src = gs.Variable(names.fresh(f"{shared.name}_again"), dtype=shared.dtype, shape=shared.shape)
-            graph.nodes.append(gs.Node("Clip", names.fresh(f"{shared.name}_again"), inputs=[shared], outputs=[src]))
+        again = f"{shared.name}_again"
+        src = through_identity_clip(graph, names, shared, again, again) if k else shared
         label = layer.name or layer.op
         qv = gs.Variable(names.fresh(f"{shared.name}_for_{label}_quantized"), dtype=dq.inputs[0].dtype,
                          shape=shared.shape)
