@@ -175,17 +175,26 @@ def params_from_model(model: onnx.ModelProto) -> dict[str, TensorQuant]:
 
 
 def _requantized(model: onnx.ModelProto) -> set[str]:
-    """Tensors that are a DequantizeLinear's output read through unbounded Clips: quantized again, they are the
-    same integers for a layer that reads a shared tensor (quantize's insert.requantize_for_layers), no tensor."""
+    """Tensors that are a DequantizeLinear's output read through unbounded Clips (or a Pad): quantized again, they
+    are the same integers for a layer that reads a shared tensor (quantize's insert.requantize_for_layers), or
+    the same integers with zero channels beside them (quantize's stem_pad), no tensor."""
     prod = {o: n for n in model.graph.node for o in n.output}
     out = set()
     for name, node in prod.items():
         cur = node
+        if node.op_type == "Pad" and _of_graph_input(prod, prod.get(node.input[0]), model.graph.input):
+            cur = prod.get(node.input[0])
         while cur is not None and cur.op_type == "Clip" and len(cur.input) == 1:
             cur = prod.get(cur.input[0])
         if cur is not node and cur is not None and cur.op_type == "DequantizeLinear":
             out.add(name)
     return out
+
+
+def _of_graph_input(prod: dict, dq: onnx.NodeProto | None, inputs) -> bool:
+    """Whether ``dq`` is the DequantizeLinear of a graph input's QuantizeLinear."""
+    q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    return q is not None and q.op_type == "QuantizeLinear" and q.input[0] in {i.name for i in inputs}
 
 
 def _constant_params(dq: Dequantized, shift: int | list[int]) -> TensorQuant:
@@ -195,7 +204,7 @@ def _constant_params(dq: Dequantized, shift: int | list[int]) -> TensorQuant:
     if dq.zero_point is not None and np.any(dq.zero_point != 0):  # signed integers on a uint8 carrier (offset)
         q, signed = q.astype(np.int64) - dq.zero_point, True
     kind = "bias" if t.data_type == onnx.TensorProto.INT32 else "weight"
-    src = dq.node.input[0]
+    src = t.name if t.name.endswith("_quantized") else dq.node.input[0]  # the stored integers (behind a Pad too)
     name = src[: -len("_quantized")] if src.endswith("_quantized") else src
     if kind == "weight" and q.size:
         # a symmetric weight of fewer bits is stored in an 8-bit carrier: report what it uses

@@ -77,11 +77,22 @@ def quantize_linear(w: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, nod
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Constants by name; behind an Identity the same, and an integer constant zero-padded for a
+    DequantizeLinear (quantize's stem_pad: zero input channels) is read as the integers it stores."""
     consts = constant_tensors(model)
     for node in model.graph.node:  # graph order: chains of Identity resolve in one walk
         if node.op_type == "Identity" and node.input and node.input[0] in consts and node.output:
             consts.setdefault(node.output[0], consts[node.input[0]])
+        elif node.op_type == "Pad" and node.input and node.input[0] in consts and _zero_pad(node, consts):
+            consts.setdefault(node.output[0], consts[node.input[0]])
     return consts
+
+
+def _zero_pad(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> bool:
+    """A constant-mode Pad of an integer constant with constant pads and no value (zeros)."""
+    return (consts[node.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+            and attr(node, "mode", "constant") in ("constant", b"constant") and len(node.input) == 2
+            and node.input[1] in consts)
 
 
 def read_qdq(model: onnx.ModelProto) -> dict[str, Dequantized]:

@@ -1,5 +1,6 @@
 """Shape ops on integer values (they move elements, never change them): Reshape, Flatten, Transpose,
-Squeeze, Unsqueeze, Slice, Gather, Expand, Split, nearest Resize; and the integer reductions."""
+Squeeze, Unsqueeze, Slice, Gather, Expand, Split, nearest Resize, a zero Pad (it adds exact zeros: 0 in
+any scale); and the integer reductions."""
 
 from __future__ import annotations
 
@@ -40,7 +41,26 @@ def shape_op(step: Step, v: np.ndarray, rest: list) -> np.ndarray:
         return np.broadcast_to(v, np.broadcast_shapes(v.shape, tuple(shape)))
     if op in ("Resize", "Upsample"):
         return _resize(step, v, rest)
+    if op == "Pad":
+        return zero_pad(step, v, rest)
     raise NotInteger(f"{op} on integers")
+
+
+def zero_pad(step: Step, v: np.ndarray, rest: list) -> np.ndarray:
+    """A constant-mode Pad with value 0 (``pads`` input or attribute; ``axes`` input), non-negative pads."""
+    pads = rest[0] if rest and rest[0] is not None else step.attrs.get("pads")
+    value = rest[1] if len(rest) > 1 and rest[1] is not None else step.attrs.get("value", 0.0)
+    if step.attrs.get("mode", "constant") != "constant" or np.any(np.asarray(value) != 0):
+        raise NotInteger("Pad other than with zeros")
+    pads = [int(p) for p in np.asarray(pads).ravel()]
+    axes = [int(a) % v.ndim for a in np.asarray(rest[2]).ravel()] if len(rest) > 2 and rest[2] is not None \
+        else list(range(v.ndim))
+    if min(pads, default=0) < 0:
+        raise NotInteger("Pad with negative pads (a crop)")
+    width = [(0, 0)] * v.ndim
+    for k, a in enumerate(axes):
+        width[a] = (pads[k], pads[k + len(axes)])
+    return np.pad(v, width)
 
 
 def reduce(step: Step, x: Fixed, rest: list) -> Fixed:

@@ -38,7 +38,7 @@ INT_OPS = frozenset({
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sum", "Sub", "Mul", "Relu", "Clip", "MaxPool",
     "AveragePool", "GlobalAveragePool", "ReduceMean", "GlobalMaxPool", "Resize", "Upsample", "Reshape", "Flatten",
     "Transpose", "Squeeze", "Unsqueeze", "Concat", "Identity", "Dropout", "Shape", "Slice", "Gather", "Split",
-    "Expand", "ReduceSum", "ReduceMax", "ReduceMin",
+    "Expand", "ReduceSum", "ReduceMax", "ReduceMin", "Pad",
 })
 MOVES = frozenset({"Slice", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Gather", "Split",
                    "Concat", "Shape"})  # ops that only rearrange elements
@@ -135,8 +135,15 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and Constant outputs; a zero Pad of an integer constant (quantize's stem_pad: a weight
+    padded with zero input channels) folded."""
     out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     for node in model.graph.node:
+        if (node.op_type == "Pad" and len(node.input) == 2 and node.input[0] in out and node.input[1] in out
+                and out[node.input[0]].dtype.kind in "iu" and _attrs(node).get("mode", "constant") == "constant"):
+            v, pads = out[node.input[0]], [int(p) for p in out[node.input[1]].ravel()]
+            if len(pads) == 2 * v.ndim and min(pads) >= 0:
+                out[node.output[0]] = np.pad(v, list(zip(pads[:v.ndim], pads[v.ndim:])))
         if node.op_type == "Constant":
             attrs = _attrs(node)
             for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
@@ -323,6 +330,9 @@ def _not_integer(step: Step, fixed: set[str], consts: dict[str, Const]) -> str:
         return f"{step.op} with a float operand: computed in float"
     if step.op in ("Resize", "Upsample") and step.attrs.get("mode", "nearest") != "nearest":
         return f"{step.op} mode {step.attrs.get('mode')!r}: computed in float"
+    if step.op == "Pad" and (step.attrs.get("mode", "constant") != "constant" or step.attrs.get("value", 0) or any(
+            i in fixed or i not in consts or np.any(consts[i].values != 0) for i in step.inputs[2:3] if i)):
+        return "Pad other than with constant zeros: computed in float"
     if step.op == "MaxPool" and len([o for o in step.outputs if o]) > 1:
         return f"{step.op} with a second output: computed in float"
     if step.op == "Clip":
