@@ -1,10 +1,13 @@
 """Training-time rewrites of ops onnxruntime-training 1.19 has no usable gradient for, as ops it has:
-``HardSigmoid``, ``HardSwish`` ("The gradient builder has not been registered") and an unpadded 2-D
+``HardSigmoid``, ``HardSwish``, ``PRelu`` ("The gradient builder has not been registered") and an unpadded 2-D
 ``AveragePool`` (its CPU AveragePoolGrad died of SIGFPE on PP-OCRv4's recognizer: 3x2 kernel, stride 3x2).
 
 ``HardSigmoid(x) = clip(alpha·x + beta, 0, 1)`` is written ``Relu(u) - Relu(u - 1)`` with ``u = alpha·x + beta``
 (the same values; the gradient ``alpha`` inside ``(0, 1)`` and 0 outside, as the op's), and
-``HardSwish(x) = x · HardSigmoid(x; 1/6, 1/2)``. ``AveragePool`` without padding (or ``ceil_mode``) on a
+``HardSwish(x) = x · HardSigmoid(x; 1/6, 1/2)``. ``PRelu(x, a) = Relu(x) - a · Relu(-x)``: bit for bit the op's
+values (``x`` where ``x > 0``; else ``0 - a·(-x)``, and negation, a product's sign and ``0 - v`` are exact;
+only a zero's sign may differ), its gradient ``1`` or ``a`` by the sign of ``x``; the slope input ``a`` stays
+the model's tensor, broadcast as the op broadcasts it. ``AveragePool`` without padding (or ``ceil_mode``) on a
 static C-channel input is a depthwise ``Conv`` with the constant kernel ``1/(kh·kw)`` (not a trained weight).
 Registered in :data:`onnxsq.training.rewrites.REWRITES`.
 """
@@ -52,6 +55,19 @@ def rewrite_hard_swish(model, node, shapes, namer) -> tuple[list[onnx.NodeProto]
     return nodes, "as x · (Relu(x/6 + 1/2) - Relu(x/6 - 1/2))"
 
 
+def rewrite_prelu(model, node, shapes, namer) -> tuple[list[onnx.NodeProto], str]:
+    tag = node.name or node.output[0]
+    x, slope = node.input[0], node.input[1]
+    neg, pos, negpart, scaled = (namer(f"{tag}/{s}") for s in ("neg", "relu", "relu_neg", "slope_mul"))
+    return [
+        helper.make_node("Relu", [x], [pos], name=namer(f"{tag}/relu")),
+        helper.make_node("Neg", [x], [neg], name=namer(f"{tag}/neg")),
+        helper.make_node("Relu", [neg], [negpart], name=namer(f"{tag}/relu_neg")),
+        helper.make_node("Mul", [slope, negpart], [scaled], name=namer(f"{tag}/slope")),
+        helper.make_node("Sub", [pos, scaled], [node.output[0]], name=namer(f"{tag}/prelu")),
+    ], "as Relu(x) - a·Relu(-x)"
+
+
 def rewrite_average_pool(model, node, shapes, namer) -> tuple[list[onnx.NodeProto], str]:
     kernel = [int(k) for k in attr(node, "kernel_shape")]
     dims = shapes.get(node.input[0]) if hasattr(shapes, "get") else None
@@ -70,5 +86,5 @@ def rewrite_average_pool(model, node, shapes, namer) -> tuple[list[onnx.NodeProt
     return [conv], f"as a depthwise Conv with a constant {kernel[0]}x{kernel[1]} mean kernel"
 
 
-ACT_REWRITES = {"HardSigmoid": rewrite_hard_sigmoid, "HardSwish": rewrite_hard_swish,
+ACT_REWRITES = {"HardSigmoid": rewrite_hard_sigmoid, "HardSwish": rewrite_hard_swish, "PRelu": rewrite_prelu,
                 "AveragePool": rewrite_average_pool}

@@ -1,4 +1,4 @@
-"""HardSigmoid and HardSwish rewritten for training (no gradient in onnxruntime-training 1.19): same values."""
+"""HardSigmoid, HardSwish and PRelu rewritten for training (no gradient in onnxruntime-training 1.19): same values."""
 
 from __future__ import annotations
 
@@ -32,6 +32,33 @@ def test_the_rewrite_computes_the_op(op, attrs):
     onnx.checker.check_model(rewritten)
     assert op not in {n.op_type for n in rewritten.graph.node} and "Relu" in how
     np.testing.assert_allclose(make_session(rewritten).run(None, x)[0], want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("slope_shape", [(), (1,), (3, 1, 1), (1, 3, 1, 1), (5,)])
+def test_prelu_is_relu_minus_slope_times_relu_of_minus_x_bit_for_bit(slope_shape):
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    slope = rng.uniform(-0.5, 1.5, slope_shape).astype(np.float32)
+    node = helper.make_node("PRelu", ["x", "a"], ["y"], name="prelu")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4, 5])],
+                              [numpy_helper.from_array(slope, "a")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    x = rng.normal(0, 3, (2, 3, 4, 5)).astype(np.float32)
+    x[0, 0, 0, :3] = [0.0, -0.0, 1e-40]  # zeros and a denormal
+    want = make_session(model).run(None, {"x": x})[0]
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    nodes, how = REWRITES["PRelu"](rewritten, rewritten.graph.node[0], {}, UniqueNames(rewritten))
+    del rewritten.graph.node[:]
+    rewritten.graph.node.extend(nodes)
+    onnx.checker.check_model(rewritten)
+    assert "PRelu" not in {n.op_type for n in nodes} and "a" in {i for n in nodes for i in n.input}
+    got = make_session(rewritten).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)  # exact, not within a tolerance (a zero's sign aside)
+    np.testing.assert_array_equal(got, np.where(x > 0, x, slope * x))
 
 
 @pytest.mark.parametrize(("kernel", "strides"), [((3, 2), (3, 2)), ((2, 2), (1, 1))])
