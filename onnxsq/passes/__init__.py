@@ -50,6 +50,7 @@ class PassSpec:
 PASSES: dict[str, PassSpec] = {p.name: p for p in (
     PassSpec("fold-constants", "onnxsq.passes.fold_constants:fold_constants"),
     PassSpec("fold-batchnorm", "onnxsq.passes.fold_batchnorm:fold_batchnorm"),
+    PassSpec("fold-forward", "onnxsq.passes.fold_forward:fold_forward"),
     PassSpec("equalize", "onnxsq.passes.equalize:equalize"),
     PassSpec("threshold", "onnxsq.passes.threshold.magnitude:threshold",
              "onnxsq.passes.threshold.config:ThresholdConfig"),

@@ -58,6 +58,7 @@ from ...params import TensorQuant, read_params, write_params
 from ...report import Report
 from ..equalize import equalize_graph
 from ..fold_constants import fold_constants_graph, lift_constant_nodes, merge_into
+from ..fold_forward import fold_forward_graph
 from .bias import means_wanted
 from .config import QuantizeConfig
 from .eval import evaluate
@@ -184,6 +185,8 @@ def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
     if cfg.fold_batchnorm:
         _fold_first(graph, original, report)  # in place: no export/import round trip (a weights copy each)
         clock.lap("fold")
+    if cfg.fold_forward:  # scale/shift chains before Conv layers into them (learnable affine blocks)
+        report.summary["forward_folded"] = fold_forward_graph(graph).summary["folded"]
     if cfg.equalize:  # after folding: a BN between two convs no longer hides the pair
         report.summary["equalized_pairs"] = equalize_graph(graph).summary["equalized"]
         clock.lap("equalize")
