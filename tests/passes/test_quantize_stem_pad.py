@@ -27,10 +27,10 @@ SHAPE = [1, 3, 12, 12]
 LOG = "onnxsq.passes.quantize.stem_pad"
 
 
-def _net(cin: int = 3, cout: int = 16, group: int = 1) -> onnx.ModelProto:
-    """Conv(cin → cout, 3x3) → Relu → Conv(cout → 16) → Relu."""
+def _net(cin: int = 3, cout: int = 16, group: int = 1, kernel: int = 3, stride: int = 1) -> onnx.ModelProto:
+    """Conv(cin → cout, kernel x kernel / stride) → Relu → Conv(cout → 16) → Relu."""
     b = Builder(seed=3)
-    x = b.node("Relu", [b.conv("x", cin, cout, group=group)])
+    x = b.node("Relu", [b.conv("x", cin, cout, group=group, kernel=kernel, strides=[stride, stride])])
     return b.model({"x": [1, cin, *SHAPE[2:]]}, [b.node("Relu", [b.conv(x, cout, 16)])])
 
 
@@ -112,14 +112,16 @@ def test_simulate_is_bit_exact_on_the_padded_stem(tmp_path):
         np.testing.assert_array_equal(sim.run(f).outputs[program.outputs[0]], exact.run(None, f)[0])
 
 
-@pytest.mark.parametrize(("cin", "cout", "group", "why"), [
-    (3, 8, 1, "8 output channels"),
-    (3, 24, 3, "a grouped Conv"),
-    (4, 16, 1, None),
+@pytest.mark.parametrize(("cin", "cout", "group", "kernel", "stride", "why"), [
+    (3, 8, 1, 3, 1, "8 output channels"),
+    (3, 24, 3, 3, 1, "a grouped Conv"),
+    (3, 16, 1, 3, 2, "strides [2, 2]"),
+    (3, 16, 1, 7, 1, "kernel 7x7"),
+    (4, 16, 1, 3, 1, None),
 ])
-def test_other_convs_are_left_alone_with_a_reason(caplog, cin, cout, group, why):
+def test_other_convs_are_left_alone_with_a_reason(caplog, cin, cout, group, kernel, stride, why):
     with caplog.at_level(logging.INFO, logger=LOG):
-        q = _quantize(_net(cin, cout, group), cin)
+        q = _quantize(_net(cin, cout, group, kernel, stride), cin)
     assert "Pad" not in [n.op_type for n in q.graph.node]
     said = [r.getMessage() for r in caplog.records if r.name == LOG]
     if why is None:
