@@ -103,7 +103,7 @@ def run_quark(python: str, m, calib: list[dict], feeds: list[dict], config: str,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="*", help="zoo model names (default: every trained image model)")
+    ap.add_argument("--models", nargs="*", help="zoo model names (default: every trained image model; named untrained ones too)")
     ap.add_argument("--calib", type=int, default=9)
     ap.add_argument("--eval", type=int, default=5)
     ap.add_argument("--variants", nargs="*", default=list(DEFAULT_VARIANTS))
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="which of Quark's configurations (AdaRound is slow: tens of minutes per model here)")
     args = ap.parse_args(argv)
     quark = tuple(args.quark_configs) if args.quark_python else ()
-    models = [m for m in zoo.ensure(check=False) if takes_images(m) and m.trained]
+    named = set(args.models or ())  # an untrained model is measured when named (its structure, not its weights)
+    models = [m for m in zoo.ensure(check=False) if takes_images(m) and (m.trained or m.name in named)]
     if args.models:
         models = [m for m in models if m.name in set(args.models)]
     images = zoo.images()
