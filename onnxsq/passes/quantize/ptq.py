@@ -271,20 +271,15 @@ def _resolve(ctx: QuantizeContext, graph: gs.Graph, float_model: onnx.ModelProto
     """Every tensor's parameters (the weights' rounding measured on ``kept`` where asked for); the
     corrected biases are written into ``graph`` (new arrays: the float model keeps its own), and the
     float constants are let go."""
-    if ctx.cfg.weight_rounding == "gptq":
-        if kept:
-            from .rounding import hessians
+    if ctx.cfg.weight_rounding == "gptq" and kept:  # checked against nearest rounding on the whole model
+        from .rounding import resolve_gptq
 
-            todo = [u for u in ctx.plan.weights if u.weight not in ctx.given]
-            warned, consts = len(ctx.report.warnings), dict(ctx.consts)  # bias correction replaces biases there
-            nearest = resolve_params(ctx)  # the inputs as the nearest-rounded model computes them
-            del ctx.report.warnings[warned:]
-            ctx.qweights, ctx.corrected, ctx.consts = {}, {}, consts
-            ctx.hessians = hessians(float_model, float_weights, todo, ctx.consts, kept, nearest)
-        else:
+        tparams = resolve_gptq(ctx, graph, float_model, float_weights, kept)
+    else:
+        if ctx.cfg.weight_rounding == "gptq":
             ctx.report.warnings.append("--weight-rounding gptq measures on the report samples; there are none: "
                                        "weights are rounded to nearest")
-    tparams = resolve_params(ctx)
+        tparams = resolve_params(ctx)
     if ctx.corrected:
         tensors = graph.tensors()
         for name, values in ctx.corrected.items():
