@@ -41,6 +41,30 @@ def test_conv_columns_times_the_weight_rows_is_the_conv(group, strides, dilation
         np.testing.assert_allclose(got, y[:, g * per:(g + 1) * per], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("mode", "strides", "dilations"), [
+    ("SAME_UPPER", [2, 2], [1, 1]), ("SAME_LOWER", [2, 1], [1, 1]), ("SAME_UPPER", [1, 1], [1, 1]),
+    ("VALID", [1, 1], [2, 1]),
+    ("SAME_LOWER", [3, 2], [1, 1]), ("VALID", [2, 1], [1, 1])])  # onnxruntime: no dilation with SAME_*
+def test_auto_pad_convs_get_the_pads_onnxruntime_computes(mode, strides, dilations):
+    """tf2onnx/keras2onnx write auto_pad (MTCNN's VALID convs): the columns still reproduce the layer."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 3, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    attrs = {"auto_pad": mode.encode(), "strides": strides, "dilations": dilations}
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], **attrs)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    y = make_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+                     .SerializeToString()).run(None, {"x": x})[0]
+    use = WeightUse("conv", "Conv", "w", 0, "x", "y", attrs=attrs)
+    cols = columns(use, w, x)
+    got = (cols[0] @ weight_rows(use, w.astype(np.float64), 1)[0].T).T.reshape(4, *y.shape[2:])
+    np.testing.assert_allclose(got, y[0], rtol=1e-5, atol=1e-5)
+    bad = WeightUse("conv", "Conv", "w", 0, "x", "y", attrs={"auto_pad": b"SOMETHING"})
+    assert "not handled" in columns(bad, w, x)
+
+
 def _err(w, q, step, h):
     d = w - q * step[:, None]
     return float(np.trace(d @ h @ d.T))

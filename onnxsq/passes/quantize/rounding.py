@@ -31,7 +31,7 @@ rounding spreads every error. Choosing among it and finer shifts (which clip the
 same output error is exact per row given ``H`` (``round_weight(candidates=...)``) but fits the few report
 samples, not the data: it lost on the zoo (the README's table).
 
-Handled: ``Conv`` (any group count, stride, padding, dilation; 1-D/2-D), ``Gemm`` (``transA = 0``) and
+Handled: ``Conv`` (any group count, stride, padding, dilation, ``auto_pad``; 1-D/2-D), ``Gemm`` (``transA = 0``) and
 ``MatMul`` with a constant 2-D weight. Left at nearest rounding, with the reason: ``ConvTranspose``, layers
 whose weight has given parameters, and inputs wider than :data:`MAX_COLUMNS` (``H`` is ``K x K``).
 """
@@ -84,12 +84,37 @@ def _im2col(x: np.ndarray, kernel: tuple[int, ...], attrs: Mapping, groups: int)
     return patches.reshape(n, groups, per * len(cols), p).transpose(1, 0, 3, 2).reshape(groups, n * p, -1)
 
 
+def explicit_pads(attrs: Mapping, kernel: tuple[int, ...], spatial: tuple[int, ...]) -> Mapping | str:
+    """``attrs`` with an ``auto_pad`` (tf2onnx/keras2onnx exports) written as the explicit ``pads`` onnxruntime
+    computes for an input of ``spatial`` size (ONNX's rule: ``SAME_*`` output ``ceil(in / stride)``, the odd
+    pad at the end for ``SAME_UPPER``, at the start for ``SAME_LOWER``), or why not."""
+    mode = attrs.get("auto_pad", "NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode == "NOTSET":
+        return attrs
+    nd = len(kernel)
+    strides = list(attrs.get("strides", [1] * nd))
+    dil = list(attrs.get("dilations", [1] * nd))
+    if mode == "VALID":
+        begin = end = [0] * nd
+    elif mode in ("SAME_UPPER", "SAME_LOWER"):
+        total = [max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
+                 for n, k, s, d in zip(spatial, kernel, strides, dil)]
+        small = [t // 2 for t in total]
+        big = [t - t // 2 for t in total]
+        begin, end = (small, big) if mode == "SAME_UPPER" else (big, small)
+    else:
+        return f"auto_pad {mode} Conv: not handled (nearest rounding)"
+    return {**{k: v for k, v in attrs.items() if k != "auto_pad"}, "pads": list(begin) + list(end)}
+
+
 def columns(use: WeightUse, w: np.ndarray, x: np.ndarray) -> np.ndarray | str:
     """The input rows each weight group multiplies, ``[groups, rows, K]``, or why not handled."""
     if use.op == "Conv":
-        if use.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-            return "auto_pad Conv: not handled (nearest rounding)"
-        return _im2col(x.astype(np.float64), tuple(w.shape[2:]), use.attrs, int(use.attrs.get("group", 1)))
+        attrs = explicit_pads(use.attrs, tuple(w.shape[2:]), tuple(x.shape[2:]))
+        if isinstance(attrs, str):
+            return attrs
+        return _im2col(x.astype(np.float64), tuple(w.shape[2:]), attrs, int(use.attrs.get("group", 1)))
     if use.op == "Gemm":
         if int(use.attrs.get("transA", 0)):
             return "Gemm with transA=1: not handled (nearest rounding)"
