@@ -86,26 +86,20 @@ def _im2col(x: np.ndarray, kernel: tuple[int, ...], attrs: Mapping, groups: int)
 
 def explicit_pads(attrs: Mapping, kernel: tuple[int, ...], spatial: tuple[int, ...]) -> Mapping | str:
     """``attrs`` with an ``auto_pad`` (tf2onnx/keras2onnx exports) written as the explicit ``pads`` onnxruntime
-    computes for an input of ``spatial`` size (ONNX's rule: ``SAME_*`` output ``ceil(in / stride)``, the odd
-    pad at the end for ``SAME_UPPER``, at the start for ``SAME_LOWER``), or why not."""
+    computes for an input of ``spatial`` size (the simulator's :func:`~onnxsq.simulate.kernels.conv_pads`),
+    or why not."""
+    from ...simulate.kernels import conv_pads
+
     mode = attrs.get("auto_pad", "NOTSET")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     if mode == "NOTSET":
         return attrs
-    nd = len(kernel)
-    strides = list(attrs.get("strides", [1] * nd))
-    dil = list(attrs.get("dilations", [1] * nd))
-    if mode == "VALID":
-        begin = end = [0] * nd
-    elif mode in ("SAME_UPPER", "SAME_LOWER"):
-        total = [max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
-                 for n, k, s, d in zip(spatial, kernel, strides, dil)]
-        small = [t // 2 for t in total]
-        big = [t - t // 2 for t in total]
-        begin, end = (small, big) if mode == "SAME_UPPER" else (big, small)
-    else:
+    if mode not in ("VALID", "SAME_UPPER", "SAME_LOWER"):
         return f"auto_pad {mode} Conv: not handled (nearest rounding)"
-    return {**{k: v for k, v in attrs.items() if k != "auto_pad"}, "pads": list(begin) + list(end)}
+    nd = len(kernel)
+    pads = conv_pads(spatial, kernel, list(attrs.get("strides", [1] * nd)), list(attrs.get("dilations", [1] * nd)),
+                     None, mode)
+    return {**{k: v for k, v in attrs.items() if k != "auto_pad"}, "pads": pads}
 
 
 def columns(use: WeightUse, w: np.ndarray, x: np.ndarray) -> np.ndarray | str:
