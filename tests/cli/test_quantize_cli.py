@@ -211,6 +211,15 @@ def test_per_tensor_and_no_equalize_flags(run_cli, model_and_data, tmp_path):
     assert "equalized_pairs" not in json.loads((tmp_path / "r.json").read_text())["summary"]
 
 
+def test_no_fold_forward_flag(run_cli, model_and_data, tmp_path):
+    model, data = model_and_data
+    for flags, want in (((), True), (("--no-fold-forward",), False)):
+        res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / "q.onnx", *flags, "--report",
+                      tmp_path / "r.json", "-q")
+        assert res.code == 0, res.err
+        assert ("forward_folded" in json.loads((tmp_path / "r.json").read_text())["summary"]) is want
+
+
 def test_sensitivity_and_target_sqnr_flags(run_cli, model_and_data, tmp_path):
     model, data = model_and_data
     rep = tmp_path / "r.json"

@@ -32,12 +32,13 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
               help="The activation estimator quantize will use (percentile, mse and auto need histograms).")
 @click.option("--no-bias-correction", is_flag=True, help="As quantize will be run (no input means gathered).")
 @click.option("--no-equalize", is_flag=True, help="As quantize will be run.")
+@click.option("--no-fold-forward", is_flag=True, help="As quantize will be run.")
 @preprocess_options
 @input_shape_option
 def command(model: Path, output: Path, report_path: Path | None, calib: str, shard: str | None,
             calib_count: int | None, batch_size: int, per_channel: bool, exclude: tuple[str, ...], method: str,
-            no_bias_correction: bool, no_equalize: bool, size, mean, std, channel_order: str, layout: str,
-            input_shapes: dict[str | None, tuple[int, ...]] | None) -> None:
+            no_bias_correction: bool, no_equalize: bool, no_fold_forward: bool, size, mean, std, channel_order: str,
+            layout: str, input_shapes: dict[str | None, tuple[int, ...]] | None) -> None:
     """Write MODEL's calibration statistics on --calib (or its shard I/N) to -o STATS.
 
     Run one process per shard anywhere (a Slurm array, Ray, Kubernetes jobs), then
@@ -60,6 +61,7 @@ def command(model: Path, output: Path, report_path: Path | None, calib: str, sha
                      mean=mean, std=std, channel_order=channel_order, layout=layout)
     cfg = QuantizeConfig(per_channel=per_channel, exclude=exclude, method=method, calib_count=calib_count,
                          batch_size=batch_size, bias_correction=not no_bias_correction, equalize=not no_equalize,
+                         fold_forward=not no_fold_forward,
                          preprocess=None if pre == Preprocess() else pre)
     with phase_progress(quiet=quiet()) as advance:
         stats = calibrate(model, calib, config=cfg, shard=part, progress=advance)

@@ -53,6 +53,8 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--no-bias-correction", is_flag=True, help="Keep the float biases (no mean weight-error correction).")
 @click.option("--no-equalize", is_flag=True,
               help="No cross-layer equalization (power-of-two factors between Conv pairs through ReLU-like ops).")
+@click.option("--no-fold-forward", is_flag=True,
+              help="Leave constant scale/shift ops before Conv layers (learnable affine blocks) unfolded.")
 @click.option("--integer-only", is_flag=True, default=DEFAULTS.integer_only,
               help="No float islands where an integer form exists: elementwise activations become look-up "
                    "tables (Q/DQ around them), Mul of two tensors an integer product.")
@@ -142,7 +144,8 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         calib_count=o["calib_count"], finetune=o["finetune"], finetune_iters=o["finetune_iters"],
         finetune_lr=o["finetune_lr"],
         batch_size=o["batch_size"], report_samples=o["report_samples"], bias_correction=not o["no_bias_correction"],
-        equalize=not o["no_equalize"], integer_only=o["integer_only"], carrier=o["carrier"],
+        equalize=not o["no_equalize"], fold_forward=not o["no_fold_forward"], integer_only=o["integer_only"],
+        carrier=o["carrier"],
         ort_kernels=o["ort_kernels"], pair_safe=not o["no_pair_safe"], sensitivity=o["sensitivity"],
         target_sqnr=o["target_sqnr"], promote=o["promote"], int16=o["int16"], effort=o["effort"],
         histograms=o["report_html"] is not None, preprocess=None if pre == Preprocess() else pre)
