@@ -158,6 +158,37 @@ def test_layers_reading_a_shared_int8_tensor_get_their_own_pair_and_fuse(tmp_pat
     _same_values_and_simulated_exactly(q, plain, tmp_path / "own.onnx")
 
 
+def _three_convs_net() -> onnx.ModelProto:
+    """Conv → t (signed) read by three Convs → Add → Add → Relu → Conv."""
+    b = Builder(seed=13)
+    t = b.conv("x", 3, 8)
+    total = b.node("Add", [b.node("Add", [b.conv(t, 8, 8), b.conv(t, 8, 8)]), b.conv(t, 8, 8)])
+    return b.model({"x": SHAPE}, [b.conv(b.node("Relu", [total]), 8, 4)])
+
+
+def test_three_layer_readers_keep_three_quantize_nodes_in_onnxruntime(tmp_path, monkeypatch):
+    """The k-th reader's pair reads through k Clips: equal Clips of one tensor would be merged by onnxruntime's
+    CommonSubexpressionElimination, their Qs with them, and the merged Q (three edges) stays int8 and unfused."""
+    cfg = QuantizeConfig(report_samples=0)
+    q, _ = quantize(_three_convs_net(), _feeds(), config=cfg)
+    onnx.checker.check_model(q)
+    g = _optimized(q, tmp_path, "three")
+    assert [n.op_type for n in g.node if n.op_type in ("Conv", "FusedConv", "QLinearConv")] == ["QLinearConv"] * 5
+    producers = {o: n for n in q.graph.node for o in n.output}
+    depths = []
+    for n in q.graph.node:
+        if n.op_type == "QuantizeLinear" and "_for_" in n.name:
+            d, cur = 0, producers[n.input[0]]
+            while cur.op_type == "Clip":
+                d, cur = d + 1, producers[cur.input[0]]
+            depths.append(d)
+    assert sorted(depths) == [1, 2, 3]  # the fan-out Clip, then one more per reader
+    monkeypatch.setattr(insert, "requantize_for_layers", lambda *a: None)
+    plain, _ = quantize(_three_convs_net(), _feeds(), config=cfg)
+    assert params_from_model(q) == params_from_model(plain)
+    _same_values_and_simulated_exactly(q, plain, tmp_path / "three.onnx")
+
+
 def _pools_net() -> onnx.ModelProto:
     """Conv → Relu → AveragePool 3x3/1 pad 1 (Inception's pool branch) → Conv → Relu → AveragePool 2x2/2 → Conv."""
     b = Builder(seed=12)

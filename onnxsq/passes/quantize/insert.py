@@ -209,14 +209,18 @@ def share_through_clip(graph: gs.Graph, names: UniqueNames, t: gs.Variable, p: T
 def requantize_for_layers(graph: gs.Graph, names: UniqueNames, shared: gs.Variable, dq: gs.Node) -> None:
     """Give each Conv/Gemm/MatMul reading ``shared`` (the fan-out Clip's output) its own QuantizeLinear →
     DequantizeLinear at ``dq``'s scale and zero point: the same integers again (the Clip is the identity on
-    dequantized codes), so onnxruntime fuses the layer (each Q one edge); the second and later behind one
-    more unbounded Clip, or its CommonSubexpressionElimination would merge the identical Qs back.
-    params.params_from_model does not list these as tensors."""
+    dequantized codes), so onnxruntime fuses the layer (each Q one edge). The k-th reader's Q reads ``shared``
+    through a chain of k unbounded Clips: onnxruntime's CommonSubexpressionElimination merges nodes of equal
+    inputs, so Qs of one tensor (or of k equal Clips of it) would merge back into one Q of several edges, which
+    stays int8 and unfused (vietcombank_captcha: 4 of its 5 Dense heads ran as float Gemms); its ClipQuantFusion
+    then drops each chain's last Clip (the Q its one reader), the others stay (identities, one per reader past
+    the second). params.params_from_model does not list these as tensors."""
     layers = [r for r in shared.outputs if r.op in ("Conv", "Gemm", "MatMul") and r.inputs[0] is shared
               and not any(i is shared for i in r.inputs[1:])]
+    src = shared
     for k, layer in enumerate(layers):
         again = f"{shared.name}_again"
-        src = through_identity_clip(graph, names, shared, again, again) if k else shared
+        src = through_identity_clip(graph, names, src, again, again) if k else shared
         label = layer.name or layer.op
         qv = gs.Variable(names.fresh(f"{shared.name}_for_{label}_quantized"), dtype=dq.inputs[0].dtype,
                          shape=shared.shape)
