@@ -18,21 +18,27 @@ output ``o``'s weight column ``j``:
   ``Σ_{j,k} W[o, j, k] * b[c(o, j)]`` to every output: it goes into the bias, and the Conv reads ``x``;
 - the shift, on a padded Conv: border windows read zeros where ``b`` would have been, so the shift stays
   before it as one ``Add(x, b / a)`` (``a * x + b = a * (x + b / a)``; every ``a`` must be nonzero), and
-  the Conv takes the scale.
+  the Conv takes the scale;
+- through ops linear in ``u`` on the way to the Convs (``GlobalAveragePool``/``AveragePool``, a ``Mul``
+  by a tensor that is not itself divided by ``a``: a squeeze-excitation gate, which its own Convs restore
+  first): ``u / a`` flows through them as ``op(u) / a`` and every Conv at the end takes ``a``; the shift
+  stays (``(u + b) * g`` is not ``u * g`` plus a constant).
 
 Why (measured on the fidelity bench's data, bench/fidelity.py): quantize puts a quantization point on
 every input and the output of an ``Add``, so the block is rounded twice on nearly the same grid —
 ``Q(Q(a * h) + b)``: the rounded product plus a ``b`` that is no multiple of the step rounds again, a
 systematic error of up to half a step on every element. Folded, one point is left (the HardSwish
-output before a 1×1 Conv, the Add's output before a padded one): output SQNR ppocrv5_rec 11.3 → 12.5 dB,
-ppocrv5_det 5.7 → 6.9, ppocrv4_rec 10.4 → 11.0, ppocrv4_det 10.0 → 10.2; the other trained zoo models
-have no chain that folds (the README's fidelity table).
+output before a 1×1 Conv, the Add's output before a padded one or a squeeze-excitation): output SQNR
+ppocrv5_rec 11.3 → 13.5 dB (12.5 without the squeeze-excitation paths), ppocrv5_det 5.7 → 7.0,
+ppocrv4_rec 10.4 → 10.9, ppocrv4_det 10.0 → 10.6; the other trained zoo models have no chain that folds
+(the README's fidelity table).
 
 Handled: a chain of Mul/Add/Sub/Div with one constant operand each, each link read only by the next,
 whose composed scale and shift are the same on every channel (a scalar, or a per-channel constant
-with equal values), and whose last tensor is read only by Conv data inputs with constant float weights.
+with equal values), and whose last tensor is read only by Conv data inputs with constant float weights
+(directly or through the linear ops above).
 Refused, each with its reason in the report (a chain counts as a candidate when some reader of its end
-is a layer):
+is a layer, or a pool or two-tensor Mul that a layer reads):
 
 - a scale or shift that differs between channels — a BatchNorm after an activation (Keras/tf2onnx
   ``Relu → Mul → Add``): it evens the channels' ranges for the tensor's one activation shift, and folded
@@ -71,6 +77,7 @@ log = logging.getLogger(__name__)
 PASS_NAME = "fold-forward"
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 SAME = ("SAME_UPPER", "SAME_LOWER")
+THROUGH = ("GlobalAveragePool", "AveragePool")  # linear in their input: the scale passes (and a Mul by a gate)
 PER_CHANNEL = ("a per-channel scale or shift (a BatchNorm after an activation) evens the channels' ranges for the "
                "tensor's one shift; folded into the next layer it would undo that (vietcombank_captcha -11.7 dB, "
                "fastmrz_mrz_seg -5.1): only a scale and shift the same on every channel fold")
@@ -108,7 +115,7 @@ def fold_forward_graph(graph: gs.Graph) -> Report:
     names = UniqueNames(graph)
     for head in [n for n in graph.nodes if _is_head(graph, n)]:
         chain = _walk(graph, head)
-        if any(r.op in LAYERS for r in chain.out.outputs):
+        if _leads_to_layer(chain.out):
             _fold(graph, names, report, chain)
     folded = sum(c.changed for c in report.candidates)
     graph.cleanup(remove_unused_graph_inputs=False)
@@ -117,6 +124,14 @@ def fold_forward_graph(graph: gs.Graph) -> Report:
     report.summary.update(chains=len(report.candidates), folded=folded)
     log.info("fold-forward: %d of %d scale/shift chains before layers folded", folded, len(report.candidates))
     return report
+
+
+def _leads_to_layer(tensor: gs.Tensor) -> bool:
+    """Some reader is a layer, or a pool or two-tensor Mul that a layer reads: a candidate."""
+    def through(r: gs.Node) -> bool:
+        return r.op in THROUGH or (r.op == "Mul" and not any(const_value(t) is not None for t in r.inputs))
+    return any(r.op in LAYERS or (through(r) and any(n.op in LAYERS for n in r.outputs[0].outputs))
+               for r in tensor.outputs)
 
 
 def _is_head(graph: gs.Graph, node: gs.Node) -> bool:
@@ -144,13 +159,14 @@ def _fold(graph: gs.Graph, names: UniqueNames, report: Report, chain: _Chain) ->
             report.add(chain.label, chain.pattern, "skipped", SPELLED_OUT, pattern=chain.pattern)
             return
         chain = _Chain(chain.steps[1:], chain.steps[0].outputs[0], chain.out)
-    readers = list(chain.out.outputs)
-    found = _check(graph, chain, readers)
+    readers: list[gs.Node] = []  # the Convs that take the scale, directly or through THROUGH ops
+    through: list[gs.Node] = []
+    found = _reach(graph, chain.out, {id(chain.out)}, readers, through) or _check(graph, chain, readers)
     if isinstance(found, str):
         report.add(chain.label, chain.pattern, "skipped", found, pattern=chain.pattern)
         return
     a, b = found
-    keep = any(_padded(r) for r in readers) and bool(np.any(b != 0))
+    keep = (any(_padded(r) for r in readers) or bool(through)) and bool(np.any(b != 0))
     if keep and np.any(a == 0):
         report.add(chain.label, chain.pattern, "skipped", "a zero scale on some channel, and a padded Conv "
                    "reader: the shift cannot stay before it as x + b / a", pattern=chain.pattern)
@@ -162,17 +178,20 @@ def _fold(graph: gs.Graph, names: UniqueNames, report: Report, chain: _Chain) ->
     rank, dtype = const_value(readers[0].inputs[1]).ndim, const_value(readers[0].inputs[1]).dtype
     for r in readers:
         _rewrite_conv(graph, names, r, a, None if keep else b)
-        if not keep:
-            r.inputs[0] = chain.x
+    if not keep:
+        for r in list(chain.out.outputs):
+            r.inputs[[t is chain.out for t in r.inputs].index(True)] = chain.x
     for n in chain.steps:
         n.inputs.clear()
         n.outputs.clear()
     if keep:  # the chain's last tensor (its name, type and shape) is now written by x + b / a
         _shift_before(graph, names, chain, bm.cast_like(_layout(b / a, rank), dtype))
     into = [node_label(r) for r in readers]
-    how = "the shift kept before them as one Add (a padded Conv)" if keep else "the shift into their biases"
+    why_kept = f"read through {', '.join(sorted({n.op for n in through}))}" if through else "a padded Conv"
+    how = f"the shift kept before them as one Add ({why_kept})" if keep else "the shift into their biases"
     report.add(chain.label, chain.pattern, "folded", f"into Conv {', '.join(into)}: the scale into the weights, "
-               f"{how}", pattern=chain.pattern, into=into, shift="kept" if keep else "bias")
+               f"{how}", pattern=chain.pattern, into=into, shift="kept" if keep else "bias",
+               through=[node_label(n) for n in through])
 
 
 def _completes_product(chain: _Chain) -> bool:
@@ -188,9 +207,6 @@ def _check(graph: gs.Graph, chain: _Chain, readers: list[gs.Node]) -> tuple[np.n
         return f"its output {chain.out.name} is also a graph output"
     shapes = set()
     for r in readers:
-        why = _reader_error(chain.out, r)
-        if why:
-            return why
         w = const_value(r.inputs[1])
         shapes.add((w.ndim, w.shape[1] * int(r.attrs.get("group", 1))))
     if len(shapes) != 1:
@@ -212,6 +228,31 @@ def _check(graph: gs.Graph, chain: _Chain, readers: list[gs.Node]) -> tuple[np.n
     if np.any(a != a[0]) or np.any(b != b[0]):
         return PER_CHANNEL
     return a, b
+
+
+def _reach(graph: gs.Graph, tensor: gs.Tensor, scaled: set[int], convs: list[gs.Node], through: list[gs.Node]) -> str:
+    """Collect the Convs that read ``tensor`` directly or through ops linear in it (``THROUGH``: pools, a
+    Mul by a tensor that is not itself scaled: a squeeze-excitation gate), or say why not."""
+    for r in tensor.outputs:
+        if r.op in THROUGH or (r.op == "Mul" and len(r.inputs) == 2 and not any(const_value(t) is not None
+                                                                                   for t in r.inputs)):
+            others = [t for t in r.inputs if t is not tensor]
+            if r.op == "Mul" and (len(others) != 1 or id(others[0]) in scaled):
+                return f"Mul {node_label(r)} multiplies it with itself (not linear in it)"
+            out = r.outputs[0]
+            if is_graph_output(graph, out):
+                return f"the output {out.name} of {r.op} {node_label(r)} on its way to a Conv is a graph output"
+            through.append(r)
+            scaled.add(id(out))
+            why = _reach(graph, out, scaled, convs, through)
+        else:
+            why = _reader_error(tensor, r)
+            if not why and any(c is r for c in convs):
+                why = f"{r.op} {node_label(r)} reads it on two paths"
+            convs.append(r)
+        if why:
+            return why
+    return ""
 
 
 def _reader_error(tensor: gs.Tensor, r: gs.Node) -> str:

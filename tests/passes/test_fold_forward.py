@@ -176,3 +176,28 @@ def test_quantize_folds_the_block_and_rounds_it_once():
     for scale, zero in points(on):
         assert np.all(np.exp2(np.round(np.log2(scale))) == scale) and np.all(zero == 0)
     assert rep_on.summary["output_sqnr_db"] > rep_off.summary["output_sqnr_db"]
+
+
+def _squeeze_excite(square: bool = False) -> onnx.ModelProto:
+    """HardSwish → Mul → Add → (GlobalAveragePool → Conv → Relu → Conv → HardSigmoid) gate → Mul → Conv 1x1:
+    PP-LCNetV3's block before its squeeze-excitation (``square``: the Mul multiplies the tensor with itself)."""
+    b = Builder(seed=10)
+    h = b.node("HardSwish", [b.conv("x", 3, C)])
+    y = b.const_op("Add", b.const_op("Mul", h, 0.55), 0.21)
+    pooled = b.node("GlobalAveragePool", [y])
+    w1, w2 = b.const("w", b.weight((4, C, 1, 1), C)), b.const("w", b.weight((C, 4, 1, 1), 4))
+    squeezed = b.node("Relu", [b.node("Conv", [pooled, w1, b.const("b", np.zeros(4))], kernel_shape=[1, 1])])
+    gate = b.node("HardSigmoid", [b.node("Conv", [squeezed, w2], kernel_shape=[1, 1])])
+    scaled = b.node("Mul", [y, y if square else gate])
+    w3 = b.const("w", b.weight((5, C, 1, 1), C))
+    return b.model({"x": [2, 3, 7, 9]}, [b.node("Conv", [scaled, w3], kernel_shape=[1, 1])], opset=14)
+
+
+def test_the_scale_passes_through_a_squeeze_excitation_to_its_convs():
+    model = _squeeze_excite()
+    result, report = _folded(model)
+    (cand,) = report.candidates
+    assert cand.action == "folded" and cand.details["shift"] == "kept" and len(cand.details["into"]) == 2
+    assert len(cand.details["through"]) == 2 and "read through GlobalAveragePool, Mul" in cand.reason
+    assert ops(result).count("Add") == 1 and ops(result).count("Mul") == 1  # the gate's Mul; the scale is gone
+    assert "itself" in _refused(_squeeze_excite(square=True))
