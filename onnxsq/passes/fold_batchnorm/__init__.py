@@ -4,6 +4,8 @@
   summary quantize and QAT fold with (:func:`summarize_for_quantize`);
 - :mod:`.rules` — the three BN rules, each a check (a match or the reason) and a rewrite;
 - :mod:`.affine` — constant Mul/Add/Sub/Div chains after a layer into its weights and bias;
+- :mod:`.relu_scale` / :mod:`.scale_back` — positive per-channel scales moved through a ReLU (or pool)
+  into the layers after it / before it;
 - :mod:`.bn_math` — the numbers (numpy only); :mod:`.edit` — the graph edits the folds share.
 """
 

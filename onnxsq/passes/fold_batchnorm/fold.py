@@ -5,8 +5,9 @@ An eval-mode BN over channel axis 1 is ``y = s * x + t`` with ``s = gamma / sqrt
 In order: computed weights become constants (:mod:`onnxsq.passes.fold_constants`); every BN goes through
 the rules of :mod:`.rules` (into the layer before, into the Conv after, else Mul/Add); then the affine folds
 of :mod:`.affine` put constant Mul/Add/Sub/Div after layers (exporters' decomposed BNs, and the rules'
-Mul/Add replacements) into the layers' weights and biases, and :mod:`.relu_scale` moves positive scales
-left before a ReLU into the Convs after it.
+Mul/Add replacements) into the layers' weights and biases, :mod:`.relu_scale` moves positive scales
+left before a ReLU into the Convs after it, and :mod:`.scale_back` moves positive scales after a ReLU or
+pool back into the layer before it.
 
 Refused before any rule, with the reason in the report: training mode (``training_mode=1``, or the
 statistics outputs, which select training mode before opset 14), ``spatial=0`` and pre-opset-7 BN,
@@ -39,6 +40,7 @@ from .affine import fold_affine_graph
 from .edit import TensorTypes
 from .relu_scale import fold_relu_scales_graph
 from .rules import RULES, Context, Rule, ToMulAdd
+from .scale_back import fold_scales_back_graph
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,7 @@ def fold_batchnorm_graph(graph: gs.Graph, *, opset: int, types_from: onnx.ModelP
     affine = fold_affine_graph(graph, opset=opset, types=ctx.types, names=ctx.names) if fold_affine else None
     if affine is not None:  # scales left before a ReLU go into the Convs after it
         fold_relu_scales_graph(graph, affine, ctx.names)
+        fold_scales_back_graph(graph, affine, ctx.names)  # and those after a ReLU/pool into the layer before
         graph.cleanup(remove_unused_graph_inputs=False)
     if affine is None:
         graph.cleanup(remove_unused_graph_inputs=False)  # fold_affine_graph cleans up itself
@@ -208,7 +211,8 @@ def summarize_for_quantize(frep: Report, *, context: str = "stay float") -> tupl
                         + ", ".join(left[:5]))
     # a rank-3+ MatMul's Add stays as its bias, which placement quantizes with the layer
     stay = [c for c in frep.candidates if c.op not in ("BatchNormalization", "Relu", "LeakyRelu") and not c.changed
-            and "bias_of" not in c.details]  # a scale not moved through a ReLU quantizes as before: no warning
+            and "bias_of" not in c.details and "moved_back" not in c.details]  # a scale not moved through a ReLU
+    # (either way) quantizes as before: no warning
     if stay:
         warnings.append(f"{len(stay)} constant Mul/Add/Sub/Div node(s) after layers could not be folded into them "
                         "(each quantizes on its own, or stays float): "
