@@ -39,10 +39,11 @@ def _feeds(cin: int = 3, n: int = 5, seed: int = 0) -> list[dict]:
     return [{"x": rng.standard_normal([1, cin, *SHAPE[2:]]).astype(np.float32)} for _ in range(n)]
 
 
-def _quantize(model: onnx.ModelProto, cin: int = 3, pad: bool = True, monkeypatch=None) -> onnx.ModelProto:
+def _quantize(model: onnx.ModelProto, cin: int = 3, pad: bool = True, monkeypatch=None,
+              carrier: str = "native") -> onnx.ModelProto:
     if not pad:
         monkeypatch.setattr(insert, "pad_input_channels", lambda *a: [])
-    q, _ = quantize(model, _feeds(cin), config=QuantizeConfig(report_samples=0))
+    q, _ = quantize(model, _feeds(cin), config=QuantizeConfig(report_samples=0, carrier=carrier))
     onnx.checker.check_model(q)
     return q
 
@@ -82,10 +83,14 @@ def test_the_stem_reads_its_input_padded_to_four_channels(monkeypatch):
     assert params_from_model(q) == params_from_model(plain)
 
 
+@pytest.mark.parametrize("carrier", ["native", "uint8"])
 @pytest.mark.parametrize("level", ["ORT_DISABLE_ALL", "ORT_ENABLE_ALL"])
-def test_the_outputs_are_the_same_as_without_the_pad(monkeypatch, level):
+def test_the_outputs_are_the_same_as_without_the_pad(monkeypatch, level, carrier):
     level = getattr(ort.GraphOptimizationLevel, level)
-    a, b = _session(_quantize(_net()), level), _session(_quantize(_net(), pad=False, monkeypatch=monkeypatch), level)
+    padded = _quantize(_net(), carrier=carrier)
+    assert [n.op_type for n in padded.graph.node].count("Pad") == 2
+    a = _session(padded, level)
+    b = _session(_quantize(_net(), pad=False, monkeypatch=monkeypatch, carrier=carrier), level)
     for f in _feeds(seed=7):
         np.testing.assert_allclose(a.run(None, f)[0], b.run(None, f)[0], rtol=0, atol=0)
 
@@ -100,8 +105,9 @@ def test_onnxruntime_runs_the_padded_stem_as_a_qlinearconv(tmp_path):
     assert list(init[stem.input[3]].dims) == [16, 4, 3, 3]
 
 
-def test_simulate_is_bit_exact_on_the_padded_stem(tmp_path):
-    q = _quantize(_net())
+@pytest.mark.parametrize("carrier", ["native", "uint8"])
+def test_simulate_is_bit_exact_on_the_padded_stem(tmp_path, carrier):
+    q = _quantize(_net(), carrier=carrier)
     path = tmp_path / "stem.onnx"
     onnx.save(q, str(path))
     program = load_program(q)
