@@ -226,11 +226,12 @@ class QATTrainer(Trainer):
         from ..passes.quantize import QuantizeConfig, quantize
 
         params = self.final_params()
-        # what was trained: one shift per tensor (QAT's placement), no equalization (it would rescale
-        # the trained weights), BN already folded
+        # what was trained: one shift per tensor (QAT's placement), no equalization or forward folds (they
+        # would rescale the trained weights and drop trained tensors), BN already folded
         cfg = QuantizeConfig(bits=self.bits, weight_bits=self.wbits, exclude=self.cfg.quant_exclude,
                              method=self.cfg.qat("quant_method"), weight_method=self.cfg.qat("weight_method"),
-                             fold_batchnorm=False, report_samples=8, per_channel=False, equalize=False)
+                             fold_batchnorm=False, report_samples=8, per_channel=False, equalize=False,
+                             fold_forward=False)
         batches = Loader(self.data, 8).epoch()
         x, _ = next(batches)  # the per-layer SQNR report's samples (no calibration: every shift is given)
         batches.close()
