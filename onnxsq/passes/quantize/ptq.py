@@ -66,6 +66,7 @@ from .insert import insert_qdq_graph
 from .params import QuantizeContext, check_bits, known_clipped, resolve_params
 from .placement import plan_qdq
 from .report import fill_report
+from .shift_conv import shifts_as_convs
 from .softmax_range import SAMPLES as SOFTMAX_SAMPLES
 from .softmax_range import choose_softmax_shifts, softmax_reads
 from .target import own_stats, quantize_for_target
@@ -190,6 +191,8 @@ def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
     if cfg.equalize:  # after folding: a BN between two convs no longer hides the pair
         report.summary["equalized_pairs"] = equalize_graph(graph).summary["equalized"]
         clock.lap("equalize")
+    if cfg.carrier == "native" and (shifted := shifts_as_convs(graph)):  # Add(relu'd x, b) as a depthwise Conv
+        report.summary["shifts_as_convs"] = shifted
     cfg = drop_unmatched(cfg, graph, report)
     if default_opset(original) < needed_opset(cfg)[0]:
         original, cfg = _ensure_opset(export_like(graph, original), report, cfg)
