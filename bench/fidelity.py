@@ -103,7 +103,8 @@ def run_quark(python: str, m, calib: list[dict], feeds: list[dict], config: str,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="*", help="zoo model names (default: every trained image model; named untrained ones too)")
+    ap.add_argument("--models", nargs="*",
+                    help="zoo model names (default: every trained image model; named untrained ones too)")
     ap.add_argument("--calib", type=int, default=9)
     ap.add_argument("--eval", type=int, default=5)
     ap.add_argument("--variants", nargs="*", default=list(DEFAULT_VARIANTS))
