@@ -86,3 +86,11 @@ def test_quantized_it_runs_as_qlinearconv_and_simulate_equals_onnxruntime(tmp_pa
         np.testing.assert_array_equal(got, exact.run([program.outputs[0]], feed)[0])
         ref = run(model, feed)[0]  # still the float model's values, within the int8 steps of the output
         np.testing.assert_allclose(got, ref, atol=0.1 * np.abs(ref).max())
+
+
+def test_off_with_fold_forward_a_trained_graph_keeps_its_add():
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.standard_normal(X).astype(np.float32)} for _ in range(3)]
+    q, rep = quantize(_net(), calib, config=QuantizeConfig(report_samples=0, fold_forward=False))
+    assert "shifts_as_convs" not in rep.summary
+    assert sum(n.op_type == "Add" for n in q.graph.node) == 1

@@ -191,7 +191,8 @@ def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
     if cfg.equalize:  # after folding: a BN between two convs no longer hides the pair
         report.summary["equalized_pairs"] = equalize_graph(graph).summary["equalized"]
         clock.lap("equalize")
-    if cfg.carrier == "native" and (shifted := shifts_as_convs(graph)):  # Add(relu'd x, b) as a depthwise Conv
+    # Add(relu'd x, b) as a depthwise Conv; off with fold_forward (a trained graph re-quantized keeps its tensors)
+    if cfg.fold_forward and cfg.carrier == "native" and (shifted := shifts_as_convs(graph)):
         report.summary["shifts_as_convs"] = shifted
     cfg = drop_unmatched(cfg, graph, report)
     if default_opset(original) < needed_opset(cfg)[0]:

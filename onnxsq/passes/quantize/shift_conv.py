@@ -7,6 +7,8 @@ per channel with a negative entry — Keras's BatchNorm after ReLU and MaxPool, 
 product by one is exact). quantize runs it after fold-forward (which takes the shifts it can into the next
 layer) and equalization, before planning, on the native carrier only: with ``carrier="uint8"`` the constant
 joins the activations' uint8 carrier (zero point 128) and onnxruntime's QLinearAdd takes the Add as it is.
+Like fold-forward it rewrites the float graph before planning, and it is off where ``fold_forward`` is: QAT's
+and fine-tuning's exports re-quantize a trained graph whose tensors (the Add's constant) were trained as they are.
 
 Why: quantized, ``x`` is unsigned (uint8) and ``b`` a signed int8 constant, and onnxruntime fuses
 ``DQ → Add → Q`` into QLinearAdd only where the inputs have one type; the Add ran as float between a
