@@ -19,8 +19,8 @@ bias on the grid of the input's scale times the weight's, finer than the int8 co
 Candidates: an ``Add`` of one variable and one float constant operand whose variable comes from a Relu
 through ``POOLS`` (these keep ``x >= 0``). Left alone, each with a logged reason: a shift that is nowhere
 negative (both operands quantize unsigned: one type already), a constant that is not per-channel (axis 1)
-or not float, an input of unknown rank, rank below 3 or unknown channel count (a Dense layer's ``[N, F]``:
-no 1×1 Conv), and an input that is a graph output.
+or not float, and an input of unknown rank, rank below 3 or unknown channel count (a Dense layer's
+``[N, F]``: no 1×1 Conv).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...graph import UniqueNames, const_value, is_graph_output, new_constant, node_label, producer
+from ...graph import UniqueNames, const_value, new_constant, node_label, producer
 from ..fold_batchnorm import bn_math as bm
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def shifts_as_convs(graph: gs.Graph, names: UniqueNames | None = None) -> int:
         # pools keep rank and channels: the first tensor of the chain whose shape is known tells them
         known = [t.shape for t in chain if t.shape]
         shape = next((s for s in known if len(s) > 1 and isinstance(s[1], int)), known[0] if known else None)
-        why = _refusal(graph, x, c, shape)
+        why = _refusal(x, c, shape)
         if isinstance(why, str):
             log.info("quantize: Add %s stays an Add: %s", node_label(add), why)
             continue
@@ -71,15 +71,13 @@ def _after_relu(x: gs.Tensor) -> list[gs.Tensor]:
     return chain if node is not None and node.op == "Relu" and node.outputs[0] is x else []
 
 
-def _refusal(graph: gs.Graph, x: gs.Tensor, c: np.ndarray, shape) -> np.ndarray | str:
+def _refusal(x: gs.Tensor, c: np.ndarray, shape) -> np.ndarray | str:
     """The shift per channel (float64), or why the Add stays."""
     if not np.issubdtype(c.dtype, np.floating):
         return f"its constant is {c.dtype}, not float"
     if not shape or len(shape) < 3 or not isinstance(shape[1], int):
         what = "unknown" if not shape else f"{len(shape)}" if len(shape) < 3 else "of unknown channel count"
         return f"its input {x.name} has rank {what}: no 1x1 Conv takes it"
-    if is_graph_output(graph, x):
-        return f"its input {x.name} is a graph output"
     vec = bm.channel_vector(c, len(shape), 1, shape[1])
     if isinstance(vec, str):
         return vec
