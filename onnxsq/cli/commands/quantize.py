@@ -54,7 +54,8 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--no-equalize", is_flag=True,
               help="No cross-layer equalization (power-of-two factors between Conv pairs through ReLU-like ops).")
 @click.option("--no-fold-forward", is_flag=True,
-              help="Leave constant scale/shift ops before Conv layers (learnable affine blocks) unfolded.")
+              help="Leave constant scale/shift ops before Conv layers (learnable affine blocks) unfolded, and "
+                   "per-channel shifts after a ReLU as Adds (not depthwise 1x1 Convs).")
 @click.option("--integer-only", is_flag=True, default=DEFAULTS.integer_only,
               help="No float islands where an integer form exists: elementwise activations become look-up "
                    "tables (Q/DQ around them), Mul of two tensors an integer product.")

@@ -60,7 +60,8 @@ class QuantizeConfig:
     bias_correction: bool = True  # fold each layer's mean weight-quantization error into its bias
     equalize: bool = True  # power-of-two cross-layer equalization after folding (exact in float)
     # constant scale/shift chains before Conv layers folded into them (..fold_forward; exact in float): a
-    # HardSwish -> Mul -> Add -> Conv block is then rounded once, not twice (ppocrv5_rec 11.3 -> 13.5 dB)
+    # HardSwish -> Mul -> Add -> Conv block is then rounded once, not twice (ppocrv5_rec 11.3 -> 13.5 dB); also
+    # gates .shift_conv (a per-channel shift after a ReLU as a depthwise 1x1 Conv): both rewrite the float graph
     fold_forward: bool = True
     integer_only: bool = False  # no float island where an integer form exists (look-up tables, products)
     sensitivity: bool = False  # per-layer output SQNR with that layer alone quantized (.sensitivity)
