@@ -6,8 +6,7 @@ equalized) with a fake quantizer at every shift the pass chose, starting from th
 (GPTQ's where ``--weight-rounding gptq`` ran; bias-corrected biases); the loss is each output's squared
 error against the teacher's, normalized by its power. The shifts stay fixed (measured: re-estimating them
 did not help), zeros stay zero (the float model's zero weights are masked: gradient, optimizer buffers
-and weight). AdamW with a cosine learning rate, ``finetune_iters`` steps of ``finetune_batch`` samples; a run whose loss
-ends above where it started (diverged) is trained once more from the same start at a quarter of the rate.
+and weight). AdamW with a cosine learning rate, ``finetune_iters`` steps of ``finetune_batch`` samples.
 
 Over-fitting a handful of images is the risk, so every ``finetune_holdout``-th calibration sample is held
 out of training (with as many crops of it), and the fine-tuned weights are kept only where the held-out
@@ -50,7 +49,6 @@ from .finetune_graph import with_outputs
 
 log = logging.getLogger(__name__)
 STEP = "label-free fine-tuning"
-LR_RETRY_DIVISOR = 4  # a diverged run is trained again at this fraction of the rate
 
 
 def quantize_and_finetune(model: Any, calib: Any, cfg: Any, params: Any, progress: Any, params_out: Any,
@@ -214,8 +212,8 @@ def _finetune(quantized: onnx.ModelProto, base: tuple[onnx.ModelProto, Any], rep
     init = start_weights(weights, tparams, ptq_integers(quantized, weights))
     masks = {n: w != 0 for n, w in weights.items() if w.dtype == np.float32 and w.ndim >= 2 and not w.all()}
     t0 = time.perf_counter()
-    trained, losses, cfg, first_lr = _train(with_initializers(float_model, init), plan, tparams, train, t_train,
-                                            masks, cfg, feats)
+    trained, losses = train_student(with_initializers(float_model, init), plan, tparams, train, t_train, masks, cfg,
+                                    feats)
     seconds = time.perf_counter() - t0
     pfile = tmp / "ft.candidate.json"
     tuned, _ = export(with_initializers(float_model, trained), tparams, samples[:cfg.report_samples], cfg, pfile)
@@ -229,10 +227,6 @@ def _finetune(quantized: onnx.ModelProto, base: tuple[onnx.ModelProto, Any], rep
                      "held_out_sqnr_db_before": round(base_db, 2), "held_out_sqnr_db_after": round(tuned_db, 2),
                      "held_out_pooled_db_before": round(base_pooled, 2),
                      "held_out_pooled_db_after": round(tuned_pooled, 2), "kept": kept}
-    if first_lr is not None:
-        s["finetune"]["diverged_at_lr"] = first_lr
-        report.warnings.append(f"{STEP}: the loss rose at lr {first_lr:g} (diverged); trained again at lr "
-                               f"{cfg.finetune_lr:g}")
     s["finetune_gain_db"] = round(tuned_db - base_db, 2) if kept else 0.0
     if not kept:
         report.warnings.append(f"{STEP}: held-out output SQNR {tuned_db:.2f} dB (pooled {tuned_pooled:.2f}) against "
@@ -245,27 +239,6 @@ def _finetune(quantized: onnx.ModelProto, base: tuple[onnx.ModelProto, Any], rep
     s.update(output_fidelity(float_model, tuned, samples[:cfg.report_samples]))
     s["finetune"]["layer_table"] = "the post-training model's (same shifts; its per-layer SQNR before fine-tuning)"
     return tuned
-
-
-def diverged(losses: Sequence[float]) -> bool:
-    """The run ended with a higher loss than it started with (mean of its last 10 steps)."""
-    return len(losses) > 1 and float(np.mean(losses[-10:])) > losses[0]
-
-
-def _train(model: onnx.ModelProto, plan: Any, tparams: Mapping[str, TensorQuant], xs: list[dict],
-           targets: list, masks: Mapping[str, np.ndarray], cfg: Any, feats: Sequence[str]
-           ) -> tuple[dict[str, np.ndarray], list[float], Any, float | None]:
-    """:func:`train_student`; where its loss diverged, once more from the same start at a quarter of the
-    learning rate (ppocrv6_rec's loss rose 0.0036 -> 0.011 at lr 0.02). Returns the weights, the losses, the
-    config trained with (the refit uses its rate) and the rate that diverged (None if none did)."""
-    trained, losses = train_student(model, plan, tparams, xs, targets, masks, cfg, feats)
-    if not diverged(losses):
-        return trained, losses, cfg, None
-    slower = dataclasses.replace(cfg, finetune_lr=cfg.finetune_lr / LR_RETRY_DIVISOR)
-    log.info("%s: loss rose %.3g -> %.3g at lr %g; again at lr %g", STEP, losses[0], float(np.mean(losses[-10:])),
-             cfg.finetune_lr, slower.finetune_lr)
-    trained, losses = train_student(model, plan, tparams, xs, targets, masks, slower, feats)
-    return trained, losses, slower, cfg.finetune_lr
 
 
 def _refit(float_model: onnx.ModelProto, plan: Any, tparams: Mapping[str, TensorQuant], init: Mapping[str, np.ndarray],

@@ -112,24 +112,6 @@ def test_a_kept_recipe_is_trained_again_on_every_sample(monkeypatch, refit):
         assert len(calls) == 1 and "refit" not in info
 
 
-def test_a_diverged_run_is_trained_again_at_a_quarter_of_the_rate_and_the_refit_uses_it(monkeypatch):
-    rates = []
-
-    def rising_then_falling(model, plan, tparams, xs, targets, masks, cfg, feats=()):
-        rates.append(cfg.finetune_lr)
-        losses = [1.0, 2.0, 3.0] if len(rates) == 1 else [1.0, 0.5, 0.4]
-        return ft.initializers(model), losses
-
-    monkeypatch.setattr(ft, "train_student", rising_then_falling)
-    cfg = QuantizeConfig(**CFG, finetune_min_gain=-1e3, finetune_lr=0.02)
-    _, report = quantize(_sparse_model(), _calib(), config=cfg)
-    info = report.summary["finetune"]
-    assert rates == [0.02, 0.005, 0.005]  # the first run, its retry, the refit at the retry's rate
-    assert info["diverged_at_lr"] == 0.02 and info["lr"] == 0.005 and info["first_loss"] == 1.0
-    assert any("diverged" in w and "0.005" in w for w in report.warnings)
-    assert ft.diverged([1.0, 2.0]) and not ft.diverged([1.0, 0.9]) and not ft.diverged([1.0])
-
-
 def test_a_refused_recipe_is_not_trained_again(monkeypatch):
     calls = []
 
