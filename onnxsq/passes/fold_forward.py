@@ -212,19 +212,17 @@ def _check(graph: gs.Graph, chain: _Chain, readers: list[gs.Node]) -> tuple[np.n
     if len(shapes) != 1:
         return "its Conv readers read different channel counts or ranks"
     rank, channels = shapes.pop()
-    a, b = np.ones(channels), np.zeros(channels)
+    steps = []
     for node in reversed(chain.steps):  # from the chain's end back to x
         var = _var_index(node)
         c = const_value(node.inputs[1 - var])
         if not np.issubdtype(c.dtype, np.floating):
             return f"the constant of {node.op} {node_label(node)} is {c.dtype}, not float"
-        vec = bm.channel_vector(c, rank, 1, channels)
-        if isinstance(vec, str):
-            return f"{node.op} {node_label(node)}: {vec}"
-        why = bm.affine_step_error(node.op, vec, var == 0)
-        if why:
-            return f"{node.op} {node_label(node)}: {why}"
-        a, b = bm.compose_affine(a, b, node.op, vec, var == 0)
+        steps.append((node.op, c, var == 0, node_label(node)))
+    composed = bm.compose_chain(steps, rank, channels)
+    if isinstance(composed, str):
+        return composed
+    a, b = composed
     if np.any(a != a[0]) or np.any(b != b[0]):
         return PER_CHANNEL
     return a, b

@@ -77,6 +77,21 @@ def compose_affine(a: np.ndarray, b: np.ndarray, op: str, c: np.ndarray,
     return a / c, b  # Div: x / c
 
 
+def compose_chain(steps, rank: int, channels: int) -> tuple[np.ndarray, np.ndarray] | str:
+    """(a, b) per channel (axis 1) of a chain of constant elementwise ops, ``steps`` given from its *last* op
+    to its first as ``(op, constant, var_first, label)``; or why a step is not a per-channel affine map."""
+    a, b = np.ones(channels), np.zeros(channels)
+    for op, c, var_first, label in steps:
+        vec = channel_vector(c, rank, 1, channels)
+        if isinstance(vec, str):
+            return f"{op} {label}: {vec}"
+        why = affine_step_error(op, vec, var_first)
+        if why:
+            return f"{op} {label}: {why}"
+        a, b = compose_affine(a, b, op, vec, var_first)
+    return a, b
+
+
 def cast_like(values: np.ndarray, like: np.ndarray | np.dtype) -> np.ndarray:
     dtype = like.dtype if isinstance(like, np.ndarray) else np.dtype(like)
     # not np.ascontiguousarray: it turns a 0-d constant into shape [1], which changes broadcasting

@@ -134,15 +134,11 @@ def _check(graph: gs.Graph, act: gs.Node, chain: list[tuple[gs.Node, int]]):
     if isinstance(readers, str):
         return readers
     convs, channels, rank = readers
-    a, b = np.ones(channels), np.zeros(channels)
-    for node, var in reversed(chain):  # from the Relu back to the chain's input
-        vec = bm.channel_vector(const_value(node.inputs[1 - var]), rank, 1, channels)
-        if isinstance(vec, str):
-            return f"{node.op} {node_label(node)}: {vec}"
-        why = bm.affine_step_error(node.op, vec, var == 0)
-        if why:
-            return f"{node.op} {node_label(node)}: {why}"
-        a, b = bm.compose_affine(a, b, node.op, vec, var == 0)
+    composed = bm.compose_chain([(node.op, const_value(node.inputs[1 - var]), var == 0, node_label(node))
+                                 for node, var in reversed(chain)], rank, channels)  # from the Relu back
+    if isinstance(composed, str):
+        return composed
+    a, b = composed
     if not np.all(a > 0):
         return f"the scale before it is not positive in every channel ({int(np.sum(~(a > 0)))} of {channels})"
     if a.max() > MAX_SPREAD * a.min():
