@@ -118,3 +118,18 @@ def test_quantized_block_runs_without_a_float_mul_and_simulate_equals_onnxruntim
         np.testing.assert_array_equal(got, exact.run([program.outputs[0]], feed)[0])
         ref_f = run(model, feed)[0]  # still the float model's values, within the int8 steps of the output
         np.testing.assert_allclose(got, ref_f, atol=0.1 * np.abs(ref_f).max())
+
+
+def test_per_tensor_quantization_leaves_the_scale_where_it_is():
+    """One weight shift per tensor: a per-channel scale moved into the layer would spread its channels'
+    ranges under that shift (fastmrz_mrz_seg 6.6 -> 0.0 dB), so quantize --per-tensor does not move it."""
+    from onnxsq.passes.quantize import QuantizeConfig, quantize
+
+    model = _keras_block(Builder(seed=4))
+    calib = [feeds_for(X, seed=s) for s in range(3)]
+    muls = {}
+    for per_channel in (True, False):
+        q, _ = quantize(model, calib, config=QuantizeConfig(per_channel=per_channel, report_samples=0))
+        onnx.checker.check_model(q)
+        muls[per_channel] = sum(n.op_type == "Mul" for n in q.graph.node)
+    assert muls == {True: 0, False: 1}

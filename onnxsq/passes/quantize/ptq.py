@@ -184,7 +184,7 @@ def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
     merge_into(report, fold_constants_graph(graph))
     lift_constant_nodes(graph)  # bias correction and int8 weights write constants: Constant nodes ignore it
     if cfg.fold_batchnorm:
-        _fold_first(graph, original, report)  # in place: no export/import round trip (a weights copy each)
+        _fold_first(graph, original, report, cfg.per_channel)  # in place: no export/import round trip
         clock.lap("fold")
     if cfg.fold_forward:  # scale/shift chains before Conv layers into them (learnable affine blocks)
         report.summary["forward_folded"] = fold_forward_graph(graph).summary["folded"]
@@ -353,11 +353,13 @@ def _infer_shapes(model: onnx.ModelProto) -> None:
     model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in have)
 
 
-def _fold_first(graph: gs.Graph, model: onnx.ModelProto, report: Report) -> None:
-    """fold-batchnorm on the graph, its affine folds included (a layer's Mul/Add then quantizes with it)."""
+def _fold_first(graph: gs.Graph, model: onnx.ModelProto, report: Report, per_channel: bool) -> None:
+    """fold-batchnorm on the graph, its affine folds included (a layer's Mul/Add then quantizes with it);
+    scales moved back into a layer only for per-channel weights (fold_batchnorm_graph's ``scale_back``)."""
     from ..fold_batchnorm import fold_batchnorm_graph, summarize_for_quantize
 
-    frep = fold_batchnorm_graph(graph, opset=default_opset(model), types_from=skeleton(model))
+    frep = fold_batchnorm_graph(graph, opset=default_opset(model), types_from=skeleton(model),
+                                scale_back=per_channel)
     summary, warnings = summarize_for_quantize(frep)
     report.summary.update(summary)
     report.warnings.extend(warnings)
