@@ -354,12 +354,10 @@ def _infer_shapes(model: onnx.ModelProto) -> None:
 
 
 def _fold_first(graph: gs.Graph, model: onnx.ModelProto, report: Report, per_channel: bool) -> None:
-    """fold-batchnorm on the graph, its affine folds included (a layer's Mul/Add then quantizes with it);
-    scales moved back into a layer only for per-channel weights (fold_batchnorm_graph's ``scale_back``)."""
+    """fold-batchnorm and its affine folds on the graph (scale-back only for per-channel weights)."""
     from ..fold_batchnorm import fold_batchnorm_graph, summarize_for_quantize
 
-    frep = fold_batchnorm_graph(graph, opset=default_opset(model), types_from=skeleton(model),
-                                scale_back=per_channel)
+    frep = fold_batchnorm_graph(graph, opset=default_opset(model), types_from=skeleton(model), scale_back=per_channel)
     summary, warnings = summarize_for_quantize(frep)
     report.summary.update(summary)
     report.warnings.extend(warnings)
