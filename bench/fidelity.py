@@ -70,10 +70,10 @@ def run_variant(m, calib: list[dict], feeds: list[dict], overrides: dict, out: P
 
         src = out.with_suffix(".eq.onnx")  # folded first, as quantize does: BN no longer splits the pairs
         save_model(equalize(fold_batchnorm(m.path)[0])[0], src)
-    # no report (time) unless the variant asks; GPTQ measures on the report samples, so `max` and
-    # weight_rounding:gptq keep 8 (with none it would round to nearest and say so only in a warning)
+    # the report's samples as the CLI's default (scale alignment's whole-model check runs on them); GPTQ
+    # measures on them too, so `max` and weight_rounding:gptq take 8
     gptq = overrides.get("weight_rounding") == "gptq" or overrides.get("effort") == "max"
-    cfg = QuantizeConfig(**{"report_samples": 8 if gptq else 0, **overrides})
+    cfg = QuantizeConfig(**{**({"report_samples": 8} if gptq else {}), **overrides})
     q, report = quantize(src, iter(calib), config=cfg)
     seconds = time.perf_counter() - t0
     if "finetune" in report.summary:  # what the held-out rule saw, for the run's log

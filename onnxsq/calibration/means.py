@@ -57,6 +57,13 @@ class ChannelMean:
         self.sums.push(self.sums.end() if position is None else position, total)
         self.count += int(count)
 
+    def scaled(self, factor: float) -> ChannelMean:
+        """The means of ``factor * x`` (one block: merged with no other run after this)."""
+        out = ChannelMean(self.axis, self.rank)
+        if self.total is not None:
+            out.update_sum(self.total * factor, self.count)
+        return out
+
     def merge(self, other: ChannelMean) -> ChannelMean:
         """One pass over ``self``'s batches then ``other``'s."""
         if (self.axis, self.rank) != (other.axis, other.rank):

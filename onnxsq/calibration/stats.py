@@ -236,6 +236,23 @@ class TensorStats:
             s.hist_neg = np.asarray(d["hist_neg"], np.int64).copy()
         return s
 
+    def scaled(self, factor: float) -> TensorStats:
+        """These statistics of ``factor * x`` (``factor > 0``): min/max and the moving averages exactly,
+        the histogram rebinned at the new range (each bin's count spread uniformly over its scaled
+        interval, cumulative counts rounded so that the total stays exact; exact zeros stay in bin 0)."""
+        if not factor > 0:
+            raise ValueError(f"a scale factor must be positive, not {factor}")
+        d = self.to_dict()
+        d["min"], d["max"] = self.min * factor, self.max * factor
+        d["ema"] = [[*e[:-1], [e[-1][0], *(float(v) * factor for v in e[-1][1:])]] for e in d["ema"]]
+        out = TensorStats.from_dict(d)
+        if self.histogram:
+            mag = max(abs(self.min), abs(self.max)) * factor if self.batches else 0.0
+            out.hist_exp = max(self.hist_exp, _exp_above(mag))
+            out.hist_pos = _rebin(self.hist_pos, self.bin_width() * factor, out.bin_width(), self.zeros)
+            out.hist_neg = _rebin(self.hist_neg, self.bin_width() * factor, out.bin_width(), 0)
+        return out
+
     # -- queries -------------------------------------------------------------------------------
     @property
     def nonnegative(self) -> bool:
@@ -269,6 +286,20 @@ class TensorStats:
         return n / max(int(self.hist_pos.sum() + self.hist_neg.sum()), 1)  # of the values binned
 
 
+def _rebin(hist: np.ndarray, old_width: float, new_width: float, zeros: int) -> np.ndarray:
+    """``hist`` (bins of ``old_width``, ``zeros`` exact zeros in bin 0) as bins of ``new_width``."""
+    h = hist.astype(np.float64)
+    z = min(float(zeros), h[0])
+    h[0] -= z
+    cum = np.concatenate([[0.0], np.cumsum(h)])
+    edges = np.arange(BINS + 1) * (new_width / old_width)  # the new edges in units of the old bins
+    at = np.interp(edges, np.arange(BINS + 1, dtype=np.float64), cum)
+    at[-1] = cum[-1]
+    out = np.diff(np.rint(at)).astype(np.int64)
+    out[0] += int(z)
+    return out
+
+
 def estimate_range(stats: TensorStats, method: str, *, percentile: float = 99.99) -> tuple[float, float]:
     """The ``[lo, hi]`` a shift must hold under ``method`` (``mse`` is handled by :func:`choose_shift`)."""
     if stats.batches == 0:
@@ -286,9 +317,11 @@ def estimate_range(stats: TensorStats, method: str, *, percentile: float = 99.99
     raise ValueError(f"unknown range estimator {method!r} (choose from {', '.join(METHODS)})")
 
 
-def mse_errors(stats: TensorStats, bits: int, signed: bool, *, candidates: int = 6) -> list[tuple[int, float]]:
+def mse_errors(stats: TensorStats, bits: int, signed: bool, *, candidates: int = 6,
+               factor: float = 1.0) -> list[tuple[int, float]]:
     """``(shift, expected squared error)`` on the histogram for the min/max-fitting shift and up to
-    ``candidates`` finer ones (each halves the range).
+    ``candidates`` finer ones (each halves the range). With ``factor``: of ``factor * x`` quantized at
+    each shift, the error in the units of ``x`` (steps ``2**-shift / factor``; .align's choice).
 
     Within the range a value costs ``step**2 / 12`` (uniform rounding error; exact zeros cost nothing),
     beyond it ``(|x| - limit)**2`` at the bin centre; for an unsigned format every negative value is
@@ -297,6 +330,7 @@ def mse_errors(stats: TensorStats, bits: int, signed: bool, *, candidates: int =
     if not stats.histogram:
         raise ValueError("the mse and auto estimators need statistics collected with histogram=True")
     lo, hi = (stats.min, stats.max) if stats.batches else (0.0, 0.0)
+    lo, hi = lo * factor, hi * factor
     base = pow2.fit_shift(min(lo, 0.0) if signed else max(lo, 0.0), max(hi, 0.0), bits, signed)
     qmin, qmax = pow2.int_range(bits, signed)
     centres = (np.arange(BINS) + 0.5) * stats.bin_width()
@@ -304,7 +338,7 @@ def mse_errors(stats: TensorStats, bits: int, signed: bool, *, candidates: int =
     nonzero = pos.sum() + neg.sum() - stats.zeros
     out = []
     for shift in range(base, min(base + candidates, pow2.MAX_SHIFT) + 1):
-        step = math.ldexp(1.0, -shift)
+        step = math.ldexp(1.0, -shift) / factor
         err = max(nonzero, 0.0) * step * step / 12.0
         for hist, limit in ((pos, qmax * step), (neg, -qmin * step)):
             over = centres > limit

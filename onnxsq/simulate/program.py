@@ -8,7 +8,8 @@ signedness, shift). A layer is ``int`` when every step has an integer kernel (:m
 *float island*: its steps are computed in float between its DQ and Q, unless they are elementwise
 functions of one integer tensor: then it is a ``lut`` layer, a look-up table of that tensor's codes
 (:mod:`.lut`). The graph input's quantizer is
-an ``input`` layer; a graph output computed in float after the last DQ is a ``tail`` layer.
+an ``input`` layer; a graph output computed in float after the last DQ is a ``tail`` layer (a ``scale``
+layer where that is only a product by a constant: an aligned output's conversion to float, no island).
 
 Every Q/DQ scale must be ``2**-shift`` and every zero point 0 — or 2**(n-1) on an n-bit unsigned
 carrier, which holds a signed tensor's integers offset (``quantize --carrier uint8``): the program
@@ -83,13 +84,13 @@ class Step:
 
 #: how a report names a layer of each kind (simulate's and export-int's)
 KIND_ACTION = {"int": "integer", "lut": "look-up table", "float": "float island", "input": "input",
-               "tail": "float tail"}
+               "tail": "float tail", "scale": "output scale"}
 
 
 @dataclass
 class Layer:
     name: str
-    kind: str  # int | lut | float | input | tail (KIND_ACTION)
+    kind: str  # int | lut | float | input | tail | scale (KIND_ACTION)
     op: str  # the main op (the first step with an integer-tensor input), or QuantizeLinear
     steps: list[Step]
     inputs: list[str]  # integer tensors read (through their DQ) and float graph inputs
@@ -254,7 +255,8 @@ def load_program(model: onnx.ModelProto) -> Program:
             bits = tensors[lay.inputs[0]].bits
             lay.reason = f"elementwise function of one {bits}-bit tensor: a look-up table of its {1 << bits} codes"
     order = {name: producers.get(name, -1) for name in (lay.output for lay in layers)}
-    layers.sort(key=lambda lay: order[lay.output] if lay.kind != "tail" else len(nodes) + order[lay.output])
+    last = len(nodes)  # tails after every layer
+    layers.sort(key=lambda lay: order[lay.output] + (last if lay.kind in ("tail", "scale") else 0))
     program = Program(inputs, tensors, dq, consts, layers, outputs, default_opset(model))
     program.float_types = _float_types(model)
     program.opsets = {o.domain: o.version for o in model.opset_import}
@@ -291,11 +293,19 @@ def _layer(output: str, source: str, out: QType | None, nodes: list[onnx.NodePro
     return layer
 
 
+def _by_constant(step: Step, consts: dict[str, Const]) -> bool:
+    """A Mul by a scalar constant (how quantize hands back an aligned graph output: its float conversion)."""
+    return step.op == "Mul" and len(step.inputs) == 2 and sum(
+        1 for i in step.inputs if i in consts and np.size(consts[i].values) == 1) == 1
+
+
 def classify(layer: Layer, dq: dict[str, str], consts: dict[str, Const], inputs: dict) -> None:
     """Set ``kind``, ``op`` and ``reason`` of ``layer`` from its steps (see the module docstring)."""
     if layer.out is None:
         layer.kind, layer.op = "tail", (layer.steps[-1].op if layer.steps else "Identity")
         layer.reason = "graph output computed in float after the last DequantizeLinear"
+        if layer.steps and all(_by_constant(s, consts) for s in layer.steps):
+            layer.kind, layer.reason = "scale", "graph output: the last DequantizeLinear times a constant"
         return
     read = {i for s in layer.steps if s.op != "Shape" for i in s.inputs}
     if any(i in inputs and (i in read or not layer.steps) for i in layer.inputs):

@@ -19,7 +19,7 @@ from onnxsq.passes.quantize import QuantizeConfig, quantize
 from onnxsq.passes.quantize.placement import Plan
 from onnxsq.passes.quantize.wide import wide_tensors
 
-BASE = dict(equalize=False, report_samples=3, weight_bits=3)
+BASE = dict(equalize=False, align_scales=False, report_samples=3, weight_bits=3)  # the weights as given
 
 
 @pytest.fixture(scope="module")

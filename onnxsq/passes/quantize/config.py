@@ -26,7 +26,8 @@ PROMOTIONS = ("float", "int16")  # what --target-sqnr does with the layers it pi
 # --effort: presets over the steps, each also its own option (an option left at its default takes the
 # preset's value; one given another value keeps it). Why these: the README's fidelity table (bench/fidelity.py).
 EFFORTS: dict[str, dict[str, object]] = {
-    "fast": {"method": "minmax", "equalize": False},  # min/max ranges: calibration without histograms
+    # min/max ranges: calibration without histograms
+    "fast": {"method": "minmax", "equalize": False, "align_scales": False},
     "default": {},
     "max": {"weight_rounding": "gptq", "finetune": True},
 }
@@ -63,6 +64,10 @@ class QuantizeConfig:
     # HardSwish -> Mul -> Add -> Conv block is then rounded once, not twice (ppocrv5_rec 11.3 -> 13.5 dB); also
     # gates .shift_conv (a per-channel shift after a ReLU as a depthwise 1x1 Conv): both rewrite the float graph
     fold_forward: bool = True
+    # a free scale per group of activations carried by the weights around it (.align; exact in float): each
+    # domain between layers (through ReLU-type ops, pooling, Add/Concat) takes the factor of least expected error
+    align_scales: bool = True
+    align_islands: bool = False  # .align through float islands (HardSwish, SiLU, ...) as a product inside them
     integer_only: bool = False  # no float island where an integer form exists (look-up tables, products)
     sensitivity: bool = False  # per-layer output SQNR with that layer alone quantized (.sensitivity)
     # native: int8 for signed tensors, every zero point 0 (what integer targets read: symmetric power-of-two);

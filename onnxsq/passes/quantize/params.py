@@ -52,6 +52,9 @@ class QuantizeContext:
     through: dict[str, Any] = field(default_factory=dict)  # tensor → the function its readers compute (.through)
     softmax: dict[str, Any] = field(default_factory=dict)  # tensor → the Softmax that reads it (.softmax_range)
     softmax_shift: dict[str, int] = field(default_factory=dict)  # its shift by that Softmax's error
+    unaligned: Any = None  # (float model, weights, statistics, means) before .align rescaled them
+    outputs_scaled: dict[str, float] = field(default_factory=dict)  # graph output -> 1 / its .align factor
+    weight_axes: dict[str, Any] = field(default_factory=dict)  # weight -> its per-channel axis (.align)
 
 
 def known_clipped(ctx: QuantizeContext, tparams: dict[str, TensorQuant]) -> dict[str, float]:

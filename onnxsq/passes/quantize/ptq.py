@@ -18,18 +18,16 @@ agreement; clipped fractions come from the statistics of every calibration sampl
 
 Defaults live in :class:`.config.QuantizeConfig`: per-channel weights at the MSE shift (of the fitting
 shift and two finer ones, the smallest exact squared error on the weights), activations by the ``auto``
-estimator (shift and signedness of least histogram error), power-of-two equalization and bias correction
-(:mod:`.bias`: the weights' rounding error has a per-channel mean that, times the input's mean, offsets
-every output pixel). What each gains, measured on the real-model zoo, is in the README's fidelity table
-(``bench/fidelity.py``). The report runs on ``report_samples`` samples (each about two float inferences).
+estimator (shift and signedness of least histogram error), power-of-two equalization, free scales carried
+by the weights (:mod:`.align`) and bias correction (:mod:`.bias`: the weights' rounding error has a
+per-channel mean that, times the input's mean, offsets every output pixel). Their gains on the real-model
+zoo: the README's fidelity table (``bench/fidelity.py``). The report runs on ``report_samples`` samples.
 
 Time and memory: calibration is onnxruntime running the model with statistics outputs. The rest is kept
 small by working once per weight in float32 where that is exact (integers computed once for bias
 correction and QDQ; see :mod:`onnxsq.calibration.pow2`), by reading and writing the model piece by piece
 (:mod:`onnxsq.proto_stream`), and by returning freed memory to the OS between phases
-(:mod:`onnxsq.memory`). A session holding the weights (onnxruntime's NCHWc convolutions) was tried and
-dropped: with the statistics outputs it needs layout reorders and holds its own copy of the weights plus
-reordered ones; the README's benchmark section has the figures.
+(:mod:`onnxsq.memory`). A session holding the weights was tried and dropped (the README's benchmarks).
 """
 
 from __future__ import annotations
@@ -59,6 +57,7 @@ from ...report import Report
 from ..equalize import equalize_graph
 from ..fold_constants import fold_constants_graph, lift_constant_nodes, merge_into
 from ..fold_forward import fold_forward_graph
+from .align import align_scales, checked, unscale_outputs
 from .bias import means_wanted
 from .config import QuantizeConfig
 from .eval import evaluate
@@ -68,7 +67,7 @@ from .placement import plan_qdq
 from .report import fill_report
 from .shift_conv import shifts_as_convs
 from .softmax_range import SAMPLES as SOFTMAX_SAMPLES
-from .softmax_range import choose_softmax_shifts, softmax_reads
+from .softmax_range import softmax_reads, softmax_shifts
 from .target import own_stats, quantize_for_target
 from .through import reader_functions
 from .wide import drop_unmatched, needed_opset, widen
@@ -111,6 +110,8 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
         stats = stats if pending is None else pending.result(progress)
     report = ctx.report
     kept, samples = _calibrate(ctx, graph, calib, float_model, float_weights, progress, clock, stats)
+    if align_scales(ctx, graph, float_model, float_weights, params_out is not None):  # free scales (.align)
+        float_model, float_weights = runnable(graph, meta)
     tparams = _resolve(ctx, graph, float_model, float_weights, kept)
     clock.lap("resolve")
     insert_qdq_graph(graph, tparams, opset, ctx.qweights, offset=ctx.cfg.carrier == "uint8")
@@ -126,19 +127,21 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
         reuse, graph, quantized_runnable, float_model, float_weights = (
             own_stats(ctx, float_model, float_weights, samples), None, None, None, None)
         return quantize_for_target(model, kept, cfg, params, progress, params_out, sens, reuse)
-    # Exported last, after the float weights are gone: the peak is then the quantized model, not
-    # float weights + quantized model + the report's onnxruntime session together.
-    del float_model, float_weights, kept, quantized_runnable
+    # Exported last, after the float weights are gone (the peak is then the quantized model alone)
+    recheck = own_stats(ctx, float_model, float_weights, samples) if evaluation and ctx.unaligned else None
+    del float_model, float_weights, quantized_runnable
+    ctx.unaligned = None
     if large:
         release_memory()
     t0 = clock.last
+    unscale_outputs(graph, ctx)  # aligned graph outputs: their float values again (.align)
     quantized = export_like(graph, meta)
     del graph
     clock.lap("export")
     fill_report(ctx, tparams, evaluation, samples, calib_s + clock.last - t0, sens)
     report.summary["seconds"] = round(clock.total(), 3)
     log.debug("quantize phases (s): %s", clock.laps)
-    return quantized, report
+    return checked(model, kept, cfg, (params, progress, params_out), (quantized, report), recheck)
 
 
 def _finetuned(model: ModelLike, calib: Any, cfg: QuantizeConfig, *args: Any) -> tuple[onnx.ModelProto, Report]:
@@ -226,7 +229,7 @@ def _calibrate(ctx: QuantizeContext, graph: gs.Graph, calib: Any, float_model: o
         from .shards import from_stats
 
         kept, samples = from_stats(ctx, todo, stats, calib, float_model, float_weights, clock, keep=keep)
-        return _softmax_shifts(ctx, float_model, float_weights, kept), samples
+        return softmax_shifts(ctx, float_model, float_weights, kept), samples
     full = bool(todo or ctx.means)
     if calib is not None and not full and cfg.report_samples == 0:
         report.summary["calibration_data"] = "not read: every tensor has given parameters and the report is off"
@@ -245,23 +248,7 @@ def _calibrate(ctx: QuantizeContext, graph: gs.Graph, calib: Any, float_model: o
                                              weights=float_weights, means=ctx.means)
     report.warnings.extend(source.warnings)
     clock.lap("calibrate")
-    return _softmax_shifts(ctx, float_model, float_weights, kept), samples
-
-
-def _softmax_shifts(ctx: QuantizeContext, float_model: onnx.ModelProto, float_weights: dict[str, np.ndarray],
-                    kept: list[dict]) -> list[dict]:
-    """Softmax-read tensors' shifts by the Softmax's error on the kept samples (.softmax_range); returns the
-    report's samples of them."""
-    if not ctx.softmax:
-        return kept
-    ctx.softmax_shift = choose_softmax_shifts(ctx, float_model, float_weights, kept)
-    out, have = [], 0
-    for f in kept:
-        if have >= ctx.cfg.report_samples:
-            break
-        out.append(f)
-        have += int(next(iter(f.values())).shape[0]) if f else 1
-    return out
+    return softmax_shifts(ctx, float_model, float_weights, kept), samples
 
 
 def open_calib(calib: Any, cfg: QuantizeConfig, float_model: onnx.ModelProto,

@@ -117,3 +117,17 @@ def choose_softmax_shifts(ctx, float_model, float_weights, feeds: list[dict]) ->
         out[t] = least_error(softmax_errors(values[read.softmax_input], read, st.min, st.max, ctx.cfg.bits,
                                             not st.nonnegative))[0]
     return out
+
+
+def softmax_shifts(ctx, float_model, float_weights, kept: list[dict]) -> list[dict]:
+    """Softmax-read tensors' shifts by the Softmax's error (.softmax_range); returns the report's samples."""
+    if not ctx.softmax:
+        return kept
+    ctx.softmax_shift = choose_softmax_shifts(ctx, float_model, float_weights, kept)
+    out, have = [], 0
+    for f in kept:
+        if have >= ctx.cfg.report_samples:
+            break
+        out.append(f)
+        have += int(next(iter(f.values())).shape[0]) if f else 1
+    return out

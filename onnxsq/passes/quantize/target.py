@@ -29,8 +29,9 @@ def own_stats(ctx: QuantizeContext, float_model: onnx.ModelProto, float_weights:
     """This run's calibration statistics, to quantize again without calibrating again."""
     from ...calibration.stats_file import CalibrationStats, fingerprint
 
-    return CalibrationStats(fingerprint(float_model, float_weights), ctx.cfg.method in HIST_METHODS,
-                            dict(ctx.stats), dict(ctx.means), samples, units=1, covered=[(0, 1)])
+    model, weights, stats, means = ctx.unaligned or (float_model, float_weights, ctx.stats, ctx.means)  # (.align)
+    return CalibrationStats(fingerprint(model, weights), ctx.cfg.method in HIST_METHODS,
+                            dict(stats), dict(means), samples, units=1, covered=[(0, 1)])
 
 
 def quantize_for_target(model: ModelLike, kept: list[dict], cfg: QuantizeConfig, params: Any,

@@ -1,0 +1,308 @@
+"""align: a free scale per group of activation tensors, carried by the weights around them (after calibration).
+
+Math: a power-of-two scale wastes up to half of a tensor's codes (a range just above ``2**k`` takes the
+step of ``2**(k+1)``): a free scale, as onnxruntime's, places the range on the codes exactly. Every tensor of
+a *domain* (:mod:`.align_domain`) is scaled by one ``a > 0``: its sources (Conv, ConvTranspose, Gemm, MatMul:
+weight and bias times ``a``; a constant an ``Add``/``Concat`` of the domain reads) make ``a`` times their
+values, the ops inside it are positively homogeneous or linear in every input of the domain (ReLU, LeakyReLU,
+PReLU, pooling, reshapes, Resize, Slice, ``Add``/``Sub``/``Concat``/``Max`` of domain tensors, a product with
+a constant), and its sinks (the same layers' data input) divide their weights by ``a``: the network computes
+the same (up to one float rounding per weight), while each tensor is quantized at ``2**-shift / a`` in its
+old units -- a free scale, every Q/DQ scale in the model still a power of two and every zero point 0. A graph
+output in a domain is handed back by a product with ``1 / a`` after its last DequantizeLinear (the host's
+conversion to float). With ``align_islands``, float islands (HardSwish, SiLU, Sigmoid, ...) carry the factor
+too, as a product of their own inside the island.
+
+``a`` is chosen per domain among ``2**(i/8)``, ``i = 0..7``, by the least sum of noise-to-signal ratios of
+what it moves: each quantized tensor's expected rounding and clipping error on its calibration histogram (the
+``auto``/``mse`` estimators' error at step ``2**-shift / a``, through the reader's function where
+:mod:`.through` applies; a shared-scale group at its coarsest member's shift) over its mean square, and each
+weight's rounding error over its power, quantized at that factor. It is kept where it gains at least
+``MIN_GAIN_DB``; the statistics are then rescaled (histograms rebinned) and the shifts chosen by the usual
+estimators. That error is the float tensor's own rounding: the error arriving from the layers before can make
+a tighter range cost more than it saves, so where the report has samples the whole model is checked against
+the unaligned one (:func:`checked`) and the better kept.
+
+Refused, with the reason in the report's ``scale_alignment``: a domain holding a graph input, a tensor made or
+read by another op (HardSwish, SiLU, Sigmoid, Clip, a product of two activations without ``align_islands``),
+a weight shared with a layer outside it or in another role, a constant shared with another node, given
+parameters, a function-range or Softmax-read tensor, a shared-scale group that reaches outside it; and the
+whole step where a parameters file is read or written (it holds shifts, not the factors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ...calibration import pow2
+from ...calibration.stats import TensorStats, least_error, least_error_format, mse_errors
+from .align_domain import Domain, find_domain, unfit, weight_powers
+from .through import through_errors, through_format
+
+log = logging.getLogger(__name__)
+
+FACTORS = tuple(2.0 ** (i / 8) for i in range(8))
+MIN_GAIN_DB = 0.1  # below this the rounding of every weight it touches is all that changes
+
+
+def align_scales(ctx: Any, graph: gs.Graph, float_model: Any, float_weights: dict[str, np.ndarray],
+                 params_file: bool = False) -> bool:
+    """Align every domain of ``graph`` whose factor gains (``ctx``: a ``QuantizeContext`` with its
+    statistics; nothing unless ``ctx.cfg.align_scales``); rewrites the weights in ``graph`` and
+    ``ctx.consts`` and the statistics; True where any changed (the float model to run is then ``graph``'s
+    again); none where a parameters file is read or written (``params_file``). ``ctx.unaligned`` keeps the
+    float model, weights and statistics from before: quantizing again from these statistics (:func:`checked`,
+    :mod:`.target`) starts from the unaligned model."""
+    if not ctx.cfg.align_scales or not ctx.stats:
+        return False
+    if params_file or ctx.given:  # a parameters file holds shifts, not the factors the weights would carry
+        ctx.report.summary["scales_aligned"] = 0
+        ctx.report.warnings.append("scale alignment off: a parameters file is read or written (it holds shifts, "
+                                   "not the factors the weights would carry)")
+        return False
+    ctx.unaligned = (float_model, float_weights, dict(ctx.stats), dict(ctx.means))
+    ctx.weight_axes = {u.weight: u.axis for u in ctx.plan.weights}
+    tensors, outputs = graph.tensors(), {t.name for t in graph.outputs}
+    planned, seen = set(ctx.plan.activations), set()
+    done, refused = [], []
+    for t in ctx.plan.activations:
+        if t in seen or t not in tensors:
+            continue
+        dom = find_domain(tensors[t], ctx, outputs)
+        seen.update(dom.tensors)
+        mine = [x for x in dom.tensors if x in planned]
+        why = dom.why[0] if dom.why else unfit(ctx, dom, mine)
+        entry = {"tensor": mine[0], "tensors": len(mine)}
+        if why:
+            refused.append({**entry, "reason": why})
+            continue
+        factor, gain = choose_factor(ctx, mine, dom)
+        if factor == 1.0:
+            refused.append({**entry, "reason": f"no factor gains {MIN_GAIN_DB} dB (best {gain:.2f})"})
+            continue
+        _apply(ctx, graph, dom, factor)
+        done.append({**entry, "factor": round(factor, 6), "gain_db": round(gain, 3)})
+    ctx.report.summary["scales_aligned"] = len(done)
+    ctx.report.summary["scale_alignment"] = {"aligned": done, "refused": refused}
+    log.info("align: %d domain(s) aligned, %d refused", len(done), len(refused))
+    if not done:
+        ctx.unaligned = None
+    return bool(done)
+
+
+def checked(model: Any, kept: list[dict], cfg: Any, args: tuple, first: tuple, stats: Any) -> tuple:
+    """``first`` (the aligned model and its report), or the model quantized again without alignment from the
+    same statistics where its output SQNR on the report samples is higher (``stats``: the unaligned
+    statistics, None when there is nothing to check: nothing aligned, or no report samples). ``args``: the
+    pass's params, progress and params_out. The report's ``scale_alignment_check`` says what each scored."""
+    if stats is None:
+        return first
+    from .ptq import quantize  # the pass itself, once more
+
+    params, progress, params_out = args
+    aside = None if params_out is None else Path(f"{os.fspath(params_out)}.unaligned.tmp")
+    quantized, report = first
+    q2, r2 = quantize(model, kept, config=dataclasses.replace(cfg, align_scales=False), params=params,
+                      progress=progress, params_out=aside, stats=[stats])
+    on, off = report.summary.get("output_sqnr_db"), r2.summary.get("output_sqnr_db")
+    keep = "unaligned" if on is not None and off is not None and off > on else "aligned"
+    check = {"kept": keep, "aligned_db": on, "unaligned_db": off}
+    log.info("align: output SQNR %s dB aligned, %s unaligned: %s kept", on, off, keep)
+    if keep == "aligned":
+        if aside is not None:
+            aside.unlink(missing_ok=True)
+        report.summary["scale_alignment_check"] = check
+        return quantized, report
+    if aside is not None:
+        os.replace(aside, params_out)
+        r2.summary["params_file"] = os.fspath(params_out)
+    r2.summary.update(scale_alignment=report.summary["scale_alignment"], scale_alignment_check=check)
+    return q2, r2
+
+
+def choose_factor(ctx: Any, tensors: list[str], dom: Domain | None = None) -> tuple[float, float]:
+    """(factor, gain in dB against factor 1 of the summed noise-to-signal ratios of what the factor moves:
+    each quantized tensor's expected rounding and clipping error on its histogram over its power, and each
+    weight's rounding error over its power, as the weight is quantized at that factor): 1.0 below
+    ``MIN_GAIN_DB``. A shared-scale group takes its coarsest member's shift (as :mod:`.params` resolves it),
+    so its members' errors are counted at that shift."""
+    groups: dict[str, list[str]] = {}
+    for t in tensors:
+        groups.setdefault(ctx.plan.groups.get(t, t), []).append(t)
+    weights = {k: v for k, v in weight_powers(dom).items() if v} if dom is not None else {}
+    errors = [sum(_group_error(ctx, root, f) for root in groups) +
+              sum(_weight_nsr(ctx, w, f ** p) for w, p in weights.items()) for f in FACTORS]
+    base, k = errors[0], int(np.argmin(errors))
+    gain = 10.0 * math.log10(base / errors[k]) if errors[k] > 0 and base > 0 else 0.0
+    return (FACTORS[k], gain) if gain >= MIN_GAIN_DB else (1.0, gain)
+
+
+def _weight_nsr(ctx: Any, name: str, scale: float) -> float:
+    """Rounding error over power of weight ``name`` times ``scale``, quantized as :mod:`.params` will."""
+    from .params import pair_safe_bits
+
+    w = ctx.consts[name].astype(np.float64) * scale
+    power = float(np.square(w).sum())
+    if w.size == 0 or power == 0 or name not in ctx.weight_axes:
+        return 0.0
+    axis, bits = ctx.weight_axes[name], ctx.wide.get(name, pair_safe_bits(ctx, name))
+    shift = pow2.weight_shift(w.astype(np.float32), bits, axis=axis, method=ctx.cfg.weight_method)
+    step = np.ldexp(1.0, -pow2.expand_shape(shift, w.ndim, axis).astype(np.int64))
+    qmax = pow2.int_range(bits, True, symmetric=True)[1]
+    return float(np.square(w - np.clip(np.rint(w / step), -qmax, qmax) * step).sum()) / power
+
+
+def _group_error(ctx: Any, root: str, factor: float) -> float:
+    members = ctx.plan.members(root) or [root]
+    method, formats = ctx.cfg.method, {}
+    for m in members:
+        bits = ctx.wide.get(m, ctx.cfg.bits)
+        if m in ctx.through:
+            formats[m] = _through(ctx, m, bits, factor)[0]
+        elif m in ctx.stats:
+            formats[m] = tensor_format(ctx.stats[m], bits, factor, method)
+        else:  # a constant member (quantized from its values): its fitting shift
+            v = ctx.consts[m].astype(np.float64) * factor
+            signed = bool(v.size and v.min() < 0)
+            lo, hi = (min(float(v.min()), 0.0), max(float(v.max()), 0.0)) if v.size else (0.0, 0.0)
+            formats[m] = (int(pow2.fit_shift(lo if signed else 0.0, hi, bits, signed)), signed)
+    shift, signed = min(s for s, _ in formats.values()), any(g for _, g in formats.values())
+    return sum((_through(ctx, m, ctx.wide.get(m, ctx.cfg.bits), factor, signed, shift)[1] if m in ctx.through else
+                error_at(ctx.stats[m], ctx.wide.get(m, ctx.cfg.bits), signed, shift, factor, method)) / _power(ctx, m)
+               for m in members if m in ctx.stats)
+
+
+def _power(ctx: Any, t: str) -> float:
+    """Mean square of ``t`` (of its readers' function of it, for a through tensor) on its histogram."""
+    st = ctx.stats[t]
+    if not st.histogram:
+        return max(st.min * st.min, st.max * st.max, 1e-30) / 3.0
+    c = (np.arange(len(st.hist_pos)) + 0.5) * st.bin_width()
+    f = ctx.through.get(t, lambda z: z)
+    total = float((st.hist_pos * np.square(f(c))).sum() + (st.hist_neg * np.square(f(-c))).sum())
+    return max(total / max(float(st.hist_pos.sum() + st.hist_neg.sum()), 1.0), 1e-30)
+
+
+def _through(ctx: Any, t: str, bits: int, factor: float, signed: bool | None = None, shift: int | None = None
+             ) -> tuple[tuple[int, bool], float]:
+    """((shift, signed), error) of ``factor * t`` through the function its readers compute (:mod:`.through`),
+    in that function's units: the estimator's format, or the error at the ``signed``/``shift`` given."""
+    st, f = ctx.stats[t].scaled(factor), ctx.through[t]
+    g = (lambda z: f(z / factor)) if factor != 1.0 else f
+    if shift is None:
+        shift, signed = through_format(st, bits, g)
+    errors = dict(through_errors(st, bits, signed, g))
+    step = math.ldexp(1.0, -shift)
+    return (shift, signed), errors.get(shift, float(st.count) * step * step / 12.0)
+
+
+def tensor_format(st: TensorStats, bits: int, factor: float, method: str) -> tuple[int, bool]:
+    """(shift, signed) the estimator takes for ``factor * x``."""
+    if st.histogram and method in ("mse", "auto"):
+        if method == "auto":
+            return least_error_format(st.nonnegative, lambda s: mse_errors(st, bits, s, factor=factor))
+        signed = not st.nonnegative
+        return least_error(mse_errors(st, bits, signed, factor=factor))[0], signed
+    signed = not st.nonnegative
+    lo, hi = (min(st.min, 0.0) if signed else 0.0) * factor, max(st.max, 0.0) * factor
+    return int(pow2.fit_shift(lo, hi, bits, signed)), signed
+
+
+def error_at(st: TensorStats, bits: int, signed: bool, shift: int, factor: float, method: str) -> float:
+    """Expected squared quantization error (in ``x``'s units) of ``factor * x`` at ``shift``."""
+    step = math.ldexp(1.0, -shift) / factor
+    if st.histogram and method in ("mse", "auto"):
+        errors = dict(mse_errors(st, bits, signed, factor=factor))
+        if shift in errors:
+            return errors[shift]
+        return max(float(st.hist_pos.sum() + st.hist_neg.sum() - st.zeros), 0.0) * step * step / 12.0
+    return st.count * step * step / 12.0
+
+
+def tensor_error(st: TensorStats, bits: int, factor: float, method: str) -> float:
+    """Expected squared quantization error (in ``x``'s units) of ``factor * x`` at its best shift."""
+    shift, signed = tensor_format(st, bits, factor, method)
+    return error_at(st, bits, signed, shift, factor, method)
+
+
+def _apply(ctx: Any, graph: gs.Graph, dom: Domain, factor: float) -> None:
+    tensors = graph.tensors()
+
+    def scale(name: str, by: float) -> None:
+        tensors[name].values = ctx.consts[name] = np.asarray(ctx.consts[name].astype(np.float64) * by, np.float32)
+
+    for name, power in weight_powers(dom).items():  # a layer that both reads and makes the domain: as it was
+        if power:
+            scale(name, factor ** power)
+    for name in dom.constants:
+        scale(name, factor)
+    for name in dom.made:
+        _product_after(graph, ctx, tensors[name], factor)
+    for name, readers in dom.fed.items():
+        _product_before(graph, ctx, tensors[name], readers, 1.0 / factor)
+        if name in ctx.through:  # its readers now compute f(x / factor)
+            ctx.through[name] = (lambda f: lambda z: f(z / factor))(ctx.through[name])
+    if dom.made or dom.fed:
+        graph.toposort()
+    for name in dom.outputs:
+        ctx.outputs_scaled[name] = 1.0 / factor
+    for t in dom.tensors:
+        if t in ctx.stats:
+            ctx.stats[t] = ctx.stats[t].scaled(factor)
+        if t in ctx.means:
+            ctx.means[t] = ctx.means[t].scaled(factor)
+
+
+def _factor_const(graph: gs.Graph, ctx: Any, base: str, value: float) -> gs.Constant:
+    names = graph.tensors()
+    name, i = f"{base}/align_factor", 0
+    while name in names or name in ctx.consts:
+        i += 1
+        name = f"{base}/align_factor_{i}"
+    c = gs.Constant(name, np.array(value, np.float32))
+    ctx.consts[name] = c.values
+    return c
+
+
+def _product_after(graph: gs.Graph, ctx: Any, t: gs.Variable, factor: float) -> None:
+    """``t`` becomes ``factor * (what made it)``: the maker writes a new tensor, a Mul by the factor writes ``t``."""
+    maker = t.inputs[0]
+    inner = gs.Variable(f"{t.name}/unaligned", dtype=t.dtype, shape=t.shape)
+    maker.outputs[maker.outputs.index(t)] = inner
+    graph.nodes.append(gs.Node("Mul", f"{t.name}/align", inputs=[inner, _factor_const(graph, ctx, t.name, factor)],
+                               outputs=[t]))
+
+
+def _product_before(graph: gs.Graph, ctx: Any, t: gs.Variable, readers: list[gs.Node], factor: float) -> None:
+    """``readers`` read ``factor * t`` (a Mul of their own) instead of ``t``."""
+    scaled = gs.Variable(f"{t.name}/aligned_in", dtype=t.dtype, shape=t.shape)
+    graph.nodes.append(gs.Node("Mul", f"{t.name}/align_in", inputs=[t, _factor_const(graph, ctx, t.name, factor)],
+                               outputs=[scaled]))
+    for r in {id(r): r for r in readers}.values():
+        for i, x in enumerate(list(r.inputs)):
+            if x is t:
+                r.inputs[i] = scaled
+
+
+def unscale_outputs(graph: gs.Graph, ctx: Any) -> None:
+    """The graph outputs of aligned domains (quantized, dequantized: ``factor`` times the float model's) as the
+    float model computes them: a Mul by ``1 / factor`` after the last DequantizeLinear writes each (the host's
+    conversion to float; every quantization scale stays a power of two). Called once QDQ is in."""
+    if not ctx.outputs_scaled:
+        return
+    tensors = graph.tensors()
+    for name, inv in ctx.outputs_scaled.items():
+        t = tensors[name]
+        t.name = f"{name}/aligned"
+        out = gs.Variable(name, dtype=t.dtype, shape=t.shape)
+        graph.nodes.append(gs.Node("Mul", f"{name}/unalign", inputs=[t, _factor_const(graph, ctx, name, inv)],
+                                   outputs=[out]))
+        graph.outputs[next(i for i, o in enumerate(graph.outputs) if o is t)] = out
