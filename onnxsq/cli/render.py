@@ -77,6 +77,9 @@ def fmt(value: Any) -> str:
         if abs(value) >= 1e5 or abs(value) < 1e-3:
             return f"{value:.3e}"
         return f"{value:.4g}"
+    if isinstance(value, dict):  # a list of records counts in the table; the JSON report (--report) has them
+        return ", ".join(f"{k}: {len(v) if isinstance(v, list) and v and isinstance(v[0], dict) else fmt(v)}"
+                         for k, v in value.items())
     if isinstance(value, (list, tuple)):
         if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return "×".join(str(v) for v in value)  # a shape

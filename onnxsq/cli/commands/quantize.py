@@ -30,8 +30,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
     "--exclude", multiple=True, metavar="PATTERN", help="Keep nodes whose name matches in float (repeatable)."
 )
 @click.option("--effort", type=click.Choice(list(EFFORTS)), default=DEFAULTS.effort, show_default=True,
-              help="fast: min/max ranges; default: error-driven ranges, equalization, bias correction; max: also "
-                   "GPTQ weight rounding. Options given another value than their default keep it.")
+              help="fast: min/max ranges; default: error-driven ranges, equalization, free scales carried by the "
+                   "weights, bias correction; max: also GPTQ weight rounding. Options given another value than "
+                   "their default keep it.")
 @click.option("--method", type=click.Choice(METHODS), default=DEFAULTS.method, show_default=True,
               help="Activation range estimator.")
 @click.option("--weight-method", type=click.Choice(WEIGHT_METHODS), default=DEFAULTS.weight_method,

@@ -64,9 +64,10 @@ def align_scales(ctx: Any, graph: gs.Graph, float_model: Any, float_weights: dic
     if not ctx.cfg.align_scales or not ctx.stats:
         return False
     if params_file or ctx.given:  # a parameters file holds shifts, not the factors the weights would carry
-        ctx.report.summary["scales_aligned"] = 0
-        ctx.report.warnings.append("scale alignment off: a parameters file is read or written (it holds shifts, "
-                                   "not the factors the weights would carry)")
+        why = "off: a parameters file is read or written (it holds shifts, not the factors the weights carry)"
+        ctx.report.summary.update(scales_aligned=0, scale_alignment=why)
+        if ctx.cfg.align_islands:  # asked for by name
+            ctx.report.warnings.append(f"--align-islands: scale alignment {why}")
         return False
     ctx.unaligned = (float_model, float_weights, dict(ctx.stats), dict(ctx.means))
     ctx.weight_axes = {u.weight: u.axis for u in ctx.plan.weights}
@@ -124,7 +125,12 @@ def checked(model: Any, kept: list[dict], cfg: Any, args: tuple, first: tuple, s
     if aside is not None:
         os.replace(aside, params_out)
         r2.summary["params_file"] = os.fspath(params_out)
-    r2.summary.update(scale_alignment=report.summary["scale_alignment"], scale_alignment_check=check)
+    # what calibration read and took is the first run's (the second reused its statistics)
+    first_calib = {k: report.summary[k] for k in ("stats_parts", "calibration_samples", "calibration_seconds",
+                                                  "calibration_data") if k in report.summary}
+    r2.summary.update(scale_alignment=report.summary["scale_alignment"], scale_alignment_check=check, **first_calib,
+                      seconds=round(report.summary.get("seconds", 0.0) + r2.summary.get("seconds", 0.0), 3))
+    r2.warnings[:0] = [w for w in report.warnings if w not in r2.warnings]
     return q2, r2
 
 

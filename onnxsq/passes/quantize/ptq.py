@@ -84,15 +84,13 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
              stats: Sequence[Any] | None = None, jobs: int = 1) -> tuple[onnx.ModelProto, Report]:
     """Quantize ``model`` with power-of-two QDQ; returns ``(quantized model, report)``.
 
-    ``calib``: a directory of images or ``.npy``/``.npz``, a ``.npz`` file, ``module.py:function``,
-    or an iterable of ``{input_name: array}`` feeds. ``params``: a parameters file (or dict) whose
-    tensors skip calibration. ``params_out``: write every quantized tensor's parameters there.
-    ``progress(samples_done, total, stage)`` is called per batch. ``stats``: calibration statistics
-    (``.stats`` files or :class:`~onnxsq.calibration.stats_file.CalibrationStats`, e.g. the shards
-    :func:`~onnxsq.passes.quantize.shards.calibrate` wrote) used instead of calibrating; ``calib`` then
-    only feeds the report. ``jobs``: calibrate in that many local processes, one shard each (:mod:`.shards`;
-    the result is the same as in one). Phases, each a function of what the last returned: load and fold,
-    plan, calibrate, resolve the shifts (and correct the biases), insert the QDQ pairs, measure, export.
+    ``calib``: a directory of images or ``.npy``/``.npz``, a ``.npz`` file, ``module.py:function``, or an
+    iterable of ``{input_name: array}`` feeds. ``params``: a parameters file (or dict) whose tensors skip
+    calibration; ``params_out``: write every quantized tensor's parameters there. ``progress(samples_done,
+    total, stage)`` is called per batch. ``stats``: calibration statistics (``.stats`` files or
+    :class:`~onnxsq.calibration.stats_file.CalibrationStats`, e.g. :func:`.shards.calibrate`'s) used instead
+    of calibrating (``calib`` then only feeds the report); ``jobs``: calibrate in that many local processes
+    (:mod:`.shards`; the same result). Phases: load and fold, plan, calibrate, align, resolve, insert, export.
     """
     cfg = (config or QuantizeConfig()).resolved()  # the --effort preset over the options left at default
     cfg.validate()
@@ -133,15 +131,18 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     ctx.unaligned = None
     if large:
         release_memory()
-    t0 = clock.last
-    unscale_outputs(graph, ctx)  # aligned graph outputs: their float values again (.align)
-    quantized = export_like(graph, meta)
-    del graph
-    clock.lap("export")
-    fill_report(ctx, tparams, evaluation, samples, calib_s + clock.last - t0, sens)
+    quantized, graph = _export(ctx, graph, meta, clock), None
+    fill_report(ctx, tparams, evaluation, samples, calib_s + clock.laps["export"], sens)
     report.summary["seconds"] = round(clock.total(), 3)
     log.debug("quantize phases (s): %s", clock.laps)
     return checked(model, kept, cfg, (params, progress, params_out), (quantized, report), recheck)
+
+
+def _export(ctx: QuantizeContext, graph: gs.Graph, meta: onnx.ModelProto, clock: _Clock) -> onnx.ModelProto:
+    unscale_outputs(graph, ctx)  # aligned graph outputs: their float values again (.align)
+    quantized = export_like(graph, meta)
+    clock.lap("export")
+    return quantized
 
 
 def _finetuned(model: ModelLike, calib: Any, cfg: QuantizeConfig, *args: Any) -> tuple[onnx.ModelProto, Report]:
