@@ -63,6 +63,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--align-islands", is_flag=True, default=DEFAULTS.align_islands,
               help="Also carry those factors through float islands (HardSwish, SiLU, Sigmoid...) as a product "
                    "inside the island.")
+@click.option("--align-check", is_flag=True, default=DEFAULTS.align_check,
+              help="Quantize again without scale alignment and keep the better whole model on the report samples "
+                   "[default: with --effort max].")
 @click.option("--integer-only", is_flag=True, default=DEFAULTS.integer_only,
               help="No float islands where an integer form exists: elementwise activations become look-up "
                    "tables (Q/DQ around them), Mul of two tensors an integer product.")
@@ -153,7 +156,7 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         finetune_lr=o["finetune_lr"],
         batch_size=o["batch_size"], report_samples=o["report_samples"], bias_correction=not o["no_bias_correction"],
         equalize=not o["no_equalize"], fold_forward=not o["no_fold_forward"], integer_only=o["integer_only"],
-        align_scales=not o["no_align_scales"], align_islands=o["align_islands"],
+        align_scales=not o["no_align_scales"], align_islands=o["align_islands"], align_check=o["align_check"],
         carrier=o["carrier"],
         ort_kernels=o["ort_kernels"], pair_safe=not o["no_pair_safe"], sensitivity=o["sensitivity"],
         target_sqnr=o["target_sqnr"], promote=o["promote"], int16=o["int16"], effort=o["effort"],

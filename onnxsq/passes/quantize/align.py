@@ -20,8 +20,8 @@ what it moves: each quantized tensor's expected rounding and clipping error on i
 weight's rounding error over its power, quantized at that factor. It is kept where it gains at least
 ``MIN_GAIN_DB``; the statistics are then rescaled (histograms rebinned) and the shifts chosen by the usual
 estimators. That error is the float tensor's own rounding: the error arriving from the layers before can make
-a tighter range cost more than it saves, so where the report has samples the whole model is checked against
-the unaligned one (:func:`checked`) and the better kept.
+a tighter range cost more than it saves, so with ``align_check`` (``--effort max``) and report samples the
+whole model is checked against the unaligned one (:func:`checked`) and the better kept.
 
 Refused, with the reason in the report's ``scale_alignment``: a domain holding a graph input, a tensor made or
 read by another op (HardSwish, SiLU, Sigmoid, Clip, a product of two activations without ``align_islands``),
@@ -152,18 +152,25 @@ def choose_factor(ctx: Any, tensors: list[str], dom: Domain | None = None) -> tu
 
 
 def _weight_nsr(ctx: Any, name: str, scale: float) -> float:
-    """Rounding error over power of weight ``name`` times ``scale``, quantized as :mod:`.params` will."""
+    """Expected rounding noise over power of weight ``name`` times ``scale`` at its fitting shifts (per
+    channel where :mod:`.params` quantizes it so): ``sum_c n_c step_c**2 / 12 / sum w**2``, from each channel's
+    largest magnitude (computed once per weight; the MSE shift's clipping is left out)."""
     from .params import pair_safe_bits
 
-    w = ctx.consts[name].astype(np.float64) * scale
-    power = float(np.square(w).sum())
-    if w.size == 0 or power == 0 or name not in ctx.weight_axes:
+    if name not in ctx.weight_axes:
         return 0.0
-    axis, bits = ctx.weight_axes[name], ctx.wide.get(name, pair_safe_bits(ctx, name))
-    shift = pow2.weight_shift(w.astype(np.float32), bits, axis=axis, method=ctx.cfg.weight_method)
-    step = np.ldexp(1.0, -pow2.expand_shape(shift, w.ndim, axis).astype(np.int64))
-    qmax = pow2.int_range(bits, True, symmetric=True)[1]
-    return float(np.square(w - np.clip(np.rint(w / step), -qmax, qmax) * step).sum()) / power
+    if name not in ctx.weight_mags:
+        w = ctx.consts[name].astype(np.float64)
+        axis = ctx.weight_axes[name]
+        reduce = tuple(i for i in range(w.ndim) if i != axis) if axis is not None and w.ndim else None
+        mags = np.abs(w).max(axis=reduce) if w.size else np.zeros(1)
+        ctx.weight_mags[name] = (np.atleast_1d(mags), w.size / max(np.size(mags), 1), float(np.square(w).sum()))
+    mags, per, power = ctx.weight_mags[name]
+    if power == 0:
+        return 0.0
+    bits = ctx.wide.get(name, pair_safe_bits(ctx, name))
+    shift = np.asarray(pow2.fit_shift(-mags * scale, mags * scale, bits, True, symmetric=True))
+    return float(per * np.sum(np.ldexp(1.0, -2 * shift.astype(np.int64))) / 12.0) / (power * scale * scale)
 
 
 def _group_error(ctx: Any, root: str, factor: float) -> float:

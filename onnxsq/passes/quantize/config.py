@@ -29,7 +29,7 @@ EFFORTS: dict[str, dict[str, object]] = {
     # min/max ranges: calibration without histograms
     "fast": {"method": "minmax", "equalize": False, "align_scales": False},
     "default": {},
-    "max": {"weight_rounding": "gptq", "finetune": True},
+    "max": {"weight_rounding": "gptq", "finetune": True, "align_check": True},
 }
 # what --effort max would also do where it could, and why it does not here (where onnxruntime-training is
 # not installed: onnxsq.training.finetune drops the line where fine-tuning ran)
@@ -68,6 +68,9 @@ class QuantizeConfig:
     # domain between layers (through ReLU-type ops, pooling, Add/Concat) takes the factor of least expected error
     align_scales: bool = True
     align_islands: bool = False  # .align through float islands (HardSwish, SiLU, ...) as a product inside them
+    # with report samples: quantize again without alignment from the same statistics and keep the better whole
+    # model on them (.align.checked; costs a second resolve, insert and report: --effort max)
+    align_check: bool = False
     integer_only: bool = False  # no float island where an integer form exists (look-up tables, products)
     sensitivity: bool = False  # per-layer output SQNR with that layer alone quantized (.sensitivity)
     # native: int8 for signed tensors, every zero point 0 (what integer targets read: symmetric power-of-two);

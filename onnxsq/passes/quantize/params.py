@@ -55,6 +55,7 @@ class QuantizeContext:
     unaligned: Any = None  # (float model, weights, statistics, means) before .align rescaled them
     outputs_scaled: dict[str, float] = field(default_factory=dict)  # graph output -> 1 / its .align factor
     weight_axes: dict[str, Any] = field(default_factory=dict)  # weight -> its per-channel axis (.align)
+    weight_mags: dict[str, Any] = field(default_factory=dict)  # weight -> per-channel |w| max, count, power (.align)
 
 
 def known_clipped(ctx: QuantizeContext, tparams: dict[str, TensorQuant]) -> dict[str, float]:

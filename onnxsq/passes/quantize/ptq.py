@@ -126,7 +126,8 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
             own_stats(ctx, float_model, float_weights, samples), None, None, None, None)
         return quantize_for_target(model, kept, cfg, params, progress, params_out, sens, reuse)
     # Exported last, after the float weights are gone (the peak is then the quantized model alone)
-    recheck = own_stats(ctx, float_model, float_weights, samples) if evaluation and ctx.unaligned else None
+    recheck = own_stats(ctx, float_model, float_weights, samples) if evaluation and ctx.unaligned and \
+        cfg.align_check else None
     del float_model, float_weights, quantized_runnable
     ctx.unaligned = None
     if large:
