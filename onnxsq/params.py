@@ -35,6 +35,8 @@ from .qdq import Dequantized, read_qdq
 from .report import write_json
 
 FORMAT = "onnxsq-quant-params"
+# an aligned graph output's dequantized tensor: quantize.align hands the output back by a Mul after it
+ALIGNED_SUFFIX = "/aligned"
 VERSION = 1
 KINDS = ("activation", "weight", "bias")
 
@@ -156,7 +158,7 @@ def params_from_model(model: onnx.ModelProto) -> dict[str, TensorQuant]:
     scales are skipped. A Clip right before QuantizeLinear narrows the bit width (how onnxsq writes
     fewer than 8 bits).
     """
-    graph_inputs = {i.name for i in model.graph.input}
+    graph_inputs, outputs = {i.name for i in model.graph.input}, {o.name for o in model.graph.output}
     again = _requantized(model)
     out: dict[str, TensorQuant] = {}
     for dq in read_qdq(model).values():
@@ -170,6 +172,8 @@ def params_from_model(model: onnx.ModelProto) -> dict[str, TensorQuant]:
             p = _activation_params(dq, shift_value, graph_inputs)
         else:
             continue
+        if p.name.endswith(ALIGNED_SUFFIX) and p.name[:-len(ALIGNED_SUFFIX)] in outputs:
+            p.name = p.name[:-len(ALIGNED_SUFFIX)]  # an aligned graph output, handed back by a Mul (quantize.align)
         out[p.name] = p
     return out
 

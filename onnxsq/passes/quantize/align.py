@@ -44,6 +44,7 @@ import onnx_graphsurgeon as gs
 
 from ...calibration import pow2
 from ...calibration.stats import TensorStats, least_error, least_error_format, mse_errors
+from ...params import ALIGNED_SUFFIX
 from .align_domain import Domain, find_domain, unfit, weight_powers
 from .through import through_errors, through_format
 
@@ -314,7 +315,7 @@ def unscale_outputs(graph: gs.Graph, ctx: Any) -> None:
     tensors = graph.tensors()
     for name, inv in ctx.outputs_scaled.items():
         t = tensors[name]
-        t.name = f"{name}/aligned"
+        t.name = f"{name}{ALIGNED_SUFFIX}"
         out = gs.Variable(name, dtype=t.dtype, shape=t.shape)
         graph.nodes.append(gs.Node("Mul", f"{name}/unalign", inputs=[t, _factor_const(graph, ctx, name, inv)],
                                    outputs=[out]))
