@@ -96,7 +96,8 @@ def test_scales_are_powers_of_two_and_zero_points_zero(method, carrier):
 
 
 def test_weights_bias_and_activation_types():
-    q, report = quantize(build_net(), feeds())
+    # the weights as given (scale alignment would carry factors in them: tests/passes/test_quantize_align.py)
+    q, report = quantize(build_net(), feeds(), config=QuantizeConfig(align_scales=False))
     inits, _ = qdq_nodes(q)
     assert inits["w1_quantized"].dtype == np.int8 and inits["b1_quantized"].dtype == np.int32
     # bias scale == input scale * weight scale exactly, so requantization is a shift
@@ -126,7 +127,7 @@ def test_weights_bias_and_activation_types():
 
 def test_exact_zeros_survive():
     model = build_net()
-    q, _ = quantize(model, feeds())
+    q, _ = quantize(model, feeds(), config=QuantizeConfig(align_scales=False))  # r1 as the float model has it
     w2 = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w2"))
     q2 = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}["w2_quantized"]
     assert np.all(q2[w2 == 0] == 0)
@@ -185,7 +186,7 @@ def test_onnxruntime_fuses_qdq_into_integer_kernels(tmp_path):
 
 
 def test_per_channel_weights_and_biases():
-    q, report = quantize(build_net(), feeds(), config=QuantizeConfig(per_channel=True))
+    q, report = quantize(build_net(), feeds(), config=QuantizeConfig(per_channel=True, align_scales=False))
     inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
     dq = dq_of(q, "w1")
     assert next(a.i for a in dq.attribute if a.name == "axis") == 0
