@@ -70,10 +70,18 @@ def test_readme_digits_table_is_what_the_demo_prints(demo):
 
     dense = rows["l1"]
     assert table["dense (L2 → L1)"][0] == pct(dense.metric)
-    assert table["thresholded, before fine-tuning"][:2] == [pct(rows["threshold"].metric),
-                                                            f"{100 * rows['threshold'].conv_sparsity:.1f}%"]
+    # thresholded before fine-tuning the net is near chance (~28%): which of its 450 test images sit on a
+    # decision boundary flips with the CPU's float kernels (29.11 on the AMD box the README was written on,
+    # 27.11 on an Intel Xeon; every other row is the same on both), so that one number is held within 3 points
+    shown, sparsity = table["thresholded, before fine-tuning"][:2]
+    assert abs(float(shown) - 100 * rows["threshold"].metric) <= 3.0, (shown, rows["threshold"].metric)
+    assert sparsity == f"{100 * rows['threshold'].conv_sparsity:.1f}%"
     assert table["sparse fine-tuned"][:2] == [pct(rows["sparse"].metric), f"{100 * rows['sparse'].conv_sparsity:.1f}%"]
     ptq = rows["quantize"]
-    delta = f"{float(pct(ptq.metric)) - float(pct(dense.metric)):+.2f}".replace("-", "−")  # of the shown values
-    assert table["sparse + power-of-two int8 (PTQ)"][:2] == [f"{pct(ptq.metric)} ({delta})",
-                                                             f"{100 * ptq.conv_sparsity:.1f}%"]
+    # the int8 row is onnxruntime's integer kernels, which differ by CPU too (98.89 on the AMD box without VNNI,
+    # 98.67 on an Intel Xeon: one image of 450): held within 0.5 points, its delta to the row shown above
+    shown, sparsity = table["sparse + power-of-two int8 (PTQ)"][:2]
+    value, delta = shown.split(" (")
+    assert abs(float(value) - 100 * ptq.metric) <= 0.5, (shown, ptq.metric)
+    assert delta.rstrip(")") == f"{float(value) - float(pct(dense.metric)):+.2f}".replace("-", "−")
+    assert sparsity == f"{100 * ptq.conv_sparsity:.1f}%"
