@@ -57,7 +57,6 @@ def test_without_measurements_the_page_says_so():
     assert "not measured" in text and "none: the estimator kept no histograms" in text
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="no headless Chromium on this machine (Debian: chromium)")
 def test_what_each_step_changed_is_listed():
     text = render({"candidates": [], "summary": {"weights_rounded": 3, "finetune_gain_db": 1.25,
                                                  "int16_tensors": ["conv1.weight", "r1"]}})
@@ -66,6 +65,7 @@ def test_what_each_step_changed_is_listed():
     assert "conv1.weight" in line and "r1" in line
 
 
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no headless Chromium on this machine (Debian: chromium)")
 def test_chromium_renders_it(quantized, tmp_path):
     from PIL import Image
 
