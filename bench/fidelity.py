@@ -5,7 +5,7 @@ estimator choices side by side with onnxruntime's ``quantize_static`` at its bes
 
 Calibration: the first ``--calib`` photos scikit-image ships (whole, stretched to the model's input size,
 its own preprocessing; a text detector's photos have seeded text drawn on them, ``zoo.text_overlay``);
-evaluation: two seeded crops of each of the next ``--eval`` photos. Measured:
+evaluation: ``--crops`` (2) seeded crops of each of the next ``--eval`` photos. Measured:
 output SQNR against the float model (every output, samples pooled) and top-1 agreement. Variants are
 ``onnxsq.quantize`` configurations (``name=key:value,key:value``; the default set compares activation
 estimators and per-tensor/per-channel weights); ORT best: with/without ``quant_pre_process`` ×
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="zoo model names (default: every trained image model; named untrained ones too)")
     ap.add_argument("--calib", type=int, default=9)
     ap.add_argument("--eval", type=int, default=5)
+    ap.add_argument("--crops", type=int, default=2, help="seeded crops per evaluation photo (the less noisy "
+                    "protocol of the README's 68-crop figures: --eval 17 --crops 4)")
     ap.add_argument("--variants", nargs="*", default=list(DEFAULT_VARIANTS))
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--quark-python", help="python of an AMD Quark environment (bench/quark_quantize.py): adds "
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in models:
             imgs = bench_images(m, images[:args.calib + args.eval], Path(tmp) / m.name)
             calib = samples(m, imgs, args.calib)
-            feeds = crops(m, imgs[args.calib:args.calib + args.eval], per_image=2)
+            feeds = crops(m, imgs[args.calib:args.calib + args.eval], per_image=args.crops)
             res = [run_variant(m, calib, feeds, o, Path(tmp) / f"{m.name}.{n}.onnx") for n, o in variants]
             ort = (float("nan"), float("nan"), "skipped") if args.no_ort else ort_best(m, calib, feeds, Path(tmp))
             qk = [run_quark(args.quark_python, m, calib, feeds, c, Path(tmp) / f"{m.name}.quark.{c}.onnx")
