@@ -242,10 +242,11 @@ class TensorStats:
         interval, cumulative counts rounded so that the total stays exact; exact zeros stay in bin 0)."""
         if not factor > 0:
             raise ValueError(f"a scale factor must be positive, not {factor}")
-        d = self.to_dict()
-        d["min"], d["max"] = self.min * factor, self.max * factor
-        d["ema"] = [[*e[:-1], [e[-1][0], *(float(v) * factor for v in e[-1][1:])]] for e in d["ema"]]
-        out = TensorStats.from_dict(d)
+        out = TensorStats(histogram=self.histogram)
+        out.count, out.zeros, out.batches = self.count, self.zeros, self.batches
+        out.min, out.max = self.min * factor, self.max * factor
+        out.ema = DyadicFold.from_list(_ema_combine, self.ema.to_list(),  # (n, first min/max, ema min/max)
+                                       lambda v: (v[0], *(float(x) * factor for x in v[1:])))
         if self.histogram:
             mag = max(abs(self.min), abs(self.max)) * factor if self.batches else 0.0
             out.hist_exp = max(self.hist_exp, _exp_above(mag))

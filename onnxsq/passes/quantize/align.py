@@ -46,7 +46,8 @@ from ...calibration import pow2
 from ...calibration.stats import TensorStats, least_error, least_error_format, mse_errors
 from ...params import ALIGNED_SUFFIX
 from .align_domain import Domain, find_domain, unfit, weight_powers
-from .through import through_errors, through_format
+from .params import constant_shift
+from .through import through_errors
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def align_scales(ctx: Any, graph: gs.Graph, float_model: Any, float_weights: dic
         if factor == 1.0:
             refused.append({**entry, "reason": f"no factor gains {MIN_GAIN_DB} dB (best {gain:.2f})"})
             continue
-        _apply(ctx, graph, dom, factor)
+        _apply(ctx, graph, tensors, dom, factor)
         done.append({**entry, "factor": round(factor, 6), "gain_db": round(gain, 3)})
     ctx.report.summary["scales_aligned"] = len(done)
     ctx.report.summary["scale_alignment"] = {"aligned": done, "refused": refused}
@@ -176,22 +177,22 @@ def _weight_nsr(ctx: Any, name: str, scale: float) -> float:
 
 def _group_error(ctx: Any, root: str, factor: float) -> float:
     members = ctx.plan.members(root) or [root]
-    method, formats = ctx.cfg.method, {}
+    method, formats, errors = ctx.cfg.method, {}, {}
     for m in members:
         bits = ctx.wide.get(m, ctx.cfg.bits)
         if m in ctx.through:
-            formats[m] = _through(ctx, m, bits, factor)[0]
+            formats[m] = _through(ctx, m, bits, factor, errors)[0]
         elif m in ctx.stats:
-            formats[m] = tensor_format(ctx.stats[m], bits, factor, method)
+            formats[m] = tensor_format(ctx.stats[m], bits, factor, method, errors.setdefault(m, {}))
         else:  # a constant member (quantized from its values): its fitting shift
             v = ctx.consts[m].astype(np.float64) * factor
             signed = bool(v.size and v.min() < 0)
-            lo, hi = (min(float(v.min()), 0.0), max(float(v.max()), 0.0)) if v.size else (0.0, 0.0)
-            formats[m] = (int(pow2.fit_shift(lo if signed else 0.0, hi, bits, signed)), signed)
+            formats[m] = (constant_shift(v, bits, signed)[0], signed)
     shift, signed = min(s for s, _ in formats.values()), any(g for _, g in formats.values())
-    return sum((_through(ctx, m, ctx.wide.get(m, ctx.cfg.bits), factor, signed, shift)[1] if m in ctx.through else
-                error_at(ctx.stats[m], ctx.wide.get(m, ctx.cfg.bits), signed, shift, factor, method)) / _power(ctx, m)
-               for m in members if m in ctx.stats)
+    return sum((_through(ctx, m, ctx.wide.get(m, ctx.cfg.bits), factor, errors, signed, shift)[1]
+                if m in ctx.through else
+                error_at(ctx.stats[m], ctx.wide.get(m, ctx.cfg.bits), signed, shift, factor, method, errors[m]))
+               / _power(ctx, m) for m in members if m in ctx.stats)
 
 
 def _power(ctx: Any, t: str) -> float:
@@ -205,36 +206,55 @@ def _power(ctx: Any, t: str) -> float:
     return max(total / max(float(st.hist_pos.sum() + st.hist_neg.sum()), 1.0), 1e-30)
 
 
-def _through(ctx: Any, t: str, bits: int, factor: float, signed: bool | None = None, shift: int | None = None
-             ) -> tuple[tuple[int, bool], float]:
+def _through(ctx: Any, t: str, bits: int, factor: float, cache: dict, signed: bool | None = None,
+             shift: int | None = None) -> tuple[tuple[int, bool], float]:
     """((shift, signed), error) of ``factor * t`` through the function its readers compute (:mod:`.through`),
-    in that function's units: the estimator's format, or the error at the ``signed``/``shift`` given."""
-    st, f = ctx.stats[t].scaled(factor), ctx.through[t]
-    g = (lambda z: f(z / factor)) if factor != 1.0 else f
+    in that function's units: the estimator's format, or the error at the ``signed``/``shift`` given
+    (``cache``: the rescaled statistics and error lists, kept per tensor across the two calls)."""
+    mine = cache.setdefault(t, {})
+    if "stats" not in mine:
+        f = ctx.through[t]
+        mine["stats"], mine["f"] = ctx.stats[t].scaled(factor), (lambda z: f(z / factor)) if factor != 1.0 else f
+    st, g = mine["stats"], mine["f"]
     if shift is None:
-        shift, signed = through_format(st, bits, g)
-    errors = dict(through_errors(st, bits, signed, g))
+        shift, signed = least_error_format(st.nonnegative, lambda sign: _cached(
+            mine, sign, lambda: through_errors(st, bits, sign, g)))
+    errors = dict(_cached(mine, signed, lambda: through_errors(st, bits, signed, g)))
     step = math.ldexp(1.0, -shift)
     return (shift, signed), errors.get(shift, float(st.count) * step * step / 12.0)
 
 
-def tensor_format(st: TensorStats, bits: int, factor: float, method: str) -> tuple[int, bool]:
-    """(shift, signed) the estimator takes for ``factor * x``."""
+def _cached(cache: dict, signed: bool, compute: Any) -> list[tuple[int, float]]:
+    if signed not in cache:
+        cache[signed] = compute()
+    return cache[signed]
+
+
+def tensor_format(st: TensorStats, bits: int, factor: float, method: str, cache: dict | None = None
+                  ) -> tuple[int, bool]:
+    """(shift, signed) the estimator takes for ``factor * x`` (``cache``: error lists per signedness)."""
+    cache = {} if cache is None else cache
     if st.histogram and method in ("mse", "auto"):
+        def errors(signed: bool) -> list[tuple[int, float]]:
+            return _cached(cache, signed, lambda: mse_errors(st, bits, signed, factor=factor))
+
         if method == "auto":
-            return least_error_format(st.nonnegative, lambda s: mse_errors(st, bits, s, factor=factor))
+            return least_error_format(st.nonnegative, errors)
         signed = not st.nonnegative
-        return least_error(mse_errors(st, bits, signed, factor=factor))[0], signed
+        return least_error(errors(signed))[0], signed
     signed = not st.nonnegative
     lo, hi = (min(st.min, 0.0) if signed else 0.0) * factor, max(st.max, 0.0) * factor
     return int(pow2.fit_shift(lo, hi, bits, signed)), signed
 
 
-def error_at(st: TensorStats, bits: int, signed: bool, shift: int, factor: float, method: str) -> float:
-    """Expected squared quantization error (in ``x``'s units) of ``factor * x`` at ``shift``."""
+def error_at(st: TensorStats, bits: int, signed: bool, shift: int, factor: float, method: str,
+             cache: dict | None = None) -> float:
+    """Expected squared quantization error (in ``x``'s units) of ``factor * x`` at ``shift`` (``cache``: as
+    :func:`tensor_format`'s)."""
     step = math.ldexp(1.0, -shift) / factor
     if st.histogram and method in ("mse", "auto"):
-        errors = dict(mse_errors(st, bits, signed, factor=factor))
+        errors = dict(_cached({} if cache is None else cache, signed,
+                              lambda: mse_errors(st, bits, signed, factor=factor)))
         if shift in errors:
             return errors[shift]
         return max(float(st.hist_pos.sum() + st.hist_neg.sum() - st.zeros), 0.0) * step * step / 12.0
@@ -243,12 +263,14 @@ def error_at(st: TensorStats, bits: int, signed: bool, shift: int, factor: float
 
 def tensor_error(st: TensorStats, bits: int, factor: float, method: str) -> float:
     """Expected squared quantization error (in ``x``'s units) of ``factor * x`` at its best shift."""
-    shift, signed = tensor_format(st, bits, factor, method)
-    return error_at(st, bits, signed, shift, factor, method)
+    cache: dict = {}
+    shift, signed = tensor_format(st, bits, factor, method, cache)
+    return error_at(st, bits, signed, shift, factor, method, cache)
 
 
-def _apply(ctx: Any, graph: gs.Graph, dom: Domain, factor: float) -> None:
-    tensors = graph.tensors()
+def _apply(ctx: Any, graph: gs.Graph, tensors: dict[str, gs.Tensor], dom: Domain, factor: float) -> None:
+    """``dom`` times ``factor``; ``tensors``: the graph's before any domain was applied (the names read here;
+    the products added have names of their own)."""
 
     def scale(name: str, by: float) -> None:
         tensors[name].values = ctx.consts[name] = np.asarray(ctx.consts[name].astype(np.float64) * by, np.float32)
@@ -259,9 +281,9 @@ def _apply(ctx: Any, graph: gs.Graph, dom: Domain, factor: float) -> None:
     for name in dom.constants:
         scale(name, factor)
     for name in dom.made:
-        _product_after(graph, ctx, tensors[name], factor)
+        _product_after(graph, ctx, tensors, tensors[name], factor)
     for name, readers in dom.fed.items():
-        _product_before(graph, ctx, tensors[name], readers, 1.0 / factor)
+        _product_before(graph, ctx, tensors, tensors[name], readers, 1.0 / factor)
         if name in ctx.through:  # its readers now compute f(x / factor)
             ctx.through[name] = (lambda f: lambda z: f(z / factor))(ctx.through[name])
     if dom.made or dom.fed:
@@ -275,8 +297,8 @@ def _apply(ctx: Any, graph: gs.Graph, dom: Domain, factor: float) -> None:
             ctx.means[t] = ctx.means[t].scaled(factor)
 
 
-def _factor_const(graph: gs.Graph, ctx: Any, base: str, value: float) -> gs.Constant:
-    names = graph.tensors()
+def _factor_const(names: dict[str, gs.Tensor], ctx: Any, base: str, value: float) -> gs.Constant:
+    """A scalar constant named after ``base``, free in ``names`` and ``ctx.consts`` (where it is added)."""
     name, i = f"{base}/align_factor", 0
     while name in names or name in ctx.consts:
         i += 1
@@ -286,19 +308,20 @@ def _factor_const(graph: gs.Graph, ctx: Any, base: str, value: float) -> gs.Cons
     return c
 
 
-def _product_after(graph: gs.Graph, ctx: Any, t: gs.Variable, factor: float) -> None:
+def _product_after(graph: gs.Graph, ctx: Any, names: dict[str, gs.Tensor], t: gs.Variable, factor: float) -> None:
     """``t`` becomes ``factor * (what made it)``: the maker writes a new tensor, a Mul by the factor writes ``t``."""
     maker = t.inputs[0]
     inner = gs.Variable(f"{t.name}/unaligned", dtype=t.dtype, shape=t.shape)
     maker.outputs[maker.outputs.index(t)] = inner
-    graph.nodes.append(gs.Node("Mul", f"{t.name}/align", inputs=[inner, _factor_const(graph, ctx, t.name, factor)],
+    graph.nodes.append(gs.Node("Mul", f"{t.name}/align", inputs=[inner, _factor_const(names, ctx, t.name, factor)],
                                outputs=[t]))
 
 
-def _product_before(graph: gs.Graph, ctx: Any, t: gs.Variable, readers: list[gs.Node], factor: float) -> None:
+def _product_before(graph: gs.Graph, ctx: Any, names: dict[str, gs.Tensor], t: gs.Variable, readers: list[gs.Node],
+                    factor: float) -> None:
     """``readers`` read ``factor * t`` (a Mul of their own) instead of ``t``."""
     scaled = gs.Variable(f"{t.name}/aligned_in", dtype=t.dtype, shape=t.shape)
-    graph.nodes.append(gs.Node("Mul", f"{t.name}/align_in", inputs=[t, _factor_const(graph, ctx, t.name, factor)],
+    graph.nodes.append(gs.Node("Mul", f"{t.name}/align_in", inputs=[t, _factor_const(names, ctx, t.name, factor)],
                                outputs=[scaled]))
     for r in {id(r): r for r in readers}.values():
         for i, x in enumerate(list(r.inputs)):
@@ -317,6 +340,6 @@ def unscale_outputs(graph: gs.Graph, ctx: Any) -> None:
         t = tensors[name]
         t.name = f"{name}{ALIGNED_SUFFIX}"
         out = gs.Variable(name, dtype=t.dtype, shape=t.shape)
-        graph.nodes.append(gs.Node("Mul", f"{name}/unalign", inputs=[t, _factor_const(graph, ctx, name, inv)],
+        graph.nodes.append(gs.Node("Mul", f"{name}/unalign", inputs=[t, _factor_const(tensors, ctx, name, inv)],
                                    outputs=[out]))
         graph.outputs[next(i for i, o in enumerate(graph.outputs) if o is t)] = out

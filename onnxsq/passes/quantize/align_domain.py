@@ -70,14 +70,15 @@ def find_domain(start: gs.Tensor, ctx: Any, outputs: set[str]) -> Domain:
 def weight_powers(dom: Domain) -> dict[str, int]:
     """The power of the factor each weight and bias of the domain's layers takes, once per tensor: +1 where a
     source makes the domain with it, -1 where a sink reads it, 0 for a layer that does both (a weight several
-    layers share, an unrolled RNN's, is scaled once for all of them)."""
+    layers share, an unrolled RNN's, is scaled once for all of them: :func:`_shared` checks they agree)."""
     sources, sinks = {id(n) for n in dom.sources}, {id(n) for n in dom.sinks}
-    out: dict[str, int] = {}
-    for node in dom.sources + dom.sinks:
-        for k, t in enumerate(node.inputs[1:3], start=1):
-            if t.name and (k == 1 or id(node) in sources):
-                out[t.name] = int(id(node) in sources) - int(k == 1 and id(node) in sinks)
-    return out
+    return {t.name: _role(node, k, sources, sinks) for node in dom.sources + dom.sinks
+            for k, t in enumerate(node.inputs[1:3], start=1) if t.name and (k == 1 or id(node) in sources)}
+
+
+def _role(node: gs.Node, k: int, sources: set[int], sinks: set[int]) -> int:
+    """The power of the factor ``node``'s input ``k`` (1: weight, 2: bias) takes in its domain."""
+    return int(id(node) in sources) - int(k == 1 and id(node) in sinks)
 
 
 def _shared(dom: Domain) -> list[str]:
@@ -93,7 +94,9 @@ def _shared(dom: Domain) -> list[str]:
                 if id(r) not in sources | sinks:
                     return [f"{t.name} is shared with {node_label(r)}, outside the domain"]
                 slots = [i for i, x in enumerate(r.inputs) if x is t]
-                powers.add((int(id(r) in sources and slots[0] in (1, 2)), int(id(r) in sinks and slots == [1])))
+                if slots not in ([1], [2]):
+                    return [f"{t.name} is read by {node_label(r)} other than as its weight or bias"]
+                powers.add(_role(r, slots[0], sources, sinks))
             if len(powers) > 1:
                 return [f"{t.name} is shared by layers of the domain in different roles"]
     return []
@@ -187,7 +190,8 @@ def _own_constant(node: gs.Node, x: gs.Tensor, ctx: Any) -> str | None:
 
 
 def _own_weights(node: gs.Node, ctx: Any) -> str | None:
-    """Why ``node``'s weight (and bias) cannot be scaled alone, or None."""
+    """Why ``node``'s weight (and bias) cannot take a factor (not float32 constants, given), or None (sharing
+    with other layers: :func:`_shared`)."""
     if len(node.inputs) < 2:
         return f"{node_label(node)}: no weight input"
     for i, t in enumerate(node.inputs[1:3], start=1):
@@ -214,5 +218,5 @@ def unfit(ctx: Any, dom: Domain, mine: list[str]) -> str | None:
             return f"{t}: no calibration statistics"
         outside = [m for m in ctx.plan.members(ctx.plan.groups.get(t, t)) if m not in inside]
         if outside:
-            return f"{t} shares one scale with {outside[0]}, outside the segment"
+            return f"{t} shares one scale with {outside[0]}, outside the domain"
     return None
