@@ -85,10 +85,10 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
               help="Quantize Sigmoid, LeakyRelu and Mul of two activations as onnxruntime's integer kernels run them "
                    "(QLinearSigmoid, QLinearLeakyRelu, QLinearMul: faster there, with --carrier uint8), or keep them "
                    "float (islands; the more faithful on the zoo).")
-@click.option("--no-pair-safe", is_flag=True,
-              help="8-bit weights everywhere (without --weight-bits, per-channel weights of layers that "
-                   "onnxruntime's x86 kernels without VNNI multiply in u8 x s8 pairs take 7 bits: those pairs "
-                   "saturate at int16).")
+@click.option("--pair-safe/--no-pair-safe", default=None,
+              help="7-bit weights for layers that onnxruntime's x86 kernels without VNNI multiply in u8 x s8 pairs "
+                   "(those pairs saturate at int16), or 8 bits everywhere. Default: as this onnxruntime "
+                   "multiplies (7 bits only where its pairs saturate; the report says which).")
 @click.option("--int16", multiple=True, metavar="PATTERN",
               help="Quantize the weights and outputs of the layers whose name matches at 16 bits (repeatable; "
                    "opset 21).")
@@ -158,7 +158,7 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         equalize=not o["no_equalize"], fold_forward=not o["no_fold_forward"], integer_only=o["integer_only"],
         align_scales=not o["no_align_scales"], align_islands=o["align_islands"], align_check=o["align_check"],
         carrier=o["carrier"],
-        ort_kernels=o["ort_kernels"], pair_safe=not o["no_pair_safe"], sensitivity=o["sensitivity"],
+        ort_kernels=o["ort_kernels"], pair_safe=o["pair_safe"], sensitivity=o["sensitivity"],
         target_sqnr=o["target_sqnr"], promote=o["promote"], int16=o["int16"], effort=o["effort"],
         histograms=o["report_html"] is not None, preprocess=None if pre == Preprocess() else pre)
     return cfg, pre

@@ -84,9 +84,11 @@ class QuantizeConfig:
     # three others; for onnxruntime deployment (with --carrier uint8) it is what fuses SiLU nets
     ort_kernels: bool = False
     # 8-bit models with per-channel weights: 7-bit weights where onnxruntime's x86 kernels without VNNI pair u8 x s8
-    # products in int16 and saturate (vpmaddubsw; Conv, Gemm, MatMul; not depthwise): exact in any session
-    # (--weight-bits overrides; per tensor it costs more than it saves: 8 bits there)
-    pair_safe: bool = True
+    # products in int16 and saturate (vpmaddubsw; Conv, Gemm, MatMul; not depthwise). None (auto): where this
+    # onnxruntime does (onnxsq.calibration.pairs asks it), so its sessions compute the exact integers; True:
+    # always (a model for every onnxruntime CPU); False: never (an exact target). --weight-bits overrides;
+    # per tensor it costs more than it saves: 8 bits there
+    pair_safe: bool | None = None
     target_sqnr: float | None = None  # keep the fewest most sensitive layers float to reach this output SQNR (dB)
     # float: runs anywhere, the opset unchanged; int16: the layers stay integer (TIDL-class targets), opset 21
     promote: str = "float"

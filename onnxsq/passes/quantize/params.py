@@ -6,6 +6,7 @@ take precedence; a given shift that a shared-scale group must change is warned a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,6 +201,27 @@ def _bias_cap(ctx: QuantizeContext, use: Any, x: TensorQuant | None) -> np.ndarr
     return np.minimum(cap, pow2.MAX_SHIFT).astype(np.int64)
 
 
+def pair_safe_applies(cfg: QuantizeConfig) -> bool:
+    """Whether ``pair_safe`` decides any weight's bits: 8-bit models with per-channel weights and no
+    ``--weight-bits`` (per tensor, one 7-bit shift for a whole weight costs more -- 1.0-2.8 dB on the zoo, in
+    onnxruntime's own default session -- than the pairs that saturate there: 8 bits)."""
+    return cfg.weight_bits is None and cfg.bits == 8 and cfg.per_channel
+
+
+def resolve_pair_safe(cfg: QuantizeConfig, report: Report) -> QuantizeConfig:
+    """``cfg`` with ``pair_safe`` True or False: auto (None) asks this onnxruntime whether its u8 x s8 pairs
+    saturate (:func:`onnxsq.calibration.pairs.pairs_saturate`); the summary says what was chosen and why."""
+    if cfg.pair_safe is not None or not pair_safe_applies(cfg):
+        return cfg
+    from ...calibration.pairs import pairs_saturate
+
+    safe = pairs_saturate()
+    report.summary["pair_safe"] = (
+        "7-bit paired weights: this onnxruntime's u8 x s8 kernels saturate int16 pairs (x86 without VNNI)"
+        if safe else "8-bit weights: this onnxruntime multiplies u8 x s8 exactly (VNNI, or no pairs)")
+    return dataclasses.replace(cfg, pair_safe=safe)
+
+
 PAIR_SAFE_BITS = 7  # |q| <= 63: a pair of u8 x s8 products stays within int16 (2 * 255 * 63 < 2**15)
 
 
@@ -207,11 +229,9 @@ def pair_safe_bits(ctx: QuantizeContext, name: str) -> int:
     """The bits of weight ``name``: ``--weight-bits`` when given; else with ``pair_safe`` (8-bit models) 7
     where onnxruntime's x86 kernels without VNNI multiply it in u8 x s8 pairs (``vpmaddubsw``), which
     saturate at int16 (Conv, grouped Conv, Gemm, MatMul; not a depthwise Conv's int32 kernel nor a
-    ConvTranspose, which runs in float); 8 elsewhere."""
+    ConvTranspose, which runs in float); 8 elsewhere. ``pair_safe`` is resolved (:func:`resolve_pair_safe`)."""
     cfg = ctx.cfg
-    # per tensor, one 7-bit shift for a whole weight costs more (1.0-2.8 dB on the zoo, in onnxruntime's own
-    # default session) than the pairs that saturate there: 8 bits
-    if cfg.weight_bits is not None or not cfg.pair_safe or cfg.bits != 8 or not cfg.per_channel:
+    if not pair_safe_applies(cfg) or not cfg.pair_safe:
         return cfg.wbits
     w = ctx.consts[name]
     for use in ctx.plan.weights:

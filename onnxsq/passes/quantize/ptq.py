@@ -62,7 +62,7 @@ from .bias import means_wanted
 from .config import QuantizeConfig
 from .eval import evaluate
 from .insert import insert_qdq_graph
-from .params import QuantizeContext, check_bits, known_clipped, resolve_params
+from .params import QuantizeContext, check_bits, known_clipped, resolve_pair_safe, resolve_params
 from .placement import plan_qdq
 from .report import fill_report
 from .shift_conv import shifts_as_convs
@@ -159,6 +159,7 @@ def prepare(model: ModelLike, cfg: QuantizeConfig, params: Any = None
     opset, whether its weights are large, the phase clock)``."""
     clock, report = _Clock(), Report(PASS_NAME)
     graph, meta, opset, cfg = _load_and_fold(model, cfg, report, clock)  # cfg: per tensor if the opset forced it
+    cfg = resolve_pair_safe(cfg, report)  # 7-bit paired weights or not: as this onnxruntime multiplies
     plan = plan_qdq(graph, per_channel=cfg.per_channel, exclude=tuple(cfg.exclude), integer_only=cfg.integer_only,
                     ort_kernels=cfg.ort_kernels)
     clock.lap("plan")
