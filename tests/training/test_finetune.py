@@ -75,8 +75,10 @@ def test_finetuned_model_is_a_power_of_two_qdq_model_with_the_zeros_kept():
 
 def test_a_worse_result_on_the_held_out_samples_keeps_the_post_training_model(monkeypatch):
     model, calib = _sparse_model(), _calib()
-    # fine-tuning's pass writes a parameters file, so it aligns no scales: nor does the model it is held against
+    # the student starts from the pass without scale alignment (it writes a parameters file); the model kept
+    # is the better on the held-out samples of that one and the pass with alignment
     plain, _ = quantize(model, calib, config=QuantizeConfig(**{**CFG, "finetune": False, "align_scales": False}))
+    aligned, _ = quantize(model, calib, config=QuantizeConfig(**{**CFG, "finetune": False}))
 
     def ruined(model, plan, tparams, xs, targets, masks, cfg, feats=()):
         values = ft.initializers(model)
@@ -88,8 +90,28 @@ def test_a_worse_result_on_the_held_out_samples_keeps_the_post_training_model(mo
     assert not info["kept"] and report.summary["finetune_gain_db"] == 0.0
     assert info["held_out_sqnr_db_after"] < info["held_out_sqnr_db_before"]
     assert any("kept the post-training model" in w for w in report.warnings)
+    post = {"unaligned": plain, "aligned": aligned}[info["post_training"]]
+    if "held_out_sqnr_db_aligned" in info:
+        assert info["held_out_sqnr_db_before"] == max(info["held_out_sqnr_db_aligned"],
+                                                      info["held_out_sqnr_db_unaligned"])
     x = _calib(1, seed=5)[0]
-    np.testing.assert_array_equal(make_session(q).run(None, x)[0], make_session(plain).run(None, x)[0])
+    np.testing.assert_array_equal(make_session(q).run(None, x)[0], make_session(post).run(None, x)[0])
+
+
+def test_the_aligned_pass_is_kept_where_it_scores_higher_on_the_held_out_samples(monkeypatch):
+    """The held-out measures in call order: the unaligned pass, the aligned pass, the fine-tuned model."""
+    model, calib = _sparse_model(), _calib()
+    aligned, arep = quantize(model, calib, config=QuantizeConfig(**{**CFG, "finetune": False}))
+    assert arep.summary["scales_aligned"] > 0  # the setting this test needs
+    scores = iter([(10.0, 10.0), (20.0, 20.0), (15.0, 15.0)])
+    monkeypatch.setattr(ft, "held_out_sqnr", lambda ref, got: next(scores))
+    q, report = quantize(model, calib, config=QuantizeConfig(**CFG))
+    info = report.summary["finetune"]
+    assert info["post_training"] == "aligned" and not info["kept"] and info["held_out_sqnr_db_before"] == 20.0
+    assert report.summary["scales_aligned"] == arep.summary["scales_aligned"] and "effort_skipped" not in report.summary
+    assert any("aligned; needs" in w for w in report.warnings)
+    x = _calib(1, seed=5)[0]
+    np.testing.assert_array_equal(make_session(q).run(None, x)[0], make_session(aligned).run(None, x)[0])
 
 
 @pytest.mark.parametrize("refit", [True, False])
