@@ -17,7 +17,8 @@ classifier a +0.4 dB held-out gain came with -1.1 dB on other images); else the 
 and the report says why. The student starts from the pass run without scale alignment (its parameters
 file holds shifts, not the factors aligned weights carry), so the pass with alignment runs too, and the
 post-training model held against is the better of the two on the held-out samples (``post_training`` in
-the report): ``max`` is never the unaligned pass where the aligned one scores higher. Once kept, the same training runs again from the same start on every sample,
+the report): ``max`` is never the unaligned pass where the aligned one scores higher.
+Once kept, the same training runs again from the same start on every sample,
 the held-out ones too, and that is exported (``finetune_refit``: on PP-OCRv4's recognizer 11.4 -> 11.6 dB
 on the bench's images, ddddocr_det 24.6 -> 25.3). The report's
 ``finetune`` entry holds the held-out SQNR before and after, the iterations and the seconds;
