@@ -27,7 +27,7 @@ import numpy as np
 from ...calibration import pow2
 from ...calibration.stats import least_error
 
-SAMPLES = 4  # calibration samples the candidates are measured on (the report's, or kept for this)
+SAMPLES = 8  # calibration samples the candidates are measured on (the report's, or kept for this)
 CANDIDATES = 1  # finer shifts tried beyond the min/max-fitting one (see the module docstring)
 _SHAPE_ONLY = frozenset({"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"})
 
