@@ -50,9 +50,9 @@ from ..params import TensorQuant, read_params
 from ..runtime import has_training
 from .finetune_data import crops
 from .finetune_graph import with_outputs
+from .finetune_ptq import STEP, aligned_pass, unskip
 
 log = logging.getLogger(__name__)
-STEP = "label-free fine-tuning"
 
 
 def quantize_and_finetune(model: Any, calib: Any, cfg: Any, params: Any, progress: Any, params_out: Any,
@@ -76,11 +76,11 @@ def quantize_and_finetune(model: Any, calib: Any, cfg: Any, params: Any, progres
         quantized, report = quantize(model, samples if samples is not None else calib, config=ptq_cfg, params=params,
                                      progress=progress, params_out=pfile, stats=stats, jobs=jobs)
         report.warnings.extend(warnings)
-        _unskip(report)
+        unskip(report)
         tparams = read_params(pfile)
-        aligned = _aligned(model, samples, ptq_cfg, params, params_out, jobs)
+        aligned = aligned_pass(model, samples, ptq_cfg, params, params_out, jobs)
         if aligned is not None:
-            _unskip(aligned[1])
+            unskip(aligned[1])
         try:
             quantized, report = _finetune(quantized, base, report, tparams, samples, cfg, Path(tmp), aligned)
         except OnnxsqError as exc:
@@ -91,26 +91,6 @@ def quantize_and_finetune(model: Any, calib: Any, cfg: Any, params: Any, progres
             os.replace(chosen if chosen.exists() else pfile, params_out)
             report.summary["params_file"] = str(params_out)
     return quantized, report
-
-
-def _unskip(report: Any) -> None:
-    """The pass ran with fine-tuning off: its ``effort_skipped`` line for it is not true of this run."""
-    skipped = [s for s in report.summary.pop("effort_skipped", []) if not s.startswith(STEP)]
-    if skipped:
-        report.summary["effort_skipped"] = skipped
-
-
-def _aligned(model: Any, samples: Any, cfg: Any, params: Any, params_out: Any, jobs: int) -> tuple | None:
-    """The pass with its scale alignment (:mod:`onnxsq.passes.quantize.align`), which the fine-tuned model
-    must beat too: the student starts from the unaligned pass (its parameters file holds shifts, not the
-    factors the aligned weights carry). None where nothing aligns, or a parameters file is read or written
-    (the pass then aligns nothing either)."""
-    from ..passes.quantize import quantize
-
-    if not cfg.align_scales or params is not None or params_out is not None or not isinstance(samples, list):
-        return None
-    q, rep = quantize(model, samples, config=cfg, jobs=jobs)
-    return (q, rep) if rep.summary.get("scales_aligned") else None
 
 
 def _base(model: Any, cfg: Any, params: Any) -> tuple[onnx.ModelProto, Any]:

@@ -1,0 +1,27 @@
+"""The post-training passes label-free fine-tuning (:mod:`.finetune`) starts from and is held against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+STEP = "label-free fine-tuning"
+
+
+def unskip(report: Any) -> None:
+    """The pass ran with fine-tuning off: its ``effort_skipped`` line for it is not true of this run."""
+    skipped = [s for s in report.summary.pop("effort_skipped", []) if not s.startswith(STEP)]
+    if skipped:
+        report.summary["effort_skipped"] = skipped
+
+
+def aligned_pass(model: Any, samples: Any, cfg: Any, params: Any, params_out: Any, jobs: int) -> tuple | None:
+    """The pass with its scale alignment (:mod:`onnxsq.passes.quantize.align`), which the fine-tuned model
+    must beat too: the student starts from the unaligned pass (its parameters file holds shifts, not the
+    factors the aligned weights carry). None where nothing aligns, or a parameters file is read or written
+    (the pass then aligns nothing either)."""
+    from ..passes.quantize import quantize
+
+    if not cfg.align_scales or params is not None or params_out is not None or not isinstance(samples, list):
+        return None
+    q, rep = quantize(model, samples, config=cfg, jobs=jobs)
+    return (q, rep) if rep.summary.get("scales_aligned") else None
