@@ -21,7 +21,9 @@ def aligned_pass(model: Any, samples: Any, cfg: Any, params: Any, params_out: An
     (the pass then aligns nothing either)."""
     from ..passes.quantize import quantize
 
-    if not cfg.align_scales or params is not None or params_out is not None or not isinstance(samples, list):
+    # fewer than two samples: fine-tuning will not run, and the unaligned pass is what is returned
+    if not cfg.align_scales or params is not None or params_out is not None or not isinstance(samples, list) \
+            or len(samples) < 2:
         return None
     q, rep = quantize(model, samples, config=cfg, jobs=jobs)
     return (q, rep) if rep.summary.get("scales_aligned") else None
