@@ -24,6 +24,9 @@ on the bench's images, ddddocr_det 24.6 -> 25.3). The report's
 ``finetune`` entry holds the held-out SQNR before and after, the iterations and the seconds;
 ``finetune_gain_db`` the gain kept (0 where none was kept).
 
+Where fine-tuning cannot run (an op onnxruntime-training has no gradient for: ResizeGrad), the aligned pass
+is returned, as ``max`` gives it without fine-tuning, and the report says why.
+
 The export is the quantize pass again with every shift given (as QAT exports), on the trained float
 weights: no calibration, no equalization or bias correction (the weights trained as they are).
 """
@@ -45,12 +48,12 @@ import onnx
 from onnx import numpy_helper
 
 from ..calibration import pow2
-from ..errors import OnnxsqError, UnsupportedModelError, first_line
+from ..data.crops import crops
+from ..errors import OnnxsqError, UnsupportedModelError
 from ..params import TensorQuant, read_params
 from ..runtime import has_training
-from .finetune_data import crops
 from .finetune_graph import with_outputs
-from .finetune_ptq import STEP, aligned_pass, unskip
+from .finetune_ptq import STEP, aligned_pass, not_run, unskip
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +87,7 @@ def quantize_and_finetune(model: Any, calib: Any, cfg: Any, params: Any, progres
         try:
             quantized, report = _finetune(quantized, base, report, tparams, samples, cfg, Path(tmp), aligned)
         except OnnxsqError as exc:
-            report.summary["finetune"] = f"not run: {first_line(exc)}"
-            report.warnings.append(f"{STEP} not run: {first_line(exc)}")
+            quantized, report = not_run(exc, (quantized, report), aligned)
         chosen = Path(tmp) / "ft.params.json"
         if params_out is not None:
             os.replace(chosen if chosen.exists() else pfile, params_out)

@@ -27,3 +27,17 @@ def aligned_pass(model: Any, samples: Any, cfg: Any, params: Any, params_out: An
         return None
     q, rep = quantize(model, samples, config=cfg, jobs=jobs)
     return (q, rep) if rep.summary.get("scales_aligned") else None
+
+
+def not_run(exc: Exception, unaligned: tuple, aligned: tuple | None) -> tuple:
+    """Fine-tuning raised (an op onnxruntime-training has no gradient for, ...): the pass as ``max`` runs it
+    without fine-tuning -- the aligned one (its own alignment check included) where it ran, else the
+    unaligned one -- with the reason in its report."""
+    from ..errors import first_line
+
+    model, report = aligned if aligned is not None else unaligned
+    if report is not unaligned[1]:  # what the unaligned pass said about the run (skipped steps, the source)
+        report.warnings[:0] = [w for w in unaligned[1].warnings if w not in report.warnings]
+    report.summary["finetune"] = f"not run: {first_line(exc)}"
+    report.warnings.append(f"{STEP} not run: {first_line(exc)}")
+    return model, report

@@ -51,6 +51,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
               help="Fine-tuning learning rate (AdamW, cosine), in units of each weight's quantization step.")
 @click.option("--report-samples", type=int, default=DEFAULTS.report_samples, show_default=True,
               help="Calibration samples the per-layer SQNR report runs on (0: no report).")
+@click.option("--report-crops", type=int, default=DEFAULTS.report_crops, show_default=True,
+              help="Random crops of each report sample that join them: GPTQ, --align-check and the report judge "
+                   "on them too [--effort max: 2].")
 @click.option("--no-bias-correction", is_flag=True, help="Keep the float biases (no mean weight-error correction).")
 @click.option("--no-equalize", is_flag=True,
               help="No cross-layer equalization (power-of-two factors between Conv pairs through ReLU-like ops).")
@@ -154,7 +157,8 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         method=o["method"], weight_method=o["weight_method"], weight_rounding=o["weight_rounding"],
         calib_count=o["calib_count"], finetune=o["finetune"], finetune_iters=o["finetune_iters"],
         finetune_lr=o["finetune_lr"],
-        batch_size=o["batch_size"], report_samples=o["report_samples"], bias_correction=not o["no_bias_correction"],
+        batch_size=o["batch_size"], report_samples=o["report_samples"],
+        report_crops=o["report_crops"], bias_correction=not o["no_bias_correction"],
         equalize=not o["no_equalize"], fold_forward=not o["no_fold_forward"], integer_only=o["integer_only"],
         align_scales=not o["no_align_scales"], align_islands=o["align_islands"], align_check=o["align_check"],
         carrier=o["carrier"],

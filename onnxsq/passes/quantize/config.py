@@ -29,7 +29,7 @@ EFFORTS: dict[str, dict[str, object]] = {
     # min/max ranges: calibration without histograms
     "fast": {"method": "minmax", "equalize": False, "align_scales": False},
     "default": {},
-    "max": {"weight_rounding": "gptq", "finetune": True, "align_check": True},
+    "max": {"weight_rounding": "gptq", "finetune": True, "align_check": True, "report_samples": 8, "report_crops": 2},
 }
 # what --effort max would also do where it could, and why it does not here (where onnxruntime-training is
 # not installed: onnxsq.training.finetune drops the line where fine-tuning ran)
@@ -57,6 +57,10 @@ class QuantizeConfig:
     batch_size: int = 1  # per run; larger batches cost activation memory (8: ~6x the peak) for no speed on CPU
     preprocess: Preprocess | None = None
     report_samples: int = 4  # per-layer SQNR report; each sample costs ~2 float inferences (see the docstring)
+    # seeded random crops of each report sample (onnxsq.data.crops) that join them: GPTQ's input statistics and
+    # its check, --align-check and the report then judge on more than the few framings calibration saw
+    # (--effort max: 2; each crop costs what a report sample does)
+    report_crops: int = 0
     fold_batchnorm: bool = True
     bias_correction: bool = True  # fold each layer's mean weight-quantization error into its bias
     equalize: bool = True  # power-of-two cross-layer equalization after folding (exact in float)
@@ -133,6 +137,8 @@ class QuantizeConfig:
             raise InvalidOptionError(f"--calib-count must be at least 1, not {self.calib_count}")
         if self.report_samples < 0:
             raise InvalidOptionError(f"report samples must be 0 or more, not {self.report_samples}")
+        if self.report_crops < 0:
+            raise InvalidOptionError(f"--report-crops must be 0 or more, not {self.report_crops}")
         if self.batch_size < 1:
             raise InvalidOptionError(f"batch size must be at least 1, not {self.batch_size}")
         if self.carrier not in CARRIERS:

@@ -64,7 +64,7 @@ from .eval import evaluate
 from .insert import insert_qdq_graph
 from .params import QuantizeContext, check_bits, known_clipped, resolve_pair_safe, resolve_params
 from .placement import plan_qdq
-from .report import fill_report
+from .report import fill_report, with_report_crops
 from .shift_conv import shifts_as_convs
 from .softmax_range import SAMPLES as SOFTMAX_SAMPLES
 from .softmax_range import softmax_reads, softmax_shifts
@@ -108,6 +108,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
         stats = stats if pending is None else pending.result(progress)
     report = ctx.report
     kept, samples = _calibrate(ctx, graph, calib, float_model, float_weights, progress, clock, stats)
+    kept = with_report_crops(ctx, kept)
     if align_scales(ctx, graph, float_model, float_weights, params_out is not None):  # free scales (.align)
         float_model, float_weights = runnable(graph, meta)
     tparams = _resolve(ctx, graph, float_model, float_weights, kept)

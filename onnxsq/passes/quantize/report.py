@@ -106,3 +106,33 @@ def _summarize(ctx: QuantizeContext, ev: Any, sens: Any, samples: int, seconds: 
             s["output_sqnr_db" if one else f"output_sqnr_db ({name})"] = round(v, 2)
         for name, v in ev.top1.items():
             s["top1_agreement" if one else f"top1_agreement ({name})"] = round(v, 4)
+
+
+# the report's crops: another draw than fine-tuning's (seeds 0 and 1, onnxsq.training.finetune)
+CROP_SEED = 7
+
+
+def with_report_crops(ctx: QuantizeContext, kept: list[dict]) -> list[dict]:
+    """The kept report samples, then ``report_crops`` seeded crops of each (:mod:`onnxsq.data.crops`): what
+    GPTQ, the whole-model checks and the report measure on. The originals stay first, so the Softmax ranges
+    and a run again on these samples (:func:`rerun_config`) see the same first samples."""
+    k = ctx.cfg.report_crops
+    if not kept or k < 1 or ctx.cfg.report_samples < 1:
+        return kept
+    from ...data.crops import with_crops
+
+    out = with_crops(kept, k, CROP_SEED)
+    if len(out) == len(kept):
+        ctx.report.warnings.append(f"--report-crops {k} ignored: the samples hold no image input (a float32 "
+                                   "NCHW or NHWC batch of 1, 3 or 4 channels)")
+    else:
+        ctx.report.summary["report_crops"] = f"{len(out) - len(kept)} crops of the {len(kept)} report samples"
+    return out
+
+
+def rerun_config(cfg: Any, kept: list[dict]) -> Any:
+    """``cfg`` for the pass run once more with ``kept`` (crops included) as its calibration source and reused
+    statistics: every one of them a report sample, and no crops of crops."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, report_crops=0, report_samples=max(cfg.report_samples, len(kept)))

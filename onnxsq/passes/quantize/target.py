@@ -40,9 +40,11 @@ def quantize_for_target(model: ModelLike, kept: list[dict], cfg: QuantizeConfig,
     """Quantize again from the same statistics with the layers ``sens`` picked float (excluded) or 16-bit
     (``promote``); the report says which, and what the target asked for."""
     from .ptq import quantize  # the pass itself, once more
+    from .report import rerun_config
 
     picked = tuple(glob.escape(name) for name in sens.keep_float)
-    again = dataclasses.replace(cfg, exclude=tuple(cfg.exclude) + picked, target_sqnr=None, sensitivity=True,
+    again = dataclasses.replace(rerun_config(cfg, kept), exclude=tuple(cfg.exclude) + picked, target_sqnr=None,
+                                sensitivity=True,
                                 promote="float")
 
     def run(config: QuantizeConfig, part: Any) -> tuple[onnx.ModelProto, Report]:

@@ -1,9 +1,14 @@
-"""Fine-tuning's samples: random crops of the calibration images (label-free distillation needs inputs, not
-labels: a handful of images gives a classifier a handful of outputs to fit, which it over-fits at once).
+"""Random crops of image inputs, stretched back to the input's size: more samples from a handful of images.
 
-A crop keeps 60-100% of each side at a random place and is stretched back to the input's size (bilinear),
-like ``bench/fidelity.py``'s evaluation crops; images only: a 4-D input whose channel axis (1, 3 or 4
-values) is axis 1 (NCHW) or 3 (NHWC). Other inputs are used as they are.
+Label-free fine-tuning (:mod:`onnxsq.training.finetune`) trains on them (distillation needs inputs, not labels:
+a handful of images gives a classifier a handful of outputs to fit, which it over-fits at once), and the
+quantize pass's whole-model choices measure on them (``QuantizeConfig.report_crops``: GPTQ's input
+statistics and its check, the scale-alignment check, the report), so that a choice made on a few calibration
+images is made on more than their few exact framings.
+
+A crop keeps 60-100% of each side at a random place and is stretched back to the input's size (bilinear:
+each output pixel centre maps into the crop box, clamped to it); images only: a float32 4-D input whose
+channel axis (1, 3 or 4 values) is axis 1 (NCHW) or 3 (NHWC). Other inputs are used as they are.
 """
 
 from __future__ import annotations
@@ -58,3 +63,17 @@ def crops(feeds: Sequence[Mapping[str, np.ndarray]], name: str, per_sample: int,
             top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             out.append({**f, name: _bilinear(x, axes, (top, left, ch, cw))})
     return out
+
+
+def image_input(feed: Mapping[str, np.ndarray]) -> str | None:
+    """The first input of ``feed`` that looks like an image batch (:func:`spatial_axes`), or None."""
+    return next((k for k, v in feed.items() if spatial_axes(np.asarray(v)) is not None), None)
+
+
+def with_crops(feeds: Sequence[Mapping[str, np.ndarray]], per_sample: int, seed: int) -> list[dict]:
+    """The feeds, then ``per_sample`` seeded crops of each (of its first image input, :func:`image_input`);
+    the feeds alone where they hold no image or ``per_sample`` is 0."""
+    name = image_input(feeds[0]) if feeds else None
+    if name is None or per_sample < 1:
+        return [dict(f) for f in feeds]
+    return crops(feeds, name, per_sample, seed)
