@@ -24,11 +24,9 @@ def spatial_axes(x: np.ndarray) -> tuple[int, int] | None:
     """(H axis, W axis) of an image batch, or None where ``x`` does not look like one."""
     if x.ndim != 4 or x.dtype != np.float32:
         return None
-    if x.shape[1] in CHANNELS:
-        return 2, 3
-    if x.shape[3] in CHANNELS:
-        return 1, 2
-    return None
+    axes = (2, 3) if x.shape[1] in CHANNELS else (1, 2) if x.shape[3] in CHANNELS else None
+    # an empty image has no crop
+    return axes if axes is not None and x.shape[axes[0]] > 0 and x.shape[axes[1]] > 0 else None
 
 
 def _bilinear(x: np.ndarray, axes: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:

@@ -51,9 +51,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
               help="Fine-tuning learning rate (AdamW, cosine), in units of each weight's quantization step.")
 @click.option("--report-samples", type=int, default=DEFAULTS.report_samples, show_default=True,
               help="Calibration samples the per-layer SQNR report runs on (0: no report).")
-@click.option("--report-crops", type=int, default=DEFAULTS.report_crops, show_default=True,
+@click.option("--report-crops", type=int, default=None,
               help="Random crops of each report sample that join them: GPTQ, --align-check and the report judge "
-                   "on them too [--effort max: 2].")
+                   "on them too [default: 2 with --effort max, else 0].")
 @click.option("--no-bias-correction", is_flag=True, help="Keep the float biases (no mean weight-error correction).")
 @click.option("--no-equalize", is_flag=True,
               help="No cross-layer equalization (power-of-two factors between Conv pairs through ReLU-like ops).")

@@ -59,8 +59,8 @@ class QuantizeConfig:
     report_samples: int = 4  # per-layer SQNR report; each sample costs ~2 float inferences (see the docstring)
     # seeded random crops of each report sample (onnxsq.data.crops) that join them: GPTQ's input statistics and
     # its check, --align-check and the report then judge on more than the few framings calibration saw
-    # (--effort max: 2; each crop costs what a report sample does)
-    report_crops: int = 0
+    # (each crop costs what a report sample does). None: as --effort says (max: 2, else none)
+    report_crops: int | None = None
     fold_batchnorm: bool = True
     bias_correction: bool = True  # fold each layer's mean weight-quantization error into its bias
     equalize: bool = True  # power-of-two cross-layer equalization after folding (exact in float)
@@ -137,7 +137,7 @@ class QuantizeConfig:
             raise InvalidOptionError(f"--calib-count must be at least 1, not {self.calib_count}")
         if self.report_samples < 0:
             raise InvalidOptionError(f"report samples must be 0 or more, not {self.report_samples}")
-        if self.report_crops < 0:
+        if self.report_crops is not None and self.report_crops < 0:
             raise InvalidOptionError(f"--report-crops must be 0 or more, not {self.report_crops}")
         if self.batch_size < 1:
             raise InvalidOptionError(f"batch size must be at least 1, not {self.batch_size}")

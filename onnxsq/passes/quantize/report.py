@@ -116,7 +116,7 @@ def with_report_crops(ctx: QuantizeContext, kept: list[dict]) -> list[dict]:
     """The kept report samples, then ``report_crops`` seeded crops of each (:mod:`onnxsq.data.crops`): what
     GPTQ, the whole-model checks and the report measure on. The originals stay first, so the Softmax ranges
     and a run again on these samples (:func:`rerun_config`) see the same first samples."""
-    k = ctx.cfg.report_crops
+    k = ctx.cfg.report_crops or 0
     if not kept or k < 1 or ctx.cfg.report_samples < 1:
         return kept
     from ...data.crops import with_crops

@@ -1,0 +1,63 @@
+"""quantize's report_crops: seeded crops of the report samples join them for GPTQ, the whole-model checks
+and the report; the pass run again on them (the alignment check) makes no crops of crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from builders import build_gemm_model, conv_classifier, run
+
+from onnxsq.errors import InvalidOptionError
+from onnxsq.passes.quantize import QuantizeConfig, quantize
+
+
+def _model_and_calib(n: int = 6):
+    model = onnx.shape_inference.infer_shapes(conv_classifier((8, 8), in_ch=3, size=12, seed=3, bn=None))
+    rng = np.random.default_rng(0)
+    return model, [{"input": rng.random((1, 3, 12, 12), dtype=np.float32) * 2 - 0.5} for _ in range(n)]
+
+
+def test_the_report_judges_on_the_samples_and_their_crops():
+    model, calib = _model_and_calib()
+    q0, r0 = quantize(model, calib, config=QuantizeConfig(report_samples=2, pair_safe=False))
+    q, r = quantize(model, calib, config=QuantizeConfig(report_samples=2, report_crops=3, pair_safe=False))
+    assert r.summary["report_crops"] == "6 crops of the 2 report samples" and r.summary["report_samples"] == 8
+    assert r0.summary["report_samples"] == 2 and "report_crops" not in r0.summary
+    onnx.checker.check_model(q, full_check=True)
+    # the crops only judge: without a whole-model choice to make, the model is the same
+    feed = calib[-1]
+    np.testing.assert_array_equal(run(q, feed)[0], run(q0, feed)[0])
+
+
+def test_the_alignment_check_runs_again_on_the_same_samples():
+    model, calib = _model_and_calib()
+    q, r = quantize(model, calib, config=QuantizeConfig(report_samples=2, report_crops=2, align_check=True,
+                                                        pair_safe=False))
+    onnx.checker.check_model(q, full_check=True)
+    assert r.summary["report_samples"] == 6  # the kept model's report: crops once, not crops of crops
+    check = r.summary.get("scale_alignment_check")
+    if check is not None:  # something aligned: both figures measured on those six samples
+        assert check["aligned_db"] is not None and check["unaligned_db"] is not None
+
+
+def test_max_judges_on_eight_samples_and_two_crops_of_each():
+    cfg = QuantizeConfig(effort="max").resolved()
+    assert (cfg.report_samples, cfg.report_crops) == (8, 2)
+    assert QuantizeConfig(effort="max", report_crops=0).resolved().report_crops == 0  # given: kept
+    with pytest.raises(InvalidOptionError, match="--report-crops"):
+        QuantizeConfig(report_crops=-1).validate()
+
+
+def test_inputs_that_are_no_images_get_no_crops_and_a_warning():
+    model = build_gemm_model()
+    x = model.graph.input[0]
+    shape = [d.dim_value or 1 for d in x.type.tensor_type.shape.dim]
+    rng = np.random.default_rng(1)
+    calib = [{x.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(3)]
+    _, r = quantize(model, calib, config=QuantizeConfig(report_samples=2, report_crops=2))
+    assert "report_crops" not in r.summary and r.summary["report_samples"] == 2
+    assert any("--report-crops 2 ignored" in w for w in r.warnings)
