@@ -309,3 +309,28 @@ def ort_optimized_graph(model: onnx.ModelProto, tmp_path, tag: str) -> onnx.Grap
     so.optimized_model_filepath, so.log_severity_level = str(opt), 3
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return onnx.load(str(opt)).graph
+
+
+def relu_net_peaking(top: float = 2.1, pool: bool = True) -> onnx.ModelProto:
+    """x → Conv → Relu [→ MaxPool] → Conv → Relu → Conv, the first Relu's range just above 2 (``top``)."""
+    b = Builder(5)
+    y = b.node("Relu", [b.conv("x", 3, 8)])
+    if pool:
+        y = b.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    y = b.node("Relu", [b.conv(y, 8, 8)])
+    m = b.model({"x": [1, 3, 8, 8]}, [b.conv(y, 8, 4)])
+    first = next(n for n in m.graph.node if n.op_type == "Conv")
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    relu = next(n for n in m.graph.node if n.op_type == "Relu").output[0]
+    probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(relu))
+    peak = max(float(run(probe, feeds_for([1, 3, 8, 8], seed=s))[1].max()) for s in range(4))
+    for init in m.graph.initializer:  # the first layer scaled so that its output peaks at `top`
+        if init.name in first.input[1:]:
+            init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * (top / peak), init.name))
+    return m
+
+
+def shift5_feed(seed: int) -> dict[str, np.ndarray]:
+    """Inputs on the grid of shift 5 within its range: their own quantization is exact, so the layers' is seen."""
+    return {"x": np.clip(np.rint(feeds_for([1, 3, 8, 8], seed=seed)["x"] * 32) / 32, -3.9, 3.9).astype(np.float32)}

@@ -14,10 +14,11 @@ samples' output SQNR (the exported QDQ models run in onnxruntime against the flo
 SQNR in dB, averaged: :func:`held_out_sqnr`) beats the post-training
 model's by ``finetune_min_gain`` dB (four held-out images are a noisy measure: on the PP-OCR direction
 classifier a +0.4 dB held-out gain came with -1.1 dB on other images); else the pass's model is returned
-and the report says why. The student starts from the pass run without scale alignment (its parameters
-file holds shifts, not the factors aligned weights carry), so the pass with alignment runs too, and the
-post-training model held against is the better of the two on the held-out samples (``post_training`` in
-the report): ``max`` is never the unaligned pass where the aligned one scores higher.
+and the report says why. The student is the float model with the pass's scale alignment carried
+by its weights (:mod:`onnxsq.passes.quantize.aligned_float`; a parameters file holds shifts, not factors),
+and starts from the pass run on it; the pass with alignment runs too, and the post-training model held
+against is the better of the two on the held-out samples (``post_training`` in the report; its start is
+named ``unaligned`` there): ``max`` is never the pass it started from where the aligned one scores higher.
 Once kept, the same training runs again from the same start on every sample,
 the held-out ones too, and that is exported (``finetune_refit``: on PP-OCRv4's recognizer 11.4 -> 11.6 dB
 on the bench's images, ddddocr_det 24.6 -> 25.3). The report's
@@ -53,7 +54,7 @@ from ..errors import OnnxsqError, UnsupportedModelError
 from ..params import TensorQuant, read_params
 from ..runtime import has_training
 from .finetune_graph import with_outputs
-from .finetune_ptq import STEP, aligned_pass, not_run, unskip
+from .finetune_ptq import STEP, aligned_pass, not_run, student_start, unskip
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,14 @@ def quantize_and_finetune(model: Any, calib: Any, cfg: Any, params: Any, progres
         return quantized, report
     base = _base(model, ptq_cfg, params)
     samples, warnings = _samples(calib, ptq_cfg, base) if calib is not None and stats is None else (None, [])
+    start = student_start(model, samples, ptq_cfg, params, params_out)
+    if start is not model:
+        base = _base(start, ptq_cfg, None)
     with tempfile.TemporaryDirectory(prefix="onnxsq-finetune-") as tmp:
         pfile = Path(tmp) / "ptq.params.json"
-        quantized, report = quantize(model, samples if samples is not None else calib, config=ptq_cfg, params=params,
+        quantized, report = quantize(start, samples if samples is not None else calib, config=ptq_cfg, params=params,
                                      progress=progress, params_out=pfile, stats=stats, jobs=jobs)
+        report.summary["finetune_start"] = "unaligned" if start is model else "aligned float model"
         report.warnings.extend(warnings)
         unskip(report)
         tparams = read_params(pfile)

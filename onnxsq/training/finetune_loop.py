@@ -32,16 +32,22 @@ def _tail(exc: BaseException) -> str:
 
 
 def measured_shapes(model: onnx.ModelProto, x: Mapping[str, np.ndarray]) -> dict[str, list]:
-    """The sequence inputs of the model's LSTMs as one run on ``x`` shows them (``[T, "N", features]``): the
-    LSTM rewrite needs a static length, which shape inference cannot tell behind Shape/Reshape chains."""
-    names = [n.input[0] for n in model.graph.node if n.op_type == "LSTM"]
-    if not names:
+    """What the training rewrites need static and shape inference cannot tell behind Shape/Reshape chains, as
+    one run on ``x`` shows it: the sequence inputs of the model's LSTMs (``[T, "N", features]``) and the
+    outputs of Resizes whose sizes the graph computes (``["N", C, H, W]``)."""
+    consts = {i.name for i in model.graph.initializer}
+    seqs = [n.input[0] for n in model.graph.node if n.op_type == "LSTM"]
+    ups = [n.output[0] for n in model.graph.node
+           if n.op_type == "Resize" and len(n.input) > 3 and n.input[3] and n.input[3] not in consts]
+    if not seqs and not ups:
         return {}
     from ..runtime import make_session
     from .finetune_graph import with_outputs
 
-    values = make_session(with_outputs(model, names)).run(names, dict(x))
-    return {n: [int(v.shape[0]), "N", *map(int, v.shape[2:])] for n, v in zip(names, values) if v.ndim == 3}
+    values = dict(zip(seqs + ups, make_session(with_outputs(model, seqs + ups)).run(seqs + ups, dict(x))))
+    out = {n: [int(values[n].shape[0]), "N", *map(int, values[n].shape[2:])] for n in seqs if values[n].ndim == 3}
+    out.update({n: ["N", *map(int, values[n].shape[1:])] for n in ups if values[n].ndim == 4})
+    return out
 
 
 class StudentRun:

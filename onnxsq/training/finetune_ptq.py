@@ -41,3 +41,17 @@ def not_run(exc: Exception, unaligned: tuple, aligned: tuple | None) -> tuple:
     report.summary["finetune"] = f"not run: {first_line(exc)}"
     report.warnings.append(f"{STEP} not run: {first_line(exc)}")
     return model, report
+
+
+def student_start(model: Any, samples: Any, cfg: Any, params: Any, params_out: Any) -> Any:
+    """What the student trains and the pass it starts from quantizes: the float model with the scale alignment
+    carried by its weights (:mod:`onnxsq.passes.quantize.aligned_float`), else ``model`` -- where nothing
+    aligns, or where :func:`aligned_pass` would not run (the shifts a parameters file gets would then be those
+    of the aligned float model, not of ``model``)."""
+    if not cfg.align_scales or params is not None or params_out is not None or not isinstance(samples, list) \
+            or len(samples) < 2:
+        return model
+    from ..passes.quantize.aligned_float import aligned_float_model
+
+    aligned = aligned_float_model(model, samples, cfg)
+    return model if aligned is None else aligned

@@ -20,6 +20,9 @@
   (nearest, linear, cubic), so ``Y = A_h · X · A_wᵀ`` with constant interpolation matrices. The
   matrices are *measured*: the same Resize node is run by onnxruntime on one-hot inputs, so every
   attribute (coordinate transformation, rounding, cubic coefficient, antialias) is honoured exactly.
+  Its ``sizes`` may be computed in the graph (Shape → Slice → Concat: "as large as that feature map")
+  where the output's height and width are known (fine-tuning measures them on its input size): they
+  then stand for it; roi and scales must be constants.
 
 For speed alone (same function, a faster CPU gradient): ``Relu`` as ``x · float(x > 0)``
 (:func:`relu_as_mask`), ``GlobalAveragePool`` as a GEMM (:func:`global_average_pool_as_matmul`).
@@ -248,13 +251,17 @@ def _zero_inserted(model, node, shapes, namer) -> tuple[list[onnx.NodeProto], st
     return nodes, f"as Conv on a zero-inserted input (stride {sh}x{sw}, group {g})"
 
 
-def _resize_matrices(model: onnx.ModelProto, node: onnx.NodeProto, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Interpolation matrices (Ho×H, Wo×W), measured by running ``node`` on one-hot inputs."""
+def _resize_matrices(model: onnx.ModelProto, node: onnx.NodeProto, h: int, w: int,
+                     out_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolation matrices (Ho×H, Wo×W), measured by running ``node`` on one-hot inputs; ``out_hw``: the
+    output's height and width where ``sizes`` is computed in the graph (it then stands for that)."""
     from ..runtime import make_session
 
     inits = {i.name: i for i in model.graph.initializer}
-    extra = [inits[n] for n in node.input[1:] if n and n in inits]
     sizes = node.input[3] if len(node.input) > 3 and node.input[3] else None
+    if out_hw is not None:
+        inits = {**inits, sizes: numpy_helper.from_array(np.array([1, 1, *out_hw], np.int64), sizes)}
+    extra = [inits[n] for n in node.input[1:] if n and n in inits]
     mats = []
     for axis, n in ((2, h), (3, w)):
         basis = np.zeros((1, n, h, w), np.float32)
@@ -289,10 +296,14 @@ def _rewrite_resize(model, node, shapes, namer) -> tuple[list[onnx.NodeProto], s
         raise ValueError("input must be 4-D with a static height and width")
     if yshape and len(yshape) == 4 and None not in yshape[1:2] and xshape[1] is not None and yshape[1] != xshape[1]:
         raise ValueError("resizes the channel axis")
-    for n in node.input[1:]:
-        if n and n not in {i.name: i for i in model.graph.initializer}:
-            raise ValueError("roi/scales/sizes must be constants")
-    a_h, a_w = _resize_matrices(model, node, xshape[2], xshape[3])
+    consts = {i.name for i in model.graph.initializer}
+    computed = [k for k, n in enumerate(node.input) if k and n and n not in consts]
+    out_hw = None
+    if computed == [3] and yshape and len(yshape) == 4 and all(isinstance(d, int) for d in yshape[2:]):
+        out_hw = (yshape[2], yshape[3])  # sizes from Shape ops (an FPN's "as large as that map"), measured
+    elif computed:
+        raise ValueError("roi/scales must be constants, and sizes constant or of a measured output size")
+    a_h, a_w = _resize_matrices(model, node, xshape[2], xshape[3], out_hw)
     # Separability check: the measured matrices must reproduce the op on a random input.
     tag = node.name or node.output[0]
     t = namer(f"{tag}/resize_w")

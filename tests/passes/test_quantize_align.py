@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import pytest
 from builders import Builder, feeds_for, run
+from builders import relu_net_peaking as _net
+from builders import shift5_feed as _feed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +22,7 @@ from onnxsq.passes.quantize import QuantizeConfig, quantize
 from onnxsq.passes.quantize.align import FACTORS, tensor_error
 
 ort = pytest.importorskip("onnxruntime")
-X = [1, 3, 8, 8]
+X = [1, 3, 8, 8]  # builders.relu_net_peaking's input
 
 
 def _stats(x: np.ndarray) -> TensorStats:
@@ -70,35 +72,10 @@ def test_factor_error_is_the_scaled_tensors_error_in_the_old_units(factor):
     assert tensor_error(_stats(x), 8, factor, "mse") == pytest.approx(err / factor**2, rel=0.05)
 
 
-def _net(top: float = 2.1, pool: bool = True) -> onnx.ModelProto:
-    """x → Conv → Relu [→ MaxPool] → Conv → Relu → Conv, the first Relu's range just above 2 (``top``)."""
-    b = Builder(5)
-    y = b.node("Relu", [b.conv("x", 3, 8)])
-    if pool:
-        y = b.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
-    y = b.node("Relu", [b.conv(y, 8, 8)])
-    m = b.model({"x": X}, [b.conv(y, 8, 4)])
-    first = next(n for n in m.graph.node if n.op_type == "Conv")
-    probe = onnx.ModelProto()
-    probe.CopyFrom(m)
-    relu = next(n for n in m.graph.node if n.op_type == "Relu").output[0]
-    probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(relu))
-    peak = max(float(run(probe, feeds_for(X, seed=s))[1].max()) for s in range(4))
-    for init in m.graph.initializer:  # the first layer scaled so that its output peaks at `top`
-        if init.name in first.input[1:]:
-            init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * (top / peak), init.name))
-    return m
-
-
 def _scales(model: onnx.ModelProto) -> list[float]:
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     return [float(v) for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
             for v in np.ravel(inits[n.input[1]])]
-
-
-def _feed(seed: int) -> dict[str, np.ndarray]:
-    """Inputs on the grid of shift 5 within its range: their own quantization is exact, so the layers' is seen."""
-    return {"x": np.clip(np.rint(feeds_for(X, seed=seed)["x"] * 32) / 32, -3.9, 3.9).astype(np.float32)}
 
 
 def _sqnr(model: onnx.ModelProto, q: onnx.ModelProto, seeds=range(10, 14)) -> float:

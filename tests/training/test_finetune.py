@@ -229,3 +229,31 @@ def test_no_finetune_under_effort_max_says_it_was_turned_off():
     _, report = quantize(_sparse_model(), _calib(), config=QuantizeConfig(effort="max", finetune=False))
     assert report.summary["effort_skipped"] == ["label-free fine-tuning: turned off (--no-finetune)"]
     assert "finetune" not in report.summary
+
+
+def test_the_student_starts_from_the_aligned_float_model_and_a_failed_run_returns_the_aligned_pass(monkeypatch):
+    model, calib = _sparse_model(), _calib()
+    aligned, arep = quantize(model, calib, config=QuantizeConfig(**{**CFG, "finetune": False}))
+    assert arep.summary["scales_aligned"] > 0  # the setting this test needs
+    seen = []
+
+    def unchanged(student, plan, tparams, xs, targets, masks, cfg, feats=()):
+        seen.append(ft.initializers(student))
+        return ft.initializers(student), [1.0]
+
+    monkeypatch.setattr(ft, "train_student", unchanged)
+    _, report = quantize(model, calib, config=QuantizeConfig(**CFG, finetune_min_gain=-1e3, finetune_refit=False))
+    assert report.summary["finetune_start"] == "aligned float model" and report.summary["finetune"]["kept"]
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert any(k in weights and weights[k].shape == v.shape and not np.allclose(weights[k], v, rtol=1e-3)
+               for k, v in seen[0].items())  # the factors are in the weights it trains
+
+    def fails(*args, **kw):
+        raise ft.UnsupportedModelError("no gradient for ResizeGrad")
+
+    monkeypatch.setattr(ft, "train_student", fails)
+    q, report = quantize(model, calib, config=QuantizeConfig(**CFG))
+    assert report.summary["finetune"].startswith("not run: no gradient for ResizeGrad")
+    assert any("not run" in w for w in report.warnings) and report.summary["scales_aligned"] > 0
+    x = _calib(1, seed=5)[0]
+    np.testing.assert_array_equal(make_session(q).run(None, x)[0], make_session(aligned).run(None, x)[0])

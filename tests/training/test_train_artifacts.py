@@ -192,3 +192,39 @@ def test_relu_as_a_mask_and_the_pool_as_a_gemm_train_with_the_same_loss_and_grad
     assert loss == pytest.approx(ref_loss, rel=1e-6)
     for n, g in ref_grads.items():
         np.testing.assert_allclose(grads[n], g, rtol=1e-5, atol=1e-7, err_msg=n)
+
+
+def _computed_sizes_resize(mode: str) -> onnx.ModelProto:
+    """Conv → Resize whose sizes the graph computes (Shape → Slice → Mul → Concat), as FPN exports do."""
+    model = _decoder("resize", mode=mode, scales=[2.0, 2.0])
+    g = model.graph
+    up = next(n for n in g.node if n.op_type == "Resize")
+    consts = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
+              (("lo", [0]), ("mid", [2]), ("hi", [4]), ("two", [2]))]
+    g.initializer.extend(consts)
+    g.node.insert(len(g.node) - 1, helper.make_node("Shape", ["c"], ["shape"]))
+    g.node.insert(len(g.node) - 1, helper.make_node("Slice", ["shape", "lo", "mid"], ["nc"]))
+    g.node.insert(len(g.node) - 1, helper.make_node("Slice", ["shape", "mid", "hi"], ["hw"]))
+    g.node.insert(len(g.node) - 1, helper.make_node("Mul", ["hw", "two"], ["hw2"]))
+    g.node.insert(len(g.node) - 1, helper.make_node("Concat", ["nc", "hw2"], ["sizes"], axis=0))
+    up.input[:] = ["c", "roi", "", "sizes"]
+    return model
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_a_resize_of_computed_sizes_is_rewritten_at_its_measured_output_size(mode):
+    from onnxsq.training.finetune_loop import measured_shapes
+
+    model = _computed_sizes_resize(mode)
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 6)).astype(np.float32)
+    measured = measured_shapes(model, {"x": x})
+    assert measured == {"y": ["N", 4, 10, 12]}
+    graph = build_training_graph(model, measured)
+    assert [(op, how.startswith("as two MatMuls")) for _, op, how in graph.rewrites] == [("Resize", True)]
+    assert all(n.op_type != "Resize" for n in graph.model.graph.node)
+    ref = make_session(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(make_session(graph.model).run(None, {"x": x[:1]})[0], ref[:1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(make_session(graph.model).run(None, {"x": x})[0], ref, rtol=1e-5, atol=1e-5)
+    # unmeasured, the output size is unknown: kept, with the reason
+    kept = build_training_graph(model)
+    assert kept.rewrites[0][1] == "Resize" and "sizes constant or of a measured output size" in kept.rewrites[0][2]
