@@ -271,3 +271,17 @@ def test_whole_model_check_keeps_nearest_rounding_where_gptq_loses_on_its_own():
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
     onnx.checker.check_model(q)
     make_session(q.SerializeToString()).run(None, calib[0])
+
+
+@pytest.mark.parametrize(("fit", "check", "kept"), [(1.0, 1.0, "gptq"), (-0.7, 1.5, "nearest"), (1.5, -0.1, "nearest")])
+def test_gptq_is_kept_only_where_it_leads_overall_and_on_each_half(monkeypatch, fit, check, kept):
+    from onnxsq.passes.quantize import rounding
+
+    def scored(graph, float_model, float_weights, candidates, feeds, offset=False):
+        base = {"all": 20.0, "fit": 20.0, "check": 20.0, "samples": [20.0] * len(feeds)}
+        return {"nearest": base, "gptq": {**base, "all": 21.0, "fit": 20.0 + fit, "check": 20.0 + check}}
+
+    monkeypatch.setattr(rounding, "whole_model_sqnr", scored)
+    _, r = _tiny_gptq()
+    assert r.summary["weight_rounding_check"]["kept"] == kept
+    assert ("weights_rounded" in r.summary) == (kept == "gptq")
