@@ -44,3 +44,9 @@ def test_max_rounds_the_weights_and_says_what_it_skipped():
         assert "label-free fine-tuning" in report.summary["effort_skipped"][0]
     _, fast = quantize(model, calib, config=QuantizeConfig(effort="fast"))
     assert fast.summary["method"] == "minmax" and "equalized_pairs" not in fast.summary
+
+
+def test_max_takes_nearest_rounding_and_no_crops_where_asked():
+    cfg = QuantizeConfig(effort="max", weight_rounding="nearest", report_crops=0).resolved()
+    assert (cfg.weight_rounding, cfg.report_crops, cfg.finetune) == ("nearest", 0, True)
+    assert QuantizeConfig().resolved().weight_rounding is None  # nearest: nothing asks for GPTQ

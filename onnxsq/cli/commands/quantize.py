@@ -38,9 +38,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--weight-method", type=click.Choice(WEIGHT_METHODS), default=DEFAULTS.weight_method,
               show_default=True,
               help="Weight shift: fit every weight, or the smallest squared error.")
-@click.option("--weight-rounding", type=click.Choice(WEIGHT_ROUNDINGS), default=DEFAULTS.weight_rounding,
-              show_default=True,
-              help="Round weights to nearest, or against each layer's output error on the report samples (gptq).")
+@click.option("--weight-rounding", type=click.Choice(WEIGHT_ROUNDINGS), default=None,
+              help="Round weights to nearest, or against each layer's output error on the report samples (gptq) "
+                   "[default: gptq with --effort max, else nearest].")
 @click.option("--finetune/--no-finetune", default=None,
               help="Label-free fine-tuning as the last step (onnxruntime-training only): the weights train against "
                    "the float model on the calibration images, shifts fixed, and are kept only where held-out "

@@ -48,7 +48,8 @@ class QuantizeConfig:
     exclude: tuple[str, ...] = ()
     method: str = DEFAULT_METHOD  # minmax | ema | percentile | mse | auto
     weight_method: str = "mse"  # minmax | mse (exact error on the weights)
-    weight_rounding: str = "nearest"  # nearest | gptq (each layer's output error on the report samples; .rounding)
+    # nearest | gptq (each layer's output error on the report samples; .rounding). None: as --effort says (max: gptq)
+    weight_rounding: str | None = None
     percentile: float = 99.99
     # mse/auto: a tensor read only by an elementwise function (Sigmoid, Tanh, HardSigmoid, x * Sigmoid(x), ...)
     # takes the shift and signedness of least error through that function (.through)
@@ -126,7 +127,7 @@ class QuantizeConfig:
                 raise InvalidOptionError(f"{name} must be in 2..16, not {b}")
         if self.weight_method not in WEIGHT_METHODS:
             raise InvalidOptionError(f"weight method must be minmax or mse, not {self.weight_method!r}")
-        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+        if self.weight_rounding is not None and self.weight_rounding not in WEIGHT_ROUNDINGS:
             raise InvalidOptionError(f"--weight-rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}, "
                                      f"not {self.weight_rounding!r}")
         if self.method not in METHODS:
