@@ -50,3 +50,8 @@ def test_max_takes_nearest_rounding_and_no_crops_where_asked():
     cfg = QuantizeConfig(effort="max", weight_rounding="nearest", report_crops=0).resolved()
     assert (cfg.weight_rounding, cfg.report_crops, cfg.finetune) == ("nearest", 0, True)
     assert QuantizeConfig().resolved().weight_rounding is None  # nearest: nothing asks for GPTQ
+
+
+def test_max_runs_without_the_alignment_check_where_asked():
+    assert QuantizeConfig(effort="max", align_check=False).resolved().align_check is False
+    assert QuantizeConfig(effort="max").resolved().align_check is True and not QuantizeConfig().resolved().align_check

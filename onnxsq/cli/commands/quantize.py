@@ -66,7 +66,7 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--align-islands", is_flag=True, default=DEFAULTS.align_islands,
               help="Also carry those factors through float islands (HardSwish, SiLU, Sigmoid...) as a product "
                    "inside the island.")
-@click.option("--align-check", is_flag=True, default=DEFAULTS.align_check,
+@click.option("--align-check/--no-align-check", default=None,
               help="Quantize again without scale alignment and keep the better whole model on the report samples "
                    "[default: with --effort max].")
 @click.option("--integer-only", is_flag=True, default=DEFAULTS.integer_only,

@@ -75,7 +75,7 @@ class QuantizeConfig:
     align_islands: bool = False  # .align through float islands (HardSwish, SiLU, ...) as a product inside them
     # with report samples: quantize again without alignment from the same statistics and keep the better whole
     # model on them (.align.checked; costs a second resolve, insert and report: --effort max)
-    align_check: bool = False
+    align_check: bool | None = None  # None: as --effort says (max: on)
     integer_only: bool = False  # no float island where an integer form exists (look-up tables, products)
     sensitivity: bool = False  # per-layer output SQNR with that layer alone quantized (.sensitivity)
     # native: int8 for signed tensors, every zero point 0 (what integer targets read: symmetric power-of-two);
