@@ -61,3 +61,12 @@ def test_inputs_that_are_no_images_get_no_crops_and_a_warning():
     _, r = quantize(model, calib, config=QuantizeConfig(report_samples=2, report_crops=2))
     assert "report_crops" not in r.summary and r.summary["report_samples"] == 2
     assert any("--report-crops 2 ignored" in w for w in r.warnings)
+
+
+def test_the_output_figure_of_several_outputs_is_their_mean():
+    from onnxsq.passes.quantize.report import output_db
+
+    assert output_db({"output_sqnr_db": 12.5}) == 12.5
+    assert output_db({"output_sqnr_db (a)": 10.0, "output_sqnr_db (b)": 20.0, "top1_agreement (a)": 1.0}) == 15.0
+    assert output_db({"output_sqnr_db (a)": float("inf"), "output_sqnr_db (b)": 20.0}) == 20.0
+    assert output_db({"report_samples": 0}) is None

@@ -109,16 +109,17 @@ def checked(model: Any, kept: list[dict], cfg: Any, args: tuple, first: tuple, s
     if stats is None:
         return first
     from .ptq import quantize  # the pass itself, once more
-    from .report import rerun_config
+    from .report import output_db, rerun_config
 
     params, progress, params_out = args
     aside = None if params_out is None else Path(f"{os.fspath(params_out)}.unaligned.tmp")
     quantized, report = first
     q2, r2 = quantize(model, kept, config=dataclasses.replace(rerun_config(cfg, kept), align_scales=False),
                       params=params, progress=progress, params_out=aside, stats=[stats])
-    on, off = report.summary.get("output_sqnr_db"), r2.summary.get("output_sqnr_db")
+    on, off = output_db(report.summary), output_db(r2.summary)  # several outputs: their mean
     keep = "unaligned" if on is not None and off is not None and off > on else "aligned"
-    check = {"kept": keep, "aligned_db": on, "unaligned_db": off}
+    check = {"kept": keep, "aligned_db": None if on is None else round(on, 2),
+             "unaligned_db": None if off is None else round(off, 2)}
     log.info("align: output SQNR %s dB aligned, %s unaligned: %s kept", on, off, keep)
     if keep == "aligned":
         if aside is not None:

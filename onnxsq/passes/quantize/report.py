@@ -136,3 +136,13 @@ def rerun_config(cfg: Any, kept: list[dict]) -> Any:
     import dataclasses
 
     return dataclasses.replace(cfg, report_crops=0, report_samples=max(cfg.report_samples, len(kept)))
+
+
+def output_db(summary: dict[str, Any]) -> float | None:
+    """The report's output SQNR (dB): the one output's, or the mean of the outputs' (each counts once, whatever
+    its scale: a detector's boxes and scores, five captcha heads); None where none was measured."""
+    if summary.get("output_sqnr_db") is not None:
+        return float(summary["output_sqnr_db"])
+    per = [float(v) for k, v in summary.items() if k.startswith("output_sqnr_db (") and v is not None
+           and np.isfinite(v)]
+    return float(np.mean(per)) if per else None
