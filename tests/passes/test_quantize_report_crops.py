@@ -70,3 +70,18 @@ def test_the_output_figure_of_several_outputs_is_their_mean():
     assert output_db({"output_sqnr_db (a)": 10.0, "output_sqnr_db (b)": 20.0, "top1_agreement (a)": 1.0}) == 15.0
     assert output_db({"output_sqnr_db (a)": float("inf"), "output_sqnr_db (b)": 20.0}) == 20.0
     assert output_db({"report_samples": 0}) is None
+
+
+@pytest.mark.parametrize(("lead", "kept"), [(0.1, "aligned"), (0.5, "unaligned")])
+def test_the_alignment_check_needs_a_margin_to_drop_the_alignment(monkeypatch, lead, kept):
+    from onnxsq.passes.quantize import align, ptq
+    from onnxsq.report import Report
+
+    first = (object(), Report("quantize"))
+    first[1].summary.update({"output_sqnr_db (a)": 20.0, "output_sqnr_db (b)": 30.0, "scale_alignment": {}})
+    second = (object(), Report("quantize"))
+    second[1].summary["output_sqnr_db (a)"], second[1].summary["output_sqnr_db (b)"] = 20.0 + lead, 30.0 + lead
+    monkeypatch.setattr(ptq, "quantize", lambda *a, **k: second)
+    got = align.checked(None, [{}], QuantizeConfig(), (None, None, None), first, stats=object())
+    assert got[1].summary["scale_alignment_check"]["kept"] == kept
+    assert got[1].summary["scale_alignment_check"]["aligned_db"] == 25.0
