@@ -14,16 +14,20 @@ def unskip(report: Any) -> None:
         report.summary["effort_skipped"] = skipped
 
 
+def _aligns(samples: Any, cfg: Any, params: Any, params_out: Any) -> bool:
+    """Whether fine-tuning's run takes the scale alignment: not where a parameters file is read or written (it
+    holds shifts, not the factors the weights carry), nor with fewer than two samples (fine-tuning will not
+    run, and the pass without it is what is returned)."""
+    return bool(cfg.align_scales) and params is None and params_out is None and isinstance(samples, list) \
+        and len(samples) >= 2
+
+
 def aligned_pass(model: Any, samples: Any, cfg: Any, params: Any, params_out: Any, jobs: int) -> tuple | None:
     """The pass with its scale alignment (:mod:`onnxsq.passes.quantize.align`), which the fine-tuned model
-    must beat too: the student starts from the unaligned pass (its parameters file holds shifts, not the
-    factors the aligned weights carry). None where nothing aligns, or a parameters file is read or written
-    (the pass then aligns nothing either)."""
+    must beat too. None where nothing aligns, or where :func:`_aligns` says no."""
     from ..passes.quantize import quantize
 
-    # fewer than two samples: fine-tuning will not run, and the unaligned pass is what is returned
-    if not cfg.align_scales or params is not None or params_out is not None or not isinstance(samples, list) \
-            or len(samples) < 2:
+    if not _aligns(samples, cfg, params, params_out):
         return None
     q, rep = quantize(model, samples, config=cfg, jobs=jobs)
     return (q, rep) if rep.summary.get("scales_aligned") else None
@@ -48,8 +52,7 @@ def student_start(model: Any, samples: Any, cfg: Any, params: Any, params_out: A
     carried by its weights (:mod:`onnxsq.passes.quantize.aligned_float`), else ``model`` -- where nothing
     aligns, or where :func:`aligned_pass` would not run (the shifts a parameters file gets would then be those
     of the aligned float model, not of ``model``)."""
-    if not cfg.align_scales or params is not None or params_out is not None or not isinstance(samples, list) \
-            or len(samples) < 2:
+    if not _aligns(samples, cfg, params, params_out):
         return model
     from ..passes.quantize.aligned_float import aligned_float_model
 

@@ -44,8 +44,7 @@ def quantize_for_target(model: ModelLike, kept: list[dict], cfg: QuantizeConfig,
 
     picked = tuple(glob.escape(name) for name in sens.keep_float)
     again = dataclasses.replace(rerun_config(cfg, kept), exclude=tuple(cfg.exclude) + picked, target_sqnr=None,
-                                sensitivity=True,
-                                promote="float")
+                                sensitivity=True, promote="float")
 
     def run(config: QuantizeConfig, part: Any) -> tuple[onnx.ModelProto, Report]:
         return quantize(model, kept, config=config, params=params, progress=progress, params_out=params_out,
