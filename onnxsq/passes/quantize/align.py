@@ -35,8 +35,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,9 +51,6 @@ log = logging.getLogger(__name__)
 
 FACTORS = tuple(2.0 ** (i / 8) for i in range(8))
 MIN_GAIN_DB = 0.1  # below this the rounding of every weight it touches is all that changes
-# the alignment check keeps the unaligned model only this far ahead on the report samples: a tie is noise, and
-# goes to what the pass chose (vietcombank_captcha: 27.14 vs 27.10 there, 15.5 vs 16.7 dB on the bench's crops)
-CHECK_MARGIN_DB = 0.25
 
 
 def align_scales(ctx: Any, graph: gs.Graph, float_model: Any, float_weights: dict[str, np.ndarray],
@@ -106,40 +101,21 @@ def align_scales(ctx: Any, graph: gs.Graph, float_model: Any, float_weights: dic
 
 def checked(model: Any, kept: list[dict], cfg: Any, args: tuple, first: tuple, stats: Any) -> tuple:
     """``first`` (the aligned model and its report), or the model quantized again without alignment from the
-    same statistics where its output SQNR on the report samples (several outputs: their mean) is higher by
-    :data:`CHECK_MARGIN_DB` (``stats``: the unaligned
-    statistics, None when there is nothing to check: nothing aligned, or no report samples). ``args``: the
-    pass's params, progress and params_out. The report's ``scale_alignment_check`` says what each scored."""
+    same statistics where its output SQNR on the report samples is higher (:mod:`.recheck`; ``stats``: the
+    unaligned statistics, None when there is nothing to check: nothing aligned, or no report samples). ``args``:
+    the pass's params, progress and params_out. The report's ``scale_alignment_check`` says what each scored."""
     if stats is None:
         return first
-    from .ptq import quantize  # the pass itself, once more
-    from .report import output_db, rerun_config
+    from .recheck import keep_better, rerun
+    from .report import rerun_config
 
-    params, progress, params_out = args
-    aside = None if params_out is None else Path(f"{os.fspath(params_out)}.unaligned.tmp")
-    quantized, report = first
-    q2, r2 = quantize(model, kept, config=dataclasses.replace(rerun_config(cfg, kept), align_scales=False),
-                      params=params, progress=progress, params_out=aside, stats=[stats])
-    on, off = output_db(report.summary), output_db(r2.summary)  # several outputs: their mean
-    keep = "unaligned" if on is not None and off is not None and off > on + CHECK_MARGIN_DB else "aligned"
-    check = {"kept": keep, "margin_db": CHECK_MARGIN_DB, "aligned_db": None if on is None else round(on, 2),
-             "unaligned_db": None if off is None else round(off, 2)}
-    log.info("align: output SQNR %s dB aligned, %s unaligned: %s kept", on, off, keep)
-    if keep == "aligned":
-        if aside is not None:
-            aside.unlink(missing_ok=True)
-        report.summary["scale_alignment_check"] = check
-        return quantized, report
-    if aside is not None:
-        os.replace(aside, params_out)
-        r2.summary["params_file"] = os.fspath(params_out)
-    # what calibration read and took is the first run's (the second reused its statistics)
-    first_calib = {k: report.summary[k] for k in ("stats_parts", "calibration_samples", "calibration_seconds",
-                                                  "calibration_data") if k in report.summary}
-    r2.summary.update(scale_alignment=report.summary["scale_alignment"], scale_alignment_check=check, **first_calib,
-                      seconds=round(report.summary.get("seconds", 0.0) + r2.summary.get("seconds", 0.0), 3))
-    r2.warnings[:0] = [w for w in report.warnings if w not in r2.warnings]
-    return q2, r2
+    second = rerun(model, kept, dataclasses.replace(rerun_config(cfg, kept), align_scales=False), args, stats,
+                   "unaligned")
+    q, r, check = keep_better(first, second, ("aligned", "unaligned"), args[2])
+    if check["kept"] == "unaligned":
+        r.summary["scale_alignment"] = first[1].summary["scale_alignment"]
+    r.summary["scale_alignment_check"] = check
+    return q, r
 
 
 def choose_factor(ctx: Any, tensors: list[str], dom: Domain | None = None) -> tuple[float, float]:

@@ -29,7 +29,8 @@ EFFORTS: dict[str, dict[str, object]] = {
     # min/max ranges: calibration without histograms
     "fast": {"method": "minmax", "equalize": False, "align_scales": False},
     "default": {},
-    "max": {"weight_rounding": "gptq", "finetune": True, "align_check": True, "report_samples": 8, "report_crops": 2},
+    "max": {"weight_rounding": "gptq", "finetune": True, "align_check": True, "report_samples": 8, "report_crops": 2,
+            "calib_crops": 4},
 }
 # what --effort max would also do where it could, and why it does not here (where onnxruntime-training is
 # not installed: onnxsq.training.finetune drops the line where fine-tuning ran)
@@ -62,6 +63,10 @@ class QuantizeConfig:
     # its check, --align-check and the report then judge on more than the few framings calibration saw
     # (each crop costs what a report sample does). None: as --effort says (max: 2, else none)
     report_crops: int | None = None
+    # seeded crops of each kept sample whose statistics join calibration's, kept only where the pass from them
+    # scores higher on the report samples (.calib_crops; costs a second resolve, insert and report). None: as
+    # --effort says (max: 4, else none)
+    calib_crops: int | None = None
     fold_batchnorm: bool = True
     bias_correction: bool = True  # fold each layer's mean weight-quantization error into its bias
     equalize: bool = True  # power-of-two cross-layer equalization after folding (exact in float)
@@ -138,8 +143,9 @@ class QuantizeConfig:
             raise InvalidOptionError(f"--calib-count must be at least 1, not {self.calib_count}")
         if self.report_samples < 0:
             raise InvalidOptionError(f"report samples must be 0 or more, not {self.report_samples}")
-        if self.report_crops is not None and self.report_crops < 0:
-            raise InvalidOptionError(f"--report-crops must be 0 or more, not {self.report_crops}")
+        for flag, n in (("--report-crops", self.report_crops), ("--calib-crops", self.calib_crops)):
+            if n is not None and n < 0:
+                raise InvalidOptionError(f"{flag} must be 0 or more, not {n}")
         if self.batch_size < 1:
             raise InvalidOptionError(f"batch size must be at least 1, not {self.batch_size}")
         if self.carrier not in CARRIERS:

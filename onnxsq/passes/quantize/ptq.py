@@ -59,6 +59,7 @@ from ..fold_constants import fold_constants_graph, lift_constant_nodes, merge_in
 from ..fold_forward import fold_forward_graph
 from .align import align_scales, checked, unscale_outputs
 from .bias import means_wanted
+from .calib_crops import crop_stats, crops_checked
 from .config import QuantizeConfig
 from .eval import evaluate
 from .insert import insert_qdq_graph
@@ -108,6 +109,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
         stats = stats if pending is None else pending.result(progress)
     report = ctx.report
     kept, samples = _calibrate(ctx, graph, calib, float_model, float_weights, progress, clock, stats)
+    crops = crop_stats(ctx, float_model, float_weights, kept, samples)  # checked at the end (.calib_crops)
     kept = with_report_crops(ctx, kept)
     if align_scales(ctx, graph, float_model, float_weights, params_out is not None):  # free scales (.align)
         float_model, float_weights = runnable(graph, meta)
@@ -125,7 +127,8 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     if sens is not None and sens.keep_float:  # again from this pass's statistics; its arrays go first
         reuse, graph, quantized_runnable, float_model, float_weights = (
             own_stats(ctx, float_model, float_weights, samples), None, None, None, None)
-        return quantize_for_target(model, kept, cfg, params, progress, params_out, sens, reuse)
+        return crops_checked(model, kept, cfg, (params, progress, params_out), quantize_for_target(
+            model, kept, cfg, params, progress, params_out, sens, reuse), crops)
     # Exported last, after the float weights are gone (the peak is then the quantized model alone)
     recheck = own_stats(ctx, float_model, float_weights, samples) if evaluation and ctx.unaligned and \
         cfg.align_check else None
@@ -137,7 +140,8 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     fill_report(ctx, tparams, evaluation, samples, calib_s + clock.laps["export"], sens)
     report.summary["seconds"] = round(clock.total(), 3)
     log.debug("quantize phases (s): %s", clock.laps)
-    return checked(model, kept, cfg, (params, progress, params_out), (quantized, report), recheck)
+    args = (params, progress, params_out)
+    return crops_checked(model, kept, cfg, args, checked(model, kept, cfg, args, (quantized, report), recheck), crops)
 
 
 def _export(ctx: QuantizeContext, graph: gs.Graph, meta: onnx.ModelProto, clock: _Clock) -> onnx.ModelProto:
