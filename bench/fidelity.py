@@ -80,8 +80,9 @@ def run_variant(m, calib: list[dict], feeds: list[dict], overrides: dict, out: P
     cfg = QuantizeConfig(**{**({"report_samples": 8} if gptq else {}), **overrides})
     q, report = quantize(src, iter(calib), config=cfg)
     seconds = time.perf_counter() - t0
-    if "finetune" in report.summary:  # what the held-out rule saw, for the run's log
-        print(f"# {m.name} {out.stem}: finetune {report.summary['finetune']}", file=sys.stderr)
+    for key in ("finetune", "calib_crops_check", "scale_alignment_check"):  # what each check saw, for the log
+        if key in report.summary:
+            print(f"# {m.name} {out.stem}: {key} {report.summary[key]}", file=sys.stderr)
     save_model(q, out)
     return (*fidelity(m.path, out, feeds), seconds)
 

@@ -33,7 +33,6 @@ correction and QDQ; see :mod:`onnxsq.calibration.pow2`), by reading and writing 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import time
@@ -48,10 +47,10 @@ from ...calibration import sources
 from ...calibration.collect import Progress, collect_stats, runnable
 from ...calibration.stats import HIST_METHODS
 from ...calibration.units import unit_batches
-from ...errors import InvalidOptionError, UnsupportedModelError, first_line
+from ...errors import InvalidOptionError, UnsupportedModelError
 from ...graph import const_value, copy_without_graph, export_like, import_graph
 from ...memory import release_memory
-from ...model_io import IR_FOR_OPSET, MAX_IR, ModelLike, default_opset, load_model, skeleton
+from ...model_io import ModelLike, default_opset, load_model, skeleton
 from ...params import TensorQuant, read_params, write_params
 from ...report import Report
 from ..equalize import equalize_graph
@@ -63,7 +62,8 @@ from .calib_crops import crop_stats, crops_checked
 from .config import QuantizeConfig
 from .eval import evaluate
 from .insert import insert_qdq_graph
-from .params import QuantizeContext, check_bits, known_clipped, resolve_pair_safe, resolve_params
+from .opset import check_bits_at, ensure_opset
+from .params import QuantizeContext, known_clipped, resolve_pair_safe, resolve_params
 from .placement import plan_qdq
 from .report import fill_report, with_report_crops
 from .shift_conv import shifts_as_convs
@@ -97,16 +97,8 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     cfg.validate()
     if cfg.finetune:  # the last step runs around the pass (which it calls with finetune off)
         return _finetuned(model, calib, cfg, params, progress, params_out, stats, jobs)
-    pending = None
-    if jobs > 1 and stats is None:
-        from .shards import start_jobs
-
-        pending = start_jobs(model, calib, cfg, jobs)  # the shards run while this process loads and plans
-    with pending or contextlib.nullcontext():  # a failure here stops the shard processes
-        ctx, graph, meta, opset, large, clock = prepare(model, cfg, params)
-        float_model, float_weights = runnable(graph, meta)
-        clock.lap("split weights")
-        stats = stats if pending is None else pending.result(progress)
+    ctx, graph, meta, opset, large, clock, float_model, float_weights, stats = _started(
+        model, calib, cfg, params, progress, stats, jobs)
     report = ctx.report
     kept, samples = _calibrate(ctx, graph, calib, float_model, float_weights, progress, clock, stats)
     crops = crop_stats(ctx, float_model, float_weights, kept, samples)  # checked at the end (.calib_crops)
@@ -142,6 +134,22 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     log.debug("quantize phases (s): %s", clock.laps)
     args = (params, progress, params_out)
     return crops_checked(model, kept, cfg, args, checked(model, kept, cfg, args, (quantized, report), recheck), crops)
+
+
+def _started(model: ModelLike, calib: Any, cfg: QuantizeConfig, params: Any, progress: Progress | None,
+             stats: Sequence[Any] | None, jobs: int) -> tuple[Any, ...]:
+    """Load, fold and plan; with ``jobs > 1`` the calibration shards run meanwhile (:mod:`.shards`)."""
+    pending = None
+    if jobs > 1 and stats is None:
+        from .shards import start_jobs
+
+        pending = start_jobs(model, calib, cfg, jobs)  # the shards run while this process loads and plans
+    with pending or contextlib.nullcontext():  # a failure here stops the shard processes
+        ctx, graph, meta, opset, large, clock = prepare(model, cfg, params)
+        float_model, float_weights = runnable(graph, meta)
+        clock.lap("split weights")
+        stats = stats if pending is None else pending.result(progress)
+    return ctx, graph, meta, opset, large, clock, float_model, float_weights, stats
 
 
 def _export(ctx: QuantizeContext, graph: gs.Graph, meta: onnx.ModelProto, clock: _Clock) -> onnx.ModelProto:
@@ -187,7 +195,7 @@ def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
     place, raise its opset where the QDQ form needs it: (graph, the model without its graph, opset, the
     config the opset allows: per tensor where per-channel weights' opset could not be reached)."""
     original = load_model(model)
-    _check_bits(original, cfg)
+    check_bits_at(original, cfg)
     clock.lap("load")
     _infer_shapes(original)  # typed tensors: planning tells float tensors apart, folding needs ranks
     graph = import_graph(original)
@@ -207,7 +215,7 @@ def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
         report.summary["shifts_as_convs"] = shifted
     cfg = drop_unmatched(cfg, graph, report)
     if default_opset(original) < needed_opset(cfg)[0]:
-        original, cfg = _ensure_opset(export_like(graph, original), report, cfg)
+        original, cfg = ensure_opset(export_like(graph, original), report, cfg)
         _infer_shapes(original)
         graph = import_graph(original)
     return graph, copy_without_graph(original), default_opset(original), cfg
@@ -356,35 +364,6 @@ def _fold_first(graph: gs.Graph, model: onnx.ModelProto, report: Report, per_cha
     summary, warnings = summarize_for_quantize(frep)
     report.summary.update(summary)
     report.warnings.extend(warnings)
-
-
-def _check_bits(model: onnx.ModelProto, cfg: QuantizeConfig) -> None:
-    check_bits(cfg.bits, cfg.wbits, default_opset(model))
-
-
-def _ensure_opset(model: onnx.ModelProto, report: Report,
-                  cfg: QuantizeConfig) -> tuple[onnx.ModelProto, QuantizeConfig]:
-    """``model`` at the opset ``cfg``'s QDQ form needs, and the config that holds there."""
-    opset = default_opset(model)
-    need, why = needed_opset(cfg)
-    _check_bits(model, cfg)
-    if opset >= need:
-        return model, cfg
-    from onnx import version_converter
-
-    try:
-        converted = version_converter.convert_version(model, need)
-    except Exception as exc:  # noqa: BLE001 - the converter raises assorted errors
-        if cfg.per_channel and not cfg.int16:  # per-tensor QDQ needs less: quantize per tensor rather than not at all
-            report.warnings.append(f"per-channel weights need opset {need}; converting the model from opset {opset} "
-                                   f"failed ({first_line(exc)}): weights are quantized per tensor")
-            report.summary["per_channel_fallback"] = True
-            return _ensure_opset(model, report, dataclasses.replace(cfg, per_channel=False))
-        raise UnsupportedModelError(f"{why} needs opset {need}; converting the model from opset {opset} "
-                                    f"failed: {first_line(exc)}") from None
-    converted.ir_version = min(MAX_IR, max(model.ir_version, IR_FOR_OPSET.get(need, model.ir_version)))
-    report.summary["opset_raised"] = f"{opset} -> {need} ({why})"
-    return converted, cfg
 
 
 def _given(params: Any, report: Report) -> dict[str, TensorQuant]:
