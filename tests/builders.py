@@ -334,3 +334,21 @@ def relu_net_peaking(top: float = 2.1, pool: bool = True) -> onnx.ModelProto:
 def shift5_feed(seed: int) -> dict[str, np.ndarray]:
     """Inputs on the grid of shift 5 within its range: their own quantization is exact, so the layers' is seen."""
     return {"x": np.clip(np.rint(feeds_for([1, 3, 8, 8], seed=seed)["x"] * 32) / 32, -3.9, 3.9).astype(np.float32)}
+
+
+def se_head_classifier(seed: int = 0, classes: int = 5) -> onnx.ModelProto:
+    """x 1×3×8×8 → Conv(8) → Relu → squeeze-excitation (GlobalAveragePool → Conv 1×1 → Relu → Conv 1×1 →
+    Sigmoid → Mul with the feature map) → GlobalAveragePool → Flatten → Gemm → ``logits``, and Softmax →
+    ``probs``: a pooled head beside a pooled branch that gates the feature map (the .pooled tests)."""
+    b = Builder(seed)
+    r = b.node("Relu", [b.conv("x", 3, 8)])
+    s = b.node("GlobalAveragePool", [r])
+    s = b.node("Relu", [b.node("Conv", [s, b.const("w", b.weight((4, 8, 1, 1), 8)), b.const("b", np.zeros(4))])])
+    s = b.node("Sigmoid", [b.node("Conv", [s, b.const("w", b.weight((8, 4, 1, 1), 4)), b.const("b", np.ones(8))])])
+    gated = b.node("Mul", [r, s])
+    flat = b.node("Flatten", [b.node("GlobalAveragePool", [gated])])
+    fc = b.const("fc", b.weight((classes, 8), 8) * 3)
+    b.nodes.append(helper.make_node("Gemm", [flat, fc, b.const("fcb", b.rng.normal(0, 0.5, classes))], ["logits"],
+                                    name="fc", transB=1))
+    b.nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1))
+    return b.model({"x": [1, 3, 8, 8]}, ["logits", "probs"])

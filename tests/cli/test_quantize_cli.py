@@ -236,3 +236,19 @@ def test_sensitivity_and_target_sqnr_flags(run_cli, model_and_data, tmp_path):
     res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / "u.onnx", "--target-sqnr", "30",
                   "--report-samples", "0")
     assert res.code == 1 and "--report-samples" in res.err and len(res.err.strip().splitlines()) == 1
+
+
+def test_pooled_headroom_flag(run_cli, model_and_data, tmp_path):
+    from builders import se_head_classifier
+
+    _, data = model_and_data  # six 3×8×8 samples: se_head_classifier's input
+    model = tmp_path / "se.onnx"
+    model.write_bytes(se_head_classifier().SerializeToString())
+    for flags, want in (((), {"bits": 1, "tensors": 2}), (("--pooled-headroom", "2"), {"bits": 2, "tensors": 2}),
+                        (("--pooled-headroom", "0"), None), (("--effort", "fast"), None)):
+        res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / "q.onnx", *flags, "--report",
+                      tmp_path / "r.json", "-q")
+        assert res.code == 0, res.err
+        assert json.loads((tmp_path / "r.json").read_text())["summary"].get("pooled_headroom") == want, flags
+    res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / "q.onnx", "--pooled-headroom", "8")
+    assert res.code != 0 and "--pooled-headroom must be in 0..7" in res.err and "Traceback" not in res.err

@@ -261,9 +261,10 @@ def test_whole_model_check_keeps_nearest_rounding_where_gptq_loses_on_its_own():
     rng = np.random.default_rng(0)
     calib = [{"input": rng.standard_normal((1, 1, 8, 8)).astype(np.float32)} for _ in range(4)]
     # the setting measured above: 7-bit (pair-safe) weights, without scale alignment (its factors move the
-    # weights' rounding)
-    q, r = quantize(model, calib, config=QuantizeConfig(weight_rounding="gptq", align_scales=False, pair_safe=True))
-    q0, r0 = quantize(model, calib, config=QuantizeConfig(align_scales=False, pair_safe=True))
+    # weights' rounding) and without the head's headroom (measured before .pooled)
+    cfg = {"align_scales": False, "pair_safe": True, "pooled_headroom": 0}
+    q, r = quantize(model, calib, config=QuantizeConfig(weight_rounding="gptq", **cfg))
+    q0, r0 = quantize(model, calib, config=QuantizeConfig(**cfg))
     check = r.summary["weight_rounding_check"]
     assert check["kept"] == "nearest" and check["gptq_db"]["all"] < check["nearest_db"]["all"] - 1
     assert check["nearest_db"]["all"] == pytest.approx(r0.summary["output_sqnr_db"], abs=0.02)

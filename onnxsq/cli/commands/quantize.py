@@ -57,6 +57,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--calib-crops", type=int, default=None,
               help="Random crops of each report sample that join calibration, kept only where the model from them "
                    "scores higher on the report samples [default: 4 with --effort max, else 0].")
+@click.option("--pooled-headroom", type=int, default=DEFAULTS.pooled_headroom, show_default=True,
+              help="Bits of headroom on the tensors of a head after a global pool (one value per channel per "
+                   "image: calibration sees few) [0 with --effort fast].")
 @click.option("--no-bias-correction", is_flag=True, help="Keep the float biases (no mean weight-error correction).")
 @click.option("--no-equalize", is_flag=True,
               help="No cross-layer equalization (power-of-two factors between Conv pairs through ReLU-like ops).")
@@ -161,7 +164,8 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         calib_count=o["calib_count"], finetune=o["finetune"], finetune_iters=o["finetune_iters"],
         finetune_lr=o["finetune_lr"],
         batch_size=o["batch_size"], report_samples=o["report_samples"],
-        report_crops=o["report_crops"], calib_crops=o["calib_crops"], bias_correction=not o["no_bias_correction"],
+        report_crops=o["report_crops"], calib_crops=o["calib_crops"],
+        pooled_headroom=o["pooled_headroom"], bias_correction=not o["no_bias_correction"],
         equalize=not o["no_equalize"], fold_forward=not o["no_fold_forward"], integer_only=o["integer_only"],
         align_scales=not o["no_align_scales"], align_islands=o["align_islands"], align_check=o["align_check"],
         carrier=o["carrier"],

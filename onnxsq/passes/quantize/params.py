@@ -57,6 +57,7 @@ class QuantizeContext:
     outputs_scaled: dict[str, float] = field(default_factory=dict)  # graph output -> 1 / its .align factor
     weight_axes: dict[str, Any] = field(default_factory=dict)  # weight -> its per-channel axis (.align)
     weight_mags: dict[str, Any] = field(default_factory=dict)  # weight -> per-channel |w| max, count, power (.align)
+    headroom: dict[str, int] = field(default_factory=dict)  # tensor -> bits its shift is lowered by (.pooled)
 
 
 def known_clipped(ctx: QuantizeContext, tparams: dict[str, TensorQuant]) -> dict[str, float]:
@@ -135,6 +136,15 @@ def _member_shift(ctx: QuantizeContext, m: str, signed: bool, bits: int) -> tupl
     return shift, (st.min, st.max), ctx.cfg.method
 
 
+def _with_headroom(ctx: QuantizeContext, m: str, found: tuple[int, Any, str]) -> tuple[int, Any, str]:
+    """``found`` with ``m``'s pooled-head headroom (.pooled) taken off its shift; given shifts stay."""
+    bits = ctx.headroom.get(m, 0)
+    if not bits or m in ctx.given or m in ctx.consts:
+        return found
+    shift, rng, how = found
+    return shift - bits, rng, f"{how} + {bits} bit{'s' if bits > 1 else ''} (pooled head)"
+
+
 def resolve_params(ctx: QuantizeContext) -> dict[str, TensorQuant]:
     """Every planned tensor's parameters: shared-scale groups, then weights, then int32 biases."""
     plan, cfg, out = ctx.plan, ctx.cfg, {}
@@ -142,7 +152,7 @@ def resolve_params(ctx: QuantizeContext) -> dict[str, TensorQuant]:
         members = plan.members(root)
         bits = next((ctx.given[m].bits for m in members if m in ctx.given), ctx.wide.get(root, cfg.bits))
         signed = _group_signed(ctx, members, bits)
-        found = {m: _member_shift(ctx, m, signed, bits) for m in members}
+        found = {m: _with_headroom(ctx, m, _member_shift(ctx, m, signed, bits)) for m in members}
         shift = min(s for s, _, _ in found.values())
         for m, (s, rng, how) in found.items():
             if m in ctx.given and (s != shift or ctx.given[m].signed != signed):

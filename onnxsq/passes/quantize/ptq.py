@@ -65,6 +65,7 @@ from .insert import insert_qdq_graph
 from .opset import check_bits_at, ensure_opset
 from .params import QuantizeContext, known_clipped, resolve_pair_safe, resolve_params
 from .placement import plan_qdq
+from .pooled import headroom_for
 from .report import fill_report, with_report_crops
 from .shift_conv import shifts_as_convs
 from .softmax_range import SAMPLES as SOFTMAX_SAMPLES
@@ -183,6 +184,9 @@ def prepare(model: ModelLike, cfg: QuantizeConfig, params: Any = None
         ctx.through = reader_functions(graph, plan.activations)
         ctx.softmax = softmax_reads(graph, plan.activations, opset)
     widen(ctx)
+    ctx.headroom = headroom_for(graph, plan.activations, plan.bounded, cfg.pooled_headroom)
+    if ctx.headroom:
+        report.summary["pooled_headroom"] = {"bits": cfg.pooled_headroom, "tensors": len(ctx.headroom)}
     large = sum(v.nbytes for v in ctx.consts.values()) >= RELEASE_BYTES
     if large:  # a full garbage collection costs ~15 ms: only worth it when there is much to hand back
         release_memory()  # the parsed model is garbage now; return it before calibration allocates
