@@ -75,9 +75,14 @@ def test_finetuned_model_is_a_power_of_two_qdq_model_with_the_zeros_kept():
 
 def test_a_worse_result_on_the_held_out_samples_keeps_the_post_training_model(monkeypatch):
     model, calib = _sparse_model(), _calib()
-    # the student starts from the pass without scale alignment (it writes a parameters file); the model kept
-    # is the better on the held-out samples of that one and the pass with alignment
-    plain, _ = quantize(model, calib, config=QuantizeConfig(**{**CFG, "finetune": False, "align_scales": False}))
+    # the student starts from the pass without scale alignment (it writes a parameters file) on the float model
+    # with the alignment carried by its weights (finetune_ptq.student_start); the model kept is the better on
+    # the held-out samples of that one and the pass with alignment
+    from onnxsq.training.finetune_ptq import student_start
+
+    unaligned_cfg = QuantizeConfig(**{**CFG, "finetune": False, "align_scales": False})
+    start = student_start(model, calib, QuantizeConfig(**{**CFG, "finetune": False}).resolved(), None, None)
+    plain, _ = quantize(start, calib, config=unaligned_cfg)
     aligned, _ = quantize(model, calib, config=QuantizeConfig(**{**CFG, "finetune": False}))
 
     def ruined(model, plan, tparams, xs, targets, masks, cfg, feats=()):
