@@ -299,6 +299,14 @@ def feeds_for(shape: list[int], dtype=np.float32, seed: int = 1, name: str = "x"
     return {name: np.random.default_rng(seed).standard_normal(shape).astype(dtype)}
 
 
+def model_feeds(model: onnx.ModelProto, n: int = 3, seed: int = 1) -> list[dict[str, np.ndarray]]:
+    """``n`` seeded standard-normal float32 feeds for ``model``'s first input (dynamic dims as 1)."""
+    x = model.graph.input[0]
+    shape = [d.dim_value or 1 for d in x.type.tensor_type.shape.dim]
+    rng = np.random.default_rng(seed)
+    return [{x.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
 def ort_optimized_graph(model: onnx.ModelProto, tmp_path, tag: str) -> onnx.GraphProto:
     """The graph onnxruntime runs for ``model`` (all optimizations), as it saves it (under ``tmp_path``)."""
     import onnxruntime as ort

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from builders import build_gemm_model, conv_classifier, run
+from builders import build_gemm_model, conv_classifier, model_feeds, run
 
 from onnxsq.errors import InvalidOptionError
 from onnxsq.passes.quantize import QuantizeConfig, quantize
@@ -97,10 +97,7 @@ def test_the_kept_models_parameters_file_is_written(tmp_path):
 
 def test_without_images_or_report_samples_a_warning_names_the_flag():
     model = build_gemm_model()
-    x = model.graph.input[0]
-    shape = [d.dim_value or 1 for d in x.type.tensor_type.shape.dim]
-    rng = np.random.default_rng(1)
-    calib = [{x.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(3)]
+    calib = model_feeds(model)
     _, r = quantize(model, calib, config=QuantizeConfig(report_samples=2, calib_crops=2))
     assert "calib_crops" not in r.summary and any("--calib-crops 2 ignored" in w for w in r.warnings)
     model, calib = _model_and_calib()

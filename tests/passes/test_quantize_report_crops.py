@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from builders import build_gemm_model, conv_classifier, run
+from builders import build_gemm_model, conv_classifier, model_feeds, run
 
 from onnxsq.errors import InvalidOptionError
 from onnxsq.passes.quantize import QuantizeConfig, quantize
@@ -54,10 +54,7 @@ def test_max_judges_on_eight_samples_and_two_crops_of_each():
 
 def test_inputs_that_are_no_images_get_no_crops_and_a_warning():
     model = build_gemm_model()
-    x = model.graph.input[0]
-    shape = [d.dim_value or 1 for d in x.type.tensor_type.shape.dim]
-    rng = np.random.default_rng(1)
-    calib = [{x.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(3)]
+    calib = model_feeds(model)
     _, r = quantize(model, calib, config=QuantizeConfig(report_samples=2, report_crops=2))
     assert "report_crops" not in r.summary and r.summary["report_samples"] == 2
     assert any("--report-crops 2 ignored" in w for w in r.warnings)
