@@ -137,9 +137,9 @@ def _member_shift(ctx: QuantizeContext, m: str, signed: bool, bits: int) -> tupl
 
 
 def _with_headroom(ctx: QuantizeContext, m: str, found: tuple[int, Any, str]) -> tuple[int, Any, str]:
-    """``found`` with ``m``'s pooled-head headroom (.pooled) taken off its shift; given shifts stay."""
+    """``found`` with ``m``'s pooled-head headroom (.pooled; never a given tensor) taken off its shift."""
     bits = ctx.headroom.get(m, 0)
-    if not bits or m in ctx.given or m in ctx.consts:
+    if not bits:
         return found
     shift, rng, how = found
     return shift - bits, rng, f"{how} + {bits} bit{'s' if bits > 1 else ''} (pooled head)"

@@ -13,9 +13,9 @@ pooled tensors and constants alone (Flatten, Gemm, MatMul, Add, Relu, ...), as l
 graph output. A squeeze-excitation branch is pooled too but ends in a gate that multiplies the
 feature map (a variable input that is not pooled): its tensors are left as they are, since their
 error scales a whole feature map, not one output, and no model showed a gain there. Tensors whose
-range is the function's (Sigmoid, Softmax: ``plan.bounded``), constants and tensors with given
-parameters keep their shift; a shared-scale group with one pooled member takes the headroom as a
-whole (one scale). The report's ``pooled_headroom`` says how many tensors took it.
+range is the function's (Softmax outputs; Sigmoid, Tanh, ...: ``plan.bounded``) and tensors with
+given parameters keep their shift; a shared-scale group with one pooled member takes the headroom as
+a whole (one scale). The report's ``pooled_headroom`` says how many tensors took it.
 """
 
 from __future__ import annotations

@@ -184,7 +184,8 @@ def prepare(model: ModelLike, cfg: QuantizeConfig, params: Any = None
         ctx.through = reader_functions(graph, plan.activations)
         ctx.softmax = softmax_reads(graph, plan.activations, opset)
     widen(ctx)
-    ctx.headroom = headroom_for(graph, plan.activations, plan.bounded, cfg.pooled_headroom)
+    ctx.headroom = headroom_for(graph, [a for a in plan.activations if a not in ctx.given], plan.bounded,
+                                cfg.pooled_headroom)  # a given shift is kept as given
     if ctx.headroom:
         report.summary["pooled_headroom"] = {"bits": cfg.pooled_headroom, "tensors": len(ctx.headroom)}
     large = sum(v.nbytes for v in ctx.consts.values()) >= RELEASE_BYTES
