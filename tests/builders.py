@@ -360,3 +360,23 @@ def se_head_classifier(seed: int = 0, classes: int = 5) -> onnx.ModelProto:
                                     name="fc", transB=1))
     b.nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1))
     return b.model({"x": [1, 3, 8, 8]}, ["logits", "probs"])
+
+
+def decoded_detector_head(seed: int = 0) -> onnx.ModelProto:
+    """A YOLOv8-style decoded head on two levels (x 1×3×8×8 and its 2×2 max-pool): per level a box Conv(4)
+    and a class Conv(3) (biased to negative logits), each reshaped to [1, C, HW] and concatenated over the
+    levels; boxes times 100 (pixels), classes through one Sigmoid; ``y`` = Concat(boxes, scores) [1, 7, 80]:
+    the output Concat of very different ranges, and score logits that reach their Sigmoid through moves."""
+    b = Builder(seed)
+    x2 = b.node("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2])
+    boxes, logits = [], []
+    for src, hw in (("x", 64), (x2, 16)):
+        shape = b.const("shape", np.array([1, -1, hw]), np.int64)
+        boxes.append(b.node("Reshape", [b.conv(src, 3, 4), shape]))
+        cls = b.node("Conv", [src, b.const("w", b.weight((3, 3, 3, 3), 27)), b.const("b", np.full(3, -3.0))],
+                     kernel_shape=[3, 3], pads=[1] * 4)
+        logits.append(b.node("Reshape", [cls, shape]))
+    box = b.node("Mul", [b.node("Concat", boxes, axis=2), b.const("stride", np.array(100.0))])
+    scores = b.node("Sigmoid", [b.node("Concat", logits, axis=2)])
+    b.nodes.append(helper.make_node("Concat", [box, scores], ["y"], name="head", axis=1))
+    return b.model({"x": [1, 3, 8, 8]}, ["y"])

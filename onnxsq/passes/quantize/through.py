@@ -1,9 +1,9 @@
 """Range choice through the function that reads a tensor (``method`` ``mse`` / ``auto``).
 
 A Conv whose output only a SiLU reads (``x * Sigmoid(x)``: YOLO-style detectors), a HardSwish (the op, or
-spelled ``x * HardSigmoid(x)``), or only a Sigmoid, Tanh or HardSigmoid, passes on ``f(Q(x))``, not
-``Q(x)``: what the quantization of ``x`` costs is
-``E[(f(x) - f(Q(x)))^2]``. SiLU squashes the negative half to ``[-0.28, 0]`` and Sigmoid both tails, so
+spelled ``x * HardSigmoid(x)``), or only a Sigmoid, Tanh or HardSigmoid (also after moves: a detector's
+score maps reshaped and concatenated before one Sigmoid), passes on ``f(Q(x))``, not ``Q(x)``: what the
+quantization of ``x`` costs is ``E[(f(x) - f(Q(x)))^2]``. SiLU squashes the negative half to ``[-0.28, 0]`` and Sigmoid both tails, so
 clipping there costs little and a finer step pays; the squared error of ``x`` itself cannot tell.
 
 On the calibration histogram (as :func:`onnxsq.calibration.stats.mse_errors` measures ``x``'s error):
@@ -34,40 +34,68 @@ def _hard_sigmoid(alpha: float, beta: float) -> Fn:
     return lambda x: np.clip(alpha * x + beta, 0.0, 1.0)
 
 
-def _gate(node) -> Fn | None:
-    """The elementwise function of a gate node (Sigmoid, HardSigmoid, Tanh), or None."""
-    if node.op == "Sigmoid":
-        return _sigmoid
-    if node.op == "Tanh":
-        return np.tanh
+def _gate_key(node) -> tuple | None:
+    """A hashable name of a gate node's elementwise function (Sigmoid, HardSigmoid, Tanh), or None."""
+    if len(node.inputs) != 1:
+        return None
+    if node.op in ("Sigmoid", "Tanh"):
+        return (node.op,)
     if node.op == "HardSigmoid":
-        return _hard_sigmoid(float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5)))
+        return ("HardSigmoid", float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5)))
     return None
+
+
+def _function(key: tuple) -> Fn:
+    """The function a :func:`reader_key` names."""
+    if key[0] == "HardSwish":
+        return _hard_swish
+    if key[0] == "x*":
+        g = _function(key[1])
+        return lambda x: x * g(x)
+    if key[0] == "HardSigmoid":
+        return _hard_sigmoid(key[1], key[2])
+    return _sigmoid if key[0] == "Sigmoid" else np.tanh
 
 
 def _hard_swish(x: np.ndarray) -> np.ndarray:
     return x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)
 
 
-def reader_function(tensor, outputs: set[str]) -> Fn | None:
-    """``f`` where every reader of ``tensor`` (a graph variable) computes ``f(tensor)``: one gate
-    (``g(x)``), or a gate and the Mul of ``x`` with it (``x * g(x)``: SiLU, HardSwish); else None."""
-    if tensor.name in outputs:
+#: ops that only move, copy or drop elements (a Concat: of each data input), so an elementwise function
+#: after them is the same function of their input's elements
+MOVES = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Concat")
+
+
+def reader_key(tensor, outputs: set[str], depth: int = 0) -> tuple | None:
+    """A name of ``f`` where every reader of ``tensor`` (a graph variable) computes ``f(tensor)``: one gate
+    (``g(x)``), or a gate and the Mul of ``x`` with it (``x * g(x)``: SiLU, HardSwish), or moves
+    (:data:`MOVES`) into tensors that all have the same ``f`` (a detector's per-level score maps,
+    reshaped and concatenated before their Sigmoid); else None."""
+    if tensor.name in outputs or depth > 16:
         return None
     readers = list(tensor.outputs)
     if len(readers) == 1 and readers[0].op == "HardSwish":  # opset 14's op: x * HardSigmoid(x) in one
-        return _hard_swish
-    gates = [n for n in readers if _gate(n) is not None and len(n.inputs) == 1]
+        return ("HardSwish",)
+    gates = [n for n in readers if _gate_key(n) is not None]
     if len(readers) == 1 and gates:
-        return _gate(gates[0])
-    if len(readers) != 2 or len(gates) != 1:
+        return _gate_key(gates[0])
+    if len(readers) == 2 and len(gates) == 1:
+        mul = next(n for n in readers if n is not gates[0])
+        names = sorted(i.name for i in mul.inputs)
+        if mul.op == "Mul" and names == sorted([tensor.name, gates[0].outputs[0].name]):
+            return ("x*", _gate_key(gates[0]))
         return None
-    mul = next(n for n in readers if n is not gates[0])
-    names = sorted(i.name for i in mul.inputs)
-    if mul.op != "Mul" or names != sorted([tensor.name, gates[0].outputs[0].name]):
+    moved = [n for n in readers if n.op in MOVES and (n.op == "Concat" or n.inputs[0] is tensor)]
+    if not readers or len(moved) != len(readers):
         return None
-    g = _gate(gates[0])
-    return lambda x: x * g(x)
+    keys = {reader_key(o, outputs, depth + 1) for n in moved for o in n.outputs}
+    return keys.pop() if len(keys) == 1 else None
+
+
+def reader_function(tensor, outputs: set[str]) -> Fn | None:
+    """``f`` of :func:`reader_key`, or None."""
+    key = reader_key(tensor, outputs)
+    return _function(key) if key is not None else None
 
 
 def reader_functions(graph, tensors: Iterable[str]) -> dict[str, Fn]:
