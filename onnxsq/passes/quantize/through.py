@@ -3,8 +3,9 @@
 A Conv whose output only a SiLU reads (``x * Sigmoid(x)``: YOLO-style detectors), a HardSwish (the op, or
 spelled ``x * HardSigmoid(x)``), or only a Sigmoid, Tanh or HardSigmoid (also after moves: a detector's
 score maps reshaped and concatenated before one Sigmoid), passes on ``f(Q(x))``, not ``Q(x)``: what the
-quantization of ``x`` costs is ``E[(f(x) - f(Q(x)))^2]``. SiLU squashes the negative half to ``[-0.28, 0]`` and Sigmoid both tails, so
-clipping there costs little and a finer step pays; the squared error of ``x`` itself cannot tell.
+quantization of ``x`` costs is ``E[(f(x) - f(Q(x)))^2]``. SiLU squashes the negative half to ``[-0.28, 0]``
+and Sigmoid both tails, so clipping there costs little and a finer step pays; the squared error of ``x``
+itself cannot tell.
 
 On the calibration histogram (as :func:`onnxsq.calibration.stats.mse_errors` measures ``x``'s error):
 inside the range a value at bin centre ``v`` costs ``f'(v)^2 step^2 / 12`` (uniform rounding error,
