@@ -54,7 +54,7 @@ def test_mul_of_two_tensors_is_an_integer_product_and_softmax_says_why():
     c1, c2 = b.conv("x", 3, 4), b.conv("x", 3, 4)
     p = b.node("Mul", [c1, b.node("Relu", [c2])])
     sm = b.node("Softmax", [p], axis=1)
-    plan = _plan(b, [sm])
+    plan = _plan(b, [sm, b.conv(p, 4, 4)])  # a layer reads the product: not the float tail
     mul = next(e for e in plan.layers if e.op == "Mul")
     assert mul.action == "quantized" and mul.output == p
     action, reason = _actions(plan)["Softmax"]

@@ -12,7 +12,7 @@ from onnxsq.simulate.api import SimulateConfig, simulate
 from onnxsq.simulate.program import load_program
 
 # HardSwish/HardSigmoid and a squeeze-excite Mul (mobilenetv3), SiLU x * sigmoid(x) and a Softmax (yolov8), whose
-# output Concat (boxes beside scores) stays float (placement.OUTPUT_CONCAT)
+# box decode and output Concat (boxes beside scores) stay float (placement.FLOAT_TAIL)
 MODELS = {"torch_mobilenetv3_block": set(), "torch_yolov8_like": {"Softmax", "Concat"}}
 
 

@@ -14,10 +14,14 @@ Rules (the original's Stage 7, in QDQ form; ``plan_qdq`` applies them to a graph
   is quantized after it (and after its activation).
 - ``Add``: every input quantized (a constant input from its values), output (after a fused
   activation) with its own scale.
-- ``Concat``: inputs and output share one scale, chosen to hold every input (``group``); except a Concat
-  that writes a graph output (directly or through moves and other such Concats): it stays float and its
-  inputs keep their own scales. Nothing reads its integers, and a decoded detector head concatenates
-  pixel boxes (0..1024) with class scores (0..1): at the boxes' step every score would be 0.
+- ``Concat``: inputs and output share one scale, chosen to hold every input (``group``).
+- An ``Add`` or ``Concat`` in the *float tail* (after a compute layer, no other compute layer reads its
+  output, even after other ops, and it is a Concat or a float op follows it: :func:`float_tail`) stays float,
+  its inputs keep their own scales: nothing after it computes on integers and the host computes in float
+  there anyway, so its quantization would only cost precision (a tail of integer ops alone, such as a
+  residual Add that writes the output, stays integer). A decoded detector head adds anchors (0..128
+  grid cells) to distances in 1/16 steps and concatenates pixel boxes (0..1024) with class scores (0..1)
+  into one output: at the boxes' step every score would be 0.
 - Max pooling, ``Resize`` and shape ops (``SHARE``): quantized only when their input is; the outputs
   share the input's scale (same group), so they run on integers unchanged.
 - Averaging ops (``AVERAGING``: ``AveragePool``, ``GlobalAveragePool``, ``ReduceMean``), quantized only
@@ -48,6 +52,7 @@ import onnx_graphsurgeon as gs
 from ...graph import const_value, is_const, is_graph_output, node_label
 from .placement_bias import bias_add, bias_add_constant, plan_bias
 from .placement_forms import bounded_outputs, pad_keeps_zero, rewrite_forms
+from .placement_tail import FLOAT_TAIL, float_tail
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ADD = ("Add",)
@@ -191,6 +196,7 @@ class _Walk:
     products: bool = False  # integer-only: Mul of two activations quantizes like Add
     unary: tuple[str, ...] = ()  # ops that get their own scale after a quantized tensor (UNARY with ort_kernels)
     outputs: set[str] = field(default_factory=set)  # graph outputs, or moved into one: a UNARY op there stays float
+    tail: set[str] = field(default_factory=set)  # outputs of joins in the float tail (float_tail)
     tables: dict[int, tuple[str, list[str]]] = field(default_factory=dict)  # id(node) → (root, outputs)
 
     def demand(self, t: gs.Tensor) -> None:
@@ -230,7 +236,8 @@ def plan_walks(graph: gs.Graph, per_channel: bool, exclude: tuple[str, ...], pro
     ``tables``: nodes that are look-up tables of one quantized root (id → root, the outputs that get
     their own quantization point); ``unary``: ops that get their own scale after a quantized tensor."""
     graph.toposort()
-    walk = _Walk(products=products, tables=dict(tables or {}), unary=unary, outputs=_output_side(graph))
+    walk = _Walk(products=products, tables=dict(tables or {}), unary=unary, outputs=_output_side(graph),
+                 tail=float_tail(graph))
     for node in graph.nodes:
         _plan_node(graph, node, walk, per_channel, exclude)
     quantized: dict[str, None] = dict.fromkeys(walk.demanded)
@@ -246,15 +253,12 @@ def plan_walks(graph: gs.Graph, per_channel: bool, exclude: tuple[str, ...], pro
 
 
 def _output_side(graph: gs.Graph) -> set[str]:
-    """Graph outputs and the tensors that reach one through moves and concatenations only (Reshape,
-    Transpose, Concat, ...)."""
+    """Graph outputs and the tensors that reach one through moves only (Reshape, Transpose, ...)."""
     out = {t.name for t in graph.outputs}
-    moves = SHARE + CONCAT
     for node in reversed(graph.nodes):  # topological order: readers first
-        data = node.inputs if node.op in CONCAT else node.inputs[:1] if node.op in SHARE else []
-        for t in data:
-            if all(r.op in moves and all(o.name in out for o in r.outputs) for r in t.outputs):
-                out.add(t.name)
+        t = node.inputs[0] if node.op in SHARE and node.inputs else None
+        if t is not None and all(r.op in SHARE and all(o.name in out for o in r.outputs) for r in t.outputs):
+            out.add(t.name)
     return out
 
 
@@ -279,8 +283,8 @@ def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, e
         if not all(_is_float(i) for i in node.inputs) or not _is_float(node.outputs[0]):
             walk.entry(node, "skipped", "stays float: not float32")
             return
-        if node.op in CONCAT and node.outputs[0].name in walk.outputs:
-            walk.entry(node, "skipped", OUTPUT_CONCAT)
+        if node.outputs[0].name in walk.tail:
+            walk.entry(node, "skipped", FLOAT_TAIL)
             return
         for i in node.inputs:
             walk.demand(i)
@@ -295,9 +299,6 @@ def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, e
                 walk.groups.union(out.name, i.name)
 
 
-OUTPUT_CONCAT = ("stays float: writes a graph output (directly or through moves), so its inputs keep their own "
-                 "scales; one shared scale would have to hold the widest input (a detector's pixel boxes next to "
-                 "its 0-1 scores: every score would round to 0)")
 NOT_ACTIVATIONS = ("DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "Cast", "ConvInteger",
                    "MatMulInteger", "Shape", "Size")
 

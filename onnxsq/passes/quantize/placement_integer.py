@@ -18,9 +18,9 @@ On top of the default rules (:mod:`.placement`):
   where a whole SiLU table would run in float between its DQ and Q.
 - Everything else (``Softmax``, ``LayerNormalization``, ``LRN``, a ``Div`` of two tensors, ...) has no
   exact integer form and stays float, with that reason.
-- A ``Concat`` that writes a graph output stays float here too (:data:`.placement.OUTPUT_CONCAT`): its
-  integer form exists, but one output scale would zero a detector's scores beside its pixel boxes; the
-  host concatenates what it dequantizes anyway.
+- An ``Add`` or ``Concat`` in the float tail stays float here too (:data:`.placement.FLOAT_TAIL`): its
+  integer form exists, but no layer reads its integers, and one output scale would zero a detector's
+  scores beside its pixel boxes; the host decodes what it dequantizes anyway.
 """
 
 from __future__ import annotations

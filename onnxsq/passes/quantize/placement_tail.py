@@ -1,0 +1,45 @@
+"""The float tail of a graph: joins after the last compute layer that stay float (:mod:`.placement`'s rule).
+
+After a compute layer, where no path leads to another, nothing computes on integers any more: the host
+dequantizes what it reads. There an ``Add`` followed by a float op (a detector's box decode: anchors of
+0..128 grid cells plus distances in 1/16 steps, then times the stride) or a ``Concat`` (it only moves data:
+YOLOv8's ``output0`` puts 0..1 class scores beside 0..1024 pixel boxes, and at the boxes' step one shared
+scale rounds every score to 0) gains nothing from a quantization point of its own and loses precision, so
+it stays float and its inputs keep their own scales. A tail of integer ops alone (a residual ``Add`` that
+writes the output) stays integer: the model's output is then one integer tensor, as a target expects.
+"""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+FLOAT_TAIL = ("stays float: in the float tail (no compute layer reads it, even after other ops), so its "
+              "inputs keep their own scales and its output needs none: a detector's box decode adds anchors "
+              "of 0..128 to distances of 1/16 steps, and its output Concat puts 0-1 scores beside 0-1024 "
+              "pixel boxes, where one scale would round every score to 0")
+
+
+def float_tail(graph: gs.Graph) -> set[str]:
+    """The joins' outputs that stay float (``graph`` in topological order): after a compute layer
+    (:data:`.placement.COMPUTE`), no path to another, and either a Concat's (it only moves data) or one with a float op
+    after it (the host computes there in float anyway: a detector's box decode)."""
+    from .placement import ACTIVATIONS, ADD, AVERAGING, COMPUTE, CONCAT, IGNORED, SHARE  # (it imports this)
+
+    feeds: set[str] = set()  # tensors with a path to a compute layer
+    floating: set[str] = set()  # tensors with a path to an op that runs in float
+    integer = COMPUTE + ADD + CONCAT + SHARE + AVERAGING + ACTIVATIONS + IGNORED
+    for node in reversed(graph.nodes):  # readers first
+        ins = [t.name for t in node.inputs if t is not None and t.name]
+        if node.op in COMPUTE or any(o.name in feeds for o in node.outputs):
+            feeds.update(ins)
+        if node.op not in integer or any(o.name in floating for o in node.outputs):
+            floating.update(ins)
+    after: set[str] = set()  # tensors with a path from a compute layer
+    tail: set[str] = set()
+    for node in graph.nodes:
+        if node.op in COMPUTE or any(t is not None and t.name in after for t in node.inputs):
+            after.update(o.name for o in node.outputs)
+            if node.op in ADD + CONCAT + ("Mul",):
+                tail.update(o.name for o in node.outputs if o.name not in feeds
+                            and (node.op in CONCAT or o.name in floating))
+    return tail
