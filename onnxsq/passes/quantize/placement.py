@@ -15,13 +15,9 @@ Rules (the original's Stage 7, in QDQ form; ``plan_qdq`` applies them to a graph
 - ``Add``: every input quantized (a constant input from its values), output (after a fused
   activation) with its own scale.
 - ``Concat``: inputs and output share one scale, chosen to hold every input (``group``).
-- An ``Add`` or ``Concat`` in the *float tail* (after a compute layer, no other compute layer reads its
-  output, even after other ops, and it is a Concat or a float op follows it: :func:`float_tail`) stays float,
-  its inputs keep their own scales: nothing after it computes on integers and the host computes in float
-  there anyway, so its quantization would only cost precision (a tail of integer ops alone, such as a
-  residual Add that writes the output, stays integer). A decoded detector head adds anchors (0..128
-  grid cells) to distances in 1/16 steps and concatenates pixel boxes (0..1024) with class scores (0..1)
-  into one output: at the boxes' step every score would be 0.
+- An ``Add`` or ``Concat`` in the *float tail* (after the last compute layer, before a float op or a
+  Concat) or inside a *float island* (every variable input made by a float op) stays float, its inputs at
+  their own scales (:mod:`.placement_tail`: why, and what stays integer).
 - Max pooling, ``Resize`` and shape ops (``SHARE``): quantized only when their input is; the outputs
   share the input's scale (same group), so they run on integers unchanged.
 - Averaging ops (``AVERAGING``: ``AveragePool``, ``GlobalAveragePool``, ``ReduceMean``), quantized only
@@ -52,7 +48,7 @@ import onnx_graphsurgeon as gs
 from ...graph import const_value, is_const, is_graph_output, node_label
 from .placement_bias import bias_add, bias_add_constant, plan_bias
 from .placement_forms import bounded_outputs, pad_keeps_zero, rewrite_forms
-from .placement_tail import FLOAT_TAIL, float_tail
+from .placement_tail import FLOAT_ISLAND, FLOAT_TAIL, float_made, float_tail, in_island
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ADD = ("Add",)
@@ -197,6 +193,7 @@ class _Walk:
     unary: tuple[str, ...] = ()  # ops that get their own scale after a quantized tensor (UNARY with ort_kernels)
     outputs: set[str] = field(default_factory=set)  # graph outputs, or moved into one: a UNARY op there stays float
     tail: set[str] = field(default_factory=set)  # outputs of joins in the float tail (float_tail)
+    made: set[str] = field(default_factory=set)  # tensors float ops make (float_made)
     tables: dict[int, tuple[str, list[str]]] = field(default_factory=dict)  # id(node) → (root, outputs)
 
     def demand(self, t: gs.Tensor) -> None:
@@ -237,7 +234,7 @@ def plan_walks(graph: gs.Graph, per_channel: bool, exclude: tuple[str, ...], pro
     their own quantization point); ``unary``: ops that get their own scale after a quantized tensor."""
     graph.toposort()
     walk = _Walk(products=products, tables=dict(tables or {}), unary=unary, outputs=_output_side(graph),
-                 tail=float_tail(graph))
+                 tail=float_tail(graph), made=float_made(graph, unary))
     for node in graph.nodes:
         _plan_node(graph, node, walk, per_channel, exclude)
     quantized: dict[str, None] = dict.fromkeys(walk.demanded)
@@ -285,6 +282,9 @@ def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, e
             return
         if node.outputs[0].name in walk.tail:
             walk.entry(node, "skipped", FLOAT_TAIL)
+            return
+        if not walk.products and node.op in ADD + CONCAT and in_island(node, walk.made):
+            walk.entry(node, "skipped", FLOAT_ISLAND)
             return
         for i in node.inputs:
             walk.demand(i)
