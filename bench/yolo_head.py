@@ -11,8 +11,6 @@ quantized model whose every class score is 0 still scores ~29 dB there. This pri
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import sys
 import tempfile
 from pathlib import Path
@@ -44,23 +42,14 @@ def parts(float_path: Path, q_path: Path, feeds: list[dict]) -> tuple[float, flo
 
 def ort_variants(m, calib: list[dict], work: Path) -> dict[str, Path]:
     """quantize_static (QDQ, MinMax) per tensor and per channel, the models that it writes."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
     from onnxsq.runtime import make_session
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(calib)
-
-        def get_next(self):
-            return next(self.it, None)
+    from zoo.measure import ort_quantize
 
     out = {}
     for per_channel in (False, True):
         path = work / f"ort.{int(per_channel)}.onnx"
         try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                quantize_static(str(m.path), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel)
+            ort_quantize(m.path, path, calib, per_channel)
             make_session(str(path))  # per channel on opset 12 writes a model onnxruntime refuses to load
             out[f"ORT {'per-channel' if per_channel else 'per-tensor'}"] = path
         except Exception:  # noqa: BLE001 - an opset-12 model refuses per-channel: a missing row

@@ -43,10 +43,10 @@ def fidelity(float_path: Path, q_path: Path, feeds: list[dict]) -> tuple[float, 
     return sqnr, (100.0 * agree / total if total else float("nan"))
 
 
-def ort_best(m: ZooModel, calib: list[dict], feeds: list[dict], work: Path) -> tuple[float, float, str]:
-    """quantize_static at its best over pre-processing x per-channel: (SQNR, agreement, variant)."""
+def ort_quantize(src: Path, out: Path, calib: list[dict], per_channel: bool) -> None:
+    """onnxruntime's ``quantize_static`` (QDQ, MinMax) of ``src`` on ``calib`` into ``out``, its output
+    silenced; raises what it raises."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -54,6 +54,14 @@ def ort_best(m: ZooModel, calib: list[dict], feeds: list[dict], work: Path) -> t
 
         def get_next(self):
             return next(self.it, None)
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel)
+
+
+def ort_best(m: ZooModel, calib: list[dict], feeds: list[dict], work: Path) -> tuple[float, float, str]:
+    """quantize_static at its best over pre-processing x per-channel: (SQNR, agreement, variant)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     best = (-float("inf"), float("nan"), "failed")
     for pre in (False, True):
@@ -71,9 +79,7 @@ def ort_best(m: ZooModel, calib: list[dict], feeds: list[dict], work: Path) -> t
         for per_channel in (False, True):
             out = work / f"ort.{int(pre)}{int(per_channel)}.onnx"
             try:
-                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                    quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                                    per_channel=per_channel)
+                ort_quantize(src, out, calib, per_channel)
                 sq, ag = fidelity(m.path, out, feeds)
             except Exception:  # noqa: BLE001 - record what runs; a failure is a missing variant
                 continue

@@ -283,7 +283,7 @@ def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, e
         if node.outputs[0].name in walk.tail:
             walk.entry(node, "skipped", FLOAT_TAIL)
             return
-        if not walk.products and node.op in ADD + CONCAT and in_island(node, walk.made):
+        if not walk.products and in_island(node, walk.made):  # (without products: an Add or a Concat)
             walk.entry(node, "skipped", FLOAT_ISLAND)
             return
         for i in node.inputs:

@@ -44,7 +44,7 @@ def float_made(graph: gs.Graph, unary: tuple[str, ...] = ()) -> set[str]:
         if node.op in SHARE + AVERAGING + ACTIVATIONS:
             if node.inputs and node.inputs[0].name in made:
                 made.update(o.name for o in node.outputs)
-        elif any(isinstance(t, gs.Variable) for t in node.inputs if t is not None and t.name):
+        elif any(t is not None and t.name and not is_const(t) for t in node.inputs):  # reads data, as in_island
             made.update(o.name for o in node.outputs)
     return made
 
