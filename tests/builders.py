@@ -380,3 +380,25 @@ def decoded_detector_head(seed: int = 0) -> onnx.ModelProto:
     scores = b.node("Sigmoid", [b.node("Concat", logits, axis=2)])
     b.nodes.append(helper.make_node("Concat", [box, scores], ["y"], name="head", axis=1))
     return b.model({"x": [1, 3, 8, 8]}, ["y"])
+
+
+def activation_chain(act: str, seed: int = 0, layers: int = 3) -> onnx.ModelProto:
+    """``layers`` Convs (x 1×3×8×8, 8 channels) each followed by ``act`` (the last one's output is ``y``):
+    ``silu`` (x * Sigmoid(x)), ``hswish`` (x * HardSigmoid(x)), ``HardSwish`` (the op, opset 14), ``prelu``
+    (a constant per-channel slope), ``leaky`` (LeakyRelu 0.1), ``sigmoid``, ``relu``."""
+    b = Builder(seed)
+    x, cin = "x", 3
+    for _ in range(layers):
+        t = b.conv(x, cin, 8)
+        if act in ("silu", "hswish"):
+            gate = b.node("Sigmoid", [t]) if act == "silu" else b.node("HardSigmoid", [t], alpha=1 / 6, beta=0.5)
+            x = b.node("Mul", [t, gate])
+        elif act == "prelu":
+            x = b.node("PRelu", [t, b.const("slope", b.rng.uniform(0.05, 0.3, (8, 1, 1)))])
+        elif act == "leaky":
+            x = b.node("LeakyRelu", [t], alpha=0.1)
+        else:
+            x = b.node({"HardSwish": "HardSwish", "sigmoid": "Sigmoid", "relu": "Relu"}[act], [t])
+        cin = 8
+    b.nodes.append(helper.make_node("Identity", [x], ["y"], name="out"))
+    return b.model({"x": [1, 3, 8, 8]}, ["y"], opset=14 if act == "HardSwish" else 13)

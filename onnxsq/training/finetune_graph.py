@@ -34,7 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..calibration import pow2
 from ..params import TensorQuant
-from ..passes.quantize.placement import Plan
+from ..passes.quantize.placement_plan import Plan
 from .artifacts import TrainingGraph
 from .qat_graph import MS_DOMAIN, ZERO_POINT, _FakeQuants, _quantize_outputs, _value_info, scale_name, with_value_info
 

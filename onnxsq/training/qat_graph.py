@@ -37,7 +37,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..calibration import pow2
 from ..graph import UniqueNames, const_value, data_inputs, import_graph
-from ..passes.quantize.placement import Plan, plan_qdq
+from ..passes.quantize.placement import plan_qdq
+from ..passes.quantize.placement_plan import Plan
 from .artifacts import TrainingGraph
 
 ZERO_POINT = "qat/zero_point"

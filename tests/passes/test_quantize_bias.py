@@ -12,7 +12,7 @@ from onnxsq.calibration import pow2
 from onnxsq.params import TensorQuant, read_params
 from onnxsq.passes.quantize import QuantizeConfig, quantize
 from onnxsq.passes.quantize.bias import mean_axis, output_error, weight_error
-from onnxsq.passes.quantize.placement import WeightUse
+from onnxsq.passes.quantize.placement_plan import WeightUse
 from onnxsq.runtime import make_session
 
 

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from onnxsq.calibration import pow2
 from onnxsq.model_io import default_opset
 from onnxsq.passes.quantize import QuantizeConfig, quantize
-from onnxsq.passes.quantize.placement import Plan
+from onnxsq.passes.quantize.placement_plan import Plan
 from onnxsq.passes.quantize.wide import wide_tensors
 
 BASE = dict(equalize=False, align_scales=False, report_samples=3, weight_bits=3)  # the weights as given

@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime")
 from builders import conv_classifier
 
 from onnxsq.passes.quantize import QuantizeConfig, quantize
-from onnxsq.passes.quantize.placement import WeightUse
+from onnxsq.passes.quantize.placement_plan import WeightUse
 from onnxsq.passes.quantize.rounding import columns, gptq, inverse_factor, weight_rows
 from onnxsq.runtime import make_session
 

@@ -8,7 +8,15 @@ from typing import Any
 import click
 
 from ...calibration.stats import METHODS
-from ...passes.quantize.config import CARRIERS, EFFORTS, PROMOTIONS, WEIGHT_METHODS, WEIGHT_ROUNDINGS, QuantizeConfig
+from ...passes.quantize.config import (
+    CARRIERS,
+    EFFORTS,
+    FUSIONS,
+    PROMOTIONS,
+    WEIGHT_METHODS,
+    WEIGHT_ROUNDINGS,
+    QuantizeConfig,
+)
 from ..options import common_model_command, input_shape_option, preprocess_options, quiet, resolve_output, warn_ignored
 
 DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show them
@@ -94,6 +102,10 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
               help="Quantize Sigmoid, LeakyRelu and Mul of two activations as onnxruntime's integer kernels run them "
                    "(QLinearSigmoid, QLinearLeakyRelu, QLinearMul: faster there, with --carrier uint8), or keep them "
                    "float (islands; the more faithful on the zoo).")
+@click.option("--fuse-activations", type=click.Choice(FUSIONS), default=DEFAULTS.fuse_activations, show_default=True,
+              help="Activations the target applies to a layer's accumulator (no quantization point between them; "
+                   "Relu/Clip always): leaky = LeakyRelu, PRelu; all = also SiLU, HardSwish, Sigmoid, Tanh, "
+                   "HardSigmoid. Only for targets that do so.")
 @click.option("--pair-safe/--no-pair-safe", default=None,
               help="7-bit weights for layers that onnxruntime's x86 kernels without VNNI multiply in u8 x s8 pairs "
                    "(those pairs saturate at int16), or 8 bits everywhere. Default: as this onnxruntime "
@@ -168,7 +180,7 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         pooled_headroom=o["pooled_headroom"], bias_correction=not o["no_bias_correction"],
         equalize=not o["no_equalize"], fold_forward=not o["no_fold_forward"], integer_only=o["integer_only"],
         align_scales=not o["no_align_scales"], align_islands=o["align_islands"], align_check=o["align_check"],
-        carrier=o["carrier"],
+        carrier=o["carrier"], fuse_activations=o["fuse_activations"],
         ort_kernels=o["ort_kernels"], pair_safe=o["pair_safe"], sensitivity=o["sensitivity"],
         target_sqnr=o["target_sqnr"], promote=o["promote"], int16=o["int16"], effort=o["effort"],
         histograms=o["report_html"] is not None, preprocess=None if pre == Preprocess() else pre)

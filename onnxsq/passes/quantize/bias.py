@@ -38,7 +38,7 @@ import onnx_graphsurgeon as gs
 from ...calibration import pow2
 from ...calibration.stats import ChannelMean
 from ...params import TensorQuant
-from .placement import WeightUse
+from .placement_plan import WeightUse
 
 
 def mean_axis(use: WeightUse, rank: int | None) -> tuple[int | None, str | None]:

@@ -23,6 +23,7 @@ WEIGHT_METHODS = ("minmax", "mse")
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
 CARRIERS = ("uint8", "native")  # how signed activations are stored (QuantizeConfig.carrier)
 PROMOTIONS = ("float", "int16")  # what --target-sqnr does with the layers it picks
+FUSIONS = ("none", "leaky", "all")  # which activations the target applies to a layer's accumulator (.placement_fuse)
 # --effort: presets over the steps, each also its own option (an option left at its default takes the
 # preset's value; one given another value keeps it). Why these: the README's fidelity table (bench/fidelity.py).
 EFFORTS: dict[str, dict[str, object]] = {
@@ -96,6 +97,11 @@ class QuantizeConfig:
     # on the trained zoo it cost up to 2.6 dB (ddddocr_common_old; cls -1.5, with GPTQ -3.3) for +0.4..+0.7 on
     # three others; for onnxruntime deployment (with --carrier uint8) it is what fuses SiLU nets
     ort_kernels: bool = False
+    # activations the target applies to a layer's accumulator, so no quantization point between the two
+    # (.placement_fuse; Relu/Clip always): none (int8 kernels reading an 8-bit input: TFLite's, onnxruntime's);
+    # leaky: LeakyRelu/PRelu (exact there, as Relu); all: also SiLU, HardSwish, Sigmoid, Tanh, HardSigmoid.
+    # Off by default: it assumes a target that does it (the README's table: what it gains where)
+    fuse_activations: str = "none"
     # 8-bit models with per-channel weights: 7-bit weights where onnxruntime's x86 kernels without VNNI pair u8 x s8
     # products in int16 and saturate (vpmaddubsw; Conv, Gemm, MatMul; not depthwise). None (auto): where this
     # onnxruntime does (onnxsq.calibration.pairs asks it), so its sessions compute the exact integers; True:
@@ -156,6 +162,9 @@ class QuantizeConfig:
             raise InvalidOptionError(f"batch size must be at least 1, not {self.batch_size}")
         if self.carrier not in CARRIERS:
             raise InvalidOptionError(f"--carrier must be one of {', '.join(CARRIERS)}, not {self.carrier!r}")
+        if self.fuse_activations not in FUSIONS:
+            raise InvalidOptionError(f"--fuse-activations must be one of {', '.join(FUSIONS)}, "
+                                     f"not {self.fuse_activations!r}")
         if self.promote not in PROMOTIONS:
             raise InvalidOptionError(f"--promote must be one of {', '.join(PROMOTIONS)}, not {self.promote!r}")
         if self.target_sqnr is not None and not math.isfinite(self.target_sqnr):

@@ -20,7 +20,7 @@ from ...report import Report
 from .bias import correct_bias
 from .config import QuantizeConfig
 from .insert import carrier_dtype
-from .placement import Plan
+from .placement_plan import Plan
 from .through import through_format
 
 SIXTEEN_BIT_OPSET = 21  # QuantizeLinear/DequantizeLinear take int16/uint16 from opset 21

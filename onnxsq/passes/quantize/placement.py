@@ -11,7 +11,9 @@ Rules (the original's Stage 7, in QDQ form; ``plan_qdq`` applies them to a graph
   ``Add`` of a constant along its output channels (the last axis) has that constant as its bias:
   fold-batchnorm turns a 2-D MatMul + Add into a Gemm, but Gemm is 2-D, so on rank-3+ inputs the Add
   stays; no quantization point goes between the two, the Add is fused into the layer and the output
-  is quantized after it (and after its activation).
+  is quantized after it (and after its activation). With ``fuse`` (``--fuse-activations``) also a
+  LeakyRelu/PRelu, or SiLU, HardSwish, Sigmoid, ... that is the layer's only reader fuses into it
+  (:mod:`.placement_fuse`: the target applies it to the accumulator).
 - ``Add``: every input quantized (a constant input from its values), output (after a fused
   activation) with its own scale.
 - ``Concat``: inputs and output share one scale, chosen to hold every input (``group``).
@@ -48,6 +50,8 @@ import onnx_graphsurgeon as gs
 from ...graph import const_value, is_const, is_graph_output, node_label
 from .placement_bias import bias_add, bias_add_constant, plan_bias
 from .placement_forms import bounded_outputs, pad_keeps_zero, rewrite_forms
+from .placement_fuse import fused_function
+from .placement_plan import LayerEntry, Plan, WeightUse
 from .placement_tail import FLOAT_ISLAND, FLOAT_TAIL, float_made, float_tail, in_island
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -62,49 +66,6 @@ SHARE = (
     "Gather", "Tile", "Expand",
 )
 IGNORED = ("Constant", "Shape", "Size", "ConstantOfShape")  # no float data flows through them
-
-
-@dataclass
-class WeightUse:
-    """One compute layer's constant operands."""
-
-    node: str  # node label
-    op: str
-    weight: str  # tensor name
-    axis: int | None  # per-channel axis (None: per-tensor)
-    input: str  # the activation tensor whose scale the bias follows
-    output: str  # the quantization point of the layer's output
-    bias: str | None = None
-    bias_axis: int | None = None
-    notes: list[str] = field(default_factory=list)
-    attrs: dict = field(default_factory=dict)  # the node's attributes (group, strides, transA/transB)
-
-
-@dataclass
-class LayerEntry:
-    node: str
-    op: str
-    action: str  # quantized | fused | shared | skipped
-    reason: str = ""
-    output: str | None = None  # quantization point this node produces
-
-
-@dataclass
-class Plan:
-    activations: list[str] = field(default_factory=list)  # variable tensors that get Q → DQ
-    constants: list[str] = field(default_factory=list)  # constant inputs of Add/Concat quantized from values
-    groups: dict[str, str] = field(default_factory=dict)  # tensor → group root (shared scale)
-    weights: list[WeightUse] = field(default_factory=list)
-    layers: list[LayerEntry] = field(default_factory=list)
-    # outputs of bounded functions (|y| <= 1: Sigmoid, HardSigmoid, Tanh, Softsign) → signed (Tanh, Softsign);
-    # their format comes from that range (unsigned 2**-bits, signed 2**-(bits-1)), not from calibration
-    bounded: dict[str, bool] = field(default_factory=dict)
-
-    def members(self, root: str) -> list[str]:
-        return [t for t, r in self.groups.items() if r == root]
-
-    def group_roots(self) -> list[str]:
-        return list(dict.fromkeys(self.groups.values()))
 
 
 class _Union:
@@ -195,6 +156,7 @@ class _Walk:
     tail: set[str] = field(default_factory=set)  # outputs of joins in the float tail (float_tail)
     made: set[str] = field(default_factory=set)  # tensors float ops make (float_made)
     tables: dict[int, tuple[str, list[str]]] = field(default_factory=dict)  # id(node) → (root, outputs)
+    functions: dict[int, list[gs.Node]] = field(default_factory=dict)  # id(layer) → its fused activation
 
     def demand(self, t: gs.Tensor) -> None:
         (self.const_demanded if is_const(t) else self.demanded).setdefault(t.name, None)
@@ -208,7 +170,7 @@ class _Walk:
 
 
 def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, ...] = (),
-             integer_only: bool = False, ort_kernels: bool = False) -> Plan:
+             integer_only: bool = False, ort_kernels: bool = False, fuse: str = "none") -> Plan:
     """Decide the quantization points of ``graph`` (shape-inferred, so tensors carry dtypes).
 
     First walk: which nodes quantize (layers, Add, Concat) and what they read. Second walk, in
@@ -217,24 +179,30 @@ def plan_qdq(graph: gs.Graph, *, per_channel: bool = False, exclude: tuple[str, 
     ``integer_only``: no float island where an integer form exists (:mod:`.placement_integer`);
     ``ort_kernels``: Sigmoid, LeakyRelu and products quantized as onnxruntime's kernels run them. First
     the exact rewrites into onnxruntime's integer forms (:mod:`.placement_forms`: Sum as Add, a channel
-    shuffle as a Gather).
+    shuffle as a Gather). ``fuse``: activations fused into their layers (:mod:`.placement_fuse`; not with
+    ``integer_only``, whose look-up tables read the layer's 8-bit output).
     """
     rewrite_forms(graph)
     if integer_only:
         from .placement_integer import plan_integer_only
 
         return plan_integer_only(graph, per_channel=per_channel, exclude=exclude, ort_kernels=ort_kernels)
-    return plan_walks(graph, per_channel, exclude, products=ort_kernels, unary=UNARY if ort_kernels else ())
+    return plan_walks(graph, per_channel, exclude, products=ort_kernels, unary=UNARY if ort_kernels else (),
+                      fuse=fuse)
 
 
 def plan_walks(graph: gs.Graph, per_channel: bool, exclude: tuple[str, ...], products: bool = False,
-               tables: dict[int, tuple[str, list[str]]] | None = None, unary: tuple[str, ...] = ()) -> Plan:
+               tables: dict[int, tuple[str, list[str]]] | None = None, unary: tuple[str, ...] = (),
+               fuse: str = "none") -> Plan:
     """:func:`plan_qdq`'s two walks; ``products``: a Mul of two activations quantizes like an Add;
     ``tables``: nodes that are look-up tables of one quantized root (id → root, the outputs that get
-    their own quantization point); ``unary``: ops that get their own scale after a quantized tensor."""
+    their own quantization point); ``unary``: ops that get their own scale after a quantized tensor;
+    ``fuse``: which activations fuse into their layer (:mod:`.placement_fuse`)."""
     graph.toposort()
+    functions = _layer_functions(graph, exclude, fuse)
     walk = _Walk(products=products, tables=dict(tables or {}), unary=unary, outputs=_output_side(graph),
-                 tail=float_tail(graph), made=float_made(graph, unary))
+                 tail=float_tail(graph), made=float_made(graph, unary, {id(n) for f in functions.values() for n in f}),
+                 functions=functions)
     for node in graph.nodes:
         _plan_node(graph, node, walk, per_channel, exclude)
     quantized: dict[str, None] = dict.fromkeys(walk.demanded)
@@ -275,7 +243,7 @@ def _plan_node(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, e
         if why:
             walk.entry(node, "skipped", f"stays float: {why}")
             return
-        _plan_compute(graph, node, walk.plan, walk.demand, per_channel, exclude, walk.quantized_nodes, walk.fused)
+        _plan_compute(graph, node, walk, per_channel, exclude)
     elif node.op in ADD + CONCAT or (walk.products and node.op == "Mul" and _product(node)):
         if not all(_is_float(i) for i in node.inputs) or not _is_float(node.outputs[0]):
             walk.entry(node, "skipped", "stays float: not float32")
@@ -362,21 +330,43 @@ def _place_node(node: gs.Node, walk: _Walk, quantized: dict[str, None]) -> None:
         walk.entry(node, "skipped", f"stays float: {why}")
 
 
-def _plan_compute(graph: gs.Graph, node: gs.Node, plan: Plan, demand, per_channel: bool,
-                  exclude: tuple[str, ...], quantized_nodes: dict[int, str], fused: dict[int, str]) -> None:
-    label = node_label(node)
-    x, w = node.inputs[0], node.inputs[1]
+def _layer_out(graph: gs.Graph, node: gs.Node, exclude: tuple[str, ...]) -> tuple[gs.Node | None, gs.Node | None,
+                                                                                 gs.Tensor]:
+    """A compute layer's fused bias Add (MatMul), fused Relu/Clip and the output after them."""
     out = node.outputs[0]
     add = bias_add(graph, node) if node.op == "MatMul" else None
     add = None if add is None or excluded(add, exclude) else add
     if add is not None:
-        fused[id(add)] = label
         out = add.outputs[0]
     act = _fusable_activation(graph, out, exclude)
-    if act is not None:
-        fused[id(act)] = label
-        out = act.outputs[0]
-    quantized_nodes[id(node)] = out.name
+    return add, act, out if act is None else act.outputs[0]
+
+
+def _layer_functions(graph: gs.Graph, exclude: tuple[str, ...], fuse: str) -> dict[int, list[gs.Node]]:
+    """id(layer) → the activation nodes ``fuse`` fuses into it (none after a fused Relu/Clip)."""
+    if fuse == "none":
+        return {}
+    out = {}
+    for node in graph.nodes:
+        if node.op in COMPUTE and not excluded(node, exclude) and not _compute_reason(node):
+            _, act, t = _layer_out(graph, node, exclude)
+            found = [] if act is not None else fused_function(graph, t, fuse, lambda n: excluded(n, exclude))
+            if found:
+                out[id(node)] = found
+    return out
+
+
+def _plan_compute(graph: gs.Graph, node: gs.Node, walk: _Walk, per_channel: bool, exclude: tuple[str, ...]) -> None:
+    label, plan, fused = node_label(node), walk.plan, walk.fused
+    x, w = node.inputs[0], node.inputs[1]
+    add, act, out = _layer_out(graph, node, exclude)
+    functions = walk.functions.get(id(node), [])
+    for n in (add, act, *functions):
+        if n is not None:
+            fused[id(n)] = label
+    out = functions[-1].outputs[0] if functions else out
+    walk.quantized_nodes[id(node)] = out.name
+    demand = walk.demand
     demand(x)  # a constant left operand (MatMul(W, x)) is quantized from its values
     if not is_const(w):  # MatMul/Gemm of two activations
         demand(w)

@@ -32,14 +32,16 @@ FLOAT_ISLAND = ("stays float: every variable input comes out of a float op (insi
                 "variance + eps, ...), where quantization points would only cost precision")
 
 
-def float_made(graph: gs.Graph, unary: tuple[str, ...] = ()) -> set[str]:
+def float_made(graph: gs.Graph, unary: tuple[str, ...] = (), fused: frozenset[int] | set[int] = frozenset()
+               ) -> set[str]:
     """The tensors a float op makes (``graph`` in topological order): the outputs of ops with no integer
-    kernel that read data, and what moves, pools or a Relu/Clip make of them; ``unary``: ops with one."""
+    kernel that read data, and what moves, pools or a Relu/Clip make of them; ``unary``: ops with one;
+    ``fused``: ids of activations fused into their layer (:mod:`.placement_fuse`: the layer's output)."""
     from .placement import ACTIVATIONS, ADD, AVERAGING, COMPUTE, CONCAT, IGNORED, SHARE
 
     made: set[str] = set()
     for node in graph.nodes:
-        if node.op in COMPUTE + ADD + CONCAT + IGNORED + unary:
+        if node.op in COMPUTE + ADD + CONCAT + IGNORED + unary or id(node) in fused:
             continue
         if node.op in SHARE + AVERAGING + ACTIVATIONS:
             if node.inputs and node.inputs[0].name in made:

@@ -174,8 +174,11 @@ def prepare(model: ModelLike, cfg: QuantizeConfig, params: Any = None
     clock, report = _Clock(), Report(PASS_NAME)
     graph, meta, opset, cfg = _load_and_fold(model, cfg, report, clock)  # cfg: per tensor if the opset forced it
     cfg = resolve_pair_safe(cfg, report)  # 7-bit paired weights or not: as this onnxruntime multiplies
+    if cfg.integer_only and cfg.fuse_activations != "none":
+        report.warnings.append(f"--fuse-activations {cfg.fuse_activations} ignored with --integer-only (its "
+                               "look-up tables read each layer's 8-bit output)")
     plan = plan_qdq(graph, per_channel=cfg.per_channel, exclude=tuple(cfg.exclude), integer_only=cfg.integer_only,
-                    ort_kernels=cfg.ort_kernels)
+                    ort_kernels=cfg.ort_kernels, fuse=cfg.fuse_activations)
     clock.lap("plan")
     # From here on the weights live once, as the numpy arrays of ``graph`` (loading them here ends
     # its references into the proto, which then goes); onnxruntime sessions run skeletons fed with them.

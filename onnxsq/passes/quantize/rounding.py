@@ -55,7 +55,7 @@ from ...calibration.collect import MISMATCH, runnable
 from ...model_io import default_opset
 from ...params import TensorQuant
 from ...runtime import FedSession
-from .placement import WeightUse
+from .placement_plan import WeightUse
 
 log = logging.getLogger(__name__)
 

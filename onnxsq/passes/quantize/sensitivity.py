@@ -39,7 +39,7 @@ from ...calibration.collect import MISMATCH
 from ...params import TensorQuant
 from ...runtime import FedSession
 from .insert import carrier_dtype
-from .placement import Plan
+from .placement_plan import Plan
 
 log = logging.getLogger(__name__)
 

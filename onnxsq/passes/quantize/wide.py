@@ -24,7 +24,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
 from .params import SIXTEEN_BIT_OPSET
-from .placement import Plan
+from .placement_plan import Plan
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
