@@ -252,3 +252,21 @@ def test_pooled_headroom_flag(run_cli, model_and_data, tmp_path):
         assert json.loads((tmp_path / "r.json").read_text())["summary"].get("pooled_headroom") == want, flags
     res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / "q.onnx", "--pooled-headroom", "8")
     assert res.code != 0 and "--pooled-headroom must be in 0..7" in res.err and "Traceback" not in res.err
+
+
+def test_fuse_activations_flag(run_cli, model_and_data, tmp_path):
+    from builders import activation_chain
+
+    _, data = model_and_data  # six 3×8×8 samples: activation_chain's input
+    model = tmp_path / "silu.onnx"
+    model.write_bytes(activation_chain("silu").SerializeToString())
+    fused = {}
+    for mode in ("none", "all"):
+        res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / f"{mode}.onnx", "--fuse-activations", mode,
+                      "--report", tmp_path / "r.json", "-q")
+        assert res.code == 0, res.err
+        rep = json.loads((tmp_path / "r.json").read_text())
+        fused[mode] = sum(c["action"] == "fused" for c in rep["candidates"])
+    assert fused == {"none": 0, "all": 6}
+    res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / "q.onnx", "--fuse-activations", "silu")
+    assert res.code != 0 and "--fuse-activations" in res.err and "Traceback" not in res.err
