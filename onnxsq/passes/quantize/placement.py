@@ -201,7 +201,7 @@ def plan_walks(graph: gs.Graph, per_channel: bool, exclude: tuple[str, ...], pro
     graph.toposort()
     functions = _layer_functions(graph, exclude, fuse)
     walk = _Walk(products=products, tables=dict(tables or {}), unary=unary, outputs=_output_side(graph),
-                 tail=float_tail(graph), made=float_made(graph, unary, {id(n) for f in functions.values() for n in f}),
+                 tail=float_tail(graph), made=float_made(graph, unary),
                  functions=functions)
     for node in graph.nodes:
         _plan_node(graph, node, walk, per_channel, exclude)

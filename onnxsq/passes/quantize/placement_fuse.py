@@ -14,6 +14,10 @@ accumulator as Relu is (a per-channel multiply of the negative side: TIDL-class 
 also ``Sigmoid``, ``Tanh``, ``HardSigmoid``, ``HardSwish`` and their ``x * gate(x)`` spellings (SiLU,
 HardSwish), for targets with an activation unit on the accumulator.
 
+A join (Add, Concat) of fused outputs stays a float island (:mod:`.placement_tail`): each input is
+requantized from its layer's own scale to the join's, as a target requantizes a Concat of differently
+scaled inputs; one shared scale for all of them cost more on the zoo (the README's table).
+
 Refused (the activation then runs as before, after the layer's own quantization point): a layer output that
 is a graph output or has another reader, an activation that ``--exclude`` matches, a PRelu whose slope is
 not a constant, a gate whose output something other than the ``Mul`` reads, and non-float32 tensors.

@@ -32,16 +32,16 @@ FLOAT_ISLAND = ("stays float: every variable input comes out of a float op (insi
                 "variance + eps, ...), where quantization points would only cost precision")
 
 
-def float_made(graph: gs.Graph, unary: tuple[str, ...] = (), fused: frozenset[int] | set[int] = frozenset()
-               ) -> set[str]:
+def float_made(graph: gs.Graph, unary: tuple[str, ...] = ()) -> set[str]:
     """The tensors a float op makes (``graph`` in topological order): the outputs of ops with no integer
-    kernel that read data, and what moves, pools or a Relu/Clip make of them; ``unary``: ops with one;
-    ``fused``: ids of activations fused into their layer (:mod:`.placement_fuse`: the layer's output)."""
+    kernel that read data, and what moves, pools or a Relu/Clip make of them; ``unary``: ops with one.
+    An activation fused into its layer (:mod:`.placement_fuse`) counts as a float op here: a join of such
+    outputs requantizes each input from its own scale, as a float island does."""
     from .placement import ACTIVATIONS, ADD, AVERAGING, COMPUTE, CONCAT, IGNORED, SHARE
 
     made: set[str] = set()
     for node in graph.nodes:
-        if node.op in COMPUTE + ADD + CONCAT + IGNORED + unary or id(node) in fused:
+        if node.op in COMPUTE + ADD + CONCAT + IGNORED + unary:
             continue
         if node.op in SHARE + AVERAGING + ACTIVATIONS:
             if node.inputs and node.inputs[0].name in made:
