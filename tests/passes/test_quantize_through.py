@@ -148,3 +148,54 @@ def test_score_maps_reach_their_sigmoid_through_moves():
         np.testing.assert_allclose(f(v), _sigmoid(v))
     graph.nodes.append(gs.Node("Relu", inputs=[graph.tensors()[cat]], outputs=[gs.Variable("extra")]))
     assert reader_functions(graph, names).keys().isdisjoint(found)  # one more reader: no one function
+
+
+def _gelu_net(style: str, sqrt2: float = 1.4142135) -> onnx.ModelProto:
+    """x → Relu-free Conv → GELU spelled as PyTorch (``x/√2``, Erf, +1, ×x, ×0.5), paddle2onnx
+    (``x·(1/√2)``, Erf, +1, (x·0.5)·…) or the opset-20 ``Gelu`` op → y."""
+    rng = np.random.default_rng(5)
+    c = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
+    inits = [c("w", rng.normal(0, 1, (4, 3, 1, 1))), c("k", sqrt2 if style == "torch" else 1 / sqrt2),
+             c("one", 1.0), c("half", 0.5)]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["t"], name="conv")]
+    if style == "op":
+        nodes.append(helper.make_node("Gelu", ["t"], ["y"]))
+    else:
+        nodes += [helper.make_node("Div" if style == "torch" else "Mul", ["t", "k"], ["a"]),
+                  helper.make_node("Erf", ["a"], ["e"]), helper.make_node("Add", ["e", "one"], ["h"])]
+        nodes += [helper.make_node("Mul", ["t", "h"], ["m"]), helper.make_node("Mul", ["m", "half"], ["y"])] \
+            if style == "torch" else [helper.make_node("Mul", ["t", "half"], ["m"]),
+                                      helper.make_node("Mul", ["m", "h"], ["y"])]
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    opset = 20 if style == "op" else 13
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9 if opset == 20 else 7)
+
+
+@pytest.mark.parametrize("style", ["torch", "paddle", "op"])
+def test_gelu_spellings_are_one_function_as_onnxruntime_computes_it(style):
+    model = _gelu_net(style)
+    found = reader_functions(gs.import_onnx(model), ["x", "t"])
+    assert set(found) == {"t"}
+    x = np.random.default_rng(6).normal(0, 2, (1, 3, 4, 4)).astype(np.float32)
+    y = make_session(model.SerializeToString()).run(None, {"x": x})[0]
+    cut = helper.make_graph([model.graph.node[0]], "c", list(model.graph.input),
+                            [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4, 4, 4])],
+                            list(model.graph.initializer))
+    t = make_session(helper.make_model(cut, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+                     .SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(found["t"](t.astype(np.float64)), y, rtol=1e-5, atol=1e-6)
+
+
+def test_a_near_gelu_is_not_one():
+    assert reader_functions(gs.import_onnx(_gelu_net("torch", sqrt2=2.0)), ["t"]) == {}  # x/2: not erf(x/√2)
+
+
+def test_erf_matches_math_erf():
+    import math
+
+    from onnxsq.passes.quantize.through import _erf
+
+    v = np.concatenate([np.linspace(-7, 7, 2001), [0.0, -0.0, 1e-8]])
+    np.testing.assert_allclose(_erf(v), [math.erf(z) for z in v], atol=2e-7)
+    assert _erf(np.float64(3.0)).shape == ()

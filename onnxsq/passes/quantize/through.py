@@ -1,10 +1,12 @@
 """Range choice through the function that reads a tensor (``method`` ``mse`` / ``auto``).
 
 A Conv whose output only a SiLU reads (``x * Sigmoid(x)``: YOLO-style detectors), a HardSwish (the op, or
-spelled ``x * HardSigmoid(x)``), or only a Sigmoid, Tanh or HardSigmoid (also after moves: a detector's
-score maps reshaped and concatenated before one Sigmoid), passes on ``f(Q(x))``, not ``Q(x)``: what the
-quantization of ``x`` costs is ``E[(f(x) - f(Q(x)))^2]``. SiLU squashes the negative half to ``[-0.28, 0]``
-and Sigmoid both tails, so clipping there costs little and a finer step pays; the squared error of ``x``
+spelled ``x * HardSigmoid(x)``), a GELU (the op, or spelled ``x * (1 + erf(x / sqrt 2))``, times 0.5 before
+or after: PyTorch's and paddle2onnx's exports of transformer MLPs), or only a Sigmoid, Tanh or HardSigmoid
+(also after moves: a detector's score maps reshaped and concatenated before one Sigmoid), passes on
+``f(Q(x))``, not ``Q(x)``: what the quantization of ``x`` costs is ``E[(f(x) - f(Q(x)))^2]``. SiLU squashes
+the negative half to ``[-0.28, 0]`` and GELU to ``[-0.17, 0]``, Sigmoid both tails, so clipping there costs
+little and a finer step pays; the squared error of ``x``
 itself cannot tell.
 
 On the calibration histogram (as :func:`onnxsq.calibration.stats.mse_errors` measures ``x``'s error):
@@ -46,10 +48,28 @@ def _gate_key(node) -> tuple | None:
     return None
 
 
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf to ~1.5e-7 (Abramowitz & Stegun 7.1.26): numpy has none, and a histogram's error needs no more."""
+    x = np.asarray(x, np.float64)
+    t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return np.sign(x) * (1.0 - poly * np.exp(-x * x))
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
 def _function(key: tuple) -> Fn:
     """The function a :func:`reader_key` names."""
     if key[0] == "HardSwish":
         return _hard_swish
+    if key[0] == "Gelu":
+        return _gelu_tanh if key[1:] == ("tanh",) else _gelu
     if key[0] == "x*":
         g = _function(key[1])
         return lambda x: x * g(x)
@@ -77,6 +97,10 @@ def reader_key(tensor, outputs: set[str], depth: int = 0) -> tuple | None:
     readers = list(tensor.outputs)
     if len(readers) == 1 and readers[0].op == "HardSwish":  # opset 14's op: x * HardSigmoid(x) in one
         return ("HardSwish",)
+    if len(readers) == 1 and readers[0].op == "Gelu" and len(readers[0].inputs) == 1:  # opset 20's op
+        return ("Gelu", str(readers[0].attrs.get("approximate", "none")))
+    if len(readers) == 2 and spelled_gelu(tensor):
+        return ("Gelu", "none")
     gates = [n for n in readers if _gate_key(n) is not None]
     if len(readers) == 1 and gates:
         return _gate_key(gates[0])
@@ -91,6 +115,51 @@ def reader_key(tensor, outputs: set[str], depth: int = 0) -> tuple | None:
         return None
     keys = {reader_key(o, outputs, depth + 1) for n in moved for o in n.outputs}
     return keys.pop() if len(keys) == 1 else None
+
+
+def _scalar(t) -> float | None:
+    from ...graph import const_value, is_const
+
+    if not is_const(t):
+        return None
+    v = np.asarray(const_value(t))
+    return float(v.reshape(-1)[0]) if v.size == 1 else None
+
+
+def _only_reader(t, op: str):
+    """``t``'s one reader where it is an ``op`` (else None)."""
+    return t.outputs[0] if len(t.outputs) == 1 and t.outputs[0].op == op else None
+
+
+def _near(v: float | None, want: float) -> bool:
+    return v is not None and abs(v - want) <= 1e-3 * abs(want)
+
+
+def _other(node, t):
+    """The input of a two-input ``node`` that is not ``t`` (None where both are)."""
+    ins = [i for i in node.inputs if i is not t]
+    return ins[0] if len(node.inputs) == 2 and len(ins) == 1 else None
+
+
+def spelled_gelu(x) -> bool:
+    """Whether ``x``'s two readers compute ``x * (1 + erf(x / sqrt 2))`` (times 0.5 before or after): ``Div`` by
+    sqrt 2 or ``Mul`` by 1/sqrt 2, ``Erf``, ``Add`` of 1, and a ``Mul`` of x with that (or of ``x * 0.5``)."""
+    arg = next((n for n in x.outputs if len(n.inputs) == 2 and n.inputs[0] is x and (
+        (n.op == "Div" and _near(_scalar(n.inputs[1]), math.sqrt(2.0)))
+        or (n.op == "Mul" and _near(_scalar(n.inputs[1]), math.sqrt(0.5))))), None)
+    erf = _only_reader(arg.outputs[0], "Erf") if arg is not None else None
+    one = _only_reader(erf.outputs[0], "Add") if erf is not None else None
+    if one is None or not _near(_scalar(_other(one, erf.outputs[0])), 1.0):
+        return False
+    h = one.outputs[0]
+    mul = next(n for n in x.outputs if n is not arg)
+    if mul.op != "Mul" or len(mul.inputs) != 2:
+        return False
+    if _other(mul, x) is h:  # x * (1 + erf): the 0.5 may follow
+        return True
+    half = _near(_scalar(_other(mul, x)), 0.5)  # (x * 0.5) * (1 + erf)
+    last = _only_reader(mul.outputs[0], "Mul")
+    return half and last is not None and _other(last, mul.outputs[0]) is h
 
 
 def reader_function(tensor, outputs: set[str]) -> Fn | None:
