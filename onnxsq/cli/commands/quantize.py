@@ -74,6 +74,9 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--no-fold-forward", is_flag=True,
               help="Leave constant scale/shift ops before Conv layers (learnable affine blocks) unfolded, and "
                    "per-channel shifts after a ReLU as Adds (not depthwise 1x1 Convs).")
+@click.option("--no-offset-outputs", is_flag=True,
+              help="Keep SiLU/HardSwish/GELU outputs signed where only unpadded Conv, Gemm or MatMul layers read "
+                   "them (default: lifted by the function's lower bound to unsigned, the biases taking it back).")
 @click.option("--no-align-scales", is_flag=True,
               help="No free scales carried by the weights (one factor per group of activations between layers, "
                    "into their weights; every Q/DQ scale a power of two either way).")
@@ -178,7 +181,8 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         batch_size=o["batch_size"], report_samples=o["report_samples"],
         report_crops=o["report_crops"], calib_crops=o["calib_crops"],
         pooled_headroom=o["pooled_headroom"], bias_correction=not o["no_bias_correction"],
-        equalize=not o["no_equalize"], fold_forward=not o["no_fold_forward"], integer_only=o["integer_only"],
+        equalize=not o["no_equalize"], fold_forward=not o["no_fold_forward"],
+        offset_outputs=not o["no_offset_outputs"], integer_only=o["integer_only"],
         align_scales=not o["no_align_scales"], align_islands=o["align_islands"], align_check=o["align_check"],
         carrier=o["carrier"], fuse_activations=o["fuse_activations"],
         ort_kernels=o["ort_kernels"], pair_safe=o["pair_safe"], sensitivity=o["sensitivity"],

@@ -78,6 +78,10 @@ class QuantizeConfig:
     # HardSwish -> Mul -> Add -> Conv block is then rounded once, not twice (ppocrv5_rec 11.3 -> 13.5 dB); also
     # gates .shift_conv (a per-channel shift after a ReLU as a depthwise 1x1 Conv): both rewrite the float graph
     fold_forward: bool = True
+    # a SiLU / HardSwish / GELU output read only by layers that take an offset exactly (Conv without padding,
+    # Gemm, MatMul) lifted by its lower bound to >= 0 and quantized unsigned, the layers' biases taking the
+    # offset back (.offset; exact in float; gated by fold_forward like the other float rewrites)
+    offset_outputs: bool = True
     # a free scale per group of activations carried by the weights around it (.align; exact in float): each
     # domain between layers (through ReLU-type ops, pooling, Add/Concat) takes the factor of least expected error
     align_scales: bool = True

@@ -62,6 +62,7 @@ from .calib_crops import crop_stats, crops_checked
 from .config import QuantizeConfig
 from .eval import evaluate
 from .insert import insert_qdq_graph
+from .offset import offset_outputs
 from .opset import check_bits_at, ensure_opset
 from .params import QuantizeContext, known_clipped, resolve_pair_safe, resolve_params
 from .placement import plan_qdq
@@ -221,6 +222,9 @@ def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
     # Add(relu'd x, b) as a depthwise Conv; off with fold_forward (a trained graph re-quantized keeps its tensors)
     if cfg.fold_forward and cfg.carrier == "native" and (shifted := shifts_as_convs(graph)):
         report.summary["shifts_as_convs"] = shifted
+    if cfg.offset_outputs and cfg.fold_forward and not (cfg.integer_only or cfg.ort_kernels) and \
+            cfg.fuse_activations != "all" and (lifted := offset_outputs(graph)):  # (.offset)
+        report.summary["offset_outputs"] = len(lifted)
     cfg = drop_unmatched(cfg, graph, report)
     if default_opset(original) < needed_opset(cfg)[0]:
         original, cfg = ensure_opset(export_like(graph, original), report, cfg)

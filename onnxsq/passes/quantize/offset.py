@@ -1,0 +1,158 @@
+"""offset: a float function's output lifted to non-negative values, the offset taken back by the layers reading it.
+
+Math: SiLU, HardSwish and GELU are bounded below (``min x * sigmoid(x) = -0.2785``, ``min x * hardsigmoid(x) =
+-beta^2 / (4 alpha)`` (-0.375 for HardSwish), ``min GELU = -0.1700``) and unbounded above. With zero points 0 a
+tensor ``y`` that dips below 0 needs a signed format, and half of its codes hold ``[-max, -0.28]``, where no
+value lies. ``y' = y + c`` with ``c`` the bound rounded up to a multiple of 2^-6 is ``>= 0``: unsigned, its step
+half the signed one for the same maximum. A layer that reads it computes ``W * y = W * y' - c * W * 1``, so its
+bias takes ``-c`` times its weight's sum over each output's inputs; the network computes the same up to float
+rounding. The ``Add`` of ``c`` sits after the function, inside its float island (a target folds it into the
+function's table). Runs before planning, after the other float rewrites.
+
+Candidates: the output of SiLU (``x * Sigmoid(x)``), HardSwish (the op, or ``x * HardSigmoid(x)``) or GELU (the op,
+or spelled as :func:`.through.spelled_gelu` with its 0.5), where every reader is a layer that takes the offset
+exactly: ``Conv`` without padding (padding would read 0 where ``y`` is 0, now ``-c``), ``Gemm`` (``transA = 0``)
+or ``MatMul`` with the tensor as its data input and a constant weight. Left alone, each with a reason in the log:
+a graph output, another reader (a padded Conv: YOLO's 3x3 layers; a residual Add; a pool), a shared weight.
+Not with ``integer_only`` / ``ort_kernels`` (their products make the function an integer op, where the Add would
+be one more quantization point) nor ``fuse_activations="all"`` (the layer's own output is then the function's).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ...graph import UniqueNames, const_value, is_const, is_graph_output, new_constant, node_label
+from .through import _function, _other, _scalar, reader_key
+
+log = logging.getLogger(__name__)
+
+GRID = 2.0**-6  # the offset: the function's bound rounded up to this grid (exact in float, and in the bias)
+
+
+def offset_outputs(graph: gs.Graph) -> list[dict]:
+    """Rewrite every candidate of ``graph`` in place (the module docstring); one entry per lifted tensor."""
+    names, outputs, done = UniqueNames(graph), {t.name for t in graph.outputs}, []
+    for x in list(graph.tensors().values()):
+        if not isinstance(x, gs.Variable) or not x.outputs:
+            continue
+        key = reader_key(x, outputs)
+        y = _function_output(x, key) if key is not None else None
+        if y is None:
+            continue
+        why = _refusal(graph, y)
+        if why:
+            log.info("quantize: %s stays signed: %s", y.name, why)
+            continue
+        bound = float(np.min(_function(key)(np.linspace(-20.0, 0.0, 200001))))
+        c = math.ceil((-bound + 1e-4) / GRID) * GRID
+        _lift(graph, names, y, c)
+        done.append({"tensor": y.name, "function": key[0] if key[0] != "x*" else f"x*{key[1][0]}", "offset": c})
+    return done
+
+
+def _function_output(x: gs.Tensor, key: tuple) -> gs.Tensor | None:
+    """The tensor holding ``f(x)`` for the keys with a lower bound (SiLU, HardSwish, GELU), or None."""
+    readers = list(x.outputs)
+    if len(readers) == 1 and readers[0].op in ("HardSwish", "Gelu"):
+        return readers[0].outputs[0]
+    muls = [n for n in readers if n.op == "Mul"]
+    if key[0] == "x*" and key[1][0] in ("Sigmoid", "HardSigmoid") and len(readers) == 2 and muls:
+        return muls[0].outputs[0]  # (reader_key saw x * gate(x); through moves it is not x's own reader)
+    if key[0] == "Gelu" and len(readers) == 2:  # spelled: (x * (1 + erf)) * 0.5, or (x * 0.5) * (1 + erf)
+        mul = next((n for n in readers if n.op == "Mul" and not _near_const(_other(n, x), math.sqrt(0.5))), None)
+        last = mul.outputs[0].outputs if mul is not None else []
+        if len(last) != 1 or last[0].op != "Mul":
+            return None
+        if _near_const(_other(mul, x), 0.5) or _near_const(_other(last[0], mul.outputs[0]), 0.5):
+            return last[0].outputs[0]
+    return None  # 2 * GELU without its 0.5, Tanh, Sigmoid (bounded: their own formats)
+
+
+def _near_const(t: gs.Tensor | None, want: float) -> bool:
+    v = _scalar(t) if t is not None else None
+    return v is not None and math.isclose(v, want, rel_tol=1e-3)
+
+
+def _refusal(graph: gs.Graph, y: gs.Tensor) -> str | None:
+    if is_graph_output(graph, y):
+        return "a graph output"
+    for r in y.outputs:
+        why = _layer_refusal(r, y)
+        if why:
+            return f"read by {r.op} {node_label(r)}: {why}"
+    return None
+
+
+def _layer_refusal(node: gs.Node, y: gs.Tensor) -> str | None:
+    if node.op not in ("Conv", "Gemm", "MatMul") or node.inputs[0] is not y:
+        return "not a layer reading it as its data input"
+    w = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    if w is None or any(r is not node for r in node.inputs[1].outputs):
+        return "its weight is not a constant of its own"
+    if node.op == "Conv" and (any(int(p) for p in node.attrs.get("pads", [])) or
+                              str(node.attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID")):
+        return "it pads (a pad reads 0, which is -offset after the lift)"
+    if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
+        return "transA"
+    if node.op == "MatMul" and w.ndim != 2:
+        return f"a {w.ndim}-D weight"
+    return None
+
+
+def _lift(graph: gs.Graph, names: UniqueNames, y: gs.Tensor, c: float) -> None:
+    """``y + c`` for every reader of ``y``, each reader's bias minus ``c`` times its weight's input sums."""
+    readers = list(y.outputs)
+    lifted = gs.Variable(names.fresh(f"{y.name}_lifted"), dtype=y.dtype, shape=y.shape)
+    cst = new_constant(graph, f"{y.name}_offset", np.array(c, np.float32), names)
+    graph.nodes.append(gs.Node("Add", names.fresh(f"{y.name}/offset"), inputs=[y, cst], outputs=[lifted]))
+    for node in readers:
+        w = const_value(node.inputs[1]).astype(np.float64)
+        if node.op == "Conv":
+            sums = w.reshape(w.shape[0], -1).sum(axis=1)
+        elif node.op == "Gemm":
+            sums = w.sum(axis=1 if int(node.attrs.get("transB", 0)) else 0) * float(node.attrs.get("alpha", 1.0))
+            sums = sums / float(node.attrs.get("beta", 1.0))
+        else:
+            sums = w.sum(axis=0)
+        node.inputs[0] = lifted
+        _add_bias(graph, names, node, -c * sums)
+    graph.toposort()
+
+
+def _add_bias(graph: gs.Graph, names: UniqueNames, node: gs.Node, delta: np.ndarray) -> None:
+    """``node``'s bias plus ``delta`` (a new constant): Conv/Gemm's own, a MatMul's bias Add; else an Add after it."""
+    label = node_label(node)
+    owner, slot = (node, 2) if node.op in ("Conv", "Gemm") else _matmul_bias(node)
+    if owner is not None:
+        has = len(owner.inputs) > slot and owner.inputs[slot].name
+        old = const_value(owner.inputs[slot]) if has else np.zeros(1)
+        if old is not None and old.size in (1, delta.size):
+            same = old.size == delta.size
+            base = old.astype(np.float64).reshape(-1) if same else np.full(delta.shape, float(old.flat[0]))
+            shape = old.shape if has and same else delta.shape
+            b = new_constant(graph, f"{label}_bias_offset", (base + delta).astype(np.float32).reshape(shape), names)
+            while len(owner.inputs) <= slot:
+                owner.inputs.append(gs.Variable.empty())
+            owner.inputs[slot] = b
+            return
+    out = node.outputs[0]
+    shape = [-1] + [1] * (len(out.shape) - 2) if node.op == "Conv" and out.shape else [-1]
+    moved = gs.Variable(names.fresh(f"{out.name}_pre_offset"), dtype=out.dtype, shape=out.shape)
+    node.outputs[0] = moved
+    cst = new_constant(graph, f"{label}_bias_offset", delta.astype(np.float32).reshape(shape), names)
+    graph.nodes.append(gs.Node("Add", names.fresh(f"{label}/bias_offset"), inputs=[moved, cst], outputs=[out]))
+
+
+def _matmul_bias(node: gs.Node) -> tuple[gs.Node | None, int]:
+    """A MatMul's bias Add (its one reader, adding a constant) and the constant's slot, or (None, 0)."""
+    out = node.outputs[0]
+    add = out.outputs[0] if len(out.outputs) == 1 and out.outputs[0].op == "Add" else None
+    if add is None or len(add.inputs) != 2:
+        return None, 0
+    slot = 1 if add.inputs[0] is out else 0
+    return (add, slot) if is_const(add.inputs[slot]) and len(add.inputs[slot].outputs) == 1 else (None, 0)
