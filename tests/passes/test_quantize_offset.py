@@ -1,4 +1,4 @@
-"""offset (onnxsq.passes.quantize.offset): SiLU / HardSwish / GELU outputs lifted to >= 0 where only layers
+"""offset (onnxsq.passes.quantize.offset): SiLU / HardSwish outputs lifted to >= 0 where only layers
 that take the offset exactly read them; the float model unchanged, the tensor unsigned, the refusals."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from onnxsq.passes.quantize import QuantizeConfig, quantize
 from onnxsq.passes.quantize.offset import offset_outputs
 
 
-def _net(act: str, reader: str = "conv1x1", bias: bool = True) -> onnx.ModelProto:
-    """x 1×3×4×4 → 1×1 Conv(8) → ``act`` → ``reader`` → y: conv1x1, conv3x3 (padded), gemm (after a Flatten of
+def _net(act: str, reader: str = "conv1x1", bias: bool = True, opset: int = 14) -> onnx.ModelProto:
+    """x 1×3×4×4 → 1×1 Conv(8) → ``act`` → ``reader`` → y: conv1x1, conv3x3 (padded 1), gemm (after a Flatten of
     the input: the activation on [1, 8]), matmul (on [1, 16, 8], with a bias Add or none)."""
     b = Builder(4)
     if reader in ("gemm", "matmul"):
@@ -44,7 +44,7 @@ def _net(act: str, reader: str = "conv1x1", bias: bool = True) -> onnx.ModelProt
         out = b.node("MatMul", [y, b.const("w", b.weight((8, 4), 8))])
         out = b.node("Add", [out, b.const("b", np.ones(4))]) if bias else out
     b.nodes.append(onnx.helper.make_node("Identity", [out], ["y"], name="out"))
-    return b.model({"x": [1, 3, 4, 4]}, ["y"], opset=14)
+    return b.model({"x": [1, 3, 4, 4]}, ["y"], opset=opset)
 
 
 def _rewritten(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]:
@@ -53,10 +53,10 @@ def _rewritten(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]:
     return export_like(graph, model), done
 
 
-@pytest.mark.parametrize(("act", "bound"), [("silu", 0.2785), ("hswish", 0.375), ("HardSwish", 0.375),
-                                            ("gelu", 0.1700)])
-@pytest.mark.parametrize(("reader", "bias"), [("conv1x1", True), ("conv1x1", False), ("gemm", True),
-                                              ("gemm", False), ("matmul", True), ("matmul", False)])
+@pytest.mark.parametrize(("act", "bound"), [("silu", 0.2785), ("hswish", 0.375), ("HardSwish", 0.375)])
+@pytest.mark.parametrize(("reader", "bias"), [("conv1x1", True), ("conv1x1", False), ("conv3x3", True),
+                                              ("conv3x3", False), ("gemm", True), ("gemm", False), ("matmul", True),
+                                              ("matmul", False)])
 def test_lift_keeps_the_float_model_and_makes_the_tensor_nonnegative(act, bound, reader, bias):
     model = _net(act, reader, bias)
     new, done = _rewritten(model)
@@ -74,9 +74,14 @@ def test_lift_keeps_the_float_model_and_makes_the_tensor_nonnegative(act, bound,
         assert y.min() >= 0.0
 
 
-@pytest.mark.parametrize(("act", "reader"), [("silu", "conv3x3"), ("Sigmoid", "conv1x1"), ("Relu", "conv1x1")])
+@pytest.mark.parametrize(("act", "reader"), [("gelu", "conv1x1"), ("Sigmoid", "conv1x1"), ("Relu", "conv1x1")])
 def test_refused_where_the_offset_is_not_exact_or_not_needed(act, reader):
     assert _rewritten(_net(act, reader))[1] == []
+
+
+def test_a_padded_conv_before_opset_11_refuses():
+    assert _rewritten(_net("silu", "conv3x3", opset=10))[1] == []
+    assert len(_rewritten(_net("silu", "conv1x1", opset=10))[1]) == 1
 
 
 def test_another_reader_or_a_graph_output_refuses():

@@ -1,21 +1,22 @@
-"""offset: a float function's output lifted to non-negative values, the offset taken back by the layers reading it.
+"""offset: a SiLU / HardSwish output lifted to non-negative values, the offset taken back by the layers reading it.
 
-Math: SiLU, HardSwish and GELU are bounded below (``min x * sigmoid(x) = -0.2785``, ``min x * hardsigmoid(x) =
--beta^2 / (4 alpha)`` (-0.375 for HardSwish), ``min GELU = -0.1700``) and unbounded above. With zero points 0 a
-tensor ``y`` that dips below 0 needs a signed format, and half of its codes hold ``[-max, -0.28]``, where no
-value lies. ``y' = y + c`` with ``c`` the bound rounded up to a multiple of 2^-6 is ``>= 0``: unsigned, its step
-half the signed one for the same maximum. A layer that reads it computes ``W * y = W * y' - c * W * 1``, so its
-bias takes ``-c`` times its weight's sum over each output's inputs; the network computes the same up to float
-rounding. The ``Add`` of ``c`` sits after the function, inside its float island (a target folds it into the
-function's table). Runs before planning, after the other float rewrites.
+Math: SiLU and HardSwish are bounded below (``min x * sigmoid(x) = -0.2785``, ``min x * hardsigmoid(x) =
+-beta^2 / (4 alpha)``: -0.375 for HardSwish) and unbounded above. With zero points 0 a tensor ``y`` that dips
+below 0 needs a signed format, and half of its codes hold ``[-max, -0.28]``, where no value lies. ``y' = y + c``
+with ``c`` the bound rounded up to a multiple of 2^-6 is ``>= 0``: unsigned, its step half the signed one for
+the same maximum. A layer that reads it computes ``W * y = W * y' - c * W * 1``, so its bias takes ``-c`` times
+its weight's sum over each output's inputs; a padded Conv reads ``y'`` through a ``Pad`` with value ``c``
+(where ``y`` was padded with 0) and pads no more itself. The network computes the same up to float rounding.
+The ``Add`` of ``c`` (and the Pad) sit after the function, inside its float island (a target folds ``c`` into
+the function's table). Runs before planning, after the other float rewrites.
 
-Candidates: the output of SiLU (``x * Sigmoid(x)``), HardSwish (the op, or ``x * HardSigmoid(x)``) or GELU (the op,
-or spelled as :func:`.through.spelled_gelu` with its 0.5), where every reader is a layer that takes the offset
-exactly: ``Conv`` without padding (padding would read 0 where ``y`` is 0, now ``-c``), ``Gemm`` (``transA = 0``)
-or ``MatMul`` with the tensor as its data input and a constant weight. Left alone, each with a reason in the log:
-a graph output, another reader (a padded Conv: YOLO's 3x3 layers; a residual Add; a pool), a shared weight.
-Not with ``integer_only`` / ``ort_kernels`` (their products make the function an integer op, where the Add would
-be one more quantization point) nor ``fuse_activations="all"`` (the layer's own output is then the function's).
+Candidates: the output of SiLU (``x * Sigmoid(x)``) or HardSwish (the op, or ``x * HardSigmoid(x)``) where
+every reader is a ``Conv`` (explicit padding or none; opset 11+ for the Pad), ``Gemm`` (``transA = 0``) or
+``MatMul`` with the tensor as its data input and a constant weight of its own. Left alone, each with a
+reason in the log: a graph output, another reader (a residual Add, a Concat, a pool), a shared weight,
+``auto_pad``. GELU is not lifted (the README: measured, it cost more than it gained). Not with
+``integer_only`` / ``ort_kernels`` (their products make the function an integer op, where the Add would be one
+more quantization point) nor ``fuse_activations="all"`` (the layer's own output is then the function's).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...graph import UniqueNames, const_value, is_const, is_graph_output, new_constant, node_label
-from .through import _function, _other, _scalar, reader_key
+from .through import _function, reader_key
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ GRID = 2.0**-6  # the offset: the function's bound rounded up to this grid (exac
 def offset_outputs(graph: gs.Graph) -> list[dict]:
     """Rewrite every candidate of ``graph`` in place (the module docstring); one entry per lifted tensor."""
     names, outputs, done = UniqueNames(graph), {t.name for t in graph.outputs}, []
+    opset = int(graph.opset or 0)
     for x in list(graph.tensors().values()):
         if not isinstance(x, gs.Variable) or not x.outputs:
             continue
@@ -44,7 +46,7 @@ def offset_outputs(graph: gs.Graph) -> list[dict]:
         y = _function_output(x, key) if key is not None else None
         if y is None:
             continue
-        why = _refusal(graph, y)
+        why = _refusal(graph, y, opset)
         if why:
             log.info("quantize: %s stays signed: %s", y.name, why)
             continue
@@ -56,47 +58,36 @@ def offset_outputs(graph: gs.Graph) -> list[dict]:
 
 
 def _function_output(x: gs.Tensor, key: tuple) -> gs.Tensor | None:
-    """The tensor holding ``f(x)`` for the keys with a lower bound (SiLU, HardSwish, GELU), or None."""
+    """The tensor holding ``f(x)`` for SiLU and HardSwish (bounded below), or None."""
     readers = list(x.outputs)
-    if len(readers) == 1 and readers[0].op in ("HardSwish", "Gelu"):
+    if len(readers) == 1 and readers[0].op == "HardSwish":
         return readers[0].outputs[0]
     muls = [n for n in readers if n.op == "Mul"]
     if key[0] == "x*" and key[1][0] in ("Sigmoid", "HardSigmoid") and len(readers) == 2 and muls:
         return muls[0].outputs[0]  # (reader_key saw x * gate(x); through moves it is not x's own reader)
-    if key[0] == "Gelu" and len(readers) == 2:  # spelled: (x * (1 + erf)) * 0.5, or (x * 0.5) * (1 + erf)
-        mul = next((n for n in readers if n.op == "Mul" and not _near_const(_other(n, x), math.sqrt(0.5))), None)
-        last = mul.outputs[0].outputs if mul is not None else []
-        if len(last) != 1 or last[0].op != "Mul":
-            return None
-        if _near_const(_other(mul, x), 0.5) or _near_const(_other(last[0], mul.outputs[0]), 0.5):
-            return last[0].outputs[0]
-    return None  # 2 * GELU without its 0.5, Tanh, Sigmoid (bounded: their own formats)
+    return None  # GELU (the README: it cost svtrv2_text), Tanh, Sigmoid (bounded: their own formats)
 
 
-def _near_const(t: gs.Tensor | None, want: float) -> bool:
-    v = _scalar(t) if t is not None else None
-    return v is not None and math.isclose(v, want, rel_tol=1e-3)
-
-
-def _refusal(graph: gs.Graph, y: gs.Tensor) -> str | None:
+def _refusal(graph: gs.Graph, y: gs.Tensor, opset: int) -> str | None:
     if is_graph_output(graph, y):
         return "a graph output"
     for r in y.outputs:
-        why = _layer_refusal(r, y)
+        why = _layer_refusal(r, y, opset)
         if why:
             return f"read by {r.op} {node_label(r)}: {why}"
     return None
 
 
-def _layer_refusal(node: gs.Node, y: gs.Tensor) -> str | None:
+def _layer_refusal(node: gs.Node, y: gs.Tensor, opset: int) -> str | None:
     if node.op not in ("Conv", "Gemm", "MatMul") or node.inputs[0] is not y:
         return "not a layer reading it as its data input"
     w = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
     if w is None or any(r is not node for r in node.inputs[1].outputs):
         return "its weight is not a constant of its own"
-    if node.op == "Conv" and (any(int(p) for p in node.attrs.get("pads", [])) or
-                              str(node.attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID")):
-        return "it pads (a pad reads 0, which is -offset after the lift)"
+    if node.op == "Conv" and str(node.attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID"):
+        return "auto_pad SAME (its padding is not written out)"
+    if node.op == "Conv" and any(int(p) for p in node.attrs.get("pads", [])) and opset < 11:
+        return f"it pads, and a Pad with a value as an input needs opset 11 (this model: {opset})"
     if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
         return "transA"
     if node.op == "MatMul" and w.ndim != 2:
@@ -104,8 +95,30 @@ def _layer_refusal(node: gs.Node, y: gs.Tensor) -> str | None:
     return None
 
 
+def _padded(graph: gs.Graph, names: UniqueNames, node: gs.Node, lifted: gs.Tensor, c: float) -> gs.Tensor:
+    """A padded Conv's input: ``lifted`` through a Pad with value ``c`` (``y = 0`` there), the Conv's own
+    padding then 0; ``lifted`` itself where the Conv does not pad."""
+    pads = [int(p) for p in node.attrs.get("pads", [])]
+    if not any(pads):
+        return lifted
+    k = len(pads) // 2
+    full = np.array([0, 0, *pads[:k], 0, 0, *pads[k:]], np.int64)
+    shape = None
+    if lifted.shape and len(lifted.shape) == k + 2:
+        shape = [d + pads[i - 2] + pads[i - 2 + k] if i >= 2 and isinstance(d, int) else d if i < 2 else None
+                 for i, d in enumerate(lifted.shape)]
+    out = gs.Variable(names.fresh(f"{lifted.name}_padded"), dtype=lifted.dtype, shape=shape)
+    ins = [lifted, new_constant(graph, f"{lifted.name}_pads", full, names),
+           new_constant(graph, f"{lifted.name}_pad_value", np.array(c, np.float32), names)]
+    graph.nodes.append(gs.Node("Pad", names.fresh(f"{node_label(node)}/offset_pad"), inputs=ins, outputs=[out],
+                               attrs={"mode": "constant"}))
+    node.attrs["pads"] = [0] * len(pads)
+    return out
+
+
 def _lift(graph: gs.Graph, names: UniqueNames, y: gs.Tensor, c: float) -> None:
-    """``y + c`` for every reader of ``y``, each reader's bias minus ``c`` times its weight's input sums."""
+    """``y + c`` for every reader of ``y``, each reader's bias minus ``c`` times its weight's input sums (a
+    padded Conv reads it through a Pad with ``c``: :func:`_padded`)."""
     readers = list(y.outputs)
     lifted = gs.Variable(names.fresh(f"{y.name}_lifted"), dtype=y.dtype, shape=y.shape)
     cst = new_constant(graph, f"{y.name}_offset", np.array(c, np.float32), names)
@@ -119,7 +132,7 @@ def _lift(graph: gs.Graph, names: UniqueNames, y: gs.Tensor, c: float) -> None:
             sums = sums / float(node.attrs.get("beta", 1.0))
         else:
             sums = w.sum(axis=0)
-        node.inputs[0] = lifted
+        node.inputs[0] = _padded(graph, names, node, lifted, c) if node.op == "Conv" else lifted
         _add_bias(graph, names, node, -c * sums)
     graph.toposort()
 
