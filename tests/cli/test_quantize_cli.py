@@ -270,3 +270,18 @@ def test_fuse_activations_flag(run_cli, model_and_data, tmp_path):
     assert fused == {"none": 0, "all": 6}
     res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / "q.onnx", "--fuse-activations", "silu")
     assert res.code != 0 and "--fuse-activations" in res.err and "Traceback" not in res.err
+
+
+def test_no_offset_outputs_flag(run_cli, model_and_data, tmp_path):
+    from builders import activation_chain
+
+    _, data = model_and_data
+    model = tmp_path / "silu.onnx"
+    model.write_bytes(activation_chain("silu").SerializeToString())  # two SiLUs read by padded Convs, one not
+    lifted = {}
+    for flags in ((), ("--no-offset-outputs",)):
+        res = run_cli("quantize", model, "--calib", data, "-o", tmp_path / "q.onnx", *flags, "--report",
+                      tmp_path / "r.json", "-q")
+        assert res.code == 0, res.err
+        lifted[flags] = json.loads((tmp_path / "r.json").read_text())["summary"].get("offset_outputs")
+    assert lifted == {(): 2, ("--no-offset-outputs",): None}
