@@ -49,7 +49,8 @@ def _net(act: str, reader: str = "conv1x1", bias: bool = True, opset: int = 14) 
 
 def _rewritten(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]:
     graph = import_graph(onnx.shape_inference.infer_shapes(model))
-    done = offset_outputs(graph)
+    done, refused = offset_outputs(graph)
+    assert not (done and refused) or set(refused).isdisjoint(d["tensor"] for d in done)
     return export_like(graph, model), done
 
 
@@ -82,6 +83,13 @@ def test_refused_where_the_offset_is_not_exact_or_not_needed(act, reader):
 def test_a_padded_conv_before_opset_11_refuses():
     assert _rewritten(_net("silu", "conv3x3", opset=10))[1] == []
     assert len(_rewritten(_net("silu", "conv1x1", opset=10))[1]) == 1
+
+
+def test_refusals_are_named_in_the_report():
+    model = _net("silu", "conv3x3", opset=10)
+    _, rep = quantize(model, iter(model_feeds(model, 4)), config=QuantizeConfig(report_samples=0))
+    (cand,) = [c for c in rep.candidates if c.op == "offset"]
+    assert cand.action == "skipped" and "opset 11" in cand.reason and "offset_outputs" not in rep.summary
 
 
 def test_another_reader_or_a_graph_output_refuses():

@@ -10,7 +10,8 @@ its weight's sum over each output's inputs; a padded Conv reads ``y'`` through a
 The ``Add`` of ``c`` (and the Pad) sit after the function, inside its float island (a target folds ``c`` into
 the function's table). Runs before planning, after the other float rewrites.
 
-Candidates: the output of SiLU (``x * Sigmoid(x)``) or HardSwish (the op, or ``x * HardSigmoid(x)``) where
+Candidates (the report's ``offset_outputs`` counts the lifted; each other one is a candidate of op ``offset``
+with its reason): the output of SiLU (``x * Sigmoid(x)``) or HardSwish (the op, or ``x * HardSigmoid(x)``) where
 every reader is a ``Conv`` (explicit padding or none; opset 11+ for the Pad), ``Gemm`` (``transA = 0``) or
 ``MatMul`` with the tensor as its data input and a constant weight of its own. Left alone, each with a
 reason in the log: a graph output, another reader (a residual Add, a Concat, a pool), a shared weight,
@@ -35,9 +36,10 @@ log = logging.getLogger(__name__)
 GRID = 2.0**-6  # the offset: the function's bound rounded up to this grid (exact in float, and in the bias)
 
 
-def offset_outputs(graph: gs.Graph) -> list[dict]:
-    """Rewrite every candidate of ``graph`` in place (the module docstring); one entry per lifted tensor."""
-    names, outputs, done = UniqueNames(graph), {t.name for t in graph.outputs}, []
+def offset_outputs(graph: gs.Graph) -> tuple[list[dict], dict[str, str]]:
+    """Rewrite every candidate of ``graph`` in place (the module docstring): one entry per lifted tensor, and
+    why each other SiLU / HardSwish output stays signed (tensor → reason)."""
+    names, outputs, done, refused = UniqueNames(graph), {t.name for t in graph.outputs}, [], {}
     opset = int(graph.opset or 0)
     for x in list(graph.tensors().values()):
         if not isinstance(x, gs.Variable) or not x.outputs:
@@ -49,12 +51,13 @@ def offset_outputs(graph: gs.Graph) -> list[dict]:
         why = _refusal(graph, y, opset)
         if why:
             log.info("quantize: %s stays signed: %s", y.name, why)
+            refused[y.name] = why
             continue
         bound = float(np.min(_function(key)(np.linspace(-20.0, 0.0, 200001))))
         c = math.ceil((-bound + 1e-4) / GRID) * GRID
         _lift(graph, names, y, c)
         done.append({"tensor": y.name, "function": key[0] if key[0] != "x*" else f"x*{key[1][0]}", "offset": c})
-    return done
+    return done, refused
 
 
 def _function_output(x: gs.Tensor, key: tuple) -> gs.Tensor | None:

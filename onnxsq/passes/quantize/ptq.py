@@ -223,8 +223,12 @@ def _load_and_fold(model: ModelLike, cfg: QuantizeConfig, report: Report,
     if cfg.fold_forward and cfg.carrier == "native" and (shifted := shifts_as_convs(graph)):
         report.summary["shifts_as_convs"] = shifted
     if cfg.offset_outputs and cfg.fold_forward and not (cfg.integer_only or cfg.ort_kernels) and \
-            cfg.fuse_activations != "all" and (lifted := offset_outputs(graph)):  # (.offset)
-        report.summary["offset_outputs"] = len(lifted)
+            cfg.fuse_activations != "all":  # (.offset)
+        lifted, refused = offset_outputs(graph)
+        if lifted:
+            report.summary["offset_outputs"] = len(lifted)
+        for tensor, why in refused.items():  # (every SiLU / HardSwish output left signed, with its reason)
+            report.add(tensor, "offset", "skipped", f"stays signed, not lifted: {why}")
     cfg = drop_unmatched(cfg, graph, report)
     if default_opset(original) < needed_opset(cfg)[0]:
         original, cfg = ensure_opset(export_like(graph, original), report, cfg)
