@@ -57,6 +57,8 @@ def offset_outputs(graph: gs.Graph) -> tuple[list[dict], dict[str, str]]:
         c = math.ceil((-bound + 1e-4) / GRID) * GRID
         _lift(graph, names, y, c)
         done.append({"tensor": y.name, "function": key[0] if key[0] != "x*" else f"x*{key[1][0]}", "offset": c})
+    if done:
+        graph.toposort()  # (once: the Adds, Pads and bias Adds were appended at the end)
     return done, refused
 
 
@@ -137,7 +139,6 @@ def _lift(graph: gs.Graph, names: UniqueNames, y: gs.Tensor, c: float) -> None:
             sums = w.sum(axis=0)
         node.inputs[0] = _padded(graph, names, node, lifted, c) if node.op == "Conv" else lifted
         _add_bias(graph, names, node, -c * sums)
-    graph.toposort()
 
 
 def _add_bias(graph: gs.Graph, names: UniqueNames, node: gs.Node, delta: np.ndarray) -> None:

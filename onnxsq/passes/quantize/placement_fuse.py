@@ -25,7 +25,6 @@ not a constant, a gate whose output something other than the ``Mul`` reads, and 
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...graph import is_const, is_graph_output
@@ -35,11 +34,7 @@ FUNCTIONS = ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish")
 GATES = ("Sigmoid", "HardSigmoid")  # x * gate(x): SiLU, HardSwish
 
 
-def _float32(t: gs.Tensor) -> bool:
-    return t.dtype is not None and np.dtype(t.dtype) == np.float32
-
-
-def _single(graph: gs.Graph, t: gs.Tensor, ops: tuple[str, ...]) -> list[gs.Node]:
+def _single(t: gs.Tensor, ops: tuple[str, ...]) -> list[gs.Node]:
     """``t``'s one reader where it is one of ``ops`` (one output; PRelu: a constant slope)."""
     r = t.outputs[0]
     if r.op not in ops or len(r.outputs) != 1 or r.inputs[0] is not t:
@@ -70,9 +65,11 @@ def fused_function(graph: gs.Graph, t: gs.Tensor, mode: str, excluded) -> list[g
     if mode == "none" or is_graph_output(graph, t) or not t.outputs:
         return []
     if len(t.outputs) == 1:
-        nodes = _single(graph, t, LEAKY + (FUNCTIONS if mode == "all" else ()))
+        nodes = _single(t, LEAKY + (FUNCTIONS if mode == "all" else ()))
     else:
         nodes = _gated(t) if mode == "all" and len(t.outputs) == 2 else []
-    if any(excluded(n) for n in nodes) or not all(_float32(n.outputs[0]) for n in nodes):
+    from .placement import _is_float  # (placement imports this module)
+
+    if any(excluded(n) for n in nodes) or not all(_is_float(n.outputs[0]) for n in nodes):
         return []
     return nodes
