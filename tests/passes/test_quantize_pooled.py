@@ -93,3 +93,22 @@ def test_fast_has_none_and_the_option_is_checked():
     for bad in (-1, 8):
         with pytest.raises(InvalidOptionError, match="--pooled-headroom"):
             QuantizeConfig(pooled_headroom=bad).validate()
+
+
+
+def test_scale_alignment_leaves_the_head_with_its_headroom():
+    """A factor fitted to the head's few draws would take back the headroom: its domains are refused with
+    that reason; with no headroom the same domain aligns."""
+    rng = np.random.default_rng(0)
+    calib = [{"input": rng.standard_normal((1, 1, 8, 8)).astype(np.float32)} for _ in range(8)]
+
+    def alignment(bits: int) -> dict:
+        _, r = quantize(conv_classifier((8,)), iter(calib), config=QuantizeConfig(pooled_headroom=bits,
+                                                                                    report_samples=0))
+        return r.summary["scale_alignment"]
+
+    on, off = alignment(1), alignment(0)
+    assert {e["tensor"] for e in on["refused"] if "pooled head" in e["reason"]} == {"flat", "logits"}, on
+    assert not on["aligned"]
+    assert [e["tensor"] for e in off["aligned"]] == ["flat"]
+    assert not any("pooled head" in e["reason"] for e in off["refused"])

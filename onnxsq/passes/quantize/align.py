@@ -26,7 +26,9 @@ whole model is checked against the unaligned one (:func:`checked`) and the bette
 Refused, with the reason in the report's ``scale_alignment``: a domain holding a graph input, a tensor made or
 read by another op (HardSwish, SiLU, Sigmoid, Clip, a product of two activations without ``align_islands``),
 a weight shared with a layer outside it or in another role, a constant shared with another node, given
-parameters, a function-range or Softmax-read tensor, a shared-scale group that reaches outside it; and the
+parameters, a function-range or Softmax-read tensor, a pooled head's tensor (its range has headroom for the
+draws calibration lacks, :mod:`.pooled`: a factor fitted to those few draws takes it back), a shared-scale
+group that reaches outside it; and the
 whole step where a parameters file is read or written (it holds shifts, not the factors).
 """
 

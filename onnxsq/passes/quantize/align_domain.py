@@ -216,6 +216,8 @@ def unfit(ctx: Any, dom: Domain, mine: list[str]) -> str | None:
             return f"{t}: read by a function as well as by layers"
         if ctx.stats.get(t) is None or ctx.stats[t].batches == 0:
             return f"{t}: no calibration statistics"
+        if t in ctx.headroom:  # a factor fitted to its few draws would take back the headroom they lack
+            return f"{t}: a pooled head's tensor (few calibration draws: its range has headroom, .pooled)"
         outside = [m for m in ctx.plan.members(ctx.plan.groups.get(t, t)) if m not in inside]
         if outside:
             return f"{t} shares one scale with {outside[0]}, outside the domain"
