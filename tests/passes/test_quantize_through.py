@@ -202,3 +202,54 @@ def test_erf_matches_math_erf():
     v = np.concatenate([np.linspace(-7, 7, 2001), [0.0, -0.0, 1e-8]])
     np.testing.assert_allclose(_erf(v), [math.erf(z) for z in v], atol=2e-7)
     assert _erf(np.float64(3.0)).shape == ()
+
+
+def _prelu_net(slope: np.ndarray | None) -> onnx.ModelProto:
+    """Conv → PRelu with a constant slope of 4 channels (LeakyRelu where ``slope`` is None) → Conv."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.normal(0, 1.0, (4, 3, 3, 3)).astype(np.float32), "w0"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (2, 4, 1, 1)).astype(np.float32), "w1")]
+    act = helper.make_node("LeakyRelu", ["c0"], ["a0"], alpha=0.1)
+    if slope is not None:
+        inits.append(numpy_helper.from_array(slope.astype(np.float32).reshape(4, 1, 1), "slope"))
+        act = helper.make_node("PRelu", ["c0", "slope"], ["a0"])
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]), act,
+             helper.make_node("Conv", ["a0", "w1"], ["y"])]
+    graph = helper.make_graph(nodes, "prelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+
+
+@pytest.mark.parametrize("slope", [None, np.array([0.25, -0.5, 0.1, 0.0])])
+def test_a_leaky_reader_scales_the_negative_half_by_its_steepest_slope(slope):
+    """LeakyRelu's alpha, a PRelu's largest |slope| (the histogram mixes the channels: the steepest one's clipping
+    is what the bound must not let through); positively homogeneous, so scale alignment carries it."""
+    from onnxsq.passes.quantize.through import homogeneous
+
+    found = reader_functions(gs.import_onnx(_prelu_net(slope)), ["x", "c0", "a0"])
+    assert set(found) == {"c0"}
+    a = 0.1 if slope is None else 0.5
+    v = np.linspace(-4, 4, 9)
+    np.testing.assert_allclose(found["c0"](v), np.where(v >= 0, v, a * v))
+    assert homogeneous(found["c0"]) and not homogeneous(_sigmoid)
+    rng = np.random.default_rng(5)  # a long negative tail: the clipping there costs a**2 of what it would
+    x = np.concatenate([-np.abs(rng.normal(0, 12, 30000)), np.abs(rng.normal(0, 2.5, 30000))])
+    st = _stats(x.astype(np.float32))
+    for shift, err in through_errors(st, 8, True, found["c0"]):
+        real = float(np.sum(np.square(found["c0"](x) - found["c0"](_q(x, shift, True)))))
+        assert err == pytest.approx(real, rel=0.15), shift
+    plain, (shift, signed) = min(mse_errors(st, 8, True), key=lambda e: e[1])[0], through_format(st, 8, found["c0"])
+    assert shift >= plain and (slope is not None or shift > plain)  # alpha 0.1: the tail clips
+
+    def real(s: int, sg: bool) -> float:
+        return float(np.mean(np.square(found["c0"](x) - found["c0"](_q(x, s, sg)))))
+
+    assert real(shift, signed) <= real(plain, True)
+
+
+def test_a_prelu_with_a_slope_given_at_run_time_is_no_reader_function():
+    g = gs.import_onnx(_prelu_net(np.array([0.25, 0.5, 0.1, 0.2])))
+    fed = gs.Variable("slope_in", dtype=np.float32, shape=(4, 1, 1))
+    g.inputs.append(fed)
+    next(n for n in g.nodes if n.op == "PRelu").inputs[1] = fed
+    assert reader_functions(g, ["c0"]) == {}

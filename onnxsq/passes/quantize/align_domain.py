@@ -16,6 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...graph import node_label
+from .through import homogeneous
 
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # weight at input 1 (a uniform factor: any layout), bias 2
 # one data input (0), homogeneous in it: f(a x) = a f(x) for a > 0 (their other inputs are shapes, indices)
@@ -212,7 +213,7 @@ def unfit(ctx: Any, dom: Domain, mine: list[str]) -> str | None:
             return f"{t} has given parameters"
         if t in ctx.plan.bounded or t in ctx.softmax:
             return f"{t}: its format comes from the function that reads or makes it"
-        if t in ctx.through and t not in dom.fed:
+        if t in ctx.through and t not in dom.fed and not homogeneous(ctx.through[t]):
             return f"{t}: read by a function as well as by layers"
         if ctx.stats.get(t) is None or ctx.stats[t].batches == 0:
             return f"{t}: no calibration statistics"

@@ -6,8 +6,11 @@ or after: PyTorch's and paddle2onnx's exports of transformer MLPs), or only a Si
 (also after moves: a detector's score maps reshaped and concatenated before one Sigmoid), passes on
 ``f(Q(x))``, not ``Q(x)``: what the quantization of ``x`` costs is ``E[(f(x) - f(Q(x)))^2]``. SiLU squashes
 the negative half to ``[-0.28, 0]`` and GELU to ``[-0.17, 0]``, Sigmoid both tails, so clipping there costs
-little and a finer step pays; the squared error of ``x``
-itself cannot tell.
+little and a finer step pays; the squared error of ``x`` itself cannot tell. A LeakyRelu or a PRelu with a
+constant slope (MTCNN-style nets: a Conv's output only a PRelu reads, when the target does not fuse it,
+:mod:`.placement_fuse`) scales the negative half's error by ``alpha**2``; a per-channel slope by its largest
+square (the histogram is the whole tensor's: the mean square let the channels of steep slopes clip,
+mtcnn_rnet -1.9 dB); positively homogeneous, so scale alignment carries it (:func:`homogeneous`).
 
 On the calibration histogram (as :func:`onnxsq.calibration.stats.mse_errors` measures ``x``'s error):
 inside the range a value at bin centre ``v`` costs ``f'(v)^2 step^2 / 12`` (uniform rounding error,
@@ -48,6 +51,22 @@ def _gate_key(node) -> tuple | None:
     return None
 
 
+def _leaky_key(node, tensor) -> tuple | None:
+    """("Leaky", alpha) where ``node`` is a LeakyRelu of ``tensor`` or a PRelu of it with a constant slope (its
+    largest magnitude), else None."""
+    if node.op == "LeakyRelu" and len(node.inputs) == 1:
+        return ("Leaky", float(node.attrs.get("alpha", 0.01)))
+    if node.op != "PRelu" or len(node.inputs) != 2 or node.inputs[0] is not tensor:
+        return None
+    from ...graph import const_value, is_const
+
+    slope = node.inputs[1]
+    if not is_const(slope):
+        return None
+    a = np.asarray(const_value(slope), np.float64)
+    return ("Leaky", float(np.max(np.abs(a)))) if a.size else None
+
+
 def _erf(x: np.ndarray) -> np.ndarray:
     """erf to ~1.5e-7 (Abramowitz & Stegun 7.1.26): numpy has none, and a histogram's error needs no more."""
     x = np.asarray(x, np.float64)
@@ -75,7 +94,17 @@ def _function(key: tuple) -> Fn:
         return lambda x: x * g(x)
     if key[0] == "HardSigmoid":
         return _hard_sigmoid(key[1], key[2])
+    if key[0] == "Leaky":
+        return _leaky(key[1])
     return _sigmoid if key[0] == "Sigmoid" else np.tanh
+
+
+def _leaky(alpha: float) -> Fn:
+    def f(x: np.ndarray) -> np.ndarray:
+        return np.where(x >= 0, x, alpha * x)
+
+    f.homogeneous = True  # f(a x) = a f(x) for a > 0: a scale-alignment factor passes through it
+    return f
 
 
 def _hard_swish(x: np.ndarray) -> np.ndarray:
@@ -101,6 +130,8 @@ def reader_key(tensor, outputs: set[str], depth: int = 0) -> tuple | None:
         return ("Gelu", str(readers[0].attrs.get("approximate", "none")))
     if len(readers) == 2 and spelled_gelu(tensor):
         return ("Gelu", "none")
+    if len(readers) == 1 and (leaky := _leaky_key(readers[0], tensor)) is not None:
+        return leaky
     gates = [n for n in readers if _gate_key(n) is not None]
     if len(readers) == 1 and gates:
         return _gate_key(gates[0])
@@ -160,6 +191,11 @@ def spelled_gelu(x) -> bool:
     half = _near(_scalar(_other(mul, x)), 0.5)  # (x * 0.5) * (1 + erf)
     last = _only_reader(mul.outputs[0], "Mul")
     return half and last is not None and _other(last, mul.outputs[0]) is h
+
+
+def homogeneous(f: Fn) -> bool:
+    """Whether ``f`` (of :func:`reader_function`) is positively homogeneous (LeakyRelu, PRelu)."""
+    return bool(getattr(f, "homogeneous", False))
 
 
 def reader_function(tensor, outputs: set[str]) -> Fn | None:
