@@ -11,7 +11,9 @@ flip: one model's SQNR moved by 5 dB between configurations equal on 68). Measur
 output SQNR against the float model (every output, samples pooled) and top-1 agreement. Variants are
 ``onnxsq.quantize`` configurations (``name=key:value,key:value``; the default set compares activation
 estimators and per-tensor/per-channel weights); ORT best: with/without ``quant_pre_process`` ×
-per-tensor/per-channel weights (QDQ, MinMax), the best of the four. Prints one table, a row per model.
+per-tensor/per-channel weights (QDQ, MinMax), the best of the four. ``--median``: also each variant's median
+of the per-crop output SQNRs (the issue's protocol) and onnxruntime's best median over its four. Prints one
+table, a row per model.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 import zoo  # noqa: E402
 from zoo.cli_args import bench_images, crops, samples, takes_images  # noqa: E402
-from zoo.measure import fidelity, ort_best  # noqa: E402
+from zoo.measure import fidelity, median_db, ort_best  # noqa: E402
 
 DEFAULT_VARIANTS = (
     "default=",
@@ -57,8 +59,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, out
 
 
-def run_variant(m, calib: list[dict], feeds: list[dict], overrides: dict, out: Path) -> tuple[float, float, float]:
-    """(SQNR, top-1, seconds) of onnxsq.quantize with ``overrides`` on ``m``."""
+def run_variant(m, calib: list[dict], feeds: list[dict], overrides: dict, out: Path
+                ) -> tuple[float, float, float, float]:
+    """(SQNR, top-1, seconds, median per-sample SQNR) of onnxsq.quantize with ``overrides`` on ``m``."""
     from onnxsq.model_io import save_model
     from onnxsq.passes.quantize import QuantizeConfig, quantize
 
@@ -84,7 +87,8 @@ def run_variant(m, calib: list[dict], feeds: list[dict], overrides: dict, out: P
         if key in report.summary:
             print(f"# {m.name} {out.stem}: {key} {report.summary[key]}", file=sys.stderr)
     save_model(q, out)
-    return (*fidelity(m.path, out, feeds), seconds)
+    per: list[float] = []
+    return (*fidelity(m.path, out, feeds, per), seconds, median_db(per))
 
 
 def run_quark(python: str, m, calib: list[dict], feeds: list[dict], config: str, out: Path
@@ -115,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crops", type=int, default=4, help="seeded crops per evaluation photo")
     ap.add_argument("--variants", nargs="*", default=list(DEFAULT_VARIANTS))
     ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--median", action="store_true", help="also each variant's median per-sample output SQNR (the "
+                    "issue's protocol) and onnxruntime's best median over its four variants")
     ap.add_argument("--quark-python", help="python of an AMD Quark environment (bench/quark_quantize.py): adds "
                     "its power-of-two XINT8 and XINT8_ADAROUND columns")
     ap.add_argument("--quark-configs", nargs="*", default=["XINT8", "XINT8_ADAROUND"],
@@ -129,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = [parse_variant(v) for v in args.variants]
     head = ["model", *(f"{n} dB" for n, _ in variants), "ORT best dB", "ORT variant",
             *(f"Quark {c} dB" for c in quark), *(f"{n} top-1" for n, _ in variants), "ORT top-1"]
+    if args.median:
+        head += [*(f"{n} median dB" for n, _ in variants), "ORT best median dB"]
     print("| " + " | ".join(head) + " |")  # rows as they come: a long run keeps what it measured
     print("|" + "---|" * len(head), flush=True)
     with tempfile.TemporaryDirectory(prefix="onnxsq-fidelity-") as tmp:
@@ -137,11 +145,16 @@ def main(argv: list[str] | None = None) -> int:
             calib = samples(m, imgs, args.calib)
             feeds = crops(m, imgs[args.calib:args.calib + args.eval], per_image=args.crops)
             res = [run_variant(m, calib, feeds, o, Path(tmp) / f"{m.name}.{n}.onnx") for n, o in variants]
-            ort = (float("nan"), float("nan"), "skipped") if args.no_ort else ort_best(m, calib, feeds, Path(tmp))
+            medians: dict[str, float] = {}
+            ort = (float("nan"), float("nan"), "skipped") if args.no_ort else ort_best(m, calib, feeds, Path(tmp),
+                                                                                        medians)
             qk = [run_quark(args.quark_python, m, calib, feeds, c, Path(tmp) / f"{m.name}.quark.{c}.onnx")
                   for c in quark]
             row = [m.name, *(f"{r[0]:.1f}" for r in res), f"{ort[0]:.1f}", ort[2],
                    *(f"{r[0]:.1f}" for r in qk), *(f"{r[1]:.1f}" for r in res), f"{ort[1]:.1f}"]
+            if args.median:
+                best_median = max((v for v in medians.values() if v == v), default=float("nan"))
+                row += [*(f"{r[3]:.1f}" for r in res), f"{best_median:.1f}"]
             print("| " + " | ".join(row) + " |", flush=True)
             print(f"# {m.name}: " + ", ".join(f"{n} {r[2]:.1f}s" for (n, _), r in zip(variants, res))
                   + "".join(f", Quark {c} {r[2]:.1f}s" for c, r in zip(quark, qk)), file=sys.stderr)
