@@ -402,3 +402,16 @@ def activation_chain(act: str, seed: int = 0, layers: int = 3) -> onnx.ModelProt
         cin = 8
     b.nodes.append(helper.make_node("Identity", [x], ["y"], name="out"))
     return b.model({"x": [1, 3, 8, 8]}, ["y"], opset=14 if act == "HardSwish" else 13)
+
+
+def layernorm_block(seed: int = 0, tokens: int = 12, width: int = 16) -> onnx.ModelProto:
+    """x [1, tokens, width] -> MatMul + bias -> LayerNormalization (last axis, epsilon 1e-3) -> MatMul + bias: a
+    transformer MLP's shape, opset 17."""
+    b = Builder(seed)
+    h = b.node("Add", [b.node("MatMul", ["x", b.const("w", b.weight((width, width), width))]),
+                       b.const("b", b.rng.normal(0, 0.3, width))])
+    ln = b.node("LayerNormalization", [h, b.const("gamma", b.rng.uniform(0.8, 2.4, width)),
+                                       b.const("beta", b.rng.normal(0, 0.2, width))], axis=-1, epsilon=1e-3)
+    y = b.node("Add", [b.node("MatMul", [ln, b.const("w", b.weight((width, 8), width))]),
+                       b.const("b", b.rng.normal(0, 0.1, 8))])
+    return b.model({"x": [1, tokens, width]}, [y], opset=17)

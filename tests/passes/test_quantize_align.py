@@ -198,3 +198,37 @@ def test_fast_effort_and_the_flag_turn_it_off():
     for cfg in (QuantizeConfig(effort="fast", report_samples=0), QuantizeConfig(align_scales=False, report_samples=0)):
         _, rep = quantize(_net(), iter(calib), config=cfg)
         assert "scales_aligned" not in rep.summary
+
+
+def test_a_layernorm_ends_one_domain_and_starts_the_next():
+    """LN(a x) with epsilon a**2 eps is LN(x), and its scale and bias times b make b LN(x): the MatMul output
+    it reads and its own output align (a transformer's residual stream), the float function unchanged."""
+    from builders import layernorm_block
+
+    from onnxsq.passes.quantize.aligned_float import aligned_float_model
+
+    model = layernorm_block()
+    rng = np.random.default_rng(1)
+    calib = [{"x": (rng.standard_normal((1, 12, 16)) * 1.3).astype(np.float32)} for _ in range(6)]
+    q, rep = quantize(model, iter(calib), config=QuantizeConfig(report_samples=2, pair_safe=False))
+    onnx.checker.check_model(q, full_check=True)
+    aligned = {a["tensor"]: a["factor"] for a in rep.summary["scale_alignment"]["aligned"]}
+    (ln,) = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert ln.input[0] in aligned and ln.output[0] in aligned, rep.summary["scale_alignment"]
+    (qln,) = [n for n in q.graph.node if n.op_type == "LayerNormalization"]
+    eps = onnx.helper.get_attribute_value(next(a for a in qln.attribute if a.name == "epsilon"))
+    assert eps == pytest.approx(1e-3 * aligned[ln.input[0]] ** 2, rel=1e-6)
+    assert all(np.log2(s) == np.round(np.log2(s)) for s in _scales(q))
+    off, _ = quantize(model, iter(calib), config=QuantizeConfig(report_samples=0, pair_safe=False,
+                                                                align_scales=False))
+    feeds = [{"x": (rng.standard_normal((1, 12, 16)) * 1.3).astype(np.float32)} for _ in range(4)]
+
+    def sqnr(qm: onnx.ModelProto) -> float:
+        ref = np.concatenate([run(model, f)[0].ravel() for f in feeds]).astype(np.float64)
+        got = np.concatenate([run(qm, f)[0].ravel() for f in feeds])
+        return pow2.sqnr_db(float(np.square(ref).sum()), float(np.square(ref - got).sum()))
+
+    assert sqnr(q) > sqnr(off)
+    carried = aligned_float_model(model, calib, QuantizeConfig(report_samples=0))
+    for f in feeds:  # the factors carried by the weights and epsilon: the same function
+        np.testing.assert_allclose(run(carried, f)[0], run(model, f)[0], rtol=1e-4, atol=1e-5)

@@ -3,10 +3,13 @@
 Math: a power-of-two scale wastes up to half of a tensor's codes (a range just above ``2**k`` takes the
 step of ``2**(k+1)``): a free scale, as onnxruntime's, places the range on the codes exactly. Every tensor of
 a *domain* (:mod:`.align_domain`) is scaled by one ``a > 0``: its sources (Conv, ConvTranspose, Gemm, MatMul:
-weight and bias times ``a``; a constant an ``Add``/``Concat`` of the domain reads) make ``a`` times their
+weight and bias times ``a``; LayerNormalization: scale and bias times ``a``; a constant an ``Add``/``Concat``
+of the domain reads) make ``a`` times their
 values, the ops inside it are positively homogeneous or linear in every input of the domain (ReLU, LeakyReLU,
 PReLU, pooling, reshapes, Resize, Slice, ``Add``/``Sub``/``Concat``/``Max`` of domain tensors, a product with
-a constant), and its sinks (the same layers' data input) divide their weights by ``a``: the network computes
+a constant), and its sinks (the same layers' data input) divide their weights by ``a`` (a LayerNormalization
+reading it takes ``a**2`` times its epsilon: ``LN(a x)`` is then ``LN(x)``, a transformer's residual stream
+aligned): the network computes
 the same (up to one float rounding per weight), while each tensor is quantized at ``2**-shift / a`` in its
 old units -- a free scale, every Q/DQ scale in the model still a power of two and every zero point 0. A graph
 output in a domain is handed back by a product with ``1 / a`` after its last DequantizeLinear (the host's
@@ -264,6 +267,8 @@ def _apply(ctx: Any, graph: gs.Graph, tensors: dict[str, gs.Tensor], dom: Domain
             scale(name, factor ** power)
     for name in dom.constants:
         scale(name, factor)
+    for node in dom.norms:  # (a x - a mean) / sqrt(a**2 var + a**2 eps): the same normalized values
+        node.attrs["epsilon"] = float(np.float32(float(node.attrs.get("epsilon", 1e-5)) * factor * factor))
     for name in dom.made:
         _product_after(graph, ctx, tensors, tensors[name], factor)
     for name, readers in dom.fed.items():

@@ -3,8 +3,9 @@ and graph outputs at its boundary that carry it (see :mod:`.align` for the math 
 
 A domain is the closure of a tensor under the ops through which a positive factor passes unchanged
 (:data:`PASS`: one data input, positively homogeneous; :data:`JOIN`: every data input and the output
-together; :data:`SCALE_BY`: a product with a constant), up to its sources (layers that make it: weight and
-bias times the factor) and sinks (layers that read it: weight over the factor).
+together; :data:`SCALE_BY`: a product with a constant), up to its sources (layers and normalizations that
+make it: weight or scale, and bias, times the factor) and sinks (layers that read it: weight over the factor;
+a normalization: its epsilon times the factor squared, :data:`NORMS`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from ...graph import node_label
 from .through import homogeneous
 
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # weight at input 1 (a uniform factor: any layout), bias 2
+# normalizations: LN(a x) with epsilon a**2 eps is LN(x) (a sink: epsilon times the factor squared), and their
+# scale and bias (inputs 1, 2, as a layer's) times the factor make a LN(x) (a source)
+NORMS = ("LayerNormalization",)
 # one data input (0), homogeneous in it: f(a x) = a f(x) for a > 0 (their other inputs are shapes, indices)
 PASS = ("Relu", "LeakyRelu", "PRelu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten",
         "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Resize", "Upsample", "Slice", "Split",
@@ -41,6 +45,7 @@ class Domain:
     sources: list[gs.Node] = field(default_factory=list)  # layers whose weight and bias take the factor
     constants: list[str] = field(default_factory=list)  # constant inputs of joins: times the factor
     sinks: list[gs.Node] = field(default_factory=list)  # layers whose weight takes 1 / factor
+    norms: list[gs.Node] = field(default_factory=list)  # normalizations reading it: epsilon times factor**2
     made: list[str] = field(default_factory=list)  # tensors an island makes: a product by the factor after it
     fed: dict[str, list[gs.Node]] = field(default_factory=dict)  # tensor -> its island readers (1 / factor)
     outputs: list[str] = field(default_factory=list)  # graph outputs: a product by 1 / factor after the last DQ
@@ -111,7 +116,7 @@ def _upstream(t: gs.Tensor, ctx: Any, dom: Domain, todo: list) -> None:
     p = t.inputs[0] if len(t.inputs) == 1 else None
     if p is None:
         dom.why.append(f"{t.name} is a graph input")
-    elif p.op in LAYERS and not _own_weights(p, ctx):
+    elif p.op in LAYERS + NORMS and not _own_weights(p, ctx):
         if p not in dom.sources:
             dom.sources.append(p)
     elif p.op in PASS or (p.op in SCALE_BY and _scaled_by_constant(p, ctx)):
@@ -152,6 +157,9 @@ def _downstream(t: gs.Tensor, reader: gs.Node, ctx: Any, dom: Domain, todo: list
     elif reader.op in LAYERS and k == [0] and not _own_weights(reader, ctx):
         if reader not in dom.sinks:
             dom.sinks.append(reader)
+    elif reader.op in NORMS and k == [0]:
+        if reader not in dom.norms:
+            dom.norms.append(reader)
     elif _islands(ctx) and (reader.op in FUNCTIONS or _product(reader, ctx)):
         dom.fed.setdefault(t.name, []).append(reader)
     else:
