@@ -90,9 +90,10 @@ def test_softmax_errors_against_a_numpy_oracle(shape, read):
 
 
 def test_the_pass_takes_the_shift_of_least_softmax_error(tmp_path):
-    model, calib = _ctc_head(), _calib()
-    on, rep_on = quantize(model, iter(calib), config=QuantizeConfig(report_samples=0))
-    off, _ = quantize(model, iter(calib), config=QuantizeConfig(report_samples=0, through_readers=False))
+    model, calib = _ctc_head(), _calib()  # (without alignment: the shift alone; aligned below)
+    on, rep_on = quantize(model, iter(calib), config=QuantizeConfig(report_samples=0, align_scales=False))
+    off, _ = quantize(model, iter(calib), config=QuantizeConfig(report_samples=0, through_readers=False,
+                                                                align_scales=False))
     onnx.checker.check_model(on)
     w = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w"))
     logits = [(f["x"] @ w).reshape(1, 8, CLASSES) for f in calib[:4]]  # the first samples, as the pass measures
@@ -125,3 +126,35 @@ def test_statistics_from_shards_give_the_same_softmax_shift(tmp_path):
     parts = [calibrate(path, list(calib), config=cfg, shard=(i, 2)) for i in range(2)]
     two, _ = quantize(path, list(calib), config=cfg, stats=parts)
     assert params_from_model(one)["logits"].shift == params_from_model(two)["logits"].shift
+
+
+@pytest.mark.parametrize("confident", [True, False])
+def test_alignment_weighs_a_softmax_read_domain_by_the_softmax_error(confident):
+    """The logits' factor is chosen by the Softmax's own error (as their shift is): kept only where it lowers
+    it on the measured samples, a product by 1 / factor before the Softmax, every scale a power of two. With
+    confident rows (the range's top rare) no factor gains: the domain is refused with that reason."""
+    model, calib = _ctc_head(), _calib()
+    if not confident:
+        calib = [{"x": f["x"] / np.maximum(1.0, np.abs(f["x"]).max(axis=-1, keepdims=True) / 2.5)} for f in calib]
+    on, rep = quantize(model, iter(calib), config=QuantizeConfig(report_samples=0))
+    off, _ = quantize(model, iter(calib), config=QuantizeConfig(report_samples=0, align_scales=False))
+    onnx.checker.check_model(on)
+    sa = rep.summary["scale_alignment"]
+    aligned = {a["tensor"]: a["factor"] for a in sa["aligned"]}
+    ref, errs = make_session(model.SerializeToString()), []
+    for q in (on, off):
+        s = make_session(q.SerializeToString())
+        errs.append(sum(float(np.sum((ref.run(["probs"], f)[0] - s.run(["probs"], f)[0]) ** 2)) for f in calib))
+    if confident:
+        assert "logits" not in aligned and any(r["tensor"] == "logits" for r in sa["refused"]), sa
+        return
+    assert "logits" in aligned, sa
+    (mul,) = [n for n in on.graph.node if n.op_type == "Mul" and n.name.endswith("/align_in")
+              and any(m.op_type == "Softmax" and m.input[0] == n.output[0] for m in on.graph.node)]
+    inits = {t.name: numpy_helper.to_array(t) for t in on.graph.initializer}
+    assert float(inits[mul.input[1]]) == pytest.approx(1 / aligned["logits"], rel=1e-6)
+    for n in on.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            m, _ = np.frexp(np.asarray(inits[n.input[1]], np.float64))
+            assert np.all(m == 0.5)
+    assert errs[0] < errs[1], errs  # on the samples the factor was chosen on

@@ -13,8 +13,11 @@ aligned): the network computes
 the same (up to one float rounding per weight), while each tensor is quantized at ``2**-shift / a`` in its
 old units -- a free scale, every Q/DQ scale in the model still a power of two and every zero point 0. A graph
 output in a domain is handed back by a product with ``1 / a`` after its last DequantizeLinear (the host's
-conversion to float). With ``align_islands``, float islands (HardSwish, SiLU, Sigmoid, ...) carry the factor
-too, as a product of their own inside the island.
+conversion to float). A Softmax reading it (float in every scheme here) reads it through a product by
+``1 / a``, and the domain's factor and shift are weighed by that Softmax's own error on the samples its
+shift is chosen on (:func:`.softmax_range.softmax_nsr`; the shift measured again once aligned): the
+histogram's error would clip the rare largest logits that decide a row. With ``align_islands``, float
+islands (HardSwish, SiLU, Sigmoid, ...) carry the factor too, as a product of their own inside the island.
 
 ``a`` is chosen per domain among ``2**(i/8)``, ``i = 0..7``, by the least sum of noise-to-signal ratios of
 what it moves: each quantized tensor's expected rounding and clipping error on its calibration histogram (the
@@ -29,7 +32,8 @@ whole model is checked against the unaligned one (:func:`checked`) and the bette
 Refused, with the reason in the report's ``scale_alignment``: a domain holding a graph input, a tensor made or
 read by another op (HardSwish, SiLU, Sigmoid, Clip, a product of two activations without ``align_islands``),
 a weight shared with a layer outside it or in another role, a constant shared with another node, given
-parameters, a function-range or Softmax-read tensor, a pooled head's tensor (its range has headroom for the
+parameters, a function-range tensor (a Softmax-read one with ``integer_only`` / ``ort_kernels``), a pooled
+head's tensor (its range has headroom for the
 draws calibration lacks, :mod:`.pooled`: a factor fitted to those few draws takes it back), a shared-scale
 group that reaches outside it; and the
 whole step where a parameters file is read or written (it holds shifts, not the factors).
@@ -50,6 +54,7 @@ from ...calibration.stats import TensorStats, least_error, least_error_format, m
 from ...params import ALIGNED_SUFFIX
 from .align_domain import Domain, find_domain, unfit, weight_powers
 from .params import constant_shift
+from .softmax_range import softmax_nsr
 from .through import through_errors
 
 log = logging.getLogger(__name__)
@@ -165,9 +170,13 @@ def _weight_nsr(ctx: Any, name: str, scale: float) -> float:
 def _group_error(ctx: Any, root: str, factor: float) -> float:
     members = ctx.plan.members(root) or [root]
     method, formats, errors = ctx.cfg.method, {}, {}
+    softmax = {}
     for m in members:
         bits = ctx.wide.get(m, ctx.cfg.bits)
-        if m in ctx.through:
+        if m in ctx.softmax_values and (found := softmax_nsr(ctx, m, factor)) is not None:
+            softmax[m] = found  # the Softmax's error, as its shift is chosen (.softmax_range)
+            formats[m] = (found[0], not ctx.stats[m].nonnegative)
+        elif m in ctx.through:
             formats[m] = _through(ctx, m, bits, factor, errors)[0]
         elif m in ctx.stats:
             formats[m] = tensor_format(ctx.stats[m], bits, factor, method, errors.setdefault(m, {}))
@@ -176,10 +185,11 @@ def _group_error(ctx: Any, root: str, factor: float) -> float:
             signed = bool(v.size and v.min() < 0)
             formats[m] = (constant_shift(v, bits, signed)[0], signed)
     shift, signed = min(s for s, _ in formats.values()), any(g for _, g in formats.values())
-    return sum((_through(ctx, m, ctx.wide.get(m, ctx.cfg.bits), factor, errors, signed, shift)[1]
-                if m in ctx.through else
-                error_at(ctx.stats[m], ctx.wide.get(m, ctx.cfg.bits), signed, shift, factor, method, errors[m]))
-               / _power(ctx, m) for m in members if m in ctx.stats)
+    return sum((softmax_nsr(ctx, m, factor, shift)[1] if m in softmax else
+                (_through(ctx, m, ctx.wide.get(m, ctx.cfg.bits), factor, errors, signed, shift)[1]
+                 if m in ctx.through else
+                 error_at(ctx.stats[m], ctx.wide.get(m, ctx.cfg.bits), signed, shift, factor, method, errors[m]))
+                / _power(ctx, m)) for m in members if m in ctx.stats)
 
 
 def _power(ctx: Any, t: str) -> float:
@@ -280,6 +290,8 @@ def _apply(ctx: Any, graph: gs.Graph, tensors: dict[str, gs.Tensor], dom: Domain
     for name in dom.outputs:
         ctx.outputs_scaled[name] = 1.0 / factor
     for t in dom.tensors:
+        if t in ctx.softmax:  # its shift is chosen again on the aligned values (.softmax_range)
+            ctx.softmax_factor[t] = factor
         if t in ctx.stats:
             ctx.stats[t] = ctx.stats[t].scaled(factor)
         if t in ctx.means:

@@ -162,6 +162,8 @@ def _downstream(t: gs.Tensor, reader: gs.Node, ctx: Any, dom: Domain, todo: list
             dom.norms.append(reader)
     elif _islands(ctx) and (reader.op in FUNCTIONS or _product(reader, ctx)):
         dom.fed.setdefault(t.name, []).append(reader)
+    elif reader.op == "Softmax" and k == [0] and _float_ok(ctx):  # float in every scheme: 1 / factor before it
+        dom.fed.setdefault(t.name, []).append(reader)
     else:
         dom.why.append(f"{t.name} is read by {reader.op} {node_label(reader)} (no weights to take the factor)")
 
@@ -219,7 +221,7 @@ def unfit(ctx: Any, dom: Domain, mine: list[str]) -> str | None:
     for t in mine:
         if t in ctx.given:
             return f"{t} has given parameters"
-        if t in ctx.plan.bounded or t in ctx.softmax:
+        if t in ctx.plan.bounded or (t in ctx.softmax and not _float_ok(ctx)):
             return f"{t}: its format comes from the function that reads or makes it"
         if t in ctx.through and t not in dom.fed and not homogeneous(ctx.through[t]):
             return f"{t}: read by a function as well as by layers"

@@ -70,7 +70,7 @@ from .pooled import headroom_for
 from .report import fill_report, with_report_crops
 from .shift_conv import shifts_as_convs
 from .softmax_range import SAMPLES as SOFTMAX_SAMPLES
-from .softmax_range import softmax_reads, softmax_shifts
+from .softmax_range import realigned_shifts, softmax_reads, softmax_shifts
 from .target import own_stats, quantize_for_target
 from .through import reader_functions
 from .wide import drop_unmatched, needed_opset, widen
@@ -107,6 +107,8 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     kept = with_report_crops(ctx, kept)
     if align_scales(ctx, graph, float_model, float_weights, params_out is not None):  # free scales (.align)
         float_model, float_weights = runnable(graph, meta)
+        if ctx.softmax_factor:  # their Softmax-error shifts, again on the aligned values
+            realigned_shifts(ctx, float_model, float_weights)
     tparams = _resolve(ctx, graph, float_model, float_weights, kept)
     clock.lap("resolve")
     insert_qdq_graph(graph, tparams, opset, ctx.qweights, offset=ctx.cfg.carrier == "uint8")

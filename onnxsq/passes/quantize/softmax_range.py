@@ -9,7 +9,9 @@ among the min/max-fitting shift and :data:`CANDIDATES` finer one(s) with the lea
 ``sum ||softmax(Q_s(z)) - softmax(z)||^2`` over the first calibration samples (:data:`SAMPLES`), measured
 on the Softmax's own input (the same values; shape ops move them), along its axis (opset < 13: the 2-D
 coercion at ``axis``). Signed when the tensor has negatives. Ties keep the coarser shift; without samples
-the min/max-fitting shift (nothing clipped).
+the min/max-fitting shift (nothing clipped). :mod:`.align` weighs a factor for such a tensor by the same
+error (:func:`softmax_nsr`, on the values kept from this measurement) and, once aligned, the shift is chosen
+again on the aligned values (:func:`realigned_shifts`).
 
 Why one finer shift at most: the error is measured on a few samples, while the range comes from all of
 them. With more candidates the choice fits those few: a synthetic CTC head whose confident rows come now
@@ -69,20 +71,43 @@ def _softmax(z: np.ndarray, read: SoftmaxRead) -> np.ndarray:
 
 
 def softmax_errors(values: list[np.ndarray], read: SoftmaxRead, lo: float, hi: float, bits: int,
-                   signed: bool) -> list[tuple[int, float]]:
+                   signed: bool, factor: float = 1.0) -> list[tuple[int, float]]:
     """``(shift, sum of squared Softmax-output errors over values)`` for the min/max-fitting shift and
     :data:`CANDIDATES` finer one(s)."""
     base = int(pow2.fit_shift(min(lo, 0.0) if signed else 0.0, max(hi, 0.0), bits, signed))
+    refs = [_softmax(v.astype(np.float64) / factor, read) for v in values]
+    return [(shift, _error_at(values, refs, read, shift, bits, signed, factor))
+            for shift in range(base, min(base + CANDIDATES, pow2.MAX_SHIFT) + 1)]
+
+
+def _error_at(values: list[np.ndarray], refs: list[np.ndarray], read: SoftmaxRead, shift: int, bits: int,
+              signed: bool, factor: float) -> float:
+    """``sum ||softmax(Q_shift(v) / factor) - ref||^2`` over ``values`` (``refs``: their Softmax)."""
     qmin, qmax = pow2.int_range(bits, signed)
+    err = 0.0
+    for v, ref in zip(values, refs):
+        q = np.clip(np.round(np.ldexp(v.astype(np.float64), shift)), qmin, qmax) * np.ldexp(1.0, -shift)
+        err += float(np.sum(np.square(_softmax(q / factor, read) - ref)))
+    return err
+
+
+def softmax_nsr(ctx, t: str, factor: float, shift: int | None = None) -> tuple[int, float] | None:
+    """(shift, Softmax-output error over its power) of ``factor`` times ``t`` on the samples its shift was
+    chosen on (:mod:`.align` weighs a factor by it): at ``shift``, or at the least-error one of
+    :func:`softmax_errors`; None where ``t`` was not measured."""
+    values, st, read = ctx.softmax_values.get(t), ctx.stats.get(t), ctx.softmax.get(t)
+    if not values or st is None or read is None:
+        return None
+    scaled = [v.astype(np.float64) * factor for v in values]
     refs = [_softmax(v.astype(np.float64), read) for v in values]
-    out = []
-    for shift in range(base, min(base + CANDIDATES, pow2.MAX_SHIFT) + 1):
-        err = 0.0
-        for v, ref in zip(values, refs):
-            q = np.clip(np.round(np.ldexp(v.astype(np.float64), shift)), qmin, qmax) * np.ldexp(1.0, -shift)
-            err += float(np.sum(np.square(_softmax(q, read) - ref)))
-        out.append((shift, err))
-    return out
+    power = max(sum(float(np.sum(np.square(r))) for r in refs), 1e-30)
+    signed = not st.nonnegative
+    if shift is None:
+        shift, err = least_error(softmax_errors(scaled, read, st.min * factor, st.max * factor, ctx.cfg.bits,
+                                                signed, factor))
+    else:
+        err = _error_at(scaled, refs, read, shift, ctx.cfg.bits, signed, factor)
+    return int(shift), err / power
 
 
 def softmax_reads(graph, tensors, opset: int) -> dict[str, SoftmaxRead]:
@@ -97,12 +122,16 @@ def softmax_reads(graph, tensors, opset: int) -> dict[str, SoftmaxRead]:
     return out
 
 
-def choose_softmax_shifts(ctx, float_model, float_weights, feeds: list[dict]) -> dict[str, int]:
-    """The shift of every calibrated tensor in ``ctx.softmax`` by :func:`softmax_errors` on ``feeds`` (the float
-    model, a skeleton fed with ``float_weights``); none without feeds."""
+def choose_softmax_shifts(ctx, float_model, float_weights, feeds: list[dict], only: set[str] | None = None
+                          ) -> dict[str, int]:
+    """The shift of every calibrated tensor in ``ctx.softmax`` (of ``only``, where given) by
+    :func:`softmax_errors` on ``feeds`` (the float model, a skeleton fed with ``float_weights``; an aligned
+    tensor holds ``ctx.softmax_factor`` times the Softmax's input, which a product before the Softmax takes
+    back); none without feeds."""
     from ...calibration.collect import run_observed
 
-    todo = {t: r for t, r in ctx.softmax.items() if t in ctx.stats and ctx.stats[t].batches and t not in ctx.wide}
+    todo = {t: r for t, r in ctx.softmax.items() if t in ctx.stats and ctx.stats[t].batches and t not in ctx.wide
+            and (only is None or t in only)}
     if not todo or not feeds:
         return {}
     names = sorted({r.softmax_input for r in todo.values()})
@@ -114,8 +143,10 @@ def choose_softmax_shifts(ctx, float_model, float_weights, feeds: list[dict]) ->
     out = {}
     for t, read in todo.items():
         st = ctx.stats[t]
+        if only is None:  # the unaligned values: what .align weighs its factors by (softmax_nsr)
+            ctx.softmax_values[t] = values[read.softmax_input]
         out[t] = least_error(softmax_errors(values[read.softmax_input], read, st.min, st.max, ctx.cfg.bits,
-                                            not st.nonnegative))[0]
+                                            not st.nonnegative, ctx.softmax_factor.get(t, 1.0)))[0]
     return out
 
 
@@ -124,6 +155,7 @@ def softmax_shifts(ctx, float_model, float_weights, kept: list[dict]) -> list[di
     if not ctx.softmax:
         return kept
     ctx.softmax_shift = choose_softmax_shifts(ctx, float_model, float_weights, kept)
+    ctx.softmax_samples = kept  # measured again once aligned (:func:`realigned_shifts`)
     out, have = [], 0
     for f in kept:
         if have >= ctx.cfg.report_samples:
@@ -131,3 +163,17 @@ def softmax_shifts(ctx, float_model, float_weights, kept: list[dict]) -> list[di
         out.append(f)
         have += int(next(iter(f.values())).shape[0]) if f else 1
     return out
+
+
+def realigned_shifts(ctx, float_model, float_weights) -> None:
+    """The Softmax-error shifts of the tensors :mod:`.align` scaled (``ctx.softmax_factor``), measured again on
+    the aligned float model; without samples, the min/max-fitting shift of the scaled range (the unaligned
+    choice would clip it)."""
+    todo = set(ctx.softmax_factor)
+    found = choose_softmax_shifts(ctx, float_model, float_weights, ctx.softmax_samples, todo)
+    for t in todo:
+        st = ctx.stats.get(t)
+        if t not in found and st is not None and st.batches:
+            signed = not st.nonnegative
+            found[t] = int(pow2.fit_shift(min(st.min, 0.0) if signed else 0.0, max(st.max, 0.0), ctx.cfg.bits, signed))
+    ctx.softmax_shift.update(found)
