@@ -232,3 +232,28 @@ def test_a_layernorm_ends_one_domain_and_starts_the_next():
     carried = aligned_float_model(model, calib, QuantizeConfig(report_samples=0))
     for f in feeds:  # the factors carried by the weights and epsilon: the same function
         np.testing.assert_allclose(run(carried, f)[0], run(model, f)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_island_outputs_align_by_default_and_their_inputs_only_with_align_islands():
+    """Conv -> HardSwish -> Conv: by default the HardSwish output takes its factor as a product after the function
+    (inside the island), its input is refused (read by HardSwish); --no-align-island-outputs refuses both."""
+    model = _hardswish_net()
+    calib = [_feed(s) for s in range(4)]
+
+    def run_with(**cfg):
+        q, rep = quantize(model, iter(calib), config=QuantizeConfig(report_samples=0, pair_safe=False, **cfg))
+        onnx.checker.check_model(q, full_check=True)
+        return q, rep.summary.get("scale_alignment")
+
+    q, sa = run_with()  # (the offset lift reads the output through a Pad of its offset: the Pad takes it too)
+    made = [n for n in q.graph.node if n.op_type == "Mul" and n.name.endswith("/align")]
+    assert made and all(any(p.op_type == "HardSwish" and p.output[0] == m.input[0] for p in q.graph.node)
+                        for m in made), [n.name for n in q.graph.node]
+    assert any("read by HardSwish" in r["reason"] for r in sa["refused"])
+    assert not any("made by HardSwish" in r["reason"] for r in sa["refused"])
+    assert all(np.log2(s) == np.round(np.log2(s)) for s in _scales(q))
+    off, sa_off = run_with(align_island_outputs=False)
+    assert any("made by HardSwish" in r["reason"] for r in sa_off["refused"])
+    assert not [n for n in off.graph.node if n.op_type == "Mul" and n.name.endswith("/align")]
+    plain, _ = run_with(align_scales=False)
+    assert _sqnr(model, q) > _sqnr(model, plain) - 0.3

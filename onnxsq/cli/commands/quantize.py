@@ -80,9 +80,12 @@ DEFAULTS = QuantizeConfig()  # the one place the defaults live; the flags show t
 @click.option("--no-align-scales", is_flag=True,
               help="No free scales carried by the weights (one factor per group of activations between layers, "
                    "into their weights; every Q/DQ scale a power of two either way).")
+@click.option("--no-align-island-outputs", is_flag=True,
+              help="Leave float islands' outputs (HardSwish, SiLU, products of activations) out of those factors "
+                   "(default: a product by the factor after the function, inside its island).")
 @click.option("--align-islands", is_flag=True, default=DEFAULTS.align_islands,
-              help="Also carry those factors through float islands (HardSwish, SiLU, Sigmoid...) as a product "
-                   "inside the island.")
+              help="Also carry those factors into float islands' inputs (HardSwish, SiLU, Sigmoid...) as a "
+                   "product inside the island.")
 @click.option("--align-check/--no-align-check", default=None,
               help="Quantize again without scale alignment and keep the better whole model on the report samples "
                    "[default: with --effort max].")
@@ -183,7 +186,8 @@ def _config(model: Path, o: dict[str, Any]) -> tuple[Any, Any]:
         pooled_headroom=o["pooled_headroom"], bias_correction=not o["no_bias_correction"],
         equalize=not o["no_equalize"], fold_forward=not o["no_fold_forward"],
         offset_outputs=not o["no_offset_outputs"], integer_only=o["integer_only"],
-        align_scales=not o["no_align_scales"], align_islands=o["align_islands"], align_check=o["align_check"],
+        align_scales=not o["no_align_scales"], align_islands=o["align_islands"],
+        align_island_outputs=not o["no_align_island_outputs"], align_check=o["align_check"],
         carrier=o["carrier"], fuse_activations=o["fuse_activations"],
         ort_kernels=o["ort_kernels"], pair_safe=o["pair_safe"], sensitivity=o["sensitivity"],
         target_sqnr=o["target_sqnr"], promote=o["promote"], int16=o["int16"], effort=o["effort"],

@@ -3,9 +3,9 @@ and graph outputs at its boundary that carry it (see :mod:`.align` for the math 
 
 A domain is the closure of a tensor under the ops through which a positive factor passes unchanged
 (:data:`PASS`: one data input, positively homogeneous; :data:`JOIN`: every data input and the output
-together; :data:`SCALE_BY`: a product with a constant), up to its sources (layers and normalizations that
-make it: weight or scale, and bias, times the factor) and sinks (layers that read it: weight over the factor;
-a normalization: its epsilon times the factor squared, :data:`NORMS`).
+together; :data:`SCALE_BY`: a product with a constant; a Pad, its constant value scaled), up to its sources
+(layers and normalizations that make it: weight or scale, and bias, times the factor) and sinks (layers that
+read it: weight over the factor; a normalization: its epsilon times the factor squared, :data:`NORMS`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ PASS = ("Relu", "LeakyRelu", "PRelu", "MaxPool", "AveragePool", "GlobalAveragePo
 JOIN = ("Add", "Sub", "Concat", "Max", "Min", "Sum")  # every data input and the output scale together
 SCALE_BY = ("Mul", "Div")  # with a constant: homogeneous in the other input
 SHAPE_ONLY = ("Shape", "Size")  # read the shape alone: the factor does not reach them
-# float islands (what the quantized model computes in float between a DequantizeLinear and a QuantizeLinear),
-# with align_islands: a reader takes 1 / factor, a maker the factor, as a product of its own inside the island
-# (an integer target folds it into the function's table); not with integer_only / ort_kernels (integer islands)
+# float islands (what the quantized model computes in float between a DequantizeLinear and a QuantizeLinear): a
+# maker takes the factor (align_island_outputs, on), with align_islands a reader 1 / factor too, each as a product
+# of its own inside the island (an integer target folds it into the function's table); not with integer_only /
+# ort_kernels (integer islands)
 FUNCTIONS = ("HardSwish", "Sigmoid", "Tanh", "HardSigmoid", "Clip", "Erf", "Exp", "Softplus", "Elu", "Selu",
              "Gelu", "Softsign", "Mish")
 MAKERS = ("HardSwish",)  # and a Mul of two activations (SiLU, x * clip(x + 3), squeeze-excitation gates)
@@ -124,7 +125,9 @@ def _upstream(t: gs.Tensor, ctx: Any, dom: Domain, todo: list) -> None:
         todo.extend(o for o in p.outputs if o is not t and o.outputs and p.op in ("Split",))
     elif p.op in JOIN:
         _join(p, ctx, dom, todo)
-    elif _islands(ctx) and len(p.outputs) == 1 and (p.op in MAKERS or _product(p, ctx)):
+    elif p.op == "Pad":
+        _pad(p, ctx, dom, todo)
+    elif _island_outputs(ctx) and len(p.outputs) == 1 and (p.op in MAKERS or _product(p, ctx)):
         dom.made.append(t.name)
     else:
         dom.why.append(f"{t.name} is made by {p.op} {node_label(p)} (it cannot take the factor)")
@@ -137,6 +140,10 @@ def _float_ok(ctx: Any) -> bool:
 
 def _islands(ctx: Any) -> bool:
     return ctx.cfg.align_islands and _float_ok(ctx)
+
+
+def _island_outputs(ctx: Any) -> bool:
+    return (ctx.cfg.align_islands or ctx.cfg.align_island_outputs) and _float_ok(ctx)
 
 
 def _product(node: gs.Node, ctx: Any) -> bool:
@@ -154,6 +161,8 @@ def _downstream(t: gs.Tensor, reader: gs.Node, ctx: Any, dom: Domain, todo: list
         todo.append(reader.outputs[0])
     elif reader.op in JOIN:
         _join(reader, ctx, dom, todo)
+    elif reader.op == "Pad" and k == [0]:
+        _pad(reader, ctx, dom, todo)
     elif reader.op in LAYERS and k == [0] and not _own_weights(reader, ctx):
         if reader not in dom.sinks:
             dom.sinks.append(reader)
@@ -179,6 +188,21 @@ def _join(node: gs.Node, ctx: Any, dom: Domain, todo: list) -> None:
                 dom.constants.append(x.name)
         elif x.name:
             todo.append(x)
+
+
+def _pad(node: gs.Node, ctx: Any, dom: Domain, todo: list) -> None:
+    """A Pad: its data input and output scale together, its constant value (input 2; an offset's lift) too."""
+    todo.extend([node.inputs[0], node.outputs[0]])
+    value = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    if value is None:
+        if float(node.attrs.get("value", 0.0)) != 0.0:  # opset < 11: an attribute
+            dom.why.append(f"{node_label(node)} pads with a value attribute")
+        return
+    why = _own_constant(node, value, ctx) if value.name in ctx.consts else f"{node_label(node)}: computed pad value"
+    if why:
+        dom.why.append(why)
+    elif value.name not in dom.constants:
+        dom.constants.append(value.name)
 
 
 def _scaled_by_constant(node: gs.Node, ctx: Any) -> bool:
