@@ -95,9 +95,10 @@ def compare(name: str, config: dict, every: int) -> list[tuple]:
 
     made = {o for n in onnx.load(ours).graph.node for o in n.output}
     mine = {t: (f"{t}_prequant" if f"{t}_prequant" in made else t) for t in names}
-    for path, want in ((Path(m.path), names), (ours, list(mine.values())), (best[1], names)):
-        with_outputs(path, want, path.with_suffix(".all.onnx"))
-    ref, got, theirs = (_run(p.with_suffix(".all.onnx"), feeds) for p in (Path(m.path), ours, best[1]))
+    tapped = [tmp / f"{tag}.all.onnx" for tag in ("float", "ours", "ort")]  # (never beside the zoo's file)
+    for path, want, out in zip((Path(m.path), ours, best[1]), (names, list(mine.values()), names), tapped):
+        with_outputs(path, want, out)
+    ref, got, theirs = (_run(p, feeds) for p in tapped)
     rows = []
     for t in names:
         per = [(a[t].astype(np.float64).ravel(), b[mine[t]].astype(np.float64).ravel(),
