@@ -185,11 +185,16 @@ def _group_error(ctx: Any, root: str, factor: float) -> float:
             signed = bool(v.size and v.min() < 0)
             formats[m] = (constant_shift(v, bits, signed)[0], signed)
     shift, signed = min(s for s, _ in formats.values()), any(g for _, g in formats.values())
-    return sum((softmax_nsr(ctx, m, factor, shift)[1] if m in softmax else
-                (_through(ctx, m, ctx.wide.get(m, ctx.cfg.bits), factor, errors, signed, shift)[1]
-                 if m in ctx.through else
-                 error_at(ctx.stats[m], ctx.wide.get(m, ctx.cfg.bits), signed, shift, factor, method, errors[m]))
-                / _power(ctx, m)) for m in members if m in ctx.stats)
+    total = 0.0
+    for m in (m for m in members if m in ctx.stats):
+        if m in softmax:  # already a ratio to the Softmax output's power
+            total += softmax[m][1] if shift == softmax[m][0] else softmax_nsr(ctx, m, factor, shift)[1]
+            continue
+        bits = ctx.wide.get(m, ctx.cfg.bits)
+        err = (_through(ctx, m, bits, factor, errors, signed, shift)[1] if m in ctx.through else
+               error_at(ctx.stats[m], bits, signed, shift, factor, method, errors[m]))
+        total += err / _power(ctx, m)
+    return total
 
 
 def _power(ctx: Any, t: str) -> float:

@@ -54,8 +54,7 @@ class QuantizeContext:
     softmax: dict[str, Any] = field(default_factory=dict)  # tensor → the Softmax that reads it (.softmax_range)
     softmax_shift: dict[str, int] = field(default_factory=dict)  # its shift by that Softmax's error
     softmax_factor: dict[str, float] = field(default_factory=dict)  # Softmax-read tensor -> its .align factor
-    softmax_samples: list = field(default_factory=list)  # the samples its shifts were measured on
-    softmax_values: dict[str, list] = field(default_factory=dict)  # tensor -> its Softmax's input on them
+    softmax_values: dict[str, Any] = field(default_factory=dict)  # tensor -> its .softmax_range.Measured
     unaligned: Any = None  # (float model, weights, statistics, means) before .align rescaled them
     outputs_scaled: dict[str, float] = field(default_factory=dict)  # graph output -> 1 / its .align factor
     weight_axes: dict[str, Any] = field(default_factory=dict)  # weight -> its per-channel axis (.align)

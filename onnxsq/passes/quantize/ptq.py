@@ -108,7 +108,7 @@ def quantize(model: ModelLike, calib: Any = None, *, config: QuantizeConfig | No
     if align_scales(ctx, graph, float_model, float_weights, params_out is not None):  # free scales (.align)
         float_model, float_weights = runnable(graph, meta)
         if ctx.softmax_factor:  # their Softmax-error shifts, again on the aligned values
-            realigned_shifts(ctx, float_model, float_weights)
+            realigned_shifts(ctx)
     tparams = _resolve(ctx, graph, float_model, float_weights, kept)
     clock.lap("resolve")
     insert_qdq_graph(graph, tparams, opset, ctx.qweights, offset=ctx.cfg.carrier == "uint8")

@@ -11,7 +11,7 @@ on the Softmax's own input (the same values; shape ops move them), along its axi
 coercion at ``axis``). Signed when the tensor has negatives. Ties keep the coarser shift; without samples
 the min/max-fitting shift (nothing clipped). :mod:`.align` weighs a factor for such a tensor by the same
 error (:func:`softmax_nsr`, on the values kept from this measurement) and, once aligned, the shift is chosen
-again on the aligned values (:func:`realigned_shifts`).
+again on those values times the factor (:func:`realigned_shifts`).
 
 Why one finer shift at most: the error is measured on a few samples, while the range comes from all of
 them. With more candidates the choice fits those few: a synthetic CTC head whose confident rows come now
@@ -71,11 +71,14 @@ def _softmax(z: np.ndarray, read: SoftmaxRead) -> np.ndarray:
 
 
 def softmax_errors(values: list[np.ndarray], read: SoftmaxRead, lo: float, hi: float, bits: int,
-                   signed: bool, factor: float = 1.0) -> list[tuple[int, float]]:
+                   signed: bool, factor: float = 1.0, refs: list[np.ndarray] | None = None
+                   ) -> list[tuple[int, float]]:
     """``(shift, sum of squared Softmax-output errors over values)`` for the min/max-fitting shift and
-    :data:`CANDIDATES` finer one(s)."""
+    :data:`CANDIDATES` finer one(s); ``values`` hold ``factor`` times the Softmax's input (``refs``: its
+    Softmax, where known)."""
     base = int(pow2.fit_shift(min(lo, 0.0) if signed else 0.0, max(hi, 0.0), bits, signed))
-    refs = [_softmax(v.astype(np.float64) / factor, read) for v in values]
+    if refs is None:
+        refs = [_softmax(v.astype(np.float64) / factor, read) for v in values]
     return [(shift, _error_at(values, refs, read, shift, bits, signed, factor))
             for shift in range(base, min(base + CANDIDATES, pow2.MAX_SHIFT) + 1)]
 
@@ -91,23 +94,40 @@ def _error_at(values: list[np.ndarray], refs: list[np.ndarray], read: SoftmaxRea
     return err
 
 
+@dataclass(frozen=True)
+class Measured:
+    """A Softmax-read tensor as :func:`choose_softmax_shifts` measured it (unaligned): the Softmax's input on
+    the samples, its Softmax and power, and the tensor's calibrated range and sign."""
+
+    values: list
+    refs: list
+    power: float
+    lo: float
+    hi: float
+    signed: bool
+
+
+def _measured(values: list[np.ndarray], read: SoftmaxRead, st) -> Measured:
+    vs = [v.astype(np.float64) for v in values]
+    refs = [_softmax(v, read) for v in vs]
+    power = max(sum(float(np.sum(np.square(r))) for r in refs), 1e-30)
+    return Measured(vs, refs, power, float(st.min), float(st.max), not st.nonnegative)
+
+
 def softmax_nsr(ctx, t: str, factor: float, shift: int | None = None) -> tuple[int, float] | None:
     """(shift, Softmax-output error over its power) of ``factor`` times ``t`` on the samples its shift was
     chosen on (:mod:`.align` weighs a factor by it): at ``shift``, or at the least-error one of
     :func:`softmax_errors`; None where ``t`` was not measured."""
-    values, st, read = ctx.softmax_values.get(t), ctx.stats.get(t), ctx.softmax.get(t)
-    if not values or st is None or read is None:
+    m, read = ctx.softmax_values.get(t), ctx.softmax.get(t)
+    if m is None or read is None:
         return None
-    scaled = [v.astype(np.float64) * factor for v in values]
-    refs = [_softmax(v.astype(np.float64), read) for v in values]
-    power = max(sum(float(np.sum(np.square(r))) for r in refs), 1e-30)
-    signed = not st.nonnegative
+    scaled = [v * factor for v in m.values]
     if shift is None:
-        shift, err = least_error(softmax_errors(scaled, read, st.min * factor, st.max * factor, ctx.cfg.bits,
-                                                signed, factor))
+        shift, err = least_error(softmax_errors(scaled, read, m.lo * factor, m.hi * factor, ctx.cfg.bits, m.signed,
+                                                factor, m.refs))
     else:
-        err = _error_at(scaled, refs, read, shift, ctx.cfg.bits, signed, factor)
-    return int(shift), err / power
+        err = _error_at(scaled, m.refs, read, shift, ctx.cfg.bits, m.signed, factor)
+    return int(shift), err / m.power
 
 
 def softmax_reads(graph, tensors, opset: int) -> dict[str, SoftmaxRead]:
@@ -122,16 +142,13 @@ def softmax_reads(graph, tensors, opset: int) -> dict[str, SoftmaxRead]:
     return out
 
 
-def choose_softmax_shifts(ctx, float_model, float_weights, feeds: list[dict], only: set[str] | None = None
-                          ) -> dict[str, int]:
-    """The shift of every calibrated tensor in ``ctx.softmax`` (of ``only``, where given) by
-    :func:`softmax_errors` on ``feeds`` (the float model, a skeleton fed with ``float_weights``; an aligned
-    tensor holds ``ctx.softmax_factor`` times the Softmax's input, which a product before the Softmax takes
-    back); none without feeds."""
+def choose_softmax_shifts(ctx, float_model, float_weights, feeds: list[dict]) -> dict[str, int]:
+    """The shift of every calibrated tensor in ``ctx.softmax`` by :func:`softmax_errors` on ``feeds`` (the float
+    model, a skeleton fed with ``float_weights``); none without feeds. Each one measured is kept in
+    ``ctx.softmax_values`` (:class:`Measured`: what :mod:`.align` weighs its factors by)."""
     from ...calibration.collect import run_observed
 
-    todo = {t: r for t, r in ctx.softmax.items() if t in ctx.stats and ctx.stats[t].batches and t not in ctx.wide
-            and (only is None or t in only)}
+    todo = {t: r for t, r in ctx.softmax.items() if t in ctx.stats and ctx.stats[t].batches and t not in ctx.wide}
     if not todo or not feeds:
         return {}
     names = sorted({r.softmax_input for r in todo.values()})
@@ -142,11 +159,8 @@ def choose_softmax_shifts(ctx, float_model, float_weights, feeds: list[dict], on
             values[n].append(np.asarray(a))
     out = {}
     for t, read in todo.items():
-        st = ctx.stats[t]
-        if only is None:  # the unaligned values: what .align weighs its factors by (softmax_nsr)
-            ctx.softmax_values[t] = values[read.softmax_input]
-        out[t] = least_error(softmax_errors(values[read.softmax_input], read, st.min, st.max, ctx.cfg.bits,
-                                            not st.nonnegative, ctx.softmax_factor.get(t, 1.0)))[0]
+        m = ctx.softmax_values[t] = _measured(values[read.softmax_input], read, ctx.stats[t])
+        out[t] = least_error(softmax_errors(m.values, read, m.lo, m.hi, ctx.cfg.bits, m.signed, refs=m.refs))[0]
     return out
 
 
@@ -155,7 +169,6 @@ def softmax_shifts(ctx, float_model, float_weights, kept: list[dict]) -> list[di
     if not ctx.softmax:
         return kept
     ctx.softmax_shift = choose_softmax_shifts(ctx, float_model, float_weights, kept)
-    ctx.softmax_samples = kept  # measured again once aligned (:func:`realigned_shifts`)
     out, have = [], 0
     for f in kept:
         if have >= ctx.cfg.report_samples:
@@ -165,15 +178,15 @@ def softmax_shifts(ctx, float_model, float_weights, kept: list[dict]) -> list[di
     return out
 
 
-def realigned_shifts(ctx, float_model, float_weights) -> None:
-    """The Softmax-error shifts of the tensors :mod:`.align` scaled (``ctx.softmax_factor``), measured again on
-    the aligned float model; without samples, the min/max-fitting shift of the scaled range (the unaligned
-    choice would clip it)."""
-    todo = set(ctx.softmax_factor)
-    found = choose_softmax_shifts(ctx, float_model, float_weights, ctx.softmax_samples, todo)
-    for t in todo:
-        st = ctx.stats.get(t)
-        if t not in found and st is not None and st.batches:
+def realigned_shifts(ctx) -> None:
+    """The Softmax-error shifts of the tensors :mod:`.align` scaled (``ctx.softmax_factor``), on ``factor``
+    times their measured values (alignment is exact: the aligned model's values); one never measured takes the
+    min/max-fitting shift of its scaled range (the unaligned choice would clip it)."""
+    for t, factor in ctx.softmax_factor.items():
+        found, st = softmax_nsr(ctx, t, factor), ctx.stats.get(t)
+        if found is not None:
+            ctx.softmax_shift[t] = found[0]
+        elif st is not None and st.batches:
             signed = not st.nonnegative
-            found[t] = int(pow2.fit_shift(min(st.min, 0.0) if signed else 0.0, max(st.max, 0.0), ctx.cfg.bits, signed))
-    ctx.softmax_shift.update(found)
+            ctx.softmax_shift[t] = int(pow2.fit_shift(min(st.min, 0.0) if signed else 0.0, max(st.max, 0.0),
+                                                      ctx.cfg.bits, signed))
